@@ -1,0 +1,416 @@
+"""Command-line interfaces: ``run_pipeline.py`` / ``bias-pipeline`` and ``generate_bias.py`` /
+``generate-bias``.
+
+The CLI is the only place that configures logging and prints; every error the user can cause
+becomes one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._version import __version__
+from .config import DEFAULT_EXPOSURE_KEYS, DEFAULT_TEMPERATURE_KEYS, PipelineConfig
+from .errors import BiasPipelineError, ConfigError
+
+logger = logging.getLogger("bias_pipeline.cli")
+
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70
+
+RUN_EXAMPLE = """\
+example:
+  python run_pipeline.py --basepath /data/photsat/tvac_bias/ --output-dir results/ \\
+      --hot-pixel-mask hot_pixels.fits --generate-set --save-eval-fits
+
+  Scans /data/photsat/tvac_bias/ recursively, keeps frames of at most 0.1 s, groups them in
+  0.1 deg C bins, writes masters, the a/b model, synthetic frames and the evaluation under
+  results/; results/frames_manifest.csv says what happened to every file.
+  Try it first on simulated data:  python run_pipeline.py --demo --output-dir demo_out/
+"""
+
+GENERATE_EXAMPLE = """\
+example:
+  python generate_bias.py --a-map results/bias_model/bias_a_map.fits \\
+      --b-map results/bias_model/bias_b_map.fits --temperature 12.0 --output synthetic/
+
+  writes synthetic/synthetic_bias_12.0C.fits and prints its mean and standard deviation.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the option."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    keys = tuple(k.strip().upper() for k in text.split(",") if k.strip())
+    if not keys:
+        raise argparse.ArgumentTypeError("give at least one keyword, e.g. TEMPERATURE,TEMP")
+    return keys
+
+
+def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
+    """The argument parser of the pipeline command."""
+    parser = _Parser(
+        prog=prog,
+        description=(
+            "Model the temperature dependence of a CMOS camera's bias: scan raw FITS bias "
+            "frames, combine them into masters per temperature, fit bias = a + b*T per pixel, "
+            "write synthetic frames and evaluate the model. Products are float32 in 16-bit ADU."
+        ),
+        epilog=RUN_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io_group = parser.add_argument_group("input and output")
+    io_group.add_argument(
+        "--basepath",
+        type=Path,
+        metavar="RAW_DIR",
+        help="folder of raw FITS bias frames, searched recursively",
+    )
+    io_group.add_argument(
+        "--output-dir",
+        type=Path,
+        required=True,
+        metavar="OUT_DIR",
+        help="folder for the products (created; re-runs replace them)",
+    )
+    io_group.add_argument(
+        "--hot-pixel-mask",
+        type=Path,
+        metavar="MASK.fits",
+        help="FITS mask, non-zero = hot pixel, left out of the fit (NaN in the a/b maps)",
+    )
+    io_group.add_argument(
+        "--generate-set",
+        action="store_true",
+        help="write a synthetic frame for every master temperature in bias_masks_by_temp/",
+    )
+    io_group.add_argument(
+        "--save-eval-fits", action="store_true", help="also write synthetic, MAE and MAPE FITS in evaluation/"
+    )
+    io_group.add_argument(
+        "--demo",
+        action="store_true",
+        help="simulate a small PhotSat data set in OUT_DIR/demo_data and run on it",
+    )
+
+    frames = parser.add_argument_group("frame selection")
+    frames.add_argument(
+        "--temperature-keys",
+        type=_keys,
+        default=DEFAULT_TEMPERATURE_KEYS,
+        metavar="KEY[,KEY...]",
+        help="header keywords for the temperature in deg C, first found wins "
+        f"(default {','.join(DEFAULT_TEMPERATURE_KEYS)})",
+    )
+    frames.add_argument(
+        "--exposure-keys",
+        type=_keys,
+        default=DEFAULT_EXPOSURE_KEYS,
+        metavar="KEY[,KEY...]",
+        help=f"header keywords for the exposure in s (default {','.join(DEFAULT_EXPOSURE_KEYS)})",
+    )
+    frames.add_argument(
+        "--max-exposure",
+        type=_finite_float,
+        default=0.1,
+        metavar="S",
+        help="longest exposure kept as a bias frame, seconds (default 0.1)",
+    )
+    frames.add_argument(
+        "--max-zero-fraction",
+        type=_finite_float,
+        default=0.10,
+        metavar="F",
+        help="reject frames with more than this fraction of zero pixels, a readout dropout (default 0.10)",
+    )
+    frames.add_argument(
+        "--temperature-limits",
+        type=_finite_float,
+        nargs=2,
+        default=(-60.0, 80.0),
+        metavar=("LOW", "HIGH"),
+        help="reject frames whose temperature is outside LOW..HIGH deg C (default -60 80)",
+    )
+    frames.add_argument(
+        "--input-bits",
+        choices=("auto", "12", "16"),
+        default="16",
+        help="16: values are 12-bit x16 already (default); 12: raw 12-bit, multiplied by "
+        "--scale-factor; auto: decide from the data (12 when most frames have values < 4096 "
+        "that are not multiples of 16)",
+    )
+    frames.add_argument(
+        "--scale-factor",
+        type=_finite_float,
+        default=16.0,
+        metavar="F",
+        help="12-bit to 16-bit factor (default 16)",
+    )
+
+    combine = parser.add_argument_group("grouping, combining and evaluation")
+    combine.add_argument(
+        "--temp-bin-width",
+        type=_finite_float,
+        default=0.1,
+        metavar="C",
+        help="width of the temperature bins, deg C (default 0.1)",
+    )
+    combine.add_argument(
+        "--min-frames-per-group",
+        type=int,
+        default=3,
+        metavar="N",
+        help="groups with fewer frames are not combined (default 3)",
+    )
+    combine.add_argument(
+        "--combine-method",
+        choices=("median", "mean"),
+        default="median",
+        help="how a group becomes a master (default median)",
+    )
+    combine.add_argument(
+        "--memory-limit",
+        type=_finite_float,
+        default=512.0,
+        metavar="MIB",
+        help="memory for the combine's pixel buffers, MiB (default 512)",
+    )
+    combine.add_argument("--no-evaluation", action="store_true", help="skip step 5 (evaluation and plots)")
+
+    general = parser.add_argument_group("messages")
+    general.add_argument("-v", "--verbose", action="store_true", help="show every file's decision")
+    general.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars"
+    )
+    general.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The :class:`PipelineConfig` for parsed command-line arguments."""
+    return PipelineConfig(
+        temperature_keys=args.temperature_keys,
+        exposure_keys=args.exposure_keys,
+        max_exposure=args.max_exposure,
+        temp_bin_width=args.temp_bin_width,
+        min_frames_per_group=args.min_frames_per_group,
+        combine_method=args.combine_method,
+        input_bits=args.input_bits,
+        scale_factor=args.scale_factor,
+        max_zero_fraction=args.max_zero_fraction,
+        temperature_limits=tuple(args.temperature_limits),
+        memory_limit_mb=args.memory_limit,
+        evaluate=not args.no_evaluation,
+        show_progress=not args.quiet,
+    )
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Send the package's log records to stderr at the level the flags ask for."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("bias_pipeline")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers[:] = [handler]
+    warnings_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    warnings_logger.propagate = False
+
+
+def _guarded(prog: str, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except BiasPipelineError as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; products being written were not left half-written\n")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: one line, the traceback only with -v
+        logger.debug("internal error", exc_info=True)
+        sys.stderr.write(
+            f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with -v for details and report it)\n"
+        )
+        return EXIT_INTERNAL
+
+
+def _run_demo(
+    out_dir: Path, config: PipelineConfig, hot_pixel_mask: Path | None, save_eval_fits: bool
+) -> int:
+    from .main_pipeline import run_bias_pipeline
+    from .simulate import SimulationSpec, simulate_dataset
+
+    demo_dir = out_dir / "demo_data"
+    spec = SimulationSpec(
+        shape=(256, 320), temperatures=(-10.0, 0.0, 10.0, 20.0, 30.0), frames_per_temperature=6, seed=2026
+    )
+    logger.info("demo: simulating %d frames of %dx%d in %s", 30, *spec.shape, demo_dir)
+    truth = simulate_dataset(demo_dir, spec, faults=True)
+    assert truth.raw_dir is not None and truth.truth_dir is not None
+    mask = hot_pixel_mask or truth.truth_dir / "hot_pixel_mask.fits"
+    result = run_bias_pipeline(
+        truth.raw_dir, out_dir, mask, generate_set=True, eval_save_fits=save_eval_fits, config=config
+    )
+    _print_summary(result)
+    good = ~result.model.mask
+    b_error = result.model.b_map[good] - truth.b_map[good]
+    a_error = result.model.a_map[good] - truth.a_map[good]
+    print(
+        "demo: against the simulator's truth, slope b is off by "
+        f"{np.sqrt(np.mean(b_error**2)):.3f} ADU/deg C rms (true spread {truth.b_map[good].std():.3f}), "
+        f"intercept a by {np.sqrt(np.mean(a_error**2)):.2f} ADU rms"
+    )
+    return 0
+
+
+def _print_summary(result: object) -> None:
+    from .main_pipeline import PipelineResult
+
+    assert isinstance(result, PipelineResult)
+    out = result.output_dir
+    low, high = result.model.temperature_range or (math.nan, math.nan)
+    lines = [
+        f"bias_pipeline {__version__}: {result.count('used')} frames used in {len(result.masters)} masters "
+        f"({low:.2f}..{high:.2f} deg C), {result.count('rejected')} rejected, "
+        f"{result.count('ignored')} ignored; input read as {result.input_bits}-bit",
+        f"  manifest    {result.manifest_path}",
+        f"  masters     {out / 'bias_grouped_by_temp'} ({len(result.masters)} files)",
+        f"  model       {out / 'bias_model'} (bias_a_map.fits, bias_b_map.fits; "
+        f"{int(result.model.mask.sum())} masked pixels)",
+    ]
+    if result.synthetic_paths:
+        lines.append(f"  synthetic   {out / 'bias_masks_by_temp'} ({len(result.synthetic_paths)} files)")
+    if result.summary:
+        worst = max(result.summary, key=lambda r: float(r["mae_mean"]))  # type: ignore[arg-type]
+        lines.append(
+            f"  evaluation  {out / 'evaluation'} (worst mean MAE {float(worst['mae_mean']):.2f} ADU "  # type: ignore[arg-type]
+            f"at {worst['label']} deg C)"
+        )
+    print("\n".join(lines))
+
+
+def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Entry point of ``run_pipeline.py`` and ``bias-pipeline``."""
+    parser = build_run_parser(prog or Path(sys.argv[0]).name)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+
+    def body() -> int:
+        from .main_pipeline import run_bias_pipeline
+
+        if args.verbose and args.quiet:
+            raise ConfigError("-v and -q contradict each other; give one")
+        config = config_from_args(args)
+        if args.demo:
+            if args.basepath is not None:
+                raise ConfigError("--demo makes its own data; leave out --basepath")
+            return _run_demo(args.output_dir, config, args.hot_pixel_mask, args.save_eval_fits)
+        if args.basepath is None:
+            raise ConfigError("--basepath RAW_DIR is required (or --demo to try simulated data)")
+        result = run_bias_pipeline(
+            args.basepath,
+            args.output_dir,
+            args.hot_pixel_mask,
+            generate_set=args.generate_set,
+            eval_save_fits=args.save_eval_fits,
+            config=config,
+        )
+        _print_summary(result)
+        return 0
+
+    return _guarded(parser.prog, body)
+
+
+def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentParser:
+    """The argument parser of the one-frame generator."""
+    parser = _Parser(
+        prog=prog,
+        description="Write one synthetic bias frame a + b*T at a temperature, float32 in 16-bit ADU.",
+        epilog=GENERATE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--a-map",
+        type=Path,
+        required=True,
+        metavar="A.fits",
+        help="intercept map (bias_model/bias_a_map.fits)",
+    )
+    parser.add_argument(
+        "--b-map", type=Path, required=True, metavar="B.fits", help="slope map (bias_model/bias_b_map.fits)"
+    )
+    parser.add_argument(
+        "--temperature", type=_finite_float, required=True, metavar="T", help="sensor temperature in deg C"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="a folder (gets synthetic_bias_T.TC.fits) or a file name; missing folders are created",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="more messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
+    parser.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
+    return parser
+
+
+def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Entry point of ``generate_bias.py`` and ``generate-bias``."""
+    parser = build_generate_parser(prog or Path(sys.argv[0]).name)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+
+    def body() -> int:
+        from .errors import OutputError
+        from .model import BiasModel
+        from .steps.step4_generate_synthetic_bias import synthetic_name, write_synthetic
+
+        model = BiasModel.load(args.a_map, args.b_map)
+        output: Path = args.output
+        if output.is_dir() or str(output).endswith(("/", "\\")):
+            output = output / synthetic_name(args.temperature)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"--output: cannot create {output.parent}: {exc.strerror or exc}") from None
+        path, frame = write_synthetic(model, args.temperature, output)
+        good = np.isfinite(frame)
+        print(
+            textwrap.dedent(
+                f"""\
+                wrote {path}: synthetic bias at {args.temperature:g} deg C, {frame.shape[0]}x{frame.shape[1]}
+                  mean {float(frame[good].mean()):.3f} ADU, std {float(frame[good].std()):.3f} ADU"""
+            )
+            + (f" ({int((~good).sum())} masked pixels, NaN, left out)" if not good.all() else "")
+        )
+        return 0
+
+    return _guarded(parser.prog, body)

@@ -1,0 +1,154 @@
+"""Every option of the pipeline, its default and its validation, in one dataclass."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+#: Header keywords looked up, in this order, for the sensor temperature [deg C].
+DEFAULT_TEMPERATURE_KEYS: tuple[str, ...] = (
+    "TEMPERATURE",
+    "TEMP",
+    "TEMPERAT",
+    "CCD-TEMP",
+    "CCDTEMP",
+    "DET-TEMP",
+    "DETTEMP",
+)
+#: Header keywords looked up, in this order, for the exposure time [s].
+DEFAULT_EXPOSURE_KEYS: tuple[str, ...] = ("EXPOSURE", "EXPTIME", "EXPOSURE_TIME", "ITIME")
+
+COMBINE_METHODS: tuple[str, ...] = ("median", "mean")
+INPUT_BITS_CHOICES: tuple[str, ...] = ("auto", "12", "16")
+
+
+@dataclass
+class PipelineConfig:
+    """All options of a pipeline run.
+
+    One object flows from the command line (or the caller) through every step. Construct it
+    with keywords; :meth:`validate` is called on construction and raises
+    :class:`~bias_pipeline.errors.ConfigError` naming the offending option.
+
+    Parameters
+    ----------
+    temperature_keys, exposure_keys
+        Header keywords looked up in order for the temperature [deg C] and exposure [s].
+    max_exposure
+        Longest exposure [s] still accepted as a bias frame.
+    temp_bin_width
+        Width [deg C] of the temperature bins frames are grouped in.
+    min_frames_per_group
+        Groups with fewer accepted frames are not combined; their frames are rejected.
+    combine_method
+        ``"median"`` or ``"mean"``.
+    input_bits
+        ``"16"``: stored values are already 16-bit ADU (12-bit values x ``scale_factor``);
+        ``"12"``: stored values are raw 12-bit and are multiplied by ``scale_factor``;
+        ``"auto"``: decided once per data set
+        (see :func:`bias_pipeline.steps.utils_scaling.decide_input_bits`).
+    scale_factor
+        Factor between 12-bit and 16-bit ADU.
+    max_zero_fraction
+        A frame with a larger fraction of exactly-zero pixels is a readout dropout.
+    temperature_limits
+        Plausible sensor temperatures [deg C]; a frame outside is rejected.
+    memory_limit_mb
+        Memory [MiB] the combine may use for its pixel buffers; sets the row-block height.
+    evaluate
+        Run step 5 (evaluation and plots).
+    show_progress
+        Draw tqdm progress bars (only when stderr is a terminal).
+    """
+
+    temperature_keys: tuple[str, ...] = DEFAULT_TEMPERATURE_KEYS
+    exposure_keys: tuple[str, ...] = DEFAULT_EXPOSURE_KEYS
+    max_exposure: float = 0.1
+    temp_bin_width: float = 0.1
+    min_frames_per_group: int = 3
+    combine_method: str = "median"
+    input_bits: str = "16"
+    scale_factor: float = 16.0
+    max_zero_fraction: float = 0.10
+    temperature_limits: tuple[float, float] = (-60.0, 80.0)
+    memory_limit_mb: float = 512.0
+    evaluate: bool = True
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.temperature_keys = _keys(self.temperature_keys, "--temperature-keys")
+        self.exposure_keys = _keys(self.exposure_keys, "--exposure-keys")
+        self.input_bits = str(self.input_bits)
+        self.temperature_limits = tuple(self.temperature_limits)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option.
+
+        Raises
+        ------
+        ConfigError
+            Naming the option and the values it accepts.
+        """
+        _positive(self.max_exposure, "--max-exposure", allow_zero=True)
+        _positive(self.temp_bin_width, "--temp-bin-width")
+        _positive(self.scale_factor, "--scale-factor")
+        _positive(self.memory_limit_mb, "--memory-limit")
+        if not isinstance(self.min_frames_per_group, int) or self.min_frames_per_group < 1:
+            raise ConfigError(
+                f"--min-frames-per-group must be a whole number >= 1, got {self.min_frames_per_group!r}"
+            )
+        if self.combine_method not in COMBINE_METHODS:
+            raise ConfigError(
+                f"--combine-method must be one of {', '.join(COMBINE_METHODS)}, got {self.combine_method!r}"
+            )
+        if self.input_bits not in INPUT_BITS_CHOICES:
+            raise ConfigError(
+                f"--input-bits must be one of {', '.join(INPUT_BITS_CHOICES)}, got {self.input_bits!r}"
+            )
+        if not 0.0 <= self.max_zero_fraction <= 1.0 or math.isnan(self.max_zero_fraction):
+            raise ConfigError(f"--max-zero-fraction must lie between 0 and 1, got {self.max_zero_fraction!r}")
+        if len(self.temperature_limits) != 2 or not (self.temperature_limits[0] < self.temperature_limits[1]):
+            raise ConfigError(
+                "--temperature-limits needs two numbers LOW HIGH with LOW < HIGH, "
+                f"got {self.temperature_limits!r}"
+            )
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the options as plain JSON-friendly values (for headers and logs)."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+def _keys(value: object, option: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        keys = tuple(str(k).strip().upper() for k in value)  # type: ignore[union-attr]
+    except TypeError as exc:
+        raise ConfigError(f"{option} must be a comma-separated list of keywords") from exc
+    keys = tuple(k for k in keys if k)
+    if not keys:
+        raise ConfigError(f"{option} needs at least one header keyword")
+    return keys
+
+
+def _positive(value: float, option: str, *, allow_zero: bool = False) -> None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{option} must be a number, got {value!r}") from exc
+    if math.isnan(number) or math.isinf(number) or number < 0 or (number == 0 and not allow_zero):
+        kind = "zero or more" if allow_zero else "greater than zero"
+        raise ConfigError(f"{option} must be a finite number {kind}, got {value!r}")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Return ``path`` expanded (``~``) and made absolute, without requiring it to exist."""
+    return Path(path).expanduser().resolve()

@@ -1,0 +1,35 @@
+"""Errors a user can cause.
+
+Every error here carries a message that names the file or option at fault and says what to
+do; the command-line interface prints it as one line and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class BiasPipelineError(Exception):
+    """Base class of every error the user can cause (bad option, bad input, bad output)."""
+
+    exit_code = 1
+
+
+class ConfigError(BiasPipelineError):
+    """An option has an invalid value or options contradict each other."""
+
+    exit_code = 2
+
+
+class InputDataError(BiasPipelineError):
+    """The input folder, a mask or a model file cannot be used."""
+
+    exit_code = 3
+
+
+class OutputError(BiasPipelineError):
+    """The output location cannot be written."""
+
+    exit_code = 4
+
+
+class FrameReadError(BiasPipelineError):
+    """One raw frame cannot be used; the scan records the message as the rejection reason."""

@@ -1,0 +1,400 @@
+"""Raw frames: the record kept for each file, header keyword look-up and pixel reading.
+
+This is the only module that opens raw FITS frames. A frame is inspected once by
+:func:`inspect_frame` (header, shape, pixel checks) and later read again in row blocks by
+:func:`read_rows`, so the combine never holds more than a block of every frame in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .errors import FrameReadError
+
+logger = logging.getLogger(__name__)
+
+#: File name endings read as FITS (case-insensitive). Everything else is listed as ignored.
+FITS_SUFFIXES: tuple[str, ...] = (
+    ".fits",
+    ".fit",
+    ".fts",
+    ".fits.gz",
+    ".fit.gz",
+    ".fts.gz",
+    ".fits.fz",
+    ".fz",
+)
+
+# Big-endian pixel types of the FITS BITPIX values, for positioned reads of plain files.
+_BITPIX_DTYPES: dict[int, str] = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+STATUS_USED = "used"
+STATUS_ACCEPTED = "accepted"  # passed step 1; becomes used (or rejected) in step 2
+STATUS_REJECTED = "rejected"
+STATUS_IGNORED = "ignored"
+
+
+@dataclass
+class FrameRecord:
+    """What the pipeline knows about one file found under the raw folder.
+
+    Attributes
+    ----------
+    path
+        The file as found (not resolved through links).
+    status
+        ``"accepted"`` after a successful inspection, then ``"used"`` once in a master;
+        ``"rejected"`` or ``"ignored"`` otherwise.
+    reason
+        Why the file was rejected or ignored; empty for used frames.
+    temperature, exposure
+        Header values [deg C] and [s], when they could be read.
+    temperature_key, exposure_key
+        The header keyword each value came from.
+    shape
+        ``(rows, columns)`` of the image.
+    group
+        Label of the temperature group the frame was combined in.
+    hdu_index
+        Index of the HDU holding the image.
+    data_offset
+        Byte offset of the pixels in a plain (uncompressed) file; ``None`` when the pixels
+        must be decoded by astropy (gzip or tile-compressed files, BLANK values).
+    bitpix, bzero, bscale
+        Storage of the pixels at ``data_offset``.
+    max_value
+        Largest stored pixel value (after BZERO/BSCALE), for the bit-depth check.
+    multiple_of_16
+        Whether every pixel value is a multiple of 16 (12-bit data stored x16).
+    zero_fraction
+        Fraction of pixels that are exactly zero (a readout dropout of this camera).
+    """
+
+    path: Path
+    status: str = STATUS_ACCEPTED
+    reason: str = ""
+    temperature: float | None = None
+    exposure: float | None = None
+    temperature_key: str = ""
+    exposure_key: str = ""
+    shape: tuple[int, int] | None = None
+    group: str = ""
+    hdu_index: int = 0
+    data_offset: int | None = None
+    bitpix: int = 0
+    bzero: float = 0.0
+    bscale: float = 1.0
+    max_value: float = math.nan
+    multiple_of_16: bool = False
+    zero_fraction: float = math.nan
+
+    def reject(self, reason: str) -> None:
+        """Mark the frame rejected with ``reason`` (kept in the manifest)."""
+        self.status = STATUS_REJECTED
+        self.reason = reason
+        logger.debug("rejected %s: %s", self.path, reason)
+
+    def ignore(self, reason: str) -> None:
+        """Mark the file ignored (not a frame) with ``reason``."""
+        self.status = STATUS_IGNORED
+        self.reason = reason
+        logger.debug("ignored %s: %s", self.path, reason)
+
+    @property
+    def accepted(self) -> bool:
+        """True while the frame is (still) a candidate for a master."""
+        return self.status in (STATUS_ACCEPTED, STATUS_USED)
+
+
+def is_fits_name(path: str | Path) -> bool:
+    """Return whether the file name ends in one of :data:`FITS_SUFFIXES`."""
+    name = Path(path).name.lower()
+    return name.endswith(FITS_SUFFIXES)
+
+
+def lookup_number(headers: Sequence[fits.Header], keys: Sequence[str], quantity: str) -> tuple[float, str]:
+    """Find the first of ``keys`` present in ``headers`` and return its value as a float.
+
+    The keywords are tried in order; for each keyword the headers are tried in order (the
+    image HDU's header first, then the primary header). The first keyword present decides:
+    an unusable value there is an error, not a reason to try the next alias, because the
+    first alias is the authoritative one.
+
+    Parameters
+    ----------
+    headers
+        Headers to search.
+    keys
+        Keywords in order of preference (``HIERARCH`` keywords are found by plain name).
+    quantity
+        What the value is, for the message (``"temperature"``).
+
+    Returns
+    -------
+    value, keyword
+        The value as a finite float and the keyword it came from.
+
+    Raises
+    ------
+    FrameReadError
+        When no keyword is present or the value is not a finite number. Never any other
+        exception, whatever the header holds.
+    """
+    for key in keys:
+        for header in headers:
+            try:
+                if key not in header:
+                    continue
+                raw = header[key]
+            except Exception:  # astropy raises assorted errors on malformed cards
+                continue
+            return _as_number(raw, key, quantity), key
+    raise FrameReadError(f"no {quantity} keyword in the header (looked for {', '.join(keys)})")
+
+
+def _as_number(raw: object, key: str, quantity: str) -> float:
+    if isinstance(raw, bool) or raw is None:
+        raise FrameReadError(f"{quantity} keyword {key} holds {raw!r}, not a number")
+    if isinstance(raw, (int, float, np.integer, np.floating)):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise FrameReadError(f"{quantity} keyword {key} holds {raw!r}, not a number") from None
+    else:
+        raise FrameReadError(f"{quantity} keyword {key} holds {raw!r}, not a number")
+    if not math.isfinite(value):
+        raise FrameReadError(f"{quantity} keyword {key} holds {raw!r}, not a finite number")
+    return value
+
+
+def _open_fits(path: Path) -> fits.HDUList:
+    try:
+        return fits.open(path, memmap=False, lazy_load_hdus=False)
+    except FileNotFoundError:
+        raise FrameReadError("cannot read: file not found (a broken link?)") from None
+    except PermissionError:
+        raise FrameReadError("cannot read: permission denied") from None
+    except OSError as exc:
+        raise FrameReadError(f"cannot read as FITS: {exc}") from None
+    except Exception as exc:  # astropy raises many kinds on corrupt headers
+        raise FrameReadError(f"cannot read as FITS: {type(exc).__name__}: {exc}") from None
+
+
+def _find_image(hdul: fits.HDUList) -> int:
+    """Return the index of the first HDU with image data, whatever its dimension."""
+    for index, hdu in enumerate(hdul):
+        if (
+            hdu.is_image
+            and hdu.header.get("NAXIS", 0) > 0
+            and all(hdu.header.get(f"NAXIS{i + 1}", 0) > 0 for i in range(hdu.header.get("NAXIS", 0)))
+        ):
+            return index
+    raise FrameReadError("no image data in any HDU")
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == _GZIP_MAGIC
+
+
+def inspect_frame(
+    path: str | Path,
+    temperature_keys: Sequence[str],
+    exposure_keys: Sequence[str],
+) -> FrameRecord:
+    """Open one FITS file, read its header values and its pixels, and check them.
+
+    Parameters
+    ----------
+    path
+        The FITS file.
+    temperature_keys, exposure_keys
+        Header keywords to look up, in order.
+
+    Returns
+    -------
+    FrameRecord
+        Status ``"accepted"``, or ``"rejected"`` with its reason. Checks that depend on
+        options or on the whole data set (exposure limit, shape, bit depth) are left to
+        step 1, which has the values they need on the record.
+    """
+    record = FrameRecord(path=Path(path))
+    try:
+        _inspect(record, temperature_keys, exposure_keys)
+    except FrameReadError as exc:
+        record.reject(str(exc))
+    return record
+
+
+def _inspect(record: FrameRecord, temperature_keys: Sequence[str], exposure_keys: Sequence[str]) -> None:
+    path = record.path
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise FrameReadError("cannot read: file not found (a broken link?)") from None
+    except OSError as exc:
+        raise FrameReadError(f"cannot read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise FrameReadError("empty file (0 bytes)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hdul = _open_fits(path)
+        try:
+            index = _find_image(hdul)
+            hdu = hdul[index]
+            header = hdu.header
+            ndim = int(header.get("NAXIS", 0)) if not isinstance(hdu, fits.CompImageHDU) else len(hdu.shape)
+            shape = tuple(hdu.shape)
+            if ndim != 2:
+                raise FrameReadError(
+                    f"image in HDU {index} has {ndim} dimensions {shape}; expected a 2-D frame"
+                )
+            headers = [header] if index == 0 else [header, hdul[0].header]
+            record.hdu_index = index
+            record.shape = (int(shape[0]), int(shape[1]))
+            record.temperature, record.temperature_key = lookup_number(
+                headers, temperature_keys, "temperature"
+            )
+            record.exposure, record.exposure_key = lookup_number(headers, exposure_keys, "exposure")
+            try:
+                pixels = np.asarray(hdu.data)
+            except Exception as exc:
+                raise FrameReadError(f"cannot decode the pixels: {exc}") from None
+            plain = (
+                not isinstance(hdu, fits.CompImageHDU)
+                and "BLANK" not in header
+                and int(header.get("BITPIX", 0)) in _BITPIX_DTYPES
+                and not _is_gzip(path)
+            )
+            if plain:
+                info = hdul.fileinfo(index)
+                record.data_offset = int(info["datLoc"])
+                record.bitpix = int(header["BITPIX"])
+                record.bzero = float(header.get("BZERO", 0.0))
+                record.bscale = float(header.get("BSCALE", 1.0))
+                needed = record.data_offset + pixels.size * abs(record.bitpix) // 8
+                if size < needed:
+                    raise FrameReadError(f"truncated: file has {size} bytes, its header needs {needed}")
+        finally:
+            hdul.close()
+    for warning in caught:
+        text = str(warning.message)
+        if "truncated" in text.lower():
+            raise FrameReadError(f"truncated: {text}")
+        logger.debug("%s: astropy warned: %s", path, text)
+    if pixels.shape != record.shape:
+        raise FrameReadError(f"truncated: pixel array {pixels.shape} is not {record.shape}")
+    _check_pixels(pixels, record)
+
+
+def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
+    if pixels.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(pixels)))
+        if bad:
+            raise FrameReadError(f"{bad} pixels are NaN or infinite")
+        finite_max = float(pixels.max())
+        record.multiple_of_16 = bool(np.all(np.mod(pixels, 16) == 0))
+    else:
+        finite_max = float(pixels.max())
+        # OR of all values has its low 4 bits clear only when every value is a multiple of 16.
+        record.multiple_of_16 = int(np.bitwise_or.reduce(pixels, axis=None)) & 15 == 0
+    record.max_value = finite_max
+    record.zero_fraction = float(np.count_nonzero(pixels == 0)) / pixels.size
+
+
+def read_rows(record: FrameRecord, start: int, stop: int) -> np.ndarray:
+    """Read rows ``start:stop`` of a frame as float32 physical values.
+
+    Plain files are read with one positioned read of just those rows; compressed files are
+    decoded whole by astropy and sliced.
+
+    Parameters
+    ----------
+    record
+        A frame that passed :func:`inspect_frame`.
+    start, stop
+        Row range (0-based, ``stop`` exclusive).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(stop - start, columns)`` float32 array.
+
+    Raises
+    ------
+    FrameReadError
+        When the file can no longer be read as it was at inspection.
+    """
+    if record.shape is None:
+        raise FrameReadError(f"{record.path}: frame was not inspected")
+    columns = record.shape[1]
+    if record.data_offset is None:
+        return read_frame(record)[start:stop]
+    dtype = np.dtype(_BITPIX_DTYPES[record.bitpix])
+    count = (stop - start) * columns
+    try:
+        with open(record.path, "rb") as handle:
+            handle.seek(record.data_offset + start * columns * dtype.itemsize)
+            raw = np.fromfile(handle, dtype=dtype, count=count)
+    except OSError as exc:
+        raise FrameReadError(f"{record.path}: cannot read: {exc.strerror or exc}") from None
+    if raw.size != count:
+        raise FrameReadError(f"{record.path}: truncated since it was scanned")
+    raw = raw.reshape(stop - start, columns)
+    if record.bitpix == 16 and record.bzero == 32768.0 and record.bscale == 1.0:
+        # Unsigned 16-bit stored as signed + 32768: flipping the sign bit is exact and cheap.
+        return (raw.view(">u2") ^ np.uint16(0x8000)).astype(np.float32)
+    if record.bzero == 0.0 and record.bscale == 1.0:
+        return raw.astype(np.float32)
+    return (raw.astype(np.float64) * record.bscale + record.bzero).astype(np.float32)
+
+
+def read_frame(record_or_path: FrameRecord | str | Path) -> np.ndarray:
+    """Read a whole frame as float32 physical values (after BZERO/BSCALE).
+
+    Parameters
+    ----------
+    record_or_path
+        A :class:`FrameRecord` or the path of a FITS file (its first image HDU is read).
+
+    Returns
+    -------
+    numpy.ndarray
+        The 2-D image, float32.
+
+    Raises
+    ------
+    FrameReadError
+        When the file cannot be read or holds no 2-D image.
+    """
+    if isinstance(record_or_path, FrameRecord):
+        path, index = record_or_path.path, record_or_path.hdu_index
+    else:
+        path, index = Path(record_or_path), None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hdul = _open_fits(path)
+        try:
+            if index is None:
+                index = _find_image(hdul)
+            data = hdul[index].data
+            if data is None or np.ndim(data) != 2:
+                raise FrameReadError(f"{path}: HDU {index} holds no 2-D image")
+            return np.asarray(data, dtype=np.float32)
+        except FrameReadError:
+            raise
+        except Exception as exc:
+            raise FrameReadError(f"{path}: cannot decode the pixels: {exc}") from None
+        finally:
+            hdul.close()

@@ -1,0 +1,180 @@
+"""The pipeline: chains the six steps, nothing else."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import PipelineConfig, resolve_path
+from .errors import InputDataError
+from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord
+from .model import BiasModel
+from .steps.step0_create_dirs import create_directories
+from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
+from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, make_groups
+from .steps.step3_fit_bias_model import fit_model, load_hot_pixel_mask
+from .steps.step4_generate_synthetic_bias import write_synthetic_set
+from .steps.step5_evaluate_model import evaluate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineResult:
+    """What a run produced.
+
+    Attributes
+    ----------
+    output_dir
+        The run's output folder.
+    records
+        One record per file found, with its final status and reason.
+    masters
+        The master frames written, by increasing temperature.
+    model
+        The fitted model.
+    input_bits
+        Bit depth the input was read as (12 or 16).
+    summary
+        Per-temperature evaluation rows (empty when evaluation was skipped).
+    synthetic_paths
+        Synthetic frames written with ``generate_set``.
+    """
+
+    output_dir: Path
+    records: list[FrameRecord]
+    masters: list[MasterFrame]
+    model: BiasModel
+    input_bits: int
+    summary: list[dict[str, object]] = field(default_factory=list)
+    synthetic_paths: list[Path] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        """Number of files with ``status`` (``"used"``, ``"rejected"``, ``"ignored"``)."""
+        return sum(r.status == status for r in self.records)
+
+    @property
+    def manifest_path(self) -> Path:
+        """``frames_manifest.csv`` of the run."""
+        return self.output_dir / MANIFEST_NAME
+
+
+def _no_usable_frames(records: list[FrameRecord], raw: Path, manifest: Path) -> InputDataError:
+    rejected = [r for r in records if r.status == STATUS_REJECTED]
+    ignored = sum(r.status == STATUS_IGNORED for r in records)
+    if rejected:
+        reason, count = Counter(r.reason for r in rejected).most_common(1)[0]
+        detail = f"{len(rejected)} rejected (most often, {count}x: {reason})"
+    else:
+        detail = "none is a FITS frame"
+    return InputDataError(
+        f"--basepath {raw}: no usable bias frames among {len(records)} files "
+        f"({detail}; {ignored} ignored); see {manifest}"
+    )
+
+
+def run_bias_pipeline(
+    observations_dir: str | Path,
+    output_dir: str | Path,
+    hot_pixel_mask_path: str | Path | None = None,
+    generate_set: bool = True,
+    eval_save_fits: bool = False,
+    *,
+    config: PipelineConfig | None = None,
+) -> PipelineResult:
+    """Run the whole pipeline on a folder of raw bias frames.
+
+    Parameters
+    ----------
+    observations_dir
+        Folder of raw FITS frames (searched recursively).
+    output_dir
+        Folder for the products (created; may lie inside ``observations_dir``, and is then
+        not scanned).
+    hot_pixel_mask_path
+        FITS mask, non-zero = hot pixel left out of the fit.
+    generate_set
+        Write a synthetic frame for every master temperature in ``bias_masks_by_temp/``.
+    eval_save_fits
+        Write synthetic, MAE and MAPE FITS in ``evaluation/``.
+    config
+        Every other option (defaults if ``None``).
+
+    Returns
+    -------
+    PipelineResult
+
+    Raises
+    ------
+    BiasPipelineError
+        For anything the user can fix (bad folder, no usable frames, one temperature only,
+        bad mask, unwritable output); the message names the file or option.
+    """
+    config = config or PipelineConfig()
+    raw = resolve_path(observations_dir)
+    out = resolve_path(output_dir)
+    if out == raw:
+        raise InputDataError(
+            f"--output-dir {out} is the raw folder itself; give a separate folder for the products"
+        )
+    if hot_pixel_mask_path is not None and not Path(hot_pixel_mask_path).is_file():
+        raise InputDataError(f"--hot-pixel-mask {hot_pixel_mask_path} does not exist; give a FITS mask file")
+    if not raw.is_dir():
+        raise InputDataError(
+            f"--basepath {raw} {'is not a folder' if raw.exists() else 'does not exist'}; "
+            "give the folder of raw FITS frames"
+        )
+    dirs = create_directories(out)
+    manifest = out / MANIFEST_NAME
+
+    # Step 1: every file, accepted or with its reason.
+    records, input_bits = scan_frames(raw, config, exclude=[out])
+    # Step 2: groups and masters.
+    groups = make_groups(records, config)
+    if not groups:
+        write_manifest(records, manifest, raw)
+        raise _no_usable_frames(records, raw, manifest)
+    if len(groups) < 2:
+        write_manifest(records, manifest, raw)
+        only = groups[0]
+        raise InputDataError(
+            f"--basepath {raw}: all usable frames are at one temperature ({only.label} deg C, "
+            f"{len(only.records)} frames); the fit needs two or more temperature groups "
+            f"(--temp-bin-width {config.temp_bin_width:g})"
+        )
+    shape = groups[0].records[0].shape
+    mask = None if hot_pixel_mask_path is None else load_hot_pixel_mask(hot_pixel_mask_path, shape)
+    masters = build_masters(groups, dirs["masters"], config, input_bits=input_bits)
+    write_manifest(records, manifest, raw)
+    if len(masters) < 2:
+        raise InputDataError(
+            f"--basepath {raw}: fewer than two temperature groups could be combined; see {manifest}"
+        )
+    logger.info(
+        "%d frames used in %d masters, %d rejected, %d ignored",
+        sum(r.status == STATUS_USED for r in records),
+        len(masters),
+        sum(r.status == STATUS_REJECTED for r in records),
+        sum(r.status == STATUS_IGNORED for r in records),
+    )
+    # Step 3: the model.
+    model = fit_model(masters, mask, scale_factor=config.scale_factor)
+    model.save(dirs["model"], cards={"INBITS": (input_bits, "bit depth of the input values")})
+    result = PipelineResult(out, records, masters, model, input_bits)
+    # Step 4: synthetic frames at the masters' temperatures.
+    if generate_set:
+        result.synthetic_paths = write_synthetic_set(
+            model, [m.temperature for m in masters], dirs["synthetic"], [m.label for m in masters]
+        )
+    # Step 5: evaluation.
+    if config.evaluate:
+        result.summary = evaluate(
+            model,
+            masters,
+            dirs["evaluation"],
+            save_fits=eval_save_fits,
+            show_progress=config.show_progress,
+        )
+    return result

@@ -1,0 +1,227 @@
+"""Writing and naming the pipeline's FITS products.
+
+Every product is float32 in 16-bit ADU, written atomically (a temporary name in the same
+folder, then :func:`os.replace`) so an interrupted run never leaves a half-written file under
+a product's final name, and carries cards saying what it is.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from astropy.io import fits
+
+from ._version import __version__
+from .errors import InputDataError, OutputError
+
+logger = logging.getLogger(__name__)
+
+BUNIT = "adu"  # 16-bit ADU: 12-bit values times the scale factor
+
+
+def temperature_label(temperature: float, decimals: int = 1) -> str:
+    """Format a temperature for product names: ``-5.0`` for -5.0 deg C.
+
+    >>> temperature_label(-4.96)
+    '-5.0'
+    >>> temperature_label(-0.01)
+    '0.0'
+    """
+    text = f"{temperature:.{decimals}f}"
+    # "-0.0" is a surprise in a file name; keep the sign only for values that show it.
+    if float(text) == 0.0:
+        text = text.lstrip("-")
+    return text
+
+
+def unique_labels(temperatures: Iterable[float]) -> list[str]:
+    """Labels with one decimal, with more decimals only where two would collide.
+
+    >>> unique_labels([4.949, 5.0])
+    ['4.9', '5.0']
+    >>> unique_labels([4.96, 5.04])
+    ['4.96', '5.04']
+    """
+    temps = list(temperatures)
+    decimals = [1] * len(temps)
+    for _ in range(6):
+        labels = [temperature_label(t, d) for t, d in zip(temps, decimals, strict=True)]
+        clashes = {lab for lab in labels if labels.count(lab) > 1}
+        if not clashes:
+            return labels
+        decimals = [d + 1 if lab in clashes else d for lab, d in zip(labels, decimals, strict=True)]
+    return [f"{lab}_{i}" for i, lab in enumerate(labels)]
+
+
+def product_header(
+    kind: str,
+    description: str,
+    *,
+    bunit: str = BUNIT,
+    scale_factor: float | None = None,
+    cards: Mapping[str, object] | None = None,
+) -> fits.Header:
+    """Header cards common to every product.
+
+    Parameters
+    ----------
+    kind
+        Short product type, stored as ``PRODTYPE`` (``MASTER_BIAS``, ``BIAS_A``, ...).
+    description
+        One line saying what the image is, stored as ``CONTENT``.
+    bunit
+        Units of the pixel values.
+    scale_factor
+        The 12-bit to 16-bit factor the values are in (``SCALEFAC``).
+    cards
+        Further keyword/value pairs; a value may be a ``(value, comment)`` tuple. Keywords
+        longer than 8 characters become HIERARCH cards.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+    """
+    header = fits.Header()
+    header["PRODTYPE"] = (kind, "bias_pipeline product type")
+    header["CONTENT"] = (description[:68], "what the pixel values are")
+    header["BUNIT"] = (bunit, "16-bit ADU (12-bit value x SCALEFAC)" if bunit == BUNIT else "")
+    if scale_factor is not None:
+        header["SCALEFAC"] = (float(scale_factor), "12-bit to 16-bit ADU factor")
+    header["SOFTWARE"] = ("bias_pipeline", "software that made this file")
+    header["BPVERS"] = (__version__, "bias_pipeline version")
+    header["DATE"] = (
+        _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+        "UTC date the file was written",
+    )
+    for key, value in (cards or {}).items():
+        keyword = key if len(key) <= 8 else f"HIERARCH {key}"
+        header[keyword] = value
+    return header
+
+
+def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, then move it to ``path``."""
+    path = Path(path)
+    try:
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.debug("wrote %s", path)
+    return path
+
+
+def write_fits_atomic(path: str | Path, hdul: fits.HDUList) -> Path:
+    """Write ``hdul`` to ``path`` through a temporary file in the same folder.
+
+    Parameters
+    ----------
+    path
+        Final file name; its folder must exist.
+    hdul
+        What to write.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    OutputError
+        When the folder is not writable or the disk is full; no file is left behind.
+    """
+    return _write_atomic(path, lambda stream: hdul.writeto(stream, output_verify="silentfix"))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_fits_atomic`)."""
+    data = text.encode("utf-8")
+    return _write_atomic(path, lambda stream: stream.write(data))
+
+
+def write_png_atomic(path: str | Path, figure: object) -> Path:
+    """Save a matplotlib figure as PNG atomically (see :func:`write_fits_atomic`)."""
+    return _write_atomic(path, lambda stream: figure.savefig(stream, format="png"))  # type: ignore[attr-defined]
+
+
+def write_image(
+    path: str | Path,
+    data: np.ndarray,
+    header: fits.Header,
+    extensions: Iterable[fits.ImageHDU | fits.BinTableHDU] = (),
+) -> Path:
+    """Write a float32 image (plus optional extensions) atomically.
+
+    Parameters
+    ----------
+    path
+        Final file name.
+    data
+        The image; written as float32.
+    header
+        Cards for the primary HDU (see :func:`product_header`).
+    extensions
+        Further HDUs.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    primary = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=header)
+    return write_fits_atomic(path, fits.HDUList([primary, *extensions]))
+
+
+def read_image(path: str | Path, what: str = "image") -> tuple[np.ndarray, fits.Header]:
+    """Read the primary image of a product file as float32.
+
+    Parameters
+    ----------
+    path
+        A FITS file written by this package (or any FITS with a 2-D primary image).
+    what
+        What the file should be, for the message (``"a-map"``).
+
+    Returns
+    -------
+    data, header
+
+    Raises
+    ------
+    InputDataError
+        When the file is missing, unreadable or holds no 2-D primary image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"{what} {path} does not exist; give the path of a FITS file")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            data = hdul[0].data
+            header = hdul[0].header.copy()
+            if data is None and len(hdul) > 1:
+                data, header = hdul[1].data, hdul[1].header.copy()
+            if data is None or np.ndim(data) != 2:
+                raise InputDataError(f"{what} {path} holds no 2-D image")
+            return np.asarray(data, dtype=np.float32), header
+    except InputDataError:
+        raise
+    except Exception as exc:
+        raise InputDataError(f"{what} {path} cannot be read as FITS: {exc}") from None

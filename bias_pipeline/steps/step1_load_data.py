@@ -1,0 +1,292 @@
+"""Step 1: find every file under the raw folder, read each FITS frame's header and pixels,
+keep the short-exposure bias frames and record why every other file is not used.
+
+:func:`classify_frames` is the pure part (records in, records out); :func:`scan_frames` walks
+the folder and inspects files; :func:`write_manifest` writes ``frames_manifest.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..config import PipelineConfig
+from ..errors import InputDataError
+from ..frames import (
+    STATUS_ACCEPTED,
+    FrameRecord,
+    inspect_frame,
+    is_fits_name,
+)
+from ..products import write_text_atomic
+from .utils_scaling import TWELVE_BIT_MAX, decide_input_bits
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "frames_manifest.csv"
+MANIFEST_COLUMNS = (
+    "path",
+    "status",
+    "reason",
+    "temperature",
+    "exposure",
+    "group",
+    "temperature_key",
+    "exposure_key",
+)
+
+
+def find_files(base_path: Path, exclude: Sequence[Path] = ()) -> tuple[list[Path], list[FrameRecord]]:
+    """List every file under ``base_path``, following links but never looping.
+
+    Parameters
+    ----------
+    base_path
+        The raw folder.
+    exclude
+        Folders not to descend into (the run's own output folder).
+
+    Returns
+    -------
+    files, problems
+        Files in sorted order, each real file once; and records (status ``rejected`` or
+        ``ignored``) for folders that could not be listed and files reached a second time
+        through a link.
+    """
+    excluded = {Path(os.path.realpath(p)) for p in exclude}
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: dict[str, Path] = {}
+    files: list[Path] = []
+    problems: list[FrameRecord] = []
+
+    def on_error(error: OSError) -> None:
+        record = FrameRecord(path=Path(error.filename or base_path))
+        record.reject(f"cannot list folder: {error.strerror or error}")
+        problems.append(record)
+
+    for root, dirs, names in os.walk(base_path, onerror=on_error, followlinks=True):
+        root_path = Path(root)
+        try:
+            stat = root_path.stat()
+        except OSError:
+            dirs[:] = []
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen_dirs:  # a link back up the tree, or a second link to a folder
+            dirs[:] = []
+            continue
+        seen_dirs.add(key)
+        kept = []
+        for name in sorted(dirs):
+            if Path(os.path.realpath(root_path / name)) in excluded:
+                logger.info("not scanning %s: it is the run's output folder", root_path / name)
+            else:
+                kept.append(name)
+        dirs[:] = kept
+        for name in sorted(names):
+            path = root_path / name
+            real = os.path.realpath(path)
+            if real in seen_files:
+                record = FrameRecord(path=path)
+                record.ignore(f"same file as {seen_files[real]} (reached again through a link)")
+                problems.append(record)
+                continue
+            seen_files[real] = path
+            files.append(path)
+    return sorted(files), problems
+
+
+def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
+    """Apply the option- and data-set-dependent checks to inspected records (in place).
+
+    Checks, in order: exposure (negative, or longer than ``max_exposure``), temperature
+    within ``temperature_limits``, zero-pixel fraction, the data set's shape (the most common
+    shape among the remaining frames; ties go to the larger frame), and the bit depth.
+
+    Parameters
+    ----------
+    records
+        Records from :func:`~bias_pipeline.frames.inspect_frame` (others are left alone).
+    config
+        The run's options.
+
+    Returns
+    -------
+    int
+        The input bit depth decided for the data set (12 or 16).
+    """
+    low, high = config.temperature_limits
+    for record in records:
+        if record.status != STATUS_ACCEPTED:
+            continue
+        assert record.exposure is not None and record.temperature is not None
+        if record.exposure < 0:
+            record.reject(f"negative exposure {record.exposure:g} s ({record.exposure_key})")
+        elif record.exposure > config.max_exposure:
+            record.reject(
+                f"exposure {record.exposure:g} s is longer than a bias frame "
+                f"(--max-exposure {config.max_exposure:g} s)"
+            )
+        elif not low <= record.temperature <= high:
+            record.reject(
+                f"temperature {record.temperature:g} deg C ({record.temperature_key}) is outside "
+                f"the plausible range {low:g}..{high:g} (--temperature-limits)"
+            )
+        elif record.zero_fraction > config.max_zero_fraction:
+            record.reject(
+                f"{100 * record.zero_fraction:.1f} % of pixels are zero (readout dropout; "
+                f"limit {100 * config.max_zero_fraction:g} %, --max-zero-fraction)"
+            )
+    candidates = [r for r in records if r.status == STATUS_ACCEPTED]
+    if candidates:
+        counts = Counter(r.shape for r in candidates)
+        shape = max(counts, key=lambda s: (counts[s], s[0] * s[1], s))  # type: ignore[index]
+        for record in candidates:
+            if record.shape != shape:
+                assert record.shape is not None
+                record.reject(
+                    f"shape {record.shape[0]}x{record.shape[1]} differs from the data set's "
+                    f"{shape[0]}x{shape[1]} ({counts[shape]} frames)"
+                )
+    candidates = [r for r in records if r.status == STATUS_ACCEPTED]
+    bits = decide_input_bits(candidates, config.input_bits)
+    if bits == 12:
+        for record in candidates:
+            if record.max_value > TWELVE_BIT_MAX:
+                record.reject(
+                    f"values up to {record.max_value:g} do not fit the 12-bit data declared by "
+                    f"--input-bits {config.input_bits}"
+                )
+    return bits
+
+
+def scan_frames(
+    base_path: str | Path,
+    config: PipelineConfig | None = None,
+    *,
+    exclude: Sequence[Path] = (),
+) -> tuple[list[FrameRecord], int]:
+    """Scan the raw folder: one record per file found, with status and reason.
+
+    Parameters
+    ----------
+    base_path
+        The raw folder (searched recursively).
+    config
+        The run's options (defaults if ``None``).
+    exclude
+        Folders to skip (the run's own output folder).
+
+    Returns
+    -------
+    records, input_bits
+        All records, sorted by path, and the data set's input bit depth.
+
+    Raises
+    ------
+    InputDataError
+        When ``base_path`` is not a folder or holds no file at all.
+    """
+    config = config or PipelineConfig()
+    base = Path(base_path)
+    if not base.exists():
+        raise InputDataError(f"--basepath {base} does not exist; give the folder of raw FITS frames")
+    if not base.is_dir():
+        raise InputDataError(f"--basepath {base} is not a folder; give the folder of raw FITS frames")
+    files, records = find_files(base, exclude)
+    if not files and not records:
+        raise InputDataError(f"--basepath {base} holds no files; give the folder of raw FITS frames")
+    progress = tqdm(
+        files,
+        desc="scanning",
+        unit="file",
+        disable=None if config.show_progress else True,
+        leave=False,
+    )
+    for path in progress:
+        if not is_fits_name(path):
+            record = FrameRecord(path=path)
+            record.ignore(f"not a FITS file name ({path.suffix or 'no extension'})")
+        else:
+            record = inspect_frame(path, config.temperature_keys, config.exposure_keys)
+        records.append(record)
+    records.sort(key=lambda r: str(r.path))
+    bits = classify_frames(records, config)
+    for record in records:
+        if record.status == STATUS_ACCEPTED:
+            logger.debug("accepted %s: %.3f deg C, %g s", record.path, record.temperature, record.exposure)
+    return records, bits
+
+
+def load_bias_files(base_path: str | Path, config: PipelineConfig | None = None) -> list[FrameRecord]:
+    """Scan ``base_path`` and return the frames accepted as bias frames.
+
+    Parameters
+    ----------
+    base_path
+        The raw folder.
+    config
+        The run's options (defaults if ``None``).
+
+    Returns
+    -------
+    list of FrameRecord
+        Accepted frames; see :func:`scan_frames` for every file with its reason.
+    """
+    records, _ = scan_frames(base_path, config)
+    return [r for r in records if r.status == STATUS_ACCEPTED]
+
+
+def manifest_text(records: Sequence[FrameRecord], base_path: Path | None = None) -> str:
+    """The manifest as CSV text: one row per record, paths relative to ``base_path``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    for record in records:
+        path = record.path
+        if base_path is not None:
+            try:
+                path = path.relative_to(base_path)
+            except ValueError:
+                pass
+        writer.writerow(
+            [
+                str(path),
+                record.status,
+                record.reason,
+                "" if record.temperature is None else f"{record.temperature:.4f}",
+                "" if record.exposure is None else f"{record.exposure:g}",
+                record.group,
+                record.temperature_key,
+                record.exposure_key,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def write_manifest(
+    records: Sequence[FrameRecord], output_path: str | Path, base_path: Path | None = None
+) -> Path:
+    """Write ``frames_manifest.csv`` atomically.
+
+    Parameters
+    ----------
+    records
+        Every record of the scan, in their final status.
+    output_path
+        The CSV file to write.
+    base_path
+        Paths are written relative to this folder when below it.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    return write_text_atomic(output_path, manifest_text(records, base_path))

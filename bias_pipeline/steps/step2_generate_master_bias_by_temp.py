@@ -1,0 +1,402 @@
+"""Step 2: group accepted frames by temperature and combine each group into a master bias.
+
+Grouping puts each frame in a bin of ``temp_bin_width`` deg C centred on multiples of the
+width; the group's temperature used downstream is the mean of its frames' temperatures.
+Combining reads a block of rows of every frame of a group at a time, so memory depends on the
+block height (chosen from ``memory_limit_mb``), not on the number of frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import PipelineConfig
+from ..errors import FrameReadError, InputDataError
+from ..frames import STATUS_ACCEPTED, STATUS_USED, FrameRecord, read_rows
+from ..products import product_header, read_image, unique_labels, write_image
+from .utils_scaling import scale_to_adu16
+
+logger = logging.getLogger(__name__)
+
+MASTER_PATTERN = "master_bias_{label}C.fits"
+# Bytes of working memory per pixel of a block: the float32 stack and a float32 copy that
+# np.median makes while partitioning.
+_BYTES_PER_STACKED_PIXEL = 8
+
+
+@dataclass
+class FrameGroup:
+    """Frames whose temperatures fall in one bin.
+
+    Attributes
+    ----------
+    label
+        Temperature as used in file names (``"-5.0"``).
+    records
+        The frames.
+    """
+
+    label: str
+    records: list[FrameRecord]
+
+    @property
+    def temperature(self) -> float:
+        """Mean temperature of the frames [deg C]."""
+        return float(np.mean([r.temperature for r in self.records]))
+
+    @property
+    def temperature_span(self) -> tuple[float, float]:
+        """Lowest and highest frame temperature [deg C]."""
+        temps = [float(r.temperature) for r in self.records]  # type: ignore[arg-type]
+        return min(temps), max(temps)
+
+
+@dataclass
+class MasterFrame:
+    """A master bias written to disk, with what downstream steps need to know about it.
+
+    The pixels are read back on demand with :meth:`load`, so steps 3 and 5 hold one master in
+    memory at a time however many groups there are.
+    """
+
+    label: str
+    temperature: float
+    n_frames: int
+    path: Path
+    temperature_span: tuple[float, float] = (math.nan, math.nan)
+
+    def load(self) -> np.ndarray:
+        """The master's pixels, float32 16-bit ADU."""
+        data, _ = read_image(self.path, "master bias")
+        return data
+
+
+def _entry_temperature(entry: object) -> float:
+    if isinstance(entry, FrameRecord):
+        value = entry.temperature
+    elif isinstance(entry, Mapping):
+        value = entry.get("temperature")
+    else:
+        value = getattr(entry, "temperature", None)
+    if value is None:
+        raise InputDataError(f"frame {entry!r} has no temperature")
+    return float(value)
+
+
+def temperature_bins(temperatures: Sequence[float], bin_width: float) -> np.ndarray:
+    """Bin index of each temperature: bins of ``bin_width`` centred on its multiples.
+
+    >>> temperature_bins([4.96, 5.04, 5.06, -0.04], 0.1).tolist()
+    [50, 50, 51, 0]
+    """
+    temps = np.asarray(temperatures, dtype=np.float64)
+    # Rounding the quotient first keeps 0.15/0.1 = 1.4999999 from landing in the wrong bin.
+    return np.floor(np.round(temps / bin_width, 9) + 0.5).astype(np.int64)
+
+
+def group_by_temperature(
+    entries: Iterable[object], round_decimals: int = 1, *, bin_width: float | None = None
+) -> dict[float, list]:
+    """Group frames by temperature.
+
+    Parameters
+    ----------
+    entries
+        :class:`~bias_pipeline.frames.FrameRecord` objects, or mappings/objects with a
+        ``temperature``.
+    round_decimals
+        Bin width ``10 ** -round_decimals`` deg C when ``bin_width`` is not given.
+    bin_width
+        Bin width [deg C].
+
+    Returns
+    -------
+    dict
+        Bin centre (rounded) -> entries in that bin, sorted by temperature.
+    """
+    width = bin_width if bin_width is not None else 10.0 ** (-round_decimals)
+    entries = list(entries)
+    if not entries:
+        return {}
+    bins = temperature_bins([_entry_temperature(e) for e in entries], width)
+    groups: dict[float, list] = {}
+    digits = max(0, -math.floor(math.log10(width))) + 1
+    for index in sorted(set(bins.tolist())):
+        centre = round(index * width, digits)
+        groups[centre] = [e for e, b in zip(entries, bins, strict=True) if b == index]
+    return groups
+
+
+def make_groups(records: Sequence[FrameRecord], config: PipelineConfig) -> list[FrameGroup]:
+    """Group the accepted frames; reject those of groups smaller than the minimum (in place).
+
+    Parameters
+    ----------
+    records
+        All records of the scan; only status ``accepted`` ones are grouped.
+    config
+        The run's options (``temp_bin_width``, ``min_frames_per_group``).
+
+    Returns
+    -------
+    list of FrameGroup
+        Groups large enough to combine, by increasing temperature, with unique labels.
+    """
+    accepted = [r for r in records if r.status == STATUS_ACCEPTED]
+    binned = group_by_temperature(accepted, bin_width=config.temp_bin_width)
+    kept: list[list[FrameRecord]] = []
+    for members in binned.values():
+        if len(members) < config.min_frames_per_group:
+            mean_t = float(np.mean([m.temperature for m in members]))
+            for member in members:
+                member.reject(
+                    f"its temperature group ({mean_t:.2f} deg C) has {len(members)} frame(s), "
+                    f"fewer than --min-frames-per-group {config.min_frames_per_group}"
+                )
+        else:
+            kept.append(members)
+    labels = unique_labels(float(np.mean([m.temperature for m in g])) for g in kept)
+    groups = [FrameGroup(label, members) for label, members in zip(labels, kept, strict=True)]
+    for group in groups:
+        for member in group.records:
+            member.group = group.label
+    return groups
+
+
+def combine_stack(stack: np.ndarray, method: str = "median") -> np.ndarray:
+    """Combine a stack of frames along axis 0.
+
+    >>> combine_stack(np.array([[[1.0]], [[2.0]], [[9.0]]])).tolist()
+    [[2.0]]
+    >>> combine_stack(np.array([[[1.0]], [[2.0]], [[9.0]]]), "mean").tolist()
+    [[4.0]]
+    """
+    if method == "median":
+        return np.median(stack, axis=0).astype(np.float32)
+    if method == "mean":
+        return np.mean(stack, axis=0, dtype=np.float64).astype(np.float32)
+    raise InputDataError(f"unknown combine method {method!r}; use median or mean")
+
+
+def block_rows(n_frames: int, columns: int, rows: int, memory_limit_mb: float) -> int:
+    """Rows per block so that the block buffers of ``n_frames`` frames fit the memory limit.
+
+    >>> block_rows(120, 2048, 2048, 512)
+    273
+    >>> block_rows(5, 64, 48, 512)
+    48
+    """
+    budget = memory_limit_mb * 1024 * 1024
+    per_row = max(1, n_frames) * columns * _BYTES_PER_STACKED_PIXEL
+    return int(max(1, min(rows, budget // per_row)))
+
+
+def combine_records(
+    records: Sequence[FrameRecord],
+    method: str = "median",
+    *,
+    input_bits: int = 16,
+    scale_factor: float = 16.0,
+    memory_limit_mb: float = 512.0,
+    on_rows: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Combine frames on disk block by block into one float32 master.
+
+    Parameters
+    ----------
+    records
+        Inspected frames of one shape.
+    method
+        ``"median"`` or ``"mean"``.
+    input_bits, scale_factor
+        Units of the stored values (see :mod:`.utils_scaling`).
+    memory_limit_mb
+        Budget for the block buffer.
+    on_rows
+        Called with the number of frame-rows read after each block (progress).
+
+    Returns
+    -------
+    numpy.ndarray
+        The master, float32 in 16-bit ADU.
+
+    Raises
+    ------
+    FrameReadError
+        When a frame can no longer be read; its message names the file.
+    """
+    if not records:
+        raise InputDataError("no frames to combine")
+    rows, columns = records[0].shape  # type: ignore[misc]
+    step = block_rows(len(records), columns, rows, memory_limit_mb)
+    master = np.empty((rows, columns), dtype=np.float32)
+    stack = np.empty((len(records), step, columns), dtype=np.float32)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        for index, record in enumerate(records):
+            try:
+                stack[index, : stop - start] = read_rows(record, start, stop)
+            except FrameReadError as exc:
+                exc.record = record  # type: ignore[attr-defined]
+                raise
+        master[start:stop] = combine_stack(stack[:, : stop - start], method)
+        if on_rows is not None:
+            on_rows((stop - start) * len(records))
+    return scale_to_adu16(master, input_bits, scale_factor)
+
+
+def combine_frames(entries: Sequence[object], method: str = "median") -> np.ndarray:
+    """Combine frames into a master.
+
+    Parameters
+    ----------
+    entries
+        Either :class:`~bias_pipeline.frames.FrameRecord` objects (read from disk block by
+        block, values as stored) or 2-D arrays of one shape.
+    method
+        ``"median"`` or ``"mean"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 master.
+    """
+    entries = list(entries)
+    if entries and all(isinstance(e, FrameRecord) for e in entries):
+        return combine_records(entries, method)  # type: ignore[arg-type]
+    return combine_stack(np.stack([np.asarray(e, dtype=np.float32) for e in entries]), method)
+
+
+def build_masters(
+    groups: Sequence[FrameGroup],
+    masters_dir: str | Path,
+    config: PipelineConfig,
+    *,
+    input_bits: int = 16,
+) -> list[MasterFrame]:
+    """Combine every group and write ``master_bias_XX.XC.fits``.
+
+    A frame that cannot be read any more is rejected and its group combined again without
+    it; a group that falls below the minimum size is dropped, and the other groups go on.
+
+    Parameters
+    ----------
+    groups
+        Groups from :func:`make_groups`.
+    masters_dir
+        Folder for the master files.
+    config
+        The run's options.
+    input_bits
+        The data set's bit depth decided in step 1.
+
+    Returns
+    -------
+    list of MasterFrame
+        One per group combined, by increasing temperature.
+    """
+    masters_dir = Path(masters_dir)
+    masters: list[MasterFrame] = []
+    total_rows = sum(len(g.records) * g.records[0].shape[0] for g in groups)  # type: ignore[index]
+    progress = tqdm(
+        total=total_rows,
+        desc="combining",
+        unit="frame-rows",
+        unit_scale=True,
+        disable=None if config.show_progress else True,
+        leave=False,
+    )
+    with progress:
+        for group in groups:
+            master = _combine_group(group, config, input_bits, progress.update)
+            if master is None:
+                continue
+            low, high = group.temperature_span
+            header = product_header(
+                "MASTER_BIAS",
+                f"master bias, {config.combine_method} of {len(group.records)} frames",
+                scale_factor=config.scale_factor,
+                cards={
+                    "TEMPERATURE": (group.temperature, "[deg C] mean temperature of the frames"),
+                    "TEMPMIN": (low, "[deg C] lowest frame temperature"),
+                    "TEMPMAX": (high, "[deg C] highest frame temperature"),
+                    "NCOMBINE": (len(group.records), "number of frames combined"),
+                    "COMBMETH": (config.combine_method, "how the frames were combined"),
+                    "INBITS": (input_bits, "bit depth of the input values"),
+                },
+            )
+            path = write_image(masters_dir / MASTER_PATTERN.format(label=group.label), master, header)
+            for record in group.records:
+                record.status = STATUS_USED
+                record.reason = ""
+            masters.append(MasterFrame(group.label, group.temperature, len(group.records), path, (low, high)))
+            logger.info(
+                "master %s: %d frames at %.3f deg C", path.name, len(group.records), group.temperature
+            )
+    return masters
+
+
+def _combine_group(
+    group: FrameGroup, config: PipelineConfig, input_bits: int, on_rows: Callable[[int], None]
+) -> np.ndarray | None:
+    while len(group.records) >= config.min_frames_per_group:
+        try:
+            return combine_records(
+                group.records,
+                config.combine_method,
+                input_bits=input_bits,
+                scale_factor=config.scale_factor,
+                memory_limit_mb=config.memory_limit_mb,
+                on_rows=on_rows,
+            )
+        except FrameReadError as exc:
+            bad = exc.record  # type: ignore[attr-defined]
+            bad.reject(f"became unreadable while combining: {exc}")
+            group.records = [r for r in group.records if r is not bad]
+    for record in group.records:
+        record.reject(
+            f"its temperature group {group.label} C fell below --min-frames-per-group "
+            f"{config.min_frames_per_group} after unreadable frames were removed"
+        )
+    logger.warning("group %s C dropped: too few readable frames", group.label)
+    return None
+
+
+def generate_master_bias_by_temp(
+    entries: Sequence[FrameRecord],
+    output_dir: str | Path,
+    method: str = "median",
+    *,
+    config: PipelineConfig | None = None,
+) -> dict[float, np.ndarray]:
+    """Group frames, combine each group and write the masters into ``output_dir``.
+
+    Parameters
+    ----------
+    entries
+        Accepted frames (from :func:`~.step1_load_data.load_bias_files`).
+    output_dir
+        Folder for ``master_bias_XX.XC.fits``.
+    method
+        ``"median"`` or ``"mean"``; overrides ``config.combine_method``.
+    config
+        Further options (defaults if ``None``).
+
+    Returns
+    -------
+    dict
+        Group temperature (mean of its frames, deg C) -> master array.
+    """
+    base = config or PipelineConfig()
+    config = PipelineConfig(**{**base.as_dict(), "combine_method": method})
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    groups = make_groups(list(entries), config)
+    masters = build_masters(groups, output_dir, config)
+    return {m.temperature: m.load() for m in masters}

@@ -1,0 +1,320 @@
+"""Step 5: how well the model reproduces each master.
+
+Per pixel: ``MAE = |real - model|`` [ADU] and ``MAPE = 100 |real - model| / |real|`` [%]
+(NaN where the real value is 0). Statistics leave out masked pixels. Images are drawn from a
+block-averaged copy when the frame is larger than :data:`PLOT_MAX_PIXELS` on a side, with the
+factor in the title, and with colour limits from the 0.5 and 99.5 percentiles so one hot
+pixel does not wash out the picture.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from ..model import BiasModel
+from ..products import product_header, unique_labels, write_image, write_png_atomic, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+PLOT_MAX_PIXELS = 512
+SUMMARY_CSV = "evaluation_summary.csv"
+SUMMARY_PNG = "evaluation_summary.png"
+SUMMARY_COLUMNS = (
+    "temperature",
+    "label",
+    "n_frames",
+    "n_pixels",
+    "mae_mean",
+    "mae_median",
+    "mae_std",
+    "mae_p95",
+    "mape_mean",
+    "mape_median",
+    "mape_std",
+    "mape_p95",
+)
+
+
+def error_maps(real: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel absolute error [ADU] and absolute percentage error [%].
+
+    >>> mae, mape = error_maps(np.array([[100.0, 0.0]]), np.array([[90.0, 5.0]]))
+    >>> mae.tolist(), mape[0, 0].item(), bool(np.isnan(mape[0, 1]))
+    ([[10.0, 5.0]], 10.0, True)
+    """
+    real = np.asarray(real, dtype=np.float32)
+    diff = np.abs(real - np.asarray(predicted, dtype=np.float32))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mape = np.where(real != 0, np.float32(100) * diff / np.abs(real), np.nan).astype(np.float32)
+    return diff.astype(np.float32), mape
+
+
+def summarize(values: np.ndarray, valid: np.ndarray) -> dict[str, float]:
+    """Mean, median, std and 95th percentile of ``values`` over ``valid`` finite pixels.
+
+    >>> summarize(np.array([[1.0, 2.0, 3.0, 100.0]]), np.array([[True, True, True, False]]))
+    {'mean': 2.0, 'median': 2.0, 'std': 0.816496580927726, 'p95': 2.9}
+    """
+    selected = values[valid & np.isfinite(values)].astype(np.float64)
+    if selected.size == 0:
+        return {"mean": math.nan, "median": math.nan, "std": math.nan, "p95": math.nan}
+    return {
+        "mean": float(selected.mean()),
+        "median": float(np.median(selected)),
+        "std": float(selected.std()),
+        "p95": float(np.percentile(selected, 95)),
+    }
+
+
+def downsample(image: np.ndarray, max_pixels: int = PLOT_MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """Block-average ``image`` by the smallest integer factor that fits ``max_pixels`` a side.
+
+    NaN pixels are left out of each block's mean. Returns the image and the factor.
+
+    >>> small, factor = downsample(np.ones((48, 64)), 16)
+    >>> small.shape, factor
+    ((12, 16), 4)
+    """
+    factor = max(1, math.ceil(max(image.shape) / max_pixels))
+    if factor == 1:
+        return image, 1
+    rows = image.shape[0] // factor * factor
+    cols = image.shape[1] // factor * factor
+    blocks = image[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
+    finite = np.isfinite(blocks)
+    counts = finite.sum(axis=(1, 3))
+    sums = np.where(finite, blocks, 0).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts).astype(np.float32), factor
+
+
+def robust_limits(image: np.ndarray) -> tuple[float, float]:
+    """Colour limits from the 0.5 and 99.5 percentiles of the finite pixels."""
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, [0.5, 99.5])
+    if high <= low:
+        high = low + 1.0
+    return float(low), float(high)
+
+
+def plot_image(image: np.ndarray, path: str | Path, title: str, unit: str, cmap: str = "viridis") -> Path:
+    """Draw one map as a PNG with robust limits, a labelled colour bar and pixel axes."""
+    rows, cols = image.shape
+    shown, factor = downsample(image)
+    low, high = robust_limits(shown)
+    figure = Figure(figsize=(7.0, 5.6), dpi=100)
+    axes = figure.add_subplot()
+    artist = axes.imshow(
+        shown,
+        origin="lower",
+        cmap=cmap,
+        vmin=low,
+        vmax=high,
+        extent=(-0.5, cols - 0.5, -0.5, rows - 0.5),
+        interpolation="nearest",
+        aspect="equal",
+    )
+    if factor > 1:
+        title = f"{title}\n(mean of {factor}x{factor} pixel blocks)"
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("column (pixel)")
+    axes.set_ylabel("row (pixel)")
+    colorbar = figure.colorbar(artist, ax=axes)
+    colorbar.set_label(unit)
+    figure.tight_layout()
+    return write_png_atomic(path, figure)
+
+
+def plot_summary(rows: Sequence[Mapping[str, float]], path: str | Path) -> Path:
+    """MAE [ADU] and MAPE [%] against temperature, each on its own axes."""
+    temps = [r["temperature"] for r in rows]
+    figure = Figure(figsize=(7.0, 6.0), dpi=100)
+    mae_axes, mape_axes = figure.subplots(2, 1, sharex=True)
+    for axes, key, unit in ((mae_axes, "mae", "MAE (ADU)"), (mape_axes, "mape", "MAPE (%)")):
+        axes.plot(temps, [r[f"{key}_mean"] for r in rows], "o-", label="mean")
+        axes.plot(temps, [r[f"{key}_median"] for r in rows], "s--", label="median")
+        axes.plot(temps, [r[f"{key}_p95"] for r in rows], "^:", label="95th percentile")
+        axes.set_ylabel(unit)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+    mae_axes.set_title("Model error per master bias (unmasked pixels)")
+    mape_axes.set_xlabel("sensor temperature (deg C)")
+    figure.tight_layout()
+    return write_png_atomic(path, figure)
+
+
+def summary_csv_text(rows: Sequence[Mapping[str, object]]) -> str:
+    """The per-temperature summary as CSV text."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def evaluate(
+    model: BiasModel,
+    masters: Sequence[object],
+    evaluation_dir: str | Path,
+    *,
+    save_fits: bool = False,
+    plots: bool = True,
+    show_progress: bool = True,
+) -> list[dict[str, object]]:
+    """Compare the model with every master; write plots, the CSV and optional FITS.
+
+    Parameters
+    ----------
+    model
+        The fitted model.
+    masters
+        Objects with ``label``, ``temperature``, ``n_frames`` and ``load()``
+        (:class:`~.step2_generate_master_bias_by_temp.MasterFrame`).
+    evaluation_dir
+        Output folder (created if missing).
+    save_fits
+        Also write ``synthetic_bias_XX.XC.fits``, ``mae_XX.XC.fits``, ``mape_XX.XC.fits``.
+    plots
+        Draw the PNGs.
+    show_progress
+        tqdm bar on a terminal.
+
+    Returns
+    -------
+    list of dict
+        One summary row per master (keys :data:`SUMMARY_COLUMNS`).
+    """
+    out = Path(evaluation_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    valid = ~model.mask
+    rows: list[dict[str, object]] = []
+    for master in tqdm(
+        masters, desc="evaluating", unit="master", disable=None if show_progress else True, leave=False
+    ):
+        label, temp, n_frames = master.label, float(master.temperature), int(master.n_frames)  # type: ignore[attr-defined]
+        real = master.load()  # type: ignore[attr-defined]
+        predicted = model.predict(temp)
+        mae, mape = error_maps(real, predicted)
+        mae_stats, mape_stats = summarize(mae, valid), summarize(mape, valid)
+        rows.append(
+            {
+                "temperature": temp,
+                "label": label,
+                "n_frames": n_frames,
+                "n_pixels": int(np.count_nonzero(valid & np.isfinite(mape))),
+                **{f"mae_{k}": v for k, v in mae_stats.items()},
+                **{f"mape_{k}": v for k, v in mape_stats.items()},
+            }
+        )
+        where = f"{label} deg C, {n_frames} frames"
+        if plots:
+            plot_image(real, out / f"real_bias_{label}C.png", f"Real master bias, {where}", "bias (ADU)")
+            plot_image(predicted, out / f"synthetic_bias_{label}C.png", f"Model bias, {where}", "bias (ADU)")
+            plot_image(mae, out / f"mae_{label}C.png", f"|real - model|, {where}", "MAE (ADU)", "magma")
+            plot_image(
+                mape, out / f"mape_{label}C.png", f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma"
+            )
+        if save_fits:
+            cards = {
+                "TEMPERATURE": (temp, "[deg C] temperature of the master"),
+                "NCOMBINE": (n_frames, "frames in the master"),
+            }
+            scale = model.scale_factor
+            write_image(
+                out / f"synthetic_bias_{label}C.fits",
+                predicted,
+                product_header(
+                    "SYNTHETIC_BIAS",
+                    "model bias a + b*T at the master's temperature",
+                    scale_factor=scale,
+                    cards=cards,
+                ),
+            )
+            write_image(
+                out / f"mae_{label}C.fits",
+                mae,
+                product_header(
+                    "MAE", "absolute error |real - model| per pixel", scale_factor=scale, cards=cards
+                ),
+            )
+            write_image(
+                out / f"mape_{label}C.fits",
+                mape,
+                product_header(
+                    "MAPE",
+                    "100 |real - model| / |real| per pixel",
+                    bunit="%",
+                    scale_factor=scale,
+                    cards=cards,
+                ),
+            )
+        logger.info(
+            "%s C: MAE mean %.3f ADU, median %.3f; MAPE mean %.4f %%",
+            label,
+            mae_stats["mean"],
+            mae_stats["median"],
+            mape_stats["mean"],
+        )
+    write_text_atomic(out / SUMMARY_CSV, summary_csv_text(rows))
+    if plots and rows:
+        plot_summary(rows, out / SUMMARY_PNG)  # type: ignore[arg-type]
+    return rows
+
+
+class _InMemoryMaster:
+    def __init__(self, label: str, temperature: float, data: np.ndarray, n_frames: int) -> None:
+        self.label, self.temperature, self._data, self.n_frames = label, temperature, data, n_frames
+
+    def load(self) -> np.ndarray:
+        return np.asarray(self._data, dtype=np.float32)
+
+
+def evaluate_model(
+    a_map: np.ndarray,
+    b_map: np.ndarray,
+    master_bias_dict: Mapping[float, np.ndarray],
+    output_dir: str | Path,
+    save_fits: bool = False,
+    *,
+    frames_per_master: Mapping[float, int] | None = None,
+) -> list[dict[str, object]]:
+    """Evaluate ``a + b*T`` against masters given as a dict and write into ``output_dir``.
+
+    Parameters
+    ----------
+    a_map, b_map
+        The model maps.
+    master_bias_dict
+        Temperature [deg C] -> master array.
+    output_dir
+        The evaluation folder.
+    save_fits
+        Also write the synthetic, MAE and MAPE FITS.
+    frames_per_master
+        Temperature -> frames in the master (for titles and the CSV); 0 when unknown.
+
+    Returns
+    -------
+    list of dict
+        One summary row per temperature.
+    """
+    temps = sorted(master_bias_dict)
+    labels = unique_labels(temps)
+    masters = [
+        _InMemoryMaster(label, t, master_bias_dict[t], (frames_per_master or {}).get(t, 0))
+        for label, t in zip(labels, temps, strict=True)
+    ]
+    model = BiasModel.from_maps(a_map, b_map, temperature_range=(temps[0], temps[-1]) if temps else None)
+    return evaluate(model, masters, output_dir, save_fits=save_fits)
