@@ -267,10 +267,6 @@ def _inspect(record: FrameRecord, temperature_keys: Sequence[str], exposure_keys
                 headers, temperature_keys, "temperature"
             )
             record.exposure, record.exposure_key = lookup_number(headers, exposure_keys, "exposure")
-            try:
-                pixels = np.asarray(hdu.data)
-            except Exception as exc:
-                raise FrameReadError(f"cannot decode the pixels: {exc}") from None
             plain = (
                 not isinstance(hdu, fits.CompImageHDU)
                 and "BLANK" not in header
@@ -283,14 +279,23 @@ def _inspect(record: FrameRecord, temperature_keys: Sequence[str], exposure_keys
                 record.bitpix = int(header["BITPIX"])
                 record.bzero = float(header.get("BZERO", 0.0))
                 record.bscale = float(header.get("BSCALE", 1.0))
-                needed = record.data_offset + pixels.size * abs(record.bitpix) // 8
+                needed = record.data_offset + shape[0] * shape[1] * abs(record.bitpix) // 8
                 if size < needed:
-                    raise FrameReadError(f"truncated: file has {size} bytes, its header needs {needed}")
+                    raise FrameReadError(
+                        f"truncated: file has {size} bytes, its header needs {needed}"
+                    )
+            try:
+                pixels = np.asarray(hdu.data)
+            except Exception as exc:
+                if any("truncated" in str(w.message).lower() for w in caught):
+                    raise FrameReadError(f"truncated: {exc}") from None
+                raise FrameReadError(f"cannot decode the pixels: {exc}") from None
         finally:
             hdul.close()
     for warning in caught:
         text = str(warning.message)
-        if "truncated" in text.lower():
+        # A plain file whose pixels are all there (checked above) only lacks FITS padding.
+        if "truncated" in text.lower() and record.data_offset is None:
             raise FrameReadError(f"truncated: {text}")
         logger.debug("%s: astropy warned: %s", path, text)
     if pixels.shape != record.shape:

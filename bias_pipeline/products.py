@@ -89,21 +89,34 @@ def product_header(
     astropy.io.fits.Header
     """
     header = fits.Header()
-    header["PRODTYPE"] = (kind, "bias_pipeline product type")
-    header["CONTENT"] = (description[:68], "what the pixel values are")
-    header["BUNIT"] = (bunit, "16-bit ADU (12-bit value x SCALEFAC)" if bunit == BUNIT else "")
+    add_card(header, "PRODTYPE", kind, "bias_pipeline product type")
+    add_card(header, "CONTENT", description[:68], "what the pixel values are")
+    add_card(header, "BUNIT", bunit, "16-bit ADU (12-bit value x SCALEFAC)" if bunit == BUNIT else "")
     if scale_factor is not None:
-        header["SCALEFAC"] = (float(scale_factor), "12-bit to 16-bit ADU factor")
-    header["SOFTWARE"] = ("bias_pipeline", "software that made this file")
-    header["BPVERS"] = (__version__, "bias_pipeline version")
-    header["DATE"] = (
+        add_card(header, "SCALEFAC", float(scale_factor), "12-bit to 16-bit ADU factor")
+    add_card(header, "SOFTWARE", "bias_pipeline", "software that made this file")
+    add_card(header, "BPVERS", __version__, "bias_pipeline version")
+    add_card(
+        header,
+        "DATE",
         _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
         "UTC date the file was written",
     )
     for key, value in (cards or {}).items():
-        keyword = key if len(key) <= 8 else f"HIERARCH {key}"
-        header[keyword] = value
+        comment = ""
+        if isinstance(value, tuple):
+            value, comment = value
+        add_card(header, key, value, comment)
     return header
+
+
+def add_card(header: fits.Header, keyword: str, value: object, comment: str = "") -> None:
+    """Set a card, as HIERARCH when the keyword is longer than 8 characters, shortening the
+    comment so the card fits in 80 characters (astropy would warn and cut it)."""
+    keyword = keyword if len(keyword) <= 8 else f"HIERARCH {keyword}"
+    bare = len(fits.Card(keyword, value).image.rstrip())
+    room = 80 - bare - 3  # " / " between value and comment
+    header[keyword] = (value, comment[: max(0, room)] if room > 0 else "")
 
 
 def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:

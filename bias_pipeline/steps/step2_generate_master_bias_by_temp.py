@@ -303,6 +303,7 @@ def build_masters(
         One per group combined, by increasing temperature.
     """
     masters_dir = Path(masters_dir)
+    masters_dir.mkdir(parents=True, exist_ok=True)
     masters: list[MasterFrame] = []
     total_rows = sum(len(g.records) * g.records[0].shape[0] for g in groups)  # type: ignore[index]
     progress = tqdm(
@@ -396,7 +397,6 @@ def generate_master_bias_by_temp(
     """
     base = config or PipelineConfig()
     config = PipelineConfig(**{**base.as_dict(), "combine_method": method})
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
     groups = make_groups(list(entries), config)
     masters = build_masters(groups, output_dir, config)
     return {m.temperature: m.load() for m in masters}

@@ -1,0 +1,106 @@
+"""Shared fixtures: one small simulated data set (48 x 64, deliberately non-square so a
+transposed axis fails) and a helper that writes single frames with chosen faults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from bias_pipeline import PipelineConfig, run_bias_pipeline
+from bias_pipeline.simulate import SimulationSpec, SimulationTruth, simulate_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (48, 64)
+SPEC = SimulationSpec(
+    shape=SHAPE,
+    temperatures=(-10.0, 0.0, 10.0, 20.0, 30.0),
+    frames_per_temperature=5,
+    seed=1,
+)
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulationTruth:
+    """A simulated raw data set (do not modify its files)."""
+    return simulate_dataset(tmp_path_factory.mktemp("sim"), SPEC)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(sim: SimulationTruth, tmp_path_factory: pytest.TempPathFactory):
+    """The full pipeline run once on ``sim`` with every product switched on."""
+    out = tmp_path_factory.mktemp("run")
+    assert sim.truth_dir is not None
+    return run_bias_pipeline(
+        sim.raw_dir,
+        out,
+        sim.truth_dir / "hot_pixel_mask.fits",
+        generate_set=True,
+        eval_save_fits=True,
+        config=PipelineConfig(show_progress=False),
+    )
+
+
+def bias_pixels(shape: tuple[int, int] = SHAPE, level: int = 200, seed: int = 0) -> np.ndarray:
+    """A plausible raw bias frame: 12-bit values x16 in uint16."""
+    rng = np.random.default_rng(seed)
+    return (np.clip(rng.normal(level, 2.0, shape).round(), 1, 4095) * 16).astype(np.uint16)
+
+
+def write_frame(
+    path: Path,
+    data: np.ndarray | None = None,
+    *,
+    temperature: object = 5.0,
+    exposure: object = 0.0,
+    temperature_key: str = "TEMPERATURE",
+    exposure_key: str = "EXPOSURE",
+    seed: int = 0,
+) -> Path:
+    """Write one raw frame with the given header values (``None`` leaves a card out)."""
+    header = fits.Header()
+    if temperature is not None:
+        header[f"HIERARCH {temperature_key}" if len(temperature_key) > 8 else temperature_key] = temperature
+    if exposure is not None:
+        header[f"HIERARCH {exposure_key}" if len(exposure_key) > 8 else exposure_key] = exposure
+    fits.PrimaryHDU(bias_pixels(seed=seed) if data is None else data, header=header).writeto(path)
+    return path
+
+
+@pytest.fixture
+def frame_writer(tmp_path: Path) -> Callable[..., Path]:
+    """``frame_writer(name, data=None, **header_values)`` writes a frame into ``tmp_path/raw``."""
+    raw = tmp_path / "raw"
+    raw.mkdir(exist_ok=True)
+
+    def make(name: str, data: np.ndarray | None = None, **kwargs: object) -> Path:
+        return write_frame(raw / name, data, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+def two_temperature_set(raw: Path, frames: int = 3, temperatures: tuple[float, ...] = (0.0, 10.0)) -> None:
+    """Write ``frames`` good frames at each temperature into ``raw`` (a minimal usable set)."""
+    raw.mkdir(parents=True, exist_ok=True)
+    for t in temperatures:
+        for i in range(frames):
+            write_frame(raw / f"good_{t:+.1f}_{i}.fits", bias_pixels(level=200 + int(t)), temperature=t, seed=i)
+
+
+def run_cli(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python SCRIPT args`` (a root script of the repository) and capture its output."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=env,
+        timeout=300,
+    )

@@ -1,0 +1,137 @@
+"""Step 2: grouping by temperature and block-by-block combining."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import bias_pixels, write_frame
+
+from bias_pipeline import PipelineConfig
+from bias_pipeline.frames import FrameRecord
+from bias_pipeline.steps.step1_load_data import scan_frames
+from bias_pipeline.steps.step2_generate_master_bias_by_temp import (
+    block_rows,
+    build_masters,
+    combine_frames,
+    combine_records,
+    combine_stack,
+    generate_master_bias_by_temp,
+    group_by_temperature,
+    make_groups,
+    temperature_bins,
+)
+
+QUIET = PipelineConfig(show_progress=False)
+
+
+def records_at(*temps: float) -> list[FrameRecord]:
+    return [FrameRecord(path=f"f{i}.fits", temperature=t, shape=(4, 4)) for i, t in enumerate(temps)]  # type: ignore[arg-type]
+
+
+def test_bins_are_centred_on_multiples_of_the_width():
+    assert temperature_bins([-0.049, 0.049, 0.051, 0.15, -5.04, -4.96], 0.1).tolist() == [0, 0, 1, 2, -50, -50]
+    assert temperature_bins([9.6, 10.4, 10.6], 1.0).tolist() == [10, 10, 11]
+
+
+def test_group_by_temperature_legacy_form():
+    groups = group_by_temperature([{"temperature": 4.97}, {"temperature": 5.02}, {"temperature": -1.0}])
+    assert list(groups) == [-1.0, 5.0]
+    assert len(groups[5.0]) == 2
+    assert list(group_by_temperature([{"temperature": 4.6}, {"temperature": 5.4}], round_decimals=0)) == [5.0]
+
+
+def test_make_groups_uses_mean_temperature_and_rejects_small_groups():
+    records = records_at(-5.02, -4.98, -5.03, 10.0, 10.01)
+    groups = make_groups(records, QUIET)
+    assert [g.label for g in groups] == ["-5.0"]
+    assert groups[0].temperature == pytest.approx(np.mean([-5.02, -4.98, -5.03]))
+    assert [r.group for r in records[:3]] == ["-5.0"] * 3
+    assert all(r.status == "rejected" and "--min-frames-per-group 3" in r.reason for r in records[3:])
+
+
+def test_labels_stay_unique_when_wide_bins_round_alike():
+    config = PipelineConfig(temp_bin_width=1.0, min_frames_per_group=1, show_progress=False)
+    groups = make_groups(records_at(5.44, 5.46, 5.55), config)  # bins 5 and 6, means 5.45 and 5.55
+    assert [g.label for g in groups] == ["5.45", "5.55"]
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("method", ["median", "mean"])
+def test_block_combine_equals_whole_stack(tmp_path, n_frames, method):
+    """Tiny memory limits force one-row blocks; the result must not change (even/odd n)."""
+    rng = np.random.default_rng(n_frames)
+    stack = rng.integers(100, 4000, (n_frames, 48, 64)).astype(np.uint16) * 16
+    for i, frame in enumerate(stack):
+        write_frame(tmp_path / f"f{i}.fits", frame, temperature=1.0)
+    records, _ = scan_frames(tmp_path, PipelineConfig(show_progress=False))
+    expected = np.median(stack, axis=0) if method == "median" else stack.mean(axis=0)
+    for limit in (512.0, 0.001):
+        master = combine_records(records, method, memory_limit_mb=limit)
+        assert master.dtype == np.float32 and master.shape == (48, 64)
+        np.testing.assert_allclose(master, expected, rtol=1e-7 * (method == "mean"), atol=0)
+
+
+def test_block_rows_follow_the_memory_limit():
+    assert block_rows(120, 2048, 2048, 512) * 120 * 2048 * 8 <= 512 * 2**20
+    assert block_rows(10_000, 2048, 2048, 512) == 3  # thousands of frames: thin blocks, same memory
+    assert block_rows(3, 64, 48, 512) == 48
+
+
+def test_twelve_bit_input_is_scaled(tmp_path):
+    frames = [np.full((48, 64), v, dtype=np.uint16) for v in (100, 101, 103)]
+    for i, frame in enumerate(frames):
+        write_frame(tmp_path / f"f{i}.fits", frame, temperature=1.0)
+    records, _ = scan_frames(tmp_path, QUIET)
+    assert combine_records(records, "median", input_bits=12, scale_factor=16)[0, 0] == 101 * 16
+
+
+def test_combine_frames_accepts_arrays_and_records():
+    arrays = [np.full((2, 3), v, dtype=np.float32) for v in (1.0, 5.0, 2.0)]
+    assert combine_frames(arrays).tolist() == [[2.0] * 3] * 2
+    assert combine_stack(np.stack(arrays), "mean")[0, 0] == pytest.approx(8 / 3)
+
+
+def test_master_files_and_headers(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i, t in enumerate([4.98, 5.0, 5.03]):
+        write_frame(raw / f"f{i}.fits", bias_pixels(seed=i), temperature=t)
+    records, bits = scan_frames(raw, QUIET)
+    masters = build_masters(make_groups(records, QUIET), tmp_path / "m", QUIET, input_bits=bits)
+    (master,) = masters
+    assert master.path.name == "master_bias_5.0C.fits"
+    header = fits.getheader(master.path)
+    assert header["NCOMBINE"] == 3 and header["COMBMETH"] == "median" and header["BUNIT"] == "adu"
+    assert header["TEMPERATURE"] == pytest.approx(np.mean([4.98, 5.0, 5.03]))
+    assert header["SCALEFAC"] == 16 and "BPVERS" in header and "DATE" in header
+    assert fits.getdata(master.path).dtype == np.dtype(">f4")
+    assert all(r.status == "used" for r in records)
+
+
+def test_generate_master_bias_by_temp_returns_dict(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        write_frame(raw / f"a{i}.fits", bias_pixels(seed=i), temperature=0.0)
+        write_frame(raw / f"b{i}.fits", bias_pixels(level=210, seed=i), temperature=10.0)
+    records, _ = scan_frames(raw, QUIET)
+    masters = generate_master_bias_by_temp(records, tmp_path / "m", method="mean", config=QUIET)
+    assert sorted(masters) == [0.0, 10.0]
+    assert masters[10.0].shape == (48, 64)
+    assert abs(float(masters[10.0].mean()) - 210 * 16) < 2
+    assert fits.getheader(tmp_path / "m" / "master_bias_10.0C.fits")["COMBMETH"] == "mean"
+
+
+def test_frame_unreadable_at_combine_is_rejected_and_group_remade(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(4):
+        write_frame(raw / f"f{i}.fits", bias_pixels(seed=i), temperature=0.0)
+    records, _ = scan_frames(raw, QUIET)
+    groups = make_groups(records, QUIET)
+    (raw / "f1.fits").write_bytes((raw / "f1.fits").read_bytes()[:3000])  # cut after the scan
+    (master,) = build_masters(groups, tmp_path / "m", QUIET)
+    assert master.n_frames == 3
+    bad = next(r for r in records if r.path.name == "f1.fits")
+    assert bad.status == "rejected" and "unreadable while combining" in bad.reason
