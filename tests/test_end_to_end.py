@@ -89,6 +89,8 @@ def test_model_loads_back_and_predicts_master_temperature(pipeline_run):
     assert model.shape == (48, 64)
     assert np.array_equal(model.mask, pipeline_run.model.mask)
     master = pipeline_run.masters[2]
-    synthetic = fits.getdata(pipeline_run.output_dir / "bias_masks_by_temp" / f"synthetic_bias_{master.label}C.fits")
+    synthetic = fits.getdata(
+        pipeline_run.output_dir / "bias_masks_by_temp" / f"synthetic_bias_{master.label}C.fits"
+    )
     np.testing.assert_allclose(synthetic, model.predict(master.temperature), rtol=0, atol=1e-3)
     assert model.temperature_range == (min(model.group_temperatures), max(model.group_temperatures))

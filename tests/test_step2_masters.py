@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import bias_pixels, write_frame
 
 from bias_pipeline import PipelineConfig
 from bias_pipeline.frames import FrameRecord
@@ -22,6 +21,8 @@ from bias_pipeline.steps.step2_generate_master_bias_by_temp import (
     temperature_bins,
 )
 
+from conftest import bias_pixels, write_frame
+
 QUIET = PipelineConfig(show_progress=False)
 
 
@@ -30,7 +31,14 @@ def records_at(*temps: float) -> list[FrameRecord]:
 
 
 def test_bins_are_centred_on_multiples_of_the_width():
-    assert temperature_bins([-0.049, 0.049, 0.051, 0.15, -5.04, -4.96], 0.1).tolist() == [0, 0, 1, 2, -50, -50]
+    assert temperature_bins([-0.049, 0.049, 0.051, 0.15, -5.04, -4.96], 0.1).tolist() == [
+        0,
+        0,
+        1,
+        2,
+        -50,
+        -50,
+    ]
     assert temperature_bins([9.6, 10.4, 10.6], 1.0).tolist() == [10, 10, 11]
 
 

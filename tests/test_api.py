@@ -1,0 +1,102 @@
+"""The names other PhotSat code calls (shared/design.md) work with their old call forms,
+and a full run writes every product under the seed's names."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+
+import numpy as np
+from astropy.io import fits
+
+import bias_pipeline
+from bias_pipeline import BiasModel, PipelineConfig, run_bias_pipeline
+from bias_pipeline.main_pipeline import run_bias_pipeline as run_from_main
+from bias_pipeline.steps import (
+    step0_create_dirs,
+    step1_load_data,
+    step2_generate_master_bias_by_temp,
+    step3_fit_bias_model,
+    step4_generate_synthetic_bias,
+    step5_evaluate_model,
+    utils_scaling,
+)
+
+from conftest import two_temperature_set
+
+
+def test_public_names():
+    assert bias_pipeline.__version__
+    assert run_bias_pipeline is run_from_main
+    params = list(inspect.signature(run_bias_pipeline).parameters)
+    assert params[:5] == [
+        "observations_dir",
+        "output_dir",
+        "hot_pixel_mask_path",
+        "generate_set",
+        "eval_save_fits",
+    ]
+    assert inspect.signature(run_bias_pipeline).parameters["generate_set"].default is True
+    assert inspect.signature(run_bias_pipeline).parameters["eval_save_fits"].default is False
+    assert isinstance(PipelineConfig(), PipelineConfig)
+
+
+def test_legacy_step_chain(tmp_path):
+    """The chain a dark pipeline script wrote against the old modules, call by call."""
+    two_temperature_set(tmp_path / "raw")
+    dirs = step0_create_dirs.create_directories(tmp_path / "out")
+    assert {"masters", "model", "synthetic", "evaluation"} <= set(dirs)
+    assert dirs["masters"].name == "bias_grouped_by_temp" and dirs["masters"].is_dir()
+    entries = step1_load_data.load_bias_files(tmp_path / "raw")
+    assert len(entries) == 6
+    groups = step2_generate_master_bias_by_temp.group_by_temperature(entries, round_decimals=1)
+    assert sorted(groups) == [0.0, 10.0]
+    master = step2_generate_master_bias_by_temp.combine_frames(groups[0.0], method="median")
+    assert master.shape == (48, 64)
+    masters = step2_generate_master_bias_by_temp.generate_master_bias_by_temp(
+        entries, dirs["masters"], method="median"
+    )
+    a_map, b_map = step3_fit_bias_model.fit_bias_model(masters, hot_pixel_mask=None)
+    step3_fit_bias_model.save_bias_model(a_map, b_map, dirs["model"])
+    frame = step4_generate_synthetic_bias.generate_synthetic_bias(a_map, b_map, 5.0)
+    np.testing.assert_allclose(frame, a_map + 5.0 * b_map, rtol=1e-6)
+    step4_generate_synthetic_bias.generate_multiple_synthetic_biases(
+        a_map, b_map, [0.0, 10.0], dirs["synthetic"]
+    )
+    rows = step5_evaluate_model.evaluate_model(a_map, b_map, masters, dirs["evaluation"], save_fits=False)
+    assert len(rows) == 2
+    loaded = utils_scaling.load_fits_as_adu16(entries[0].path)
+    assert loaded.dtype == np.float32 and loaded.shape == (48, 64)
+    model = BiasModel.load(tmp_path / "out")
+    np.testing.assert_array_equal(model.b_map, b_map)
+
+
+def test_every_output_name(pipeline_run, sim):
+    out = pipeline_run.output_dir
+    labels = ["-10.0", "0.0", "10.0", "20.0", "30.0"]
+    expected = {"frames_manifest.csv", "bias_model/bias_a_map.fits", "bias_model/bias_b_map.fits"}
+    expected |= {"evaluation/evaluation_summary.png", "evaluation/evaluation_summary.csv"}
+    for label in labels:
+        expected |= {
+            f"bias_grouped_by_temp/master_bias_{label}C.fits",
+            f"bias_masks_by_temp/synthetic_bias_{label}C.fits",
+        }
+        expected |= {
+            f"evaluation/{stem}_{label}C.png" for stem in ("real_bias", "synthetic_bias", "mae", "mape")
+        }
+        expected |= {f"evaluation/{stem}_{label}C.fits" for stem in ("synthetic_bias", "mae", "mape")}
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert written == expected
+    for name in expected:
+        if name.endswith(".fits"):
+            header = fits.getheader(out / name)
+            assert (
+                header["BUNIT"] in ("adu", "adu / deg C", "%")
+                and header["BPVERS"] == bias_pipeline.__version__
+            )
+            assert fits.getdata(out / name).dtype == np.dtype(">f4")
+    with open(out / "frames_manifest.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:6] == ["path", "status", "reason", "temperature", "exposure", "group"]
+    assert len(rows) == len(sim.frame_paths) and {r["status"] for r in rows} == {"used"}
+    assert {r["group"] for r in rows} == set(labels)
