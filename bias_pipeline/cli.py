@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
+from .combine import COMBINE_METHODS
 from .config import DEFAULT_EXPOSURE_KEYS, DEFAULT_TEMPERATURE_KEYS, PipelineConfig
 from .errors import BiasPipelineError, ConfigError
 
@@ -187,9 +188,35 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
     )
     combine.add_argument(
         "--combine-method",
-        choices=("median", "mean"),
-        default="median",
-        help="how a group becomes a master (default median)",
+        choices=COMBINE_METHODS,
+        default="sigma-clip",
+        help="how a group becomes a master: sigma-clipped mean (default; the smallest error on "
+        "simulated data with cosmic rays), median or mean",
+    )
+    combine.add_argument(
+        "--clip-sigma",
+        type=_finite_float,
+        default=3.0,
+        metavar="K",
+        help="sigma-clip: drop values more than K robust standard deviations from the median (default 3)",
+    )
+    combine.add_argument(
+        "--clip-iters", type=int, default=5, metavar="N", help="sigma-clip: at most N passes (default 5)"
+    )
+    combine.add_argument(
+        "--outlier-sigma",
+        type=_finite_float,
+        default=6.0,
+        metavar="K",
+        help="a frame pixel further than K noise sigmas from its master is an outlier (default 6)",
+    )
+    combine.add_argument(
+        "--outlier-fraction",
+        type=_finite_float,
+        default=0.05,
+        metavar="F",
+        help="reject a frame with more than this fraction of outlier pixels and remake its master "
+        "(default 0.05)",
     )
     combine.add_argument(
         "--memory-limit",
@@ -218,6 +245,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         temp_bin_width=args.temp_bin_width,
         min_frames_per_group=args.min_frames_per_group,
         combine_method=args.combine_method,
+        clip_sigma=args.clip_sigma,
+        clip_iters=args.clip_iters,
+        outlier_sigma=args.outlier_sigma,
+        outlier_fraction=args.outlier_fraction,
         input_bits=args.input_bits,
         scale_factor=args.scale_factor,
         max_zero_fraction=args.max_zero_fraction,
@@ -290,11 +321,12 @@ def _run_demo(
     good = ~result.model.mask
     b_error = result.model.b_map[good] - truth.b_map[good]
     a_error = result.model.a_map[good] - truth.a_map[good]
-    # What the noise allows: a median master of n frames has about sqrt(pi/2) sigma / sqrt(n)
-    # noise (sigma: read noise and 12-bit quantisation), and the slope that over sqrt(Sxx).
+    # What the noise allows: a master of n frames has sigma / sqrt(n) noise (sigma: read noise
+    # and 12-bit quantisation; sqrt(pi/2) more for a median), and the slope that over sqrt(Sxx).
     temps = np.asarray(result.model.group_temperatures)
     sigma_frame = math.hypot(truth.read_noise_adu, config.scale_factor / math.sqrt(12))
-    sigma_master = math.sqrt(math.pi / 2) * sigma_frame / math.sqrt(spec.frames_per_temperature)
+    efficiency = math.sqrt(math.pi / 2) if config.combine_method == "median" else 1.0
+    sigma_master = efficiency * sigma_frame / math.sqrt(spec.frames_per_temperature)
     sigma_b = sigma_master / math.sqrt(float(np.sum((temps - temps.mean()) ** 2)))
     print(
         "demo: against the simulator's truth, slope b is off by "

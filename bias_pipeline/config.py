@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .combine import COMBINE_METHODS
 from .errors import ConfigError
 
 #: Header keywords looked up, in this order, for the sensor temperature [deg C].
@@ -21,7 +22,6 @@ DEFAULT_TEMPERATURE_KEYS: tuple[str, ...] = (
 #: Header keywords looked up, in this order, for the exposure time [s].
 DEFAULT_EXPOSURE_KEYS: tuple[str, ...] = ("EXPOSURE", "EXPTIME", "EXPOSURE_TIME", "ITIME")
 
-COMBINE_METHODS: tuple[str, ...] = ("median", "mean")
 INPUT_BITS_CHOICES: tuple[str, ...] = ("auto", "12", "16")
 
 
@@ -44,7 +44,14 @@ class PipelineConfig:
     min_frames_per_group
         Groups with fewer accepted frames are not combined; their frames are rejected.
     combine_method
-        ``"median"`` or ``"mean"``.
+        ``"sigma-clip"`` (default: the smallest error against the simulator's truth at equal
+        frames, see the README), ``"median"`` or ``"mean"``.
+    clip_sigma, clip_iters
+        Threshold (robust standard deviations) and maximum passes of ``sigma-clip``.
+    outlier_sigma, outlier_fraction
+        A frame with more than ``outlier_fraction`` of its pixels further than
+        ``outlier_sigma`` noise standard deviations from its group's master is rejected and
+        the master remade without it.
     input_bits
         ``"16"``: stored values are already 16-bit ADU (12-bit values x ``scale_factor``);
         ``"12"``: stored values are raw 12-bit and are multiplied by ``scale_factor``;
@@ -69,7 +76,11 @@ class PipelineConfig:
     max_exposure: float = 0.1
     temp_bin_width: float = 0.1
     min_frames_per_group: int = 3
-    combine_method: str = "median"
+    combine_method: str = "sigma-clip"
+    clip_sigma: float = 3.0
+    clip_iters: int = 5
+    outlier_sigma: float = 6.0
+    outlier_fraction: float = 0.05
     input_bits: str = "16"
     scale_factor: float = 16.0
     max_zero_fraction: float = 0.10
@@ -97,6 +108,12 @@ class PipelineConfig:
         _positive(self.temp_bin_width, "--temp-bin-width")
         _positive(self.scale_factor, "--scale-factor")
         _positive(self.memory_limit_mb, "--memory-limit")
+        _positive(self.clip_sigma, "--clip-sigma")
+        _positive(self.outlier_sigma, "--outlier-sigma")
+        if not isinstance(self.clip_iters, int) or self.clip_iters < 1:
+            raise ConfigError(f"--clip-iters must be a whole number >= 1, got {self.clip_iters!r}")
+        if not 0.0 < self.outlier_fraction <= 1.0:
+            raise ConfigError(f"--outlier-fraction must lie in (0, 1], got {self.outlier_fraction!r}")
         if not isinstance(self.min_frames_per_group, int) or self.min_frames_per_group < 1:
             raise ConfigError(
                 f"--min-frames-per-group must be a whole number >= 1, got {self.min_frames_per_group!r}"

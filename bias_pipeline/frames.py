@@ -281,9 +281,7 @@ def _inspect(record: FrameRecord, temperature_keys: Sequence[str], exposure_keys
                 record.bscale = float(header.get("BSCALE", 1.0))
                 needed = record.data_offset + shape[0] * shape[1] * abs(record.bitpix) // 8
                 if size < needed:
-                    raise FrameReadError(
-                        f"truncated: file has {size} bytes, its header needs {needed}"
-                    )
+                    raise FrameReadError(f"truncated: file has {size} bytes, its header needs {needed}")
             try:
                 pixels = np.asarray(hdu.data)
             except Exception as exc:

@@ -7,6 +7,7 @@ import pytest
 from astropy.io import fits
 
 from bias_pipeline import PipelineConfig
+from bias_pipeline.combine import combine_block
 from bias_pipeline.frames import FrameRecord
 from bias_pipeline.steps.step1_load_data import scan_frames
 from bias_pipeline.steps.step2_generate_master_bias_by_temp import (
@@ -65,7 +66,7 @@ def test_labels_stay_unique_when_wide_bins_round_alike():
 
 
 @pytest.mark.parametrize("n_frames", [1, 2, 3, 4, 7])
-@pytest.mark.parametrize("method", ["median", "mean"])
+@pytest.mark.parametrize("method", ["median", "mean", "sigma-clip"])
 def test_block_combine_equals_whole_stack(tmp_path, n_frames, method):
     """Tiny memory limits force one-row blocks; the result must not change (even/odd n)."""
     rng = np.random.default_rng(n_frames)
@@ -73,16 +74,22 @@ def test_block_combine_equals_whole_stack(tmp_path, n_frames, method):
     for i, frame in enumerate(stack):
         write_frame(tmp_path / f"f{i}.fits", frame, temperature=1.0)
     records, _ = scan_frames(tmp_path, PipelineConfig(show_progress=False))
-    expected = np.median(stack, axis=0) if method == "median" else stack.mean(axis=0)
-    for limit in (512.0, 0.001):
-        master = combine_records(records, method, memory_limit_mb=limit)
-        assert master.dtype == np.float32 and master.shape == (48, 64)
-        np.testing.assert_allclose(master, expected, rtol=1e-7 * (method == "mean"), atol=0)
+    whole = combine_block(stack.astype(np.float32), method)
+    if method == "median":
+        np.testing.assert_array_equal(whole.master, np.median(stack, axis=0))
+    elif method == "mean":
+        np.testing.assert_allclose(whole.master, stack.mean(axis=0), rtol=1e-7)
+    for limit in (512.0, 0.001):  # one block, then one-row blocks: identical results
+        result = combine_records(records, method, memory_limit_mb=limit).combined
+        assert result.master.dtype == np.float32 and result.master.shape == (48, 64)
+        for name in ("master", "noise", "error", "n_used"):
+            np.testing.assert_array_equal(getattr(result, name), getattr(whole, name))
 
 
 def test_block_rows_follow_the_memory_limit():
-    assert block_rows(120, 2048, 2048, 512) * 120 * 2048 * 8 <= 512 * 2**20
-    assert block_rows(10_000, 2048, 2048, 512) == 3  # thousands of frames: thin blocks, same memory
+    assert block_rows(120, 2048, 2048, 512, "mean") * 120 * 2048 * 8 <= 512 * 2**20
+    assert block_rows(120, 2048, 2048, 512, "sigma-clip") * 120 * 2048 * 40 <= 512 * 2**20
+    assert block_rows(10_000, 2048, 2048, 512, "mean") == 3  # thousands of frames: thin blocks
     assert block_rows(3, 64, 48, 512) == 48
 
 
@@ -91,7 +98,8 @@ def test_twelve_bit_input_is_scaled(tmp_path):
     for i, frame in enumerate(frames):
         write_frame(tmp_path / f"f{i}.fits", frame, temperature=1.0)
     records, _ = scan_frames(tmp_path, QUIET)
-    assert combine_records(records, "median", input_bits=12, scale_factor=16)[0, 0] == 101 * 16
+    result = combine_records(records, "median", input_bits=12, scale_factor=16).combined
+    assert result.master[0, 0] == 101 * 16
 
 
 def test_combine_frames_accepts_arrays_and_records():
@@ -110,7 +118,14 @@ def test_master_files_and_headers(tmp_path):
     (master,) = masters
     assert master.path.name == "master_bias_5.0C.fits"
     header = fits.getheader(master.path)
-    assert header["NCOMBINE"] == 3 and header["COMBMETH"] == "median" and header["BUNIT"] == "adu"
+    assert header["NCOMBINE"] == 3 and header["COMBMETH"] == "sigma-clip" and header["BUNIT"] == "adu"
+    with fits.open(master.path) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "ERR", "NOISE", "NUSED"]
+        # bias_pixels() draws 2 DN (32 ADU) of noise; three frames estimate it roughly.
+        assert 20 < np.median(hdul["NOISE"].data) < 45
+        used = hdul["NUSED"].data
+        assert used.max() == 3 and used.min() >= 2
+        np.testing.assert_allclose(hdul["ERR"].data, hdul["NOISE"].data / np.sqrt(used), rtol=1e-5)
     assert header["TEMPERATURE"] == pytest.approx(np.mean([4.98, 5.0, 5.03]))
     assert header["SCALEFAC"] == 16 and "BPVERS" in header and "DATE" in header
     assert fits.getdata(master.path).dtype == np.dtype(">f4")

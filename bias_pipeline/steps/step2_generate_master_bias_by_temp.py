@@ -15,20 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 from tqdm import tqdm
 
+from ..combine import COMBINE_METHODS, Combined, bytes_per_stacked_value, combine_block, typical_noise
 from ..config import PipelineConfig
 from ..errors import FrameReadError, InputDataError
 from ..frames import STATUS_ACCEPTED, STATUS_USED, FrameRecord, read_rows
 from ..products import product_header, read_image, unique_labels, write_image
-from .utils_scaling import scale_to_adu16
 
 logger = logging.getLogger(__name__)
 
 MASTER_PATTERN = "master_bias_{label}C.fits"
-# Bytes of working memory per pixel of a block: the float32 stack and a float32 copy that
-# np.median makes while partitioning.
-_BYTES_PER_STACKED_PIXEL = 8
 
 
 @dataclass
@@ -71,11 +69,20 @@ class MasterFrame:
     n_frames: int
     path: Path
     temperature_span: tuple[float, float] = (math.nan, math.nan)
+    method: str = "median"
+    noise_median: float = math.nan
 
     def load(self) -> np.ndarray:
         """The master's pixels, float32 16-bit ADU."""
         data, _ = read_image(self.path, "master bias")
         return data
+
+    def load_extension(self, name: str) -> np.ndarray | None:
+        """An extension of the master file (``ERR``, ``NOISE``, ``NUSED``), or ``None``."""
+        with fits.open(self.path, memmap=False) as hdul:
+            if name not in [h.name for h in hdul]:
+                return None
+            return np.asarray(hdul[name].data, dtype=np.float32)
 
 
 def _entry_temperature(entry: object) -> float:
@@ -171,31 +178,38 @@ def make_groups(records: Sequence[FrameRecord], config: PipelineConfig) -> list[
 
 
 def combine_stack(stack: np.ndarray, method: str = "median") -> np.ndarray:
-    """Combine a stack of frames along axis 0.
+    """Combine a stack of frames along axis 0 into a float32 master.
 
     >>> combine_stack(np.array([[[1.0]], [[2.0]], [[9.0]]])).tolist()
     [[2.0]]
     >>> combine_stack(np.array([[[1.0]], [[2.0]], [[9.0]]]), "mean").tolist()
     [[4.0]]
     """
-    if method == "median":
-        return np.median(stack, axis=0).astype(np.float32)
-    if method == "mean":
-        return np.mean(stack, axis=0, dtype=np.float64).astype(np.float32)
-    raise InputDataError(f"unknown combine method {method!r}; use median or mean")
+    if method not in COMBINE_METHODS:
+        raise InputDataError(f"unknown combine method {method!r}; use {', '.join(COMBINE_METHODS)}")
+    return combine_block(stack, method).master
 
 
-def block_rows(n_frames: int, columns: int, rows: int, memory_limit_mb: float) -> int:
+def block_rows(n_frames: int, columns: int, rows: int, memory_limit_mb: float, method: str = "median") -> int:
     """Rows per block so that the block buffers of ``n_frames`` frames fit the memory limit.
 
-    >>> block_rows(120, 2048, 2048, 512)
+    >>> block_rows(120, 2048, 2048, 512, "mean")
     273
     >>> block_rows(5, 64, 48, 512)
     48
     """
     budget = memory_limit_mb * 1024 * 1024
-    per_row = max(1, n_frames) * columns * _BYTES_PER_STACKED_PIXEL
+    per_row = max(1, n_frames) * columns * bytes_per_stacked_value(method)
     return int(max(1, min(rows, budget // per_row)))
+
+
+@dataclass
+class GroupResult:
+    """A combined group: the maps of :class:`~bias_pipeline.combine.Combined` for the whole
+    frame, and for each frame the fraction of its pixels far from the master."""
+
+    combined: Combined
+    outlier_fraction: np.ndarray
 
 
 def combine_records(
@@ -205,51 +219,77 @@ def combine_records(
     input_bits: int = 16,
     scale_factor: float = 16.0,
     memory_limit_mb: float = 512.0,
+    clip_sigma: float = 3.0,
+    clip_iters: int = 5,
+    outlier_sigma: float = 6.0,
     on_rows: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Combine frames on disk block by block into one float32 master.
+) -> GroupResult:
+    """Combine frames on disk block by block into a master with its noise and error maps.
 
     Parameters
     ----------
     records
         Inspected frames of one shape.
     method
-        ``"median"`` or ``"mean"``.
+        One of :data:`~bias_pipeline.combine.COMBINE_METHODS`.
     input_bits, scale_factor
         Units of the stored values (see :mod:`.utils_scaling`).
     memory_limit_mb
-        Budget for the block buffer.
+        Budget for the block buffers.
+    clip_sigma, clip_iters
+        Options of ``sigma-clip``.
+    outlier_sigma
+        A frame's pixel counts as an outlier when it lies further than this many noise
+        standard deviations from the master.
     on_rows
         Called with the number of frame-rows read after each block (progress).
 
     Returns
     -------
-    numpy.ndarray
-        The master, float32 in 16-bit ADU.
+    GroupResult
+        Maps float32 in 16-bit ADU.
 
     Raises
     ------
     FrameReadError
-        When a frame can no longer be read; its message names the file.
+        When a frame can no longer be read; its message names the file and the exception
+        carries the record as ``exc.record``.
     """
     if not records:
         raise InputDataError("no frames to combine")
     rows, columns = records[0].shape  # type: ignore[misc]
-    step = block_rows(len(records), columns, rows, memory_limit_mb)
-    master = np.empty((rows, columns), dtype=np.float32)
+    step = block_rows(len(records), columns, rows, memory_limit_mb, method)
+    maps = {name: np.empty((rows, columns), dtype=np.float32) for name in ("master", "noise", "error")}
+    n_used = np.empty((rows, columns), dtype=np.int32)
+    outliers = np.zeros(len(records), dtype=np.int64)
     stack = np.empty((len(records), step, columns), dtype=np.float32)
+    factor = np.float32(scale_factor if input_bits == 12 else 1.0)
     for start in range(0, rows, step):
         stop = min(rows, start + step)
+        block = stack[:, : stop - start]
         for index, record in enumerate(records):
             try:
-                stack[index, : stop - start] = read_rows(record, start, stop)
+                block[index] = read_rows(record, start, stop)
             except FrameReadError as exc:
                 exc.record = record  # type: ignore[attr-defined]
                 raise
-        master[start:stop] = combine_stack(stack[:, : stop - start], method)
+        if factor != 1:
+            block *= factor
+        combined = combine_block(block, method, clip_sigma=clip_sigma, clip_iters=clip_iters)
+        maps["master"][start:stop] = combined.master
+        maps["noise"][start:stop] = combined.noise
+        maps["error"][start:stop] = combined.error
+        n_used[start:stop] = combined.n_used
+        if len(records) >= 3:
+            # Noise floored at the row's typical value: a pixel whose frames happen to agree
+            # exactly must not make every small difference an outlier.
+            noise = np.fmax(combined.noise, typical_noise(combined.noise))
+            far = np.abs(block - combined.master[None]) > outlier_sigma * noise[None]
+            outliers += far.reshape(len(records), -1).sum(axis=1)
         if on_rows is not None:
             on_rows((stop - start) * len(records))
-    return scale_to_adu16(master, input_bits, scale_factor)
+    combined = Combined(maps["master"], maps["noise"], maps["error"], n_used)
+    return GroupResult(combined, outliers / float(rows * columns))
 
 
 def combine_frames(entries: Sequence[object], method: str = "median") -> np.ndarray:
@@ -261,7 +301,7 @@ def combine_frames(entries: Sequence[object], method: str = "median") -> np.ndar
         Either :class:`~bias_pipeline.frames.FrameRecord` objects (read from disk block by
         block, values as stored) or 2-D arrays of one shape.
     method
-        ``"median"`` or ``"mean"``.
+        One of :data:`~bias_pipeline.combine.COMBINE_METHODS`.
 
     Returns
     -------
@@ -270,7 +310,7 @@ def combine_frames(entries: Sequence[object], method: str = "median") -> np.ndar
     """
     entries = list(entries)
     if entries and all(isinstance(e, FrameRecord) for e in entries):
-        return combine_records(entries, method)  # type: ignore[arg-type]
+        return combine_records(entries, method).combined.master  # type: ignore[arg-type]
     return combine_stack(np.stack([np.asarray(e, dtype=np.float32) for e in entries]), method)
 
 
@@ -283,8 +323,11 @@ def build_masters(
 ) -> list[MasterFrame]:
     """Combine every group and write ``master_bias_XX.XC.fits``.
 
-    A frame that cannot be read any more is rejected and its group combined again without
-    it; a group that falls below the minimum size is dropped, and the other groups go on.
+    The master file's primary image is the master; extensions ``ERR`` (its standard error),
+    ``NOISE`` (the temporal noise of one frame) and ``NUSED`` (frames kept per pixel) follow.
+    A frame that cannot be read any more, or that disagrees with its group's master far
+    beyond the noise, is rejected and its group combined again without it; a group that
+    falls below the minimum size is dropped, and the other groups go on.
 
     Parameters
     ----------
@@ -316,10 +359,11 @@ def build_masters(
     )
     with progress:
         for group in groups:
-            master = _combine_group(group, config, input_bits, progress.update)
-            if master is None:
+            combined = _combine_group(group, config, input_bits, progress.update)
+            if combined is None:
                 continue
             low, high = group.temperature_span
+            noise_median = float(np.nanmedian(combined.noise)) if len(group.records) > 1 else math.nan
             header = product_header(
                 "MASTER_BIAS",
                 f"master bias, {config.combine_method} of {len(group.records)} frames",
@@ -331,42 +375,94 @@ def build_masters(
                     "NCOMBINE": (len(group.records), "number of frames combined"),
                     "COMBMETH": (config.combine_method, "how the frames were combined"),
                     "INBITS": (input_bits, "bit depth of the input values"),
+                    "NOISEMED": (noise_median, "[adu] median temporal noise of one frame"),
                 },
             )
-            path = write_image(masters_dir / MASTER_PATTERN.format(label=group.label), master, header)
+            extensions = [
+                _extension(combined.error, "ERR", "standard error of the master [adu]"),
+                _extension(combined.noise, "NOISE", "temporal noise of one frame (read noise) [adu]"),
+                fits.ImageHDU(combined.n_used.astype(np.int16), name="NUSED"),
+            ]
+            path = write_image(
+                masters_dir / MASTER_PATTERN.format(label=group.label), combined.master, header, extensions
+            )
             for record in group.records:
                 record.status = STATUS_USED
                 record.reason = ""
-            masters.append(MasterFrame(group.label, group.temperature, len(group.records), path, (low, high)))
+            masters.append(
+                MasterFrame(
+                    group.label,
+                    group.temperature,
+                    len(group.records),
+                    path,
+                    (low, high),
+                    method=config.combine_method,
+                    noise_median=noise_median,
+                )
+            )
             logger.info(
-                "master %s: %d frames at %.3f deg C", path.name, len(group.records), group.temperature
+                "master %s: %d frames at %.3f deg C, noise %.2f ADU",
+                path.name,
+                len(group.records),
+                group.temperature,
+                noise_median,
             )
     return masters
 
 
+def _extension(data: np.ndarray, name: str, what: str) -> fits.ImageHDU:
+    hdu = fits.ImageHDU(np.asarray(data, dtype=np.float32), name=name)
+    hdu.header["BUNIT"] = "adu"
+    hdu.header["CONTENT"] = what[:68]
+    return hdu
+
+
 def _combine_group(
     group: FrameGroup, config: PipelineConfig, input_bits: int, on_rows: Callable[[int], None]
-) -> np.ndarray | None:
+) -> Combined | None:
     while len(group.records) >= config.min_frames_per_group:
         try:
-            return combine_records(
+            result = combine_records(
                 group.records,
                 config.combine_method,
                 input_bits=input_bits,
                 scale_factor=config.scale_factor,
                 memory_limit_mb=config.memory_limit_mb,
+                clip_sigma=config.clip_sigma,
+                clip_iters=config.clip_iters,
+                outlier_sigma=config.outlier_sigma,
                 on_rows=on_rows,
             )
         except FrameReadError as exc:
             bad = exc.record  # type: ignore[attr-defined]
             bad.reject(f"became unreadable while combining: {exc}")
             group.records = [r for r in group.records if r is not bad]
+            continue
+        outlying = [
+            (record, fraction)
+            for record, fraction in zip(group.records, result.outlier_fraction, strict=True)
+            if fraction > config.outlier_fraction
+        ]
+        if not outlying:
+            return result.combined
+        for record, fraction in outlying:
+            record.reject(
+                f"disagrees with its group's master: {100 * fraction:.1f} % of pixels beyond "
+                f"{config.outlier_sigma:g} sigma (limit {100 * config.outlier_fraction:g} %; a readout "
+                "glitch, light leak or another gain mode?)"
+            )
+        group.records = [r for r in group.records if r.status != "rejected"]
+        logger.warning(
+            "group %s C: %d frame(s) disagree with the master and were rejected; combining again",
+            group.label,
+            len(outlying),
+        )
     for record in group.records:
         record.reject(
             f"its temperature group {group.label} C fell below --min-frames-per-group "
-            f"{config.min_frames_per_group} after unreadable frames were removed"
+            f"{config.min_frames_per_group} after unusable frames were removed"
         )
-    logger.warning("group %s C dropped: too few readable frames", group.label)
+    logger.warning("group %s C dropped: too few usable frames", group.label)
     return None
 
 

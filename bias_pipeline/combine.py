@@ -1,0 +1,162 @@
+"""Array functions that combine a stack of frames into a master, with its noise.
+
+Pure functions on arrays of shape ``(n_frames, rows, columns)``; the step-2 module feeds them
+row blocks read from disk. Each method returns the master, the per-pixel temporal noise of the
+frames (the read-noise estimate) and the master's own standard error.
+
+- ``median``: noise is the standard deviation of the values left after one 3-sigma clip about
+  the median (robust to cosmic rays); the master's error is 1.2533 noise / sqrt(n), the
+  efficiency of a median of Gaussian samples.
+- ``mean``: noise is the sample standard deviation; error noise / sqrt(n).
+- ``sigma-clip``: iterative: centre on the median of the kept values, scale 1.4826 MAD of the
+  kept values (floored, see below), drop values beyond ``clip_sigma`` scales, until nothing
+  changes or ``clip_iters`` passes; then the mean and standard deviation of the kept values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAD_TO_SIGMA = 1.4826
+MEDIAN_EFFICIENCY = 1.2533  # sqrt(pi / 2): error of a median relative to a mean, large n
+COMBINE_METHODS: tuple[str, ...] = ("sigma-clip", "median", "mean")
+
+
+@dataclass
+class Combined:
+    """A combined block: ``master``, ``noise`` (per-frame temporal scatter), ``error`` (standard
+    error of the master) and ``n_used`` (frames kept per pixel), all ``(rows, columns)``."""
+
+    master: np.ndarray
+    noise: np.ndarray
+    error: np.ndarray
+    n_used: np.ndarray
+
+
+def _take(sorted_stack: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(sorted_stack, index[None], axis=0)[0]
+
+
+def _sorted_median(sorted_stack: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Median of ``sorted_stack[lo:hi]`` per pixel (``hi > lo``)."""
+    return 0.5 * (_take(sorted_stack, (lo + hi - 1) // 2) + _take(sorted_stack, (lo + hi) // 2))
+
+
+def combine_block(
+    stack: np.ndarray,
+    method: str = "sigma-clip",
+    *,
+    clip_sigma: float = 3.0,
+    clip_iters: int = 5,
+) -> Combined:
+    """Combine ``stack`` (frames along axis 0) into a master with its noise and error.
+
+    Parameters
+    ----------
+    stack
+        ``(n_frames, rows, columns)`` values; not modified.
+    method
+        One of :data:`COMBINE_METHODS`.
+    clip_sigma, clip_iters
+        Threshold (in robust standard deviations) and maximum passes of ``sigma-clip``.
+
+    Returns
+    -------
+    Combined
+        float32 maps. With one frame, noise and error are NaN.
+
+    Examples
+    --------
+    >>> stack = np.tile([10.0, 11.0, 9.0, 10.0, 10.0], (40, 1)).T.reshape(5, 4, 10)
+    >>> stack[4, 0, 0] = 500.0  # a cosmic-ray hit in one frame
+    >>> out = combine_block(stack, "sigma-clip")
+    >>> float(out.master[0, 0]), int(out.n_used[0, 0]), float(out.master[1, 1])
+    (10.0, 4, 10.0)
+    >>> float(combine_block(stack, "mean").master[0, 0])
+    108.0
+    """
+    n = stack.shape[0]
+    data = np.asarray(stack, dtype=np.float32)
+    if method == "mean":
+        master = data.mean(axis=0, dtype=np.float64)
+        noise = data.std(axis=0, ddof=1, dtype=np.float64) if n > 1 else np.full(master.shape, np.nan)
+        return Combined(
+            master.astype(np.float32),
+            noise.astype(np.float32),
+            (noise / np.sqrt(n)).astype(np.float32),
+            np.full(master.shape, n, dtype=np.int32),
+        )
+    ordered = np.sort(data, axis=0)
+    lo = np.zeros(data.shape[1:], dtype=np.intp)
+    hi = np.full(data.shape[1:], n, dtype=np.intp)
+    if method not in ("median", "sigma-clip"):
+        raise ValueError(f"unknown combine method {method!r}; use one of {', '.join(COMBINE_METHODS)}")
+    median = _sorted_median(ordered, lo, hi)
+    iterations = clip_iters if method == "sigma-clip" else 1
+    if n >= 3:
+        # The MAD of a few quantised values is coarse and often too small (0 where most values
+        # coincide), which would clip honest values. The scale is floored at the row's typical
+        # frame-to-frame standard deviation (median over the row's pixels, so cosmic rays and
+        # hot pixels do not raise it; per row, so the result does not depend on how the frame
+        # is cut into blocks); a pixel noisier than typical keeps its own, larger MAD.
+        floor = typical_noise(data.std(axis=0, ddof=1))
+        for _ in range(iterations):
+            centre = _sorted_median(ordered, lo, hi)
+            scale = np.maximum(_mad_sigma(ordered, centre, lo, hi), floor)
+            low, high = centre - clip_sigma * scale, centre + clip_sigma * scale
+            new_lo = np.sum(ordered < low[None], axis=0)
+            new_hi = np.sum(ordered <= high[None], axis=0)
+            # Keep at least the median value(s) whatever the scale.
+            new_lo = np.minimum(new_lo, (lo + hi - 1) // 2)
+            new_hi = np.maximum(new_hi, (lo + hi) // 2 + 1)
+            if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+                break
+            lo, hi = new_lo, new_hi
+    # Mean and standard deviation of the kept range from cumulative sums over sorted values.
+    zero = np.zeros((1, *data.shape[1:]))
+    cumsum = np.concatenate([zero, np.cumsum(ordered, axis=0, dtype=np.float64)])
+    kept = (hi - lo).astype(np.float64)
+    total = _take(cumsum, hi) - _take(cumsum, lo)
+    master = total / kept
+    shifted = ordered - master[None].astype(np.float32)  # centre first: no cancellation
+    inside = (np.arange(n)[:, None, None] >= lo[None]) & (np.arange(n)[:, None, None] < hi[None])
+    sum_sq = np.sum(np.where(inside, shifted.astype(np.float64) ** 2, 0.0), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        noise = np.where(kept > 1, np.sqrt(sum_sq / (kept - 1)), np.nan)
+        error = noise / np.sqrt(kept)
+    if method == "median":
+        return Combined(
+            median.astype(np.float32),
+            noise.astype(np.float32),
+            (MEDIAN_EFFICIENCY * noise / np.sqrt(n)).astype(np.float32),
+            np.full(median.shape, n, dtype=np.int32),
+        )
+    return Combined(
+        master.astype(np.float32),
+        noise.astype(np.float32),
+        error.astype(np.float32),
+        (hi - lo).astype(np.int32),
+    )
+
+
+def typical_noise(noise: np.ndarray) -> np.ndarray:
+    """Median over each row of a ``(rows, columns)`` noise map, as a ``(rows, 1)`` column."""
+    with np.errstate(invalid="ignore"):
+        return np.nanmedian(noise, axis=-1, keepdims=True)
+
+
+def _mad_sigma(ordered: np.ndarray, centre: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """1.4826 x median absolute deviation about ``centre`` of ``ordered[lo:hi]`` per pixel."""
+    n = ordered.shape[0]
+    index = np.arange(n)[:, None, None]
+    inside = (index >= lo[None]) & (index < hi[None])
+    deviation = np.where(inside, np.abs(ordered - centre[None]), np.inf)
+    deviation.sort(axis=0)
+    return MAD_TO_SIGMA * _sorted_median(deviation, np.zeros_like(lo), hi - lo)
+
+
+def bytes_per_stacked_value(method: str) -> int:
+    """Working memory per frame-pixel of a block, for choosing the block height."""
+    return 8 if method == "mean" else 40
