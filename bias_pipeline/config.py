@@ -65,6 +65,10 @@ class PipelineConfig:
         Plausible sensor temperatures [deg C]; a frame outside is rejected.
     memory_limit_mb
         Memory [MiB] the combine may use for its pixel buffers; sets the row-block height.
+    degree
+        1 for ``a + b T``; 2 adds ``c T^2``.
+    nonlinear_pvalue
+        A pixel whose fit chi-square is this improbable is flagged NONLINEAR.
     evaluate
         Run step 5 (evaluation and plots).
     show_progress
@@ -86,6 +90,8 @@ class PipelineConfig:
     max_zero_fraction: float = 0.10
     temperature_limits: tuple[float, float] = (-60.0, 80.0)
     memory_limit_mb: float = 512.0
+    degree: int = 1
+    nonlinear_pvalue: float = 1e-4
     evaluate: bool = True
     show_progress: bool = True
 
@@ -118,6 +124,10 @@ class PipelineConfig:
             raise ConfigError(
                 f"--min-frames-per-group must be a whole number >= 1, got {self.min_frames_per_group!r}"
             )
+        if self.degree not in (1, 2):
+            raise ConfigError(f"--degree must be 1 or 2, got {self.degree!r}")
+        if not 0.0 < self.nonlinear_pvalue < 1.0:
+            raise ConfigError(f"--nonlinear-pvalue must lie in (0, 1), got {self.nonlinear_pvalue!r}")
         if self.combine_method not in COMBINE_METHODS:
             raise ConfigError(
                 f"--combine-method must be one of {', '.join(COMBINE_METHODS)}, got {self.combine_method!r}"

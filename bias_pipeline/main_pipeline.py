@@ -160,7 +160,7 @@ def run_bias_pipeline(
         sum(r.status == STATUS_IGNORED for r in records),
     )
     # Step 3: the model.
-    model = fit_model(masters, mask, scale_factor=config.scale_factor)
+    model = fit_model(masters, mask, config)
     model.save(dirs["model"], cards={"INBITS": (input_bits, "bit depth of the input values")})
     result = PipelineResult(out, records, masters, model, input_bits)
     # Step 4: synthetic frames at the masters' temperatures.

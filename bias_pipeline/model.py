@@ -1,10 +1,18 @@
-"""The per-pixel linear bias model ``bias(T) = a + b * T`` and its files.
+"""The per-pixel bias model ``bias(T) = a + b * T (+ c * T^2)`` and its files.
 
-This is the only module that reads or writes model files. ``bias_a_map.fits`` holds ``a``
-(the bias at 0 deg C, 16-bit ADU) and ``bias_b_map.fits`` holds ``b`` (ADU per deg C). Pixels
-left out of the fit (the hot-pixel mask) hold NaN in both maps, so a synthetic frame says
-"no model here" at those pixels instead of inventing a value; the a-map file also carries the
-mask as a ``MASK`` extension and the fitted groups as a ``GROUPS`` table.
+This is the only module that reads or writes model files:
+
+- ``bias_a_map.fits``: ``a``, the bias at 0 deg C [16-bit ADU] (the seed's meaning), with the
+  user's hot-pixel mask as a ``MASK`` extension and the fitted groups as a ``GROUPS`` table;
+- ``bias_b_map.fits``: ``b`` [ADU / deg C];
+- ``bias_model.fits``: the self-describing model, one named extension per map: ``A``, ``B``
+  (``C`` for degree 2), ``SIGMA_A``, ``SIGMA_B``, ``COV_AB`` (and the ``C`` terms), ``RMS``,
+  ``CHI2`` (reduced), ``NGROUPS``, ``READNOISE``, ``MASK`` (the DQ bit mask), ``DQ_DEF`` (the
+  table of its bits) and ``GROUPS``; the primary header holds the metadata (``TREF``,
+  ``TMIN``/``TMAX``, frames, groups, units, scale factor, version).
+
+Pixels of the user's hot-pixel mask are not fitted and hold NaN in every map, so a synthetic
+frame says "no model here" rather than inventing a value.
 """
 
 from __future__ import annotations
@@ -17,34 +25,48 @@ import numpy as np
 from astropy.io import fits
 
 from .errors import InputDataError
-from .products import product_header, read_image, write_image
+from .products import add_card, product_header, read_image, write_fits_atomic, write_image
+from .quality import DQ_BITS, HOT_MASK
 
 logger = logging.getLogger(__name__)
 
 A_MAP_NAME = "bias_a_map.fits"
 B_MAP_NAME = "bias_b_map.fits"
+MODEL_FILE_NAME = "bias_model.fits"
 MODEL_DIR_NAME = "bias_model"
+COEFFICIENT_NAMES = ("A", "B", "C")
 
 
 @dataclass
 class BiasModel:
-    """Per-pixel linear bias model.
+    """Per-pixel polynomial bias model in temperature.
 
     Attributes
     ----------
     a_map
         Bias at 0 deg C [16-bit ADU], float32, NaN where ``mask`` is True.
     b_map
-        Slope [16-bit ADU per deg C], float32, NaN where ``mask`` is True.
+        Slope [ADU per deg C] (at 0 deg C for degree 2), float32, NaN where ``mask`` is True.
     mask
-        True where a pixel was left out of the fit (hot-pixel mask).
+        True where a pixel was left out of the fit (the user's hot-pixel mask).
     temperature_range
-        ``(lowest, highest)`` group temperature the model was fitted on [deg C]; ``None``
-        when unknown (maps made elsewhere).
+        ``(lowest, highest)`` group temperature fitted [deg C]; ``None`` when unknown.
     group_temperatures, group_frames
-        Temperature and number of frames of each master used in the fit.
+        Temperature and number of frames of each input of the fit.
     scale_factor
         The 12-bit to 16-bit factor of the values.
+    c_map
+        Quadratic term [ADU per deg C^2] of a degree-2 model, else ``None``.
+    covariance
+        ``(P, P, rows, columns)`` covariance of ``a, b[, c]``; ``None`` when unknown.
+    rms, chi2, ngroups
+        Residual rms [ADU], reduced chi-square and number of inputs fitted, per pixel.
+    dq
+        uint32 bad-pixel flags (see :mod:`bias_pipeline.quality`); ``None`` when unknown.
+    read_noise
+        Temporal noise of one frame per pixel [ADU].
+    tref
+        Reference temperature the fit was made about [deg C].
 
     Examples
     --------
@@ -64,6 +86,14 @@ class BiasModel:
     group_temperatures: tuple[float, ...] = ()
     group_frames: tuple[int, ...] = ()
     scale_factor: float = 16.0
+    c_map: np.ndarray | None = None
+    covariance: np.ndarray | None = None
+    rms: np.ndarray | None = None
+    chi2: np.ndarray | None = None
+    ngroups: np.ndarray | None = None
+    dq: np.ndarray | None = None
+    read_noise: np.ndarray | None = None
+    tref: float | None = None
 
     def __post_init__(self) -> None:
         self.a_map = np.asarray(self.a_map, dtype=np.float32)
@@ -75,6 +105,8 @@ class BiasModel:
             )
         if self.mask.shape != self.a_map.shape:
             raise InputDataError(f"mask {self.mask.shape} differs from the maps {self.a_map.shape}")
+        if self.c_map is not None:
+            self.c_map = np.asarray(self.c_map, dtype=np.float32)
 
     @classmethod
     def from_maps(
@@ -100,22 +132,65 @@ class BiasModel:
         """``(rows, columns)`` of the maps."""
         return self.a_map.shape  # type: ignore[return-value]
 
-    def predict(self, temperature: float | np.ndarray | list[float]) -> np.ndarray:
+    @property
+    def degree(self) -> int:
+        """1 for ``a + b T``, 2 with a quadratic term."""
+        return 1 if self.c_map is None else 2
+
+    @property
+    def coefficients(self) -> list[np.ndarray]:
+        """``[a, b]`` or ``[a, b, c]``."""
+        return [self.a_map, self.b_map] + ([] if self.c_map is None else [self.c_map])
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """Pixels to leave out of statistics: masked or carrying any DQ flag."""
+        return self.mask if self.dq is None else (self.mask | (self.dq != 0))
+
+    def predict(
+        self, temperature: float | np.ndarray | list[float], *, return_sigma: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Bias frame(s) at ``temperature`` [deg C], float32 in 16-bit ADU.
 
         A scalar gives one ``(rows, columns)`` frame; a sequence gives a stack
         ``(n, rows, columns)``. Masked pixels are NaN. A temperature outside the fitted range
         is logged as a warning: the model is extrapolating there.
+
+        Parameters
+        ----------
+        temperature
+            Sensor temperature(s) [deg C].
+        return_sigma
+            Also return the model's standard error at that temperature (from the fit's
+            covariance; NaN everywhere when the model carries none).
+
+        Returns
+        -------
+        frame or (frame, sigma)
         """
         temps = np.asarray(temperature, dtype=np.float64)
         if not np.all(np.isfinite(temps)):
             raise InputDataError(f"temperature must be a finite number, got {temperature!r}")
         self.warn_if_extrapolating(temps)
-        if temps.ndim == 0:
-            return (self.a_map + self.b_map * np.float32(temps)).astype(np.float32)
-        return (self.a_map[None] + self.b_map[None] * temps.astype(np.float32)[:, None, None]).astype(
-            np.float32
-        )
+        frames = np.stack([self._at(float(t))[0] for t in np.atleast_1d(temps)])
+        value = frames[0] if temps.ndim == 0 else frames
+        if not return_sigma:
+            return value
+        sigmas = np.stack([self._at(float(t), sigma=True)[1] for t in np.atleast_1d(temps)])
+        return value, sigmas[0] if temps.ndim == 0 else sigmas
+
+    def _at(self, temperature: float, sigma: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        t = np.float32(temperature)
+        value = self.a_map + t * self.b_map
+        if self.c_map is not None:
+            value = value + t * t * self.c_map
+        if not sigma:
+            return value.astype(np.float32), None
+        if self.covariance is None:
+            return value.astype(np.float32), np.full(self.shape, np.nan, dtype=np.float32)
+        powers = temperature ** np.arange(self.degree + 1)
+        variance = np.einsum("p,pqij,q->ij", powers, self.covariance.astype(np.float64), powers)
+        return value.astype(np.float32), np.sqrt(np.maximum(variance, 0)).astype(np.float32)
 
     def warn_if_extrapolating(self, temperatures: np.ndarray) -> bool:
         """Log a warning for temperatures outside the fitted range; return whether any are."""
@@ -136,38 +211,47 @@ class BiasModel:
         return False
 
     # ------------------------------------------------------------------ files
-    def save(self, model_dir: str | Path, cards: dict[str, object] | None = None) -> tuple[Path, Path]:
-        """Write ``bias_a_map.fits`` and ``bias_b_map.fits`` into ``model_dir``.
+    def _metadata(self) -> dict[str, object]:
+        cards: dict[str, object] = {
+            "NMASKED": (int(self.mask.sum()), "pixels left out of the fit (NaN in the maps)"),
+            "MODEL": ("bias(T) = A + B*T" + (" + C*T^2" if self.c_map is not None else ""), "T in deg C"),
+            "DEGREE": (self.degree, "polynomial degree in temperature"),
+        }
+        if self.tref is not None:
+            cards["TREF"] = (float(self.tref), "[deg C] reference temperature of the fit")
+        if self.temperature_range is not None:
+            cards["TMIN"] = (float(self.temperature_range[0]), "[deg C] lowest fitted temperature")
+            cards["TMAX"] = (float(self.temperature_range[1]), "[deg C] highest fitted temperature")
+        if self.group_frames:
+            cards["NGROUPS"] = (len(self.group_frames), "inputs (masters or frames) fitted")
+            cards["NFRAMES"] = (int(sum(self.group_frames)), "raw frames behind the fit")
+        if self.dq is not None:
+            cards["NFLAGGED"] = (int(np.count_nonzero(self.dq)), "pixels with any DQ flag")
+            for bit in DQ_BITS:
+                cards[f"DQ_{bit.name}"] = (bit.value, bit.description)
+        return cards
+
+    def save(self, model_dir: str | Path, cards: dict[str, object] | None = None) -> list[Path]:
+        """Write ``bias_a_map.fits``, ``bias_b_map.fits`` and, when the model carries its
+        uncertainties, ``bias_model.fits`` into ``model_dir``.
 
         Parameters
         ----------
         model_dir
             Folder (created if missing).
         cards
-            Extra header cards for both files (provenance).
+            Extra header cards for every file (provenance).
 
         Returns
         -------
-        a_path, b_path
+        list of pathlib.Path
+            The files written.
         """
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
-        common: dict[str, object] = {
-            "NMASKED": (int(self.mask.sum()), "pixels left out of the fit (NaN in the map)"),
-            "MODEL": ("bias(T) = A + B * T", "T = sensor temperature in deg C"),
-        }
-        if self.temperature_range is not None:
-            common["TMIN"] = (float(self.temperature_range[0]), "[deg C] lowest fitted temperature")
-            common["TMAX"] = (float(self.temperature_range[1]), "[deg C] highest fitted temperature")
-        if self.group_frames:
-            common["NGROUPS"] = (len(self.group_frames), "temperature groups (masters) fitted")
-            common["NFRAMES"] = (int(sum(self.group_frames)), "raw frames behind the masters")
-        common.update(cards or {})
+        common = {**self._metadata(), **(cards or {})}
         a_header = product_header(
-            "BIAS_A",
-            "bias intercept a: model bias at 0 deg C",
-            scale_factor=self.scale_factor,
-            cards=common,
+            "BIAS_A", "bias intercept a: model bias at 0 deg C", scale_factor=self.scale_factor, cards=common
         )
         b_header = product_header(
             "BIAS_B",
@@ -180,17 +264,86 @@ class BiasModel:
         mask_hdu.header["COMMENT"] = "1 = pixel left out of the fit (hot-pixel mask), 0 = fitted"
         extensions: list[fits.ImageHDU | fits.BinTableHDU] = [mask_hdu]
         if self.group_temperatures:
-            table = fits.BinTableHDU.from_columns(
-                [
-                    fits.Column(name="TEMPERATURE", format="D", unit="deg C", array=self.group_temperatures),
-                    fits.Column(name="NFRAMES", format="J", array=self.group_frames),
-                ],
-                name="GROUPS",
+            extensions.append(self._groups_table())
+        paths = [
+            write_image(model_dir / A_MAP_NAME, self.a_map, a_header, extensions),
+            write_image(model_dir / B_MAP_NAME, self.b_map, b_header),
+        ]
+        if self.covariance is not None:
+            paths.append(self._write_model_file(model_dir / MODEL_FILE_NAME, common))
+        return paths
+
+    def _groups_table(self) -> fits.BinTableHDU:
+        return fits.BinTableHDU.from_columns(
+            [
+                fits.Column(name="TEMPERATURE", format="D", unit="deg C", array=self.group_temperatures),
+                fits.Column(name="NFRAMES", format="J", array=self.group_frames),
+            ],
+            name="GROUPS",
+        )
+
+    def _write_model_file(self, path: Path, cards: dict[str, object]) -> Path:
+        primary = fits.PrimaryHDU(
+            header=product_header(
+                "BIAS_MODEL",
+                "per-pixel bias model in temperature with uncertainties",
+                scale_factor=self.scale_factor,
+                cards=cards,
             )
-            extensions.append(table)
-        a_path = write_image(model_dir / A_MAP_NAME, self.a_map, a_header, extensions)
-        b_path = write_image(model_dir / B_MAP_NAME, self.b_map, b_header)
-        return a_path, b_path
+        )
+        hdus: list[fits.ImageHDU | fits.BinTableHDU | fits.PrimaryHDU] = [primary]
+
+        def image(data: np.ndarray, name: str, unit: str, what: str) -> None:
+            hdu = fits.ImageHDU(np.asarray(data, dtype=np.float32), name=name)
+            add_card(hdu.header, "BUNIT", unit)
+            add_card(hdu.header, "CONTENT", what[:68])
+            hdus.append(hdu)
+
+        units = ("adu", "adu / deg C", "adu / deg C**2")
+        for j, coefficient in enumerate(self.coefficients):
+            image(coefficient, COEFFICIENT_NAMES[j], units[j], f"coefficient of T^{j}, T in deg C")
+        assert self.covariance is not None
+        for j in range(self.degree + 1):
+            sigma = np.sqrt(np.maximum(self.covariance[j, j], 0))
+            image(
+                sigma, f"SIGMA_{COEFFICIENT_NAMES[j]}", units[j], f"standard error of {COEFFICIENT_NAMES[j]}"
+            )
+        for j in range(self.degree + 1):
+            for k in range(j + 1, self.degree + 1):
+                name = f"COV_{COEFFICIENT_NAMES[j]}{COEFFICIENT_NAMES[k]}"
+                image(
+                    self.covariance[j, k],
+                    name,
+                    "",
+                    f"covariance of {COEFFICIENT_NAMES[j]} and {COEFFICIENT_NAMES[k]}",
+                )
+        for data, name, unit, what in (
+            (self.rms, "RMS", "adu", "rms of the fit residuals"),
+            (self.chi2, "CHI2", "", "reduced chi-square of the fit"),
+            (self.read_noise, "READNOISE", "adu", "temporal noise of one frame"),
+        ):
+            if data is not None:
+                image(data, name, unit, what)
+        if self.ngroups is not None:
+            hdus.append(fits.ImageHDU(np.asarray(self.ngroups, dtype=np.int16), name="NGROUPS"))
+        dq = self.dq if self.dq is not None else np.where(self.mask, HOT_MASK.value, 0).astype(np.uint32)
+        dq_hdu = fits.ImageHDU(dq.astype(np.int32), name="MASK")
+        dq_hdu.header["COMMENT"] = "bit mask of bad-pixel flags, bits named in DQ_DEF; 0 = good"
+        hdus.append(dq_hdu)
+        hdus.append(
+            fits.BinTableHDU.from_columns(
+                [
+                    fits.Column(name="BIT", format="J", array=[b.bit for b in DQ_BITS]),
+                    fits.Column(name="VALUE", format="J", array=[b.value for b in DQ_BITS]),
+                    fits.Column(name="NAME", format="20A", array=[b.name for b in DQ_BITS]),
+                    fits.Column(name="DESCRIPTION", format="80A", array=[b.description for b in DQ_BITS]),
+                ],
+                name="DQ_DEF",
+            )
+        )
+        if self.group_temperatures:
+            hdus.append(self._groups_table())
+        return write_fits_atomic(path, fits.HDUList(hdus))
 
     @classmethod
     def load(cls, path: str | Path, b_map_path: str | Path | None = None) -> BiasModel:
@@ -200,13 +353,15 @@ class BiasModel:
         ----------
         path
             A pipeline output folder (containing ``bias_model/``), a ``bias_model`` folder,
-            or the a-map FITS file.
+            ``bias_model.fits``, or the a-map FITS file.
         b_map_path
             The b-map FITS file; by default ``bias_b_map.fits`` beside the a-map.
 
         Returns
         -------
         BiasModel
+            With uncertainties and flags when ``bias_model.fits`` is found (a folder, or that
+            file given) and no separate b-map was named.
 
         Raises
         ------
@@ -216,11 +371,15 @@ class BiasModel:
         path = Path(path)
         if path.is_dir():
             model_dir = path / MODEL_DIR_NAME if (path / MODEL_DIR_NAME).is_dir() else path
+            if (model_dir / MODEL_FILE_NAME).is_file() and b_map_path is None:
+                return cls._load_model_file(model_dir / MODEL_FILE_NAME)
             a_path = model_dir / A_MAP_NAME
             if not a_path.is_file():
                 raise InputDataError(
                     f"no {A_MAP_NAME} in {path}; give a pipeline output folder or the a-map file"
                 )
+        elif path.name == MODEL_FILE_NAME and b_map_path is None:
+            return cls._load_model_file(path)
         else:
             a_path = path
         b_path = Path(b_map_path) if b_map_path is not None else a_path.with_name(B_MAP_NAME)
@@ -246,16 +405,60 @@ class BiasModel:
             raise InputDataError(f"a-map {a_path} cannot be read: {exc}") from None
         if mask is not None and mask.shape != a_map.shape:
             mask = None
-        t_range = None
-        if "TMIN" in a_header and "TMAX" in a_header:
-            t_range = (float(a_header["TMIN"]), float(a_header["TMAX"]))
         model = cls.from_maps(
             a_map,
             b_map,
             mask,
-            temperature_range=t_range,
+            temperature_range=_range(a_header),
             scale_factor=float(a_header.get("SCALEFAC", 16.0)),
         )
         model.group_temperatures = temperatures
         model.group_frames = frames
+        model.tref = float(a_header["TREF"]) if "TREF" in a_header else None
         return model
+
+    @classmethod
+    def _load_model_file(cls, path: Path) -> BiasModel:
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                header = hdul[0].header
+                maps = {h.name: np.asarray(h.data) for h in hdul[1:] if h.is_image}
+                groups = hdul["GROUPS"].data if "GROUPS" in hdul else None
+                temperatures = tuple(float(t) for t in groups["TEMPERATURE"]) if groups is not None else ()
+                frames = tuple(int(n) for n in groups["NFRAMES"]) if groups is not None else ()
+        except Exception as exc:
+            raise InputDataError(f"model file {path} cannot be read: {exc}") from None
+        if "A" not in maps or "B" not in maps:
+            raise InputDataError(f"model file {path} has no A and B extensions")
+        names = COEFFICIENT_NAMES[: 3 if "C" in maps else 2]
+        size = len(names)
+        covariance = np.zeros((size, size, *maps["A"].shape), dtype=np.float32)
+        for j, name in enumerate(names):
+            covariance[j, j] = maps.get(f"SIGMA_{name}", np.full(maps["A"].shape, np.nan)) ** 2
+            for k in range(j + 1, size):
+                covariance[j, k] = covariance[k, j] = maps.get(f"COV_{name}{names[k]}", np.nan)
+        dq = maps["MASK"].astype(np.uint32) if "MASK" in maps else None
+        mask = (dq & HOT_MASK.value).astype(bool) if dq is not None else ~np.isfinite(maps["A"])
+        return cls(
+            maps["A"],
+            maps["B"],
+            mask,
+            temperature_range=_range(header),
+            group_temperatures=temperatures,
+            group_frames=frames,
+            scale_factor=float(header.get("SCALEFAC", 16.0)),
+            c_map=maps.get("C"),
+            covariance=covariance,
+            rms=maps.get("RMS"),
+            chi2=maps.get("CHI2"),
+            ngroups=maps.get("NGROUPS"),
+            dq=dq,
+            read_noise=maps.get("READNOISE"),
+            tref=float(header["TREF"]) if "TREF" in header else None,
+        )
+
+
+def _range(header: fits.Header) -> tuple[float, float] | None:
+    if "TMIN" in header and "TMAX" in header:
+        return float(header["TMIN"]), float(header["TMAX"])
+    return None

@@ -75,6 +75,7 @@ def test_every_output_name(pipeline_run, sim):
     out = pipeline_run.output_dir
     labels = ["-10.0", "0.0", "10.0", "20.0", "30.0"]
     expected = {"frames_manifest.csv", "bias_model/bias_a_map.fits", "bias_model/bias_b_map.fits"}
+    expected.add("bias_model/bias_model.fits")
     expected |= {"evaluation/evaluation_summary.png", "evaluation/evaluation_summary.csv"}
     for label in labels:
         expected |= {
@@ -88,7 +89,7 @@ def test_every_output_name(pipeline_run, sim):
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert written == expected
     for name in expected:
-        if name.endswith(".fits"):
+        if name.endswith(".fits") and not name.endswith("bias_model.fits"):
             header = fits.getheader(out / name)
             assert (
                 header["BUNIT"] in ("adu", "adu / deg C", "%")

@@ -69,7 +69,7 @@ def test_masked_pixels_are_nan_and_others_unaffected():
 
 
 def test_needs_two_distinct_temperatures():
-    with pytest.raises(InputDataError, match="two or more distinct temperatures"):
+    with pytest.raises(InputDataError, match="needs masters at 2 or more distinct temperatures"):
         fit_bias_model(linear_masters([5.0]))
 
 

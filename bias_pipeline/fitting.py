@@ -1,0 +1,267 @@
+"""Per-pixel weighted polynomial fits of bias against temperature, as array functions.
+
+Every pixel shares the same temperatures and weights, so the weighted least-squares solution
+is one small matrix ``L`` (coefficients x inputs) applied to the inputs, and the inputs
+(masters or frames, full 2-D images) are visited one at a time: memory holds the coefficient
+maps, never a stack. The fit is made in ``t = T - TREF`` (TREF: a temperature inside the data)
+so the matrix is well conditioned, then expressed in powers of ``T`` about 0 deg C, the
+meaning of the seed's a-map.
+
+Noise model: input k of a pixel has variance ``noise^2 / w_k``, with ``noise`` the pixel's
+read noise (one frame) and ``w_k`` the input's weight (frames combined, divided by the
+combine's efficiency squared). The coefficient covariance is then ``noise^2 * C`` with one
+``C`` for all pixels; with the noise known, ``chi2 = sum w_k r_k^2 / noise^2`` tests the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputDataError
+
+
+@dataclass
+class PolynomialFit:
+    """Result of :func:`fit_polynomial`.
+
+    Attributes
+    ----------
+    coefficients
+        ``(degree + 1, rows, columns)`` float64: ``a, b[, c]`` of ``a + b T + c T^2``
+        (T in deg C).
+    unit_covariance
+        ``(degree + 1, degree + 1)`` covariance of the coefficients for unit noise; a pixel's
+        covariance is this times its ``noise_variance``.
+    noise_variance
+        Per-pixel variance of one frame used for the covariance (given, or estimated from the
+        residuals when no noise map was given).
+    chi2
+        Per-pixel ``sum w r^2 / noise^2``; ``dof`` degrees of freedom.
+    rms
+        Per-pixel root mean square of the residuals [ADU], unweighted.
+    residual_sum_sq
+        Per-pixel ``sum w r^2`` (weighted, not divided by the noise).
+    leverage
+        ``h_k`` of each input: its held-out residual is ``r_k / (1 - h_k)`` (exact for a linear
+        smoother), so leave-one-out needs no refits.
+    tref
+        Reference temperature of the fit [deg C].
+    dof
+        Inputs minus coefficients.
+    """
+
+    coefficients: np.ndarray
+    unit_covariance: np.ndarray
+    noise_variance: np.ndarray
+    chi2: np.ndarray
+    rms: np.ndarray
+    residual_sum_sq: np.ndarray
+    leverage: np.ndarray
+    tref: float
+    dof: int
+
+    @property
+    def degree(self) -> int:
+        """Polynomial degree."""
+        return self.coefficients.shape[0] - 1
+
+    def covariance(self) -> np.ndarray:
+        """Per-pixel covariance ``(P, P, rows, columns)`` of the coefficients."""
+        return self.unit_covariance[:, :, None, None] * self.noise_variance[None, None]
+
+
+def _shift_matrix(degree: int, tref: float) -> np.ndarray:
+    """``J`` with ``coef_T = J coef_t`` for ``sum c_p (T - tref)^p = sum A_j T^j``."""
+    size = degree + 1
+    shift = np.zeros((size, size))
+    for p in range(size):
+        for j in range(p + 1):
+            shift[j, p] = math.comb(p, j) * (-tref) ** (p - j)
+    return shift
+
+
+def design(
+    temperatures: Sequence[float], weights: Sequence[float], degree: int = 1, tref: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The linear maps of a weighted polynomial fit shared by all pixels.
+
+    Parameters
+    ----------
+    temperatures
+        Temperature of each input [deg C].
+    weights
+        Weight of each input (> 0).
+    degree
+        1 or 2.
+    tref
+        Reference temperature; the weighted median temperature when ``None``.
+
+    Returns
+    -------
+    smoother, unit_covariance, leverage, tref
+        ``smoother`` (P x K) gives coefficients in powers of T from the inputs;
+        ``unit_covariance`` (P x P) their covariance for unit noise; ``leverage`` (K,).
+
+    Raises
+    ------
+    InputDataError
+        When there are fewer distinct temperatures than coefficients.
+    """
+    temps = np.asarray(temperatures, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if temps.size != w.size:
+        raise InputDataError("one weight per temperature is needed")
+    if np.any(~(w > 0)):
+        raise InputDataError("weights must be positive")
+    distinct = np.unique(temps)
+    if distinct.size < degree + 1:
+        raise InputDataError(
+            f"a degree-{degree} fit needs masters at {degree + 1} or more distinct temperatures, got "
+            f"{', '.join(f'{t:g}' for t in distinct) or 'none'} deg C; "
+            "add frames at other temperatures or narrow --temp-bin-width"
+        )
+    if tref is None:
+        order = np.argsort(temps)
+        cumulative = np.cumsum(w[order])
+        tref = float(temps[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+    t = temps - tref
+    x = np.vander(t, degree + 1, increasing=True)  # K x P
+    normal = x.T @ (w[:, None] * x)
+    inverse = np.linalg.inv(normal)
+    smoother_t = inverse @ (x.T * w[None, :])  # P x K, coefficients in powers of t
+    leverage = w * np.einsum("kp,pq,kq->k", x, inverse, x)
+    shift = _shift_matrix(degree, tref)
+    return shift @ smoother_t, shift @ inverse @ shift.T, leverage, tref
+
+
+def evaluate_polynomial(coefficients: np.ndarray, temperature: float) -> np.ndarray:
+    """``sum_j coefficients[j] * T^j`` (Horner), ``coefficients`` shaped ``(P, ...)``."""
+    result = np.array(coefficients[-1], dtype=np.float64)
+    for coefficient in coefficients[-2::-1]:
+        result = result * temperature + coefficient
+    return result
+
+
+def fit_polynomial(
+    temperatures: Sequence[float],
+    weights: Sequence[float],
+    load: Callable[[int], np.ndarray],
+    *,
+    degree: int = 1,
+    tref: float | None = None,
+    noise: np.ndarray | None = None,
+) -> PolynomialFit:
+    """Fit ``a + b T (+ c T^2)`` to every pixel, reading the inputs one at a time (twice).
+
+    Parameters
+    ----------
+    temperatures, weights
+        Per input: temperature [deg C] and weight (inverse relative variance).
+    load
+        ``load(k)`` returns input ``k`` as a 2-D array.
+    degree
+        1 or 2.
+    tref
+        Reference temperature (default: weighted median).
+    noise
+        Per-pixel noise of one frame [ADU]; when ``None`` it is estimated from the residuals
+        (then the reduced chi-square is 1 by construction).
+
+    Returns
+    -------
+    PolynomialFit
+
+    Examples
+    --------
+    >>> frames = [np.full((1, 2), 100.0 + 2.0 * t) for t in (0.0, 10.0, 20.0)]
+    >>> fit = fit_polynomial([0.0, 10.0, 20.0], [1, 1, 1], frames.__getitem__)
+    >>> fit.coefficients[:, 0, 0].round(9).tolist(), fit.tref
+    ([100.0, 2.0], 10.0)
+    """
+    temps = np.asarray(temperatures, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    smoother, unit_cov, leverage, tref = design(temps, w, degree, tref)
+    coefficients: np.ndarray | None = None
+    for k in range(temps.size):
+        y = np.asarray(load(k), dtype=np.float64)
+        if coefficients is None:
+            coefficients = np.zeros((degree + 1, *y.shape))
+        elif y.shape != coefficients.shape[1:]:
+            raise InputDataError(f"input {k} has shape {y.shape}, the others {coefficients.shape[1:]}")
+        coefficients += smoother[:, k, None, None] * y[None]
+    assert coefficients is not None
+    residual_sum_sq = np.zeros(coefficients.shape[1:])
+    square_sum = np.zeros(coefficients.shape[1:])
+    for k in range(temps.size):
+        residual = np.asarray(load(k), dtype=np.float64) - evaluate_polynomial(coefficients, temps[k])
+        residual_sum_sq += w[k] * residual**2
+        square_sum += residual**2
+    dof = temps.size - (degree + 1)
+    if noise is None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            noise_variance = residual_sum_sq / dof if dof > 0 else np.full(residual_sum_sq.shape, np.nan)
+    else:
+        noise_variance = np.asarray(noise, dtype=np.float64) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2 = residual_sum_sq / noise_variance
+    return PolynomialFit(
+        coefficients=coefficients,
+        unit_covariance=unit_cov,
+        noise_variance=noise_variance,
+        chi2=chi2,
+        rms=np.sqrt(square_sum / temps.size),
+        residual_sum_sq=residual_sum_sq,
+        leverage=leverage,
+        tref=tref,
+        dof=dof,
+    )
+
+
+def chi2_threshold(dof: int, p_value: float) -> float:
+    """Chi-square value exceeded with probability ``p_value`` (Wilson-Hilferty, within a few
+    percent for dof >= 2; exact for dof = 1 via the normal quantile).
+
+    >>> round(chi2_threshold(1, 0.001), 2), round(chi2_threshold(3, 1e-4), 1)
+    (10.83, 21.8)
+    """
+    z = normal_quantile(1.0 - p_value) if dof > 1 else normal_quantile(1.0 - p_value / 2)
+    if dof == 1:
+        return z * z
+    h = 2.0 / (9.0 * dof)
+    return dof * (1.0 - h + z * math.sqrt(h)) ** 3
+
+
+def normal_quantile(probability: float) -> float:
+    """Inverse of the standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9).
+
+    >>> round(normal_quantile(0.975), 4)
+    1.96
+    """
+    if not 0.0 < probability < 1.0:
+        raise ValueError("probability must lie in (0, 1)")
+    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
+         -3.066479806614716e01, 2.506628277459239e00)  # fmt: skip
+    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
+         -1.328068155288572e01)  # fmt: skip
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
+         4.374664141464968e00, 2.938163982698783e00)  # fmt: skip
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+    low = 0.02425
+    if probability < low:
+        q = math.sqrt(-2 * math.log(probability))
+        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
+        )
+    if probability > 1 - low:
+        return -normal_quantile(1 - probability)
+    q = probability - 0.5
+    r = q * q
+    return (
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+        * q
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    )

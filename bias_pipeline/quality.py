@@ -1,0 +1,118 @@
+"""Bad-pixel flags: a bit mask with a table naming each bit (as JWST reference files' DQ_DEF).
+
+Flags are decided from the fit and the noise maps; the user's hot-pixel mask is bit 0. A
+flagged pixel keeps its fitted values (except bit 0, which is not fitted: NaN), and is left out
+of every summary statistic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fitting import chi2_threshold
+
+
+@dataclass(frozen=True)
+class DQBit:
+    """One flag: its bit number, value, name and meaning."""
+
+    bit: int
+    name: str
+    description: str
+
+    @property
+    def value(self) -> int:
+        """``2 ** bit``."""
+        return 1 << self.bit
+
+
+HOT_MASK = DQBit(0, "HOT_MASK", "in the user's hot-pixel mask; left out of the fit (NaN)")
+NONLINEAR = DQBit(1, "NONLINEAR", "fit chi-square beyond the p-value limit: not following the model in T")
+NOISY = DQBit(2, "NOISY", "temporal noise far above typical, or many values clipped (telegraph)")
+DEAD = DQBit(3, "DEAD", "no or far too little temporal noise: a stuck or dead pixel")
+SATURATED = DQBit(4, "SATURATED", "a master reaches the ADC maximum (4095 x scale factor)")
+DQ_BITS: tuple[DQBit, ...] = (HOT_MASK, NONLINEAR, NOISY, DEAD, SATURATED)
+
+
+def robust_outliers(values: np.ndarray, valid: np.ndarray, n_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels above / below the median of ``values[valid]`` by more than ``n_sigma`` robust
+    standard deviations (1.4826 MAD)."""
+    selected = values[valid & np.isfinite(values)]
+    if selected.size == 0:
+        empty = np.zeros(values.shape, dtype=bool)
+        return empty, empty
+    centre = float(np.median(selected))
+    spread = 1.4826 * float(np.median(np.abs(selected - centre)))
+    with np.errstate(invalid="ignore"):
+        return values > centre + n_sigma * spread, values < centre - n_sigma * spread
+
+
+def flag_pixels(
+    *,
+    hot_mask: np.ndarray,
+    chi2: np.ndarray | None,
+    dof: int,
+    noise: np.ndarray | None,
+    clipped_fraction: np.ndarray | None,
+    saturated: np.ndarray,
+    p_value: float = 1e-4,
+    noise_sigma: float = 6.0,
+    max_clipped_fraction: float = 0.2,
+) -> np.ndarray:
+    """Combine the tests into a ``uint32`` DQ map (see :data:`DQ_BITS`).
+
+    Parameters
+    ----------
+    hot_mask
+        The user's mask (True = hot).
+    chi2
+        Per-pixel fit chi-square with ``dof`` degrees of freedom (``None`` or ``dof < 1``: no test).
+    noise
+        Per-pixel read-noise map (``None``: no noise tests).
+    clipped_fraction
+        Fraction of a pixel's frame values the combine clipped (``None``: no test).
+    saturated
+        True where a master reaches the ADC maximum.
+    p_value
+        A normal pixel is flagged NONLINEAR with this probability.
+    noise_sigma
+        Noise outliers: beyond this many robust standard deviations of the noise map.
+    max_clipped_fraction
+        More clipped values than this mark a telegraph pixel.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint32 bit mask.
+
+    Examples
+    --------
+    >>> hot = np.array([[True, False, False]])
+    >>> dq = flag_pixels(hot_mask=hot, chi2=np.array([[1.0, 2.0, 500.0]]), dof=3, noise=None,
+    ...                  clipped_fraction=None, saturated=np.zeros((1, 3), bool))
+    >>> dq.tolist()
+    [[1, 0, 2]]
+    """
+    dq = np.zeros(hot_mask.shape, dtype=np.uint32)
+    dq[hot_mask] |= HOT_MASK.value
+    valid = ~hot_mask
+    if chi2 is not None and dof >= 1:
+        with np.errstate(invalid="ignore"):
+            dq[valid & (chi2 > chi2_threshold(dof, p_value))] |= NONLINEAR.value
+    if noise is not None:
+        high, low = robust_outliers(noise, valid, noise_sigma)
+        dq[valid & high] |= NOISY.value
+        with np.errstate(invalid="ignore"):
+            dq[valid & (low | (noise <= 0))] |= DEAD.value
+    if clipped_fraction is not None:
+        with np.errstate(invalid="ignore"):
+            dq[valid & (clipped_fraction > max_clipped_fraction)] |= NOISY.value
+    dq[valid & saturated] |= SATURATED.value
+    return dq
+
+
+def describe(dq: np.ndarray) -> dict[str, int]:
+    """Number of pixels carrying each flag."""
+    return {bit.name: int(np.count_nonzero(dq & bit.value)) for bit in DQ_BITS}
