@@ -4,13 +4,15 @@ Pure functions on arrays of shape ``(n_frames, rows, columns)``; the step-2 modu
 row blocks read from disk. Each method returns the master, the per-pixel temporal noise of the
 frames (the read-noise estimate) and the master's own standard error.
 
-- ``median``: noise is the standard deviation of the values left after one 3-sigma clip about
-  the median (robust to cosmic rays); the master's error is 1.2533 noise / sqrt(n), the
+- ``median``: noise is the standard deviation of the values within 5 robust sigmas of the
+  median (robust to cosmic rays); the master's error is 1.2533 noise / sqrt(n), the
   efficiency of a median of Gaussian samples.
 - ``mean``: noise is the sample standard deviation; error noise / sqrt(n).
 - ``sigma-clip``: iterative: centre on the median of the kept values, scale 1.4826 MAD of the
   kept values (floored, see below), drop values beyond ``clip_sigma`` scales, until nothing
-  changes or ``clip_iters`` passes; then the mean and standard deviation of the kept values.
+  changes or ``clip_iters`` passes; then the mean of the kept values. The noise is the
+  standard deviation of the values within 5 robust sigmas (a 3-sigma window would cut the
+  Gaussian tails and bias it low).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 MAD_TO_SIGMA = 1.4826
 MEDIAN_EFFICIENCY = 1.2533  # sqrt(pi / 2): error of a median relative to a mean, large n
+NOISE_WINDOW = 5.0  # robust sigmas around the centre within which the noise is measured
 COMBINE_METHODS: tuple[str, ...] = ("sigma-clip", "median", "mean")
 
 
@@ -95,6 +98,7 @@ def combine_block(
         raise ValueError(f"unknown combine method {method!r}; use one of {', '.join(COMBINE_METHODS)}")
     median = _sorted_median(ordered, lo, hi)
     iterations = clip_iters if method == "sigma-clip" else 1
+    noise_lo, noise_hi = lo, hi
     if n >= 3:
         # The MAD of a few quantised values is coarse and often too small (0 where most values
         # coincide), which would clip honest values. The scale is floored at the row's typical
@@ -105,27 +109,15 @@ def combine_block(
         for _ in range(iterations):
             centre = _sorted_median(ordered, lo, hi)
             scale = np.maximum(_mad_sigma(ordered, centre, lo, hi), floor)
-            low, high = centre - clip_sigma * scale, centre + clip_sigma * scale
-            new_lo = np.sum(ordered < low[None], axis=0)
-            new_hi = np.sum(ordered <= high[None], axis=0)
-            # Keep at least the median value(s) whatever the scale.
-            new_lo = np.minimum(new_lo, (lo + hi - 1) // 2)
-            new_hi = np.maximum(new_hi, (lo + hi) // 2 + 1)
+            new_lo, new_hi = _within(ordered, centre, clip_sigma * scale, lo, hi)
             if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
                 break
             lo, hi = new_lo, new_hi
-    # Mean and standard deviation of the kept range from cumulative sums over sorted values.
-    zero = np.zeros((1, *data.shape[1:]))
-    cumsum = np.concatenate([zero, np.cumsum(ordered, axis=0, dtype=np.float64)])
-    kept = (hi - lo).astype(np.float64)
-    total = _take(cumsum, hi) - _take(cumsum, lo)
-    master = total / kept
-    shifted = ordered - master[None].astype(np.float32)  # centre first: no cancellation
-    inside = (np.arange(n)[:, None, None] >= lo[None]) & (np.arange(n)[:, None, None] < hi[None])
-    sum_sq = np.sum(np.where(inside, shifted.astype(np.float64) ** 2, 0.0), axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        noise = np.where(kept > 1, np.sqrt(sum_sq / (kept - 1)), np.nan)
-        error = noise / np.sqrt(kept)
+        # The noise is measured on a wider window: a 3-sigma clip also cuts the Gaussian tails
+        # and would bias the noise low by several per cent; a cosmic ray lies far outside both.
+        noise_lo, noise_hi = _within(ordered, centre, max(NOISE_WINDOW, clip_sigma) * scale, lo, hi)
+    master, _ = _range_stats(ordered, lo, hi)
+    _, noise = _range_stats(ordered, noise_lo, noise_hi)
     if method == "median":
         return Combined(
             median.astype(np.float32),
@@ -133,12 +125,36 @@ def combine_block(
             (MEDIAN_EFFICIENCY * noise / np.sqrt(n)).astype(np.float32),
             np.full(median.shape, n, dtype=np.int32),
         )
+    kept = hi - lo
     return Combined(
         master.astype(np.float32),
         noise.astype(np.float32),
-        error.astype(np.float32),
-        (hi - lo).astype(np.int32),
+        (noise / np.sqrt(kept)).astype(np.float32),
+        kept.astype(np.int32),
     )
+
+
+def _within(
+    ordered: np.ndarray, centre: np.ndarray, half_width: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index range of the sorted values within ``centre +- half_width``, never narrower than
+    the median value(s) of the current range ``lo:hi``."""
+    new_lo = np.sum(ordered < (centre - half_width)[None], axis=0)
+    new_hi = np.sum(ordered <= (centre + half_width)[None], axis=0)
+    return np.minimum(new_lo, (lo + hi - 1) // 2), np.maximum(new_hi, (lo + hi) // 2 + 1)
+
+
+def _range_stats(ordered: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation of ``ordered[lo:hi]`` per pixel (NaN std for one value)."""
+    n = ordered.shape[0]
+    index = np.arange(n)[:, None, None]
+    inside = (index >= lo[None]) & (index < hi[None])
+    count = (hi - lo).astype(np.float64)
+    mean = np.where(inside, ordered, 0).sum(axis=0, dtype=np.float64) / count
+    shifted = np.where(inside, ordered - mean[None], 0.0)  # centred first: no cancellation
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.where(count > 1, np.sqrt(np.sum(shifted**2, axis=0) / (count - 1)), np.nan)
+    return mean, std
 
 
 def typical_noise(noise: np.ndarray) -> np.ndarray:

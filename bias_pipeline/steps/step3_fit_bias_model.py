@@ -25,7 +25,7 @@ from ..errors import InputDataError
 from ..fitting import fit_polynomial
 from ..model import BiasModel
 from ..products import read_image
-from ..quality import describe, flag_pixels
+from ..quality import describe, flag_pixels, robust_outliers
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +121,12 @@ def fit_linear(
     return a_map, b_map
 
 
-def pooled_read_noise(masters: Sequence[object]) -> np.ndarray | None:
-    """Per-pixel read noise pooled over the masters' ``NOISE`` maps.
+def pooled_read_noise(masters: Sequence[object]) -> tuple[np.ndarray | None, int]:
+    """Per-pixel read noise pooled over the masters' ``NOISE`` maps, and its degrees of freedom.
 
     ``sqrt(sum (n_k - 1) s_k^2 / sum (n_k - 1))``: the pooled variance is unbiased, whereas a
     median of a few per-group standard deviations is biased low (by ~8 % for 5 frames a group).
-    Returns ``None`` when no master has a noise map (groups of one frame).
+    Returns ``(None, 0)`` when no master has a noise map (groups of one frame).
     """
     total: np.ndarray | None = None
     dof = 0
@@ -138,7 +138,34 @@ def pooled_read_noise(masters: Sequence[object]) -> np.ndarray | None:
         variance = (n - 1) * np.nan_to_num(noise.astype(np.float64), nan=0.0) ** 2
         total = variance if total is None else total + variance
         dof += n - 1
-    return None if total is None else np.sqrt(total / dof).astype(np.float32)
+    return (None, 0) if total is None else (np.sqrt(total / dof).astype(np.float32), dof)
+
+
+def shrink_noise(noise: np.ndarray, dof: int, valid: np.ndarray) -> np.ndarray:
+    """Per-pixel noise for the uncertainties: each pixel's estimate pulled towards the typical
+    value by as much as its own estimation noise warrants (normal-normal shrinkage of the
+    variance).
+
+    A variance estimated from ``dof`` degrees of freedom scatters by ``sqrt(2/dof)`` of itself;
+    with few frames that scatter, not the sensor, dominates the map, and dividing by a noisy
+    sigma inflates pulls by ``sqrt(dof / (dof - 2))``. The spread the sensor really has
+    (observed variance of the map minus the estimation part) sets how far pixels stay apart.
+
+    >>> rng = np.random.default_rng(0)
+    >>> raw = np.sqrt(rng.chisquare(20, (50, 50)) / 20) * 30.0  # a uniform sensor, 20 dof
+    >>> shrunk = shrink_noise(raw, 20, np.ones(raw.shape, bool))
+    >>> bool(shrunk.std() < raw.std() / 3), round(float(np.median(shrunk)) / 30, 1)
+    (True, 1.0)
+    """
+    variance = noise.astype(np.float64) ** 2
+    selected = variance[valid & np.isfinite(variance)]
+    if selected.size < 10 or dof < 1:
+        return noise
+    centre = float(np.median(selected))
+    measurement = 2.0 * centre**2 / dof  # variance of one pixel's variance estimate
+    sensor = max(0.0, float(np.var(selected)) - measurement)
+    weight = sensor / (sensor + measurement)  # 0: all pixels alike, 1: trust each pixel
+    return np.sqrt(centre + weight * (variance - centre)).astype(np.float32)
 
 
 def fit_model(
@@ -192,10 +219,15 @@ def fit_model(
         saturated = hit if saturated is None else (saturated | hit)
         return data
 
-    noise = pooled_read_noise(masters)
-    fit = fit_polynomial(temps, weights, load, degree=config.degree, noise=noise)
-    shape = fit.coefficients.shape[1:]
+    noise, noise_dof = pooled_read_noise(masters)
+    shape = masters[0].load().shape if noise is None else noise.shape  # type: ignore[attr-defined]
     mask = np.zeros(shape, dtype=bool) if hot_pixel_mask is None else check_mask(hot_pixel_mask, shape)
+    fit_noise = None
+    if noise is not None:
+        # Hot, noisy and dead pixels would widen the spread the shrinkage allows.
+        high, low = robust_outliers(noise, ~mask, 6.0)
+        fit_noise = shrink_noise(noise, noise_dof, ~(mask | high | low))
+    fit = fit_polynomial(temps, weights, load, degree=config.degree, noise=fit_noise)
     covariance = fit.covariance().astype(np.float32)
     coefficients = fit.coefficients.astype(np.float32)
     coefficients[:, mask] = np.nan
