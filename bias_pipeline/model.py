@@ -53,6 +53,9 @@ class BiasModel:
         ``(lowest, highest)`` group temperature fitted [deg C]; ``None`` when unknown.
     group_temperatures, group_frames
         Temperature and number of frames of each input of the fit.
+    group_leverage
+        Leverage ``h_k`` of each input: its leave-one-out residual is the in-sample residual
+        divided by ``1 - h_k`` (exact for this weighted linear fit).
     scale_factor
         The 12-bit to 16-bit factor of the values.
     c_map
@@ -86,6 +89,7 @@ class BiasModel:
     group_temperatures: tuple[float, ...] = ()
     group_frames: tuple[int, ...] = ()
     scale_factor: float = 16.0
+    group_leverage: tuple[float, ...] = ()
     c_map: np.ndarray | None = None
     covariance: np.ndarray | None = None
     rms: np.ndarray | None = None
@@ -278,6 +282,11 @@ class BiasModel:
             [
                 fits.Column(name="TEMPERATURE", format="D", unit="deg C", array=self.group_temperatures),
                 fits.Column(name="NFRAMES", format="J", array=self.group_frames),
+                fits.Column(
+                    name="LEVERAGE",
+                    format="D",
+                    array=self.group_leverage or [np.nan] * len(self.group_temperatures),
+                ),
             ],
             name="GROUPS",
         )
@@ -393,6 +402,7 @@ class BiasModel:
         mask = None
         temperatures: tuple[float, ...] = ()
         frames: tuple[int, ...] = ()
+        leverage: tuple[float, ...] = ()
         try:
             with fits.open(a_path, memmap=False) as hdul:
                 names = [h.name for h in hdul]
@@ -401,6 +411,7 @@ class BiasModel:
                 if "GROUPS" in names:
                     temperatures = tuple(float(t) for t in hdul["GROUPS"].data["TEMPERATURE"])
                     frames = tuple(int(n) for n in hdul["GROUPS"].data["NFRAMES"])
+                    leverage = _leverage(hdul["GROUPS"].data)
         except Exception as exc:
             raise InputDataError(f"a-map {a_path} cannot be read: {exc}") from None
         if mask is not None and mask.shape != a_map.shape:
@@ -414,6 +425,7 @@ class BiasModel:
         )
         model.group_temperatures = temperatures
         model.group_frames = frames
+        model.group_leverage = leverage
         model.tref = float(a_header["TREF"]) if "TREF" in a_header else None
         return model
 
@@ -426,6 +438,7 @@ class BiasModel:
                 groups = hdul["GROUPS"].data if "GROUPS" in hdul else None
                 temperatures = tuple(float(t) for t in groups["TEMPERATURE"]) if groups is not None else ()
                 frames = tuple(int(n) for n in groups["NFRAMES"]) if groups is not None else ()
+                leverage = _leverage(groups)
         except Exception as exc:
             raise InputDataError(f"model file {path} cannot be read: {exc}") from None
         if "A" not in maps or "B" not in maps:
@@ -446,6 +459,7 @@ class BiasModel:
             temperature_range=_range(header),
             group_temperatures=temperatures,
             group_frames=frames,
+            group_leverage=leverage,
             scale_factor=float(header.get("SCALEFAC", 16.0)),
             c_map=maps.get("C"),
             covariance=covariance,
@@ -456,6 +470,13 @@ class BiasModel:
             read_noise=maps.get("READNOISE"),
             tref=float(header["TREF"]) if "TREF" in header else None,
         )
+
+
+def _leverage(groups: fits.FITS_rec | None) -> tuple[float, ...]:
+    if groups is None or "LEVERAGE" not in groups.names:
+        return ()
+    values = tuple(float(h) for h in groups["LEVERAGE"])
+    return () if all(np.isnan(values)) else values
 
 
 def _range(header: fits.Header) -> tuple[float, float] | None:

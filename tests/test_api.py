@@ -85,7 +85,9 @@ def test_every_output_name(pipeline_run, sim):
         expected |= {
             f"evaluation/{stem}_{label}C.png" for stem in ("real_bias", "synthetic_bias", "mae", "mape")
         }
-        expected |= {f"evaluation/{stem}_{label}C.fits" for stem in ("synthetic_bias", "mae", "mape")}
+        expected |= {
+            f"evaluation/{stem}_{label}C.fits" for stem in ("synthetic_bias", "mae", "mape", "heldout_mae")
+        }
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert written == expected
     for name in expected:

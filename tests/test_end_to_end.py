@@ -82,7 +82,7 @@ def test_evaluation_matches_master_noise(pipeline_run):
         expected = math.sqrt(2 / math.pi) * sigma_master * math.sqrt(1 - h)
         assert 0.85 * expected < row["mae_mean"] < 1.05 * expected, (row["label"], row["mae_mean"], expected)
         assert row["mae_median"] < row["mae_p95"]
-        assert row["n_pixels"] == 48 * 64 - int(pipeline_run.model.mask.sum())
+        assert row["n_pixels"] == 48 * 64 - int(pipeline_run.model.flagged.sum())
         assert 0 < row["mape_mean"] < 1.0
 
 

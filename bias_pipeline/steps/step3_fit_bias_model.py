@@ -254,6 +254,7 @@ def fit_model(
         temperature_range=(min(temps), max(temps)),
         group_temperatures=tuple(temps),
         group_frames=tuple(frames),
+        group_leverage=tuple(float(h) for h in fit.leverage),
         scale_factor=scale,
         c_map=coefficients[2] if config.degree == 2 else None,
         covariance=covariance,

@@ -33,6 +33,7 @@ SUMMARY_COLUMNS = (
     "label",
     "n_frames",
     "n_pixels",
+    "n_flagged",
     "mae_mean",
     "mae_median",
     "mae_std",
@@ -41,6 +42,16 @@ SUMMARY_COLUMNS = (
     "mape_median",
     "mape_std",
     "mape_p95",
+    "heldout_mae_mean",
+    "heldout_mae_median",
+    "heldout_mae_std",
+    "heldout_mae_p95",
+    "heldout_mape_mean",
+    "heldout_mape_median",
+    "heldout_mape_std",
+    "heldout_mape_p95",
+    "mae_per_read_noise",
+    "heldout_mae_per_read_noise",
 )
 
 
@@ -137,19 +148,30 @@ def plot_image(image: np.ndarray, path: str | Path, title: str, unit: str, cmap:
 
 
 def plot_summary(rows: Sequence[Mapping[str, float]], path: str | Path) -> Path:
-    """MAE [ADU] and MAPE [%] against temperature, each on its own axes."""
+    """MAE [ADU], MAPE [%] and MAE in read-noise units against temperature, each on its own
+    axes, in-sample (fitted with the master) beside held-out (fitted without it)."""
     temps = [r["temperature"] for r in rows]
-    figure = Figure(figsize=(7.0, 6.0), dpi=100)
-    mae_axes, mape_axes = figure.subplots(2, 1, sharex=True)
-    for axes, key, unit in ((mae_axes, "mae", "MAE (ADU)"), (mape_axes, "mape", "MAPE (%)")):
-        axes.plot(temps, [r[f"{key}_mean"] for r in rows], "o-", label="mean")
-        axes.plot(temps, [r[f"{key}_median"] for r in rows], "s--", label="median")
-        axes.plot(temps, [r[f"{key}_p95"] for r in rows], "^:", label="95th percentile")
+    figure = Figure(figsize=(7.0, 8.0), dpi=100)
+    panels = figure.subplots(3, 1, sharex=True)
+    for axes, key, unit in zip(panels, ("mae", "mape"), ("MAE (ADU)", "MAPE (%)"), strict=False):
+        axes.plot(temps, [r[f"{key}_mean"] for r in rows], "o-", color="C0", label="in-sample mean")
+        axes.plot(temps, [r[f"{key}_p95"] for r in rows], "^:", color="C0", label="in-sample 95th pct")
+        axes.plot(temps, [r[f"heldout_{key}_mean"] for r in rows], "s-", color="C3", label="held-out mean")
+        axes.plot(temps, [r[f"heldout_{key}_p95"] for r in rows], "v:", color="C3", label="held-out 95th pct")
         axes.set_ylabel(unit)
+    axes = panels[2]
+    axes.plot(temps, [r["mae_per_read_noise"] for r in rows], "o-", color="C0", label="in-sample")
+    axes.plot(temps, [r["heldout_mae_per_read_noise"] for r in rows], "s-", color="C3", label="held-out")
+    axes.set_ylabel("MAE / read noise")
+    for axes in panels:
         axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=8)
-    mae_axes.set_title("Model error per master bias (unmasked pixels)")
-    mape_axes.set_xlabel("sensor temperature (deg C)")
+        axes.legend(fontsize=7, ncol=2)
+    flagged = int(rows[0]["n_flagged"]) if rows else 0
+    panels[0].set_title(
+        f"Model error per master bias (held-out: refitted without it; {flagged} flagged pixels left out)",
+        fontsize=9,
+    )
+    panels[2].set_xlabel("sensor temperature (deg C)")
     figure.tight_layout()
     return write_png_atomic(path, figure)
 
@@ -198,26 +220,46 @@ def evaluate(
     """
     out = Path(evaluation_dir)
     out.mkdir(parents=True, exist_ok=True)
-    valid = ~model.mask
+    flagged = model.flagged
+    valid = ~flagged
+    leverage = list(model.group_leverage) if len(model.group_leverage) == len(masters) else None
     rows: list[dict[str, object]] = []
-    for master in tqdm(
+    progress = tqdm(
         masters, desc="evaluating", unit="master", disable=None if show_progress else True, leave=False
-    ):
+    )
+    for index, master in enumerate(progress):
         label, temp, n_frames = master.label, float(master.temperature), int(master.n_frames)  # type: ignore[attr-defined]
         real = master.load()  # type: ignore[attr-defined]
         predicted = model.predict(temp)
         mae, mape = error_maps(real, predicted)
-        mae_stats, mape_stats = summarize(mae, valid), summarize(mape, valid)
-        rows.append(
-            {
-                "temperature": temp,
-                "label": label,
-                "n_frames": n_frames,
-                "n_pixels": int(np.count_nonzero(valid & np.isfinite(mape))),
-                **{f"mae_{k}": v for k, v in mae_stats.items()},
-                **{f"mape_{k}": v for k, v in mape_stats.items()},
-            }
-        )
+        # Leave-one-out: for a weighted linear fit the residual of input k refitted without
+        # it is exactly its in-sample residual / (1 - h_k).
+        h = leverage[index] if leverage is not None else math.nan
+        inflation = np.float32(1.0 / (1.0 - h)) if h < 1.0 - 1e-9 else np.float32(np.nan)
+        heldout_mae = mae * inflation
+        heldout_mape = mape * inflation
+        row: dict[str, object] = {
+            "temperature": temp,
+            "label": label,
+            "n_frames": n_frames,
+            "n_pixels": int(np.count_nonzero(valid & np.isfinite(mape))),
+            "n_flagged": int(np.count_nonzero(flagged)),
+        }
+        for name, values in (
+            ("mae", mae),
+            ("mape", mape),
+            ("heldout_mae", heldout_mae),
+            ("heldout_mape", heldout_mape),
+        ):
+            row.update({f"{name}_{k}": v for k, v in summarize(values, valid).items()})
+        if model.read_noise is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                in_noise = mae / model.read_noise
+            row["mae_per_read_noise"] = summarize(in_noise, valid)["mean"]
+            row["heldout_mae_per_read_noise"] = summarize(in_noise * inflation, valid)["mean"]
+        else:
+            row["mae_per_read_noise"] = row["heldout_mae_per_read_noise"] = math.nan
+        rows.append(row)
         where = f"{label} deg C, {n_frames} frames"
         if plots:
             plot_image(real, out / f"real_bias_{label}C.png", f"Real master bias, {where}", "bias (ADU)")
@@ -232,40 +274,37 @@ def evaluate(
                 "NCOMBINE": (n_frames, "frames in the master"),
             }
             scale = model.scale_factor
-            write_image(
-                out / f"synthetic_bias_{label}C.fits",
-                predicted,
-                product_header(
+            products = [
+                (
+                    "synthetic_bias",
+                    predicted,
                     "SYNTHETIC_BIAS",
-                    "model bias a + b*T at the master's temperature",
-                    scale_factor=scale,
-                    cards=cards,
+                    "model bias at the master's temperature",
+                    "adu",
                 ),
-            )
-            write_image(
-                out / f"mae_{label}C.fits",
-                mae,
-                product_header(
-                    "MAE", "absolute error |real - model| per pixel", scale_factor=scale, cards=cards
+                ("mae", mae, "MAE", "absolute error |real - model| per pixel", "adu"),
+                ("mape", mape, "MAPE", "100 |real - model| / |real| per pixel", "%"),
+                (
+                    "heldout_mae",
+                    heldout_mae,
+                    "HELDOUT_MAE",
+                    "|real - model fitted without this master|",
+                    "adu",
                 ),
-            )
-            write_image(
-                out / f"mape_{label}C.fits",
-                mape,
-                product_header(
-                    "MAPE",
-                    "100 |real - model| / |real| per pixel",
-                    bunit="%",
-                    scale_factor=scale,
-                    cards=cards,
-                ),
-            )
+            ]
+            for stem, data, kind, what, unit in products:
+                write_image(
+                    out / f"{stem}_{label}C.fits",
+                    data,
+                    product_header(kind, what, bunit=unit, scale_factor=scale, cards=cards),
+                )
         logger.info(
-            "%s C: MAE mean %.3f ADU, median %.3f; MAPE mean %.4f %%",
+            "%s C: MAE mean %.3f ADU (held-out %.3f), median %.3f; MAPE mean %.4f %%",
             label,
-            mae_stats["mean"],
-            mae_stats["median"],
-            mape_stats["mean"],
+            row["mae_mean"],
+            row["heldout_mae_mean"],
+            row["mae_median"],
+            row["mape_mean"],
         )
     write_text_atomic(out / SUMMARY_CSV, summary_csv_text(rows))
     if plots and rows:
