@@ -10,6 +10,8 @@ follow the linear law. The true maps are saved beside the frames in 16-bit ADU:
     OUT/truth/bias_a_true.fits              a: bias at 0 deg C [ADU]
     OUT/truth/bias_b_true.fits              b: slope [ADU / deg C]
     OUT/truth/hot_pixel_mask.fits           1 = hot pixel (usable as --hot-pixel-mask)
+    OUT/truth/noisy_pixels.fits, dead_pixels.fits    1 = noisy (5x read noise) / stuck pixel
+    OUT/truth/bias_c_true.fits              c [ADU / deg C^2], with a quadratic population
 
 Run ``python -m bias_pipeline.simulate OUT --help`` for the options.
 """
@@ -54,6 +56,13 @@ class SimulationSpec:
         Mean slope [16-bit ADU per deg C].
     hot_fraction
         Fraction of pixels that are hot (at least 3).
+    noisy_fraction
+        Fraction of pixels with 5x the read noise (at least 2 when non-zero).
+    dead_fraction
+        Fraction of pixels stuck at one value whatever the temperature (at least 2 when
+        non-zero).
+    quadratic_fraction
+        Fraction of pixels with a quadratic term ``c T^2`` (|c| 0.05..0.2 ADU/deg C^2).
     cosmic_rate
         Cosmic-ray hits per pixel per frame.
     exposure
@@ -70,6 +79,9 @@ class SimulationSpec:
     bias_level_dn: float = 200.0
     slope_adu: float = 3.0
     hot_fraction: float = 0.001
+    noisy_fraction: float = 0.0005
+    dead_fraction: float = 0.0003
+    quadratic_fraction: float = 0.0
     cosmic_rate: float = 1e-4
     exposure: float = 0.0
     seed: int = 0
@@ -83,20 +95,58 @@ class SimulationTruth:
     b_map: np.ndarray
     hot_mask: np.ndarray
     read_noise_adu: float
+    noisy_mask: np.ndarray | None = None
+    dead_mask: np.ndarray | None = None
+    c_map: np.ndarray | None = None
     frame_temperatures: list[float] = field(default_factory=list)
     frame_paths: list[Path] = field(default_factory=list)
     raw_dir: Path | None = None
     truth_dir: Path | None = None
 
     def bias_adu(self, temperature: float) -> np.ndarray:
-        """Noise-free linear bias [ADU] at ``temperature`` (hot pixels excepted)."""
-        return self.a_map + self.b_map * np.float32(temperature)
+        """Noise-free bias [ADU] at ``temperature`` (hot and dead pixels excepted)."""
+        bias = self.a_map + self.b_map * np.float32(temperature)
+        if self.c_map is not None:
+            bias = bias + self.c_map * np.float32(temperature) ** 2
+        return bias
+
+    @property
+    def abnormal_mask(self) -> np.ndarray:
+        """Pixels that do not behave as ``a + b T`` with the nominal noise: hot, noisy, dead."""
+        mask = self.hot_mask.copy()
+        for extra in (self.noisy_mask, self.dead_mask):
+            if extra is not None:
+                mask |= extra
+        return mask
 
 
-def make_truth(
-    spec: SimulationSpec, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Draw the true maps: a and b [ADU], the hot mask and the hot pixels' amplitude [ADU]."""
+@dataclass
+class PixelPopulation:
+    """The per-pixel truth a frame is drawn from (maps in 16-bit ADU)."""
+
+    a_map: np.ndarray
+    b_map: np.ndarray
+    c_map: np.ndarray
+    hot_mask: np.ndarray
+    hot_amplitude: np.ndarray
+    noise_factor: np.ndarray
+    dead_mask: np.ndarray
+    dead_value: np.ndarray
+
+
+def _choose(
+    rng: np.random.Generator, size: int, fraction: float, minimum: int, taken: np.ndarray
+) -> np.ndarray:
+    count = 0 if fraction <= 0 else max(minimum, round(fraction * size))
+    free = np.flatnonzero(~taken.ravel())
+    chosen = np.zeros(taken.shape, dtype=bool)
+    chosen.flat[rng.choice(free, min(count, free.size), replace=False)] = True
+    return chosen
+
+
+def make_truth(spec: SimulationSpec, rng: np.random.Generator) -> PixelPopulation:
+    """Draw the per-pixel truth: intercept and slope with column and row patterns, hot,
+    noisy, dead and (optionally) quadratic pixels, each population distinct."""
     rows, cols = spec.shape
     a12 = (
         spec.bias_level_dn
@@ -105,29 +155,41 @@ def make_truth(
         + rng.normal(0.0, 1.5, spec.shape)  # fixed pattern per pixel
     )
     b = spec.slope_adu + rng.normal(0.0, 0.4, cols)[None, :] + rng.normal(0.0, 0.2, spec.shape)
-    n_hot = max(3, round(spec.hot_fraction * rows * cols))
-    hot = np.zeros(spec.shape, dtype=bool)
-    hot.flat[rng.choice(rows * cols, n_hot, replace=False)] = True
-    amplitude = np.where(hot, rng.uniform(50.0, 400.0, spec.shape), 0.0)
-    return (a12 * SCALE).astype(np.float32), b.astype(np.float32), hot, amplitude.astype(np.float32)
+    taken = np.zeros(spec.shape, dtype=bool)
+    hot = _choose(rng, rows * cols, spec.hot_fraction, 3, taken)
+    taken |= hot
+    noisy = _choose(rng, rows * cols, spec.noisy_fraction, 2, taken)
+    taken |= noisy
+    dead = _choose(rng, rows * cols, spec.dead_fraction, 2, taken)
+    taken |= dead
+    quadratic = _choose(rng, rows * cols, spec.quadratic_fraction, 2, taken)
+    c_map = np.where(quadratic, rng.uniform(0.05, 0.2, spec.shape) * rng.choice([-1, 1], spec.shape), 0.0)
+    return PixelPopulation(
+        a_map=(a12 * SCALE).astype(np.float32),
+        b_map=b.astype(np.float32),
+        c_map=c_map.astype(np.float32),
+        hot_mask=hot,
+        hot_amplitude=np.where(hot, rng.uniform(50.0, 400.0, spec.shape), 0.0).astype(np.float32),
+        noise_factor=np.where(noisy, 5.0, 1.0).astype(np.float32),
+        dead_mask=dead,
+        dead_value=np.round(rng.uniform(150, 250, spec.shape)).astype(np.float32),
+    )
 
 
 def make_frame(
-    a_map: np.ndarray,
-    b_map: np.ndarray,
-    hot_amplitude: np.ndarray,
-    temperature: float,
-    spec: SimulationSpec,
-    rng: np.random.Generator,
+    population: PixelPopulation, temperature: float, spec: SimulationSpec, rng: np.random.Generator
 ) -> np.ndarray:
     """One raw frame as stored: 12-bit DN x 16 in uint16."""
-    adu = a_map + b_map * temperature
+    t = np.float32(temperature)
+    adu = population.a_map + population.b_map * t + population.c_map * t * t
     # Hot pixels: a dark-current-like term doubling every 6 deg C, not linear in T.
-    adu = adu + hot_amplitude * np.float32(2.0 ** (temperature / 6.0))
-    dn = adu / SCALE + rng.normal(0.0, spec.read_noise_dn, a_map.shape)
-    n_hits = rng.poisson(spec.cosmic_rate * a_map.size)
+    adu = adu + population.hot_amplitude * np.float32(2.0 ** (temperature / 6.0))
+    noise = rng.normal(0.0, spec.read_noise_dn, population.a_map.shape) * population.noise_factor
+    dn = adu / SCALE + noise
+    dn = np.where(population.dead_mask, population.dead_value, dn)
+    n_hits = rng.poisson(spec.cosmic_rate * dn.size)
     if n_hits:
-        hits = rng.choice(a_map.size, n_hits, replace=False)
+        hits = rng.choice(dn.size, n_hits, replace=False)
         dn.flat[hits] += rng.uniform(200.0, 3000.0, n_hits)
     return (np.clip(np.rint(dn), 0, DN_MAX).astype(np.uint16) * SCALE).astype(np.uint16)
 
@@ -183,39 +245,46 @@ def simulate_dataset(
     raw_dir, truth_dir = out / "raw", out / "truth"
     raw_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
-    a_map, b_map, hot, amplitude = make_truth(spec, rng)
+    population = make_truth(spec, rng)
     truth = SimulationTruth(
-        a_map, b_map, hot, spec.read_noise_dn * SCALE, raw_dir=raw_dir, truth_dir=truth_dir
+        population.a_map,
+        population.b_map,
+        population.hot_mask,
+        spec.read_noise_dn * SCALE,
+        noisy_mask=population.noise_factor > 1,
+        dead_mask=population.dead_mask,
+        c_map=population.c_map if spec.quadratic_fraction > 0 else None,
+        raw_dir=raw_dir,
+        truth_dir=truth_dir,
     )
     for set_point in spec.temperatures:
         for index in range(spec.frames_per_temperature):
             temperature = set_point + rng.normal(0.0, spec.jitter)
-            data = make_frame(a_map, b_map, amplitude, temperature, spec, rng)
+            data = make_frame(population, temperature, spec, rng)
             path = raw_dir / f"bias_{set_point:+.1f}C_{index:03d}.fits"
             _write(path, data, frame_header(temperature, spec.exposure, set_point, index))
             truth.frame_paths.append(path)
             truth.frame_temperatures.append(round(float(temperature), 3))
     if faults:
-        _write_faults(raw_dir, a_map, b_map, amplitude, spec, rng)
+        _write_faults(raw_dir, population, spec, rng)
     header = fits.Header()
     header["BUNIT"] = "adu"
-    _write(truth_dir / "bias_a_true.fits", a_map, header)
-    _write(truth_dir / "bias_b_true.fits", b_map, header)
-    _write(truth_dir / "hot_pixel_mask.fits", hot.astype(np.uint8))
+    _write(truth_dir / "bias_a_true.fits", population.a_map, header)
+    _write(truth_dir / "bias_b_true.fits", population.b_map, header)
+    _write(truth_dir / "hot_pixel_mask.fits", population.hot_mask.astype(np.uint8))
+    _write(truth_dir / "noisy_pixels.fits", truth.noisy_mask.astype(np.uint8))  # type: ignore[union-attr]
+    _write(truth_dir / "dead_pixels.fits", population.dead_mask.astype(np.uint8))
+    if truth.c_map is not None:
+        _write(truth_dir / "bias_c_true.fits", truth.c_map, header)
     logger.info("simulated %d frames in %s", len(truth.frame_paths), raw_dir)
     return truth
 
 
 def _write_faults(
-    raw_dir: Path,
-    a_map: np.ndarray,
-    b_map: np.ndarray,
-    amplitude: np.ndarray,
-    spec: SimulationSpec,
-    rng: np.random.Generator,
+    raw_dir: Path, population: PixelPopulation, spec: SimulationSpec, rng: np.random.Generator
 ) -> None:
     set_point = spec.temperatures[0]
-    frame = make_frame(a_map, b_map, amplitude, set_point, spec, rng)
+    frame = make_frame(population, set_point, spec, rng)
     _write(raw_dir / "dark_10s.fits", frame, frame_header(set_point, 10.0, set_point, 0))
     dropout = frame.copy()
     dropout[: frame.shape[0] // 2] = 0

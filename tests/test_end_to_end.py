@@ -7,7 +7,7 @@ import math
 import numpy as np
 from astropy.io import fits
 
-from bias_pipeline import BiasModel
+from bias_pipeline import BiasModel, PipelineConfig, run_bias_pipeline
 from bias_pipeline.simulate import SCALE
 
 from conftest import SPEC
@@ -37,7 +37,7 @@ def test_recovers_true_maps_within_noise(pipeline_run, sim):
     model = pipeline_run.model
     temps = np.array(model.group_temperatures)
     sigma_master, sigma_a, sigma_b = expected_errors(temps, SPEC.frames_per_temperature)
-    good = ~sim.hot_mask
+    good = ~sim.abnormal_mask  # hot, noisy and stuck pixels do not follow the noise budget
     b_err = (model.b_map - sim.b_map)[good]
     a_err = (model.a_map - sim.a_map)[good]
     # Every pixel within 5 sigma (3000 pixels: a chance of ~1e-3 that one honest pixel exceeds).
@@ -51,8 +51,8 @@ def test_recovers_true_maps_within_noise(pipeline_run, sim):
     assert abs(a_err.mean()) < 5 * sigma_a / math.sqrt(a_err.size)
     # Per pixel the slope noise is as large as the true pixel-to-pixel spread, but the column
     # pattern of the slope (48 rows averaged: 7x less noise) must come out clearly.
-    fitted_columns = np.nanmean(model.b_map, axis=0)
-    true_columns = np.mean(np.where(good, sim.b_map, np.nan), axis=0, where=good)
+    fitted_columns = np.mean(model.b_map, axis=0, where=good)
+    true_columns = np.mean(sim.b_map, axis=0, where=good)
     assert np.corrcoef(fitted_columns, true_columns)[0, 1] > 0.9
 
 
@@ -96,3 +96,47 @@ def test_model_loads_back_and_predicts_master_temperature(pipeline_run):
     )
     np.testing.assert_allclose(synthetic, model.predict(master.temperature), rtol=0, atol=1e-3)
     assert model.temperature_range == (min(model.group_temperatures), max(model.group_temperatures))
+
+
+def test_uncertainties_are_honest(pipeline_run, sim):
+    """Pulls (fit - truth) / sigma have unit spread over unflagged pixels."""
+    model = pipeline_run.model
+    good = ~model.flagged & ~sim.abnormal_mask
+    sigma_a = np.sqrt(model.covariance[0, 0])
+    sigma_b = np.sqrt(model.covariance[1, 1])
+    pull_a = ((model.a_map - sim.a_map) / sigma_a)[good]
+    pull_b = ((model.b_map - sim.b_map) / sigma_b)[good]
+    assert 0.85 < pull_a.std() < 1.15 and 0.85 < pull_b.std() < 1.15, (pull_a.std(), pull_b.std())
+    assert abs(pull_a.mean()) < 0.15 and abs(pull_b.mean()) < 0.15
+    # The model's own error at a master temperature matches its covariance.
+    _, sigma = model.predict(10.0, return_sigma=True)
+    expected = np.sqrt(model.covariance[0, 0] + 100 * model.covariance[1, 1] + 20 * model.covariance[0, 1])
+    np.testing.assert_allclose(sigma, expected, rtol=1e-4)
+
+
+def test_flags_find_the_abnormal_pixels(pipeline_run, sim):
+    from bias_pipeline.quality import DEAD, HOT_MASK, NOISY
+
+    dq = pipeline_run.model.dq
+    assert np.all(dq[sim.hot_mask] & HOT_MASK.value)  # the user's mask is bit 0
+    normal = ~sim.abnormal_mask
+    assert np.count_nonzero(dq[normal]) < 0.01 * normal.sum()
+    assert np.all(dq[sim.noisy_mask] & NOISY.value)
+    assert np.all(dq[sim.dead_mask] & DEAD.value)
+
+
+def test_nonlinear_hot_pixels_are_flagged_without_a_mask(sim, tmp_path):
+    from bias_pipeline.quality import NONLINEAR
+
+    result = run_bias_pipeline(sim.raw_dir, tmp_path / "out", config=PipelineConfig(show_progress=False))
+    dq = result.model.dq
+    assert np.mean(dq[sim.hot_mask] & NONLINEAR.value > 0) >= 0.95
+    normal = ~sim.abnormal_mask
+    assert np.mean(dq[normal] != 0) < 0.01
+    assert np.isfinite(result.model.a_map).all()  # nothing masked: every pixel fitted
+
+
+def test_heldout_error_is_not_below_in_sample(pipeline_run):
+    for row in pipeline_run.summary:
+        assert row["heldout_mae_mean"] >= row["mae_mean"]
+        assert 0 < row["mae_per_read_noise"] < row["heldout_mae_per_read_noise"] < 2

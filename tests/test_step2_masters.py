@@ -19,7 +19,7 @@ from bias_pipeline.steps.step2_generate_master_bias_by_temp import (
     generate_master_bias_by_temp,
     group_by_temperature,
     make_groups,
-    temperature_bins,
+    temperature_clusters,
 )
 
 from conftest import bias_pixels, write_frame
@@ -31,16 +31,16 @@ def records_at(*temps: float) -> list[FrameRecord]:
     return [FrameRecord(path=f"f{i}.fits", temperature=t, shape=(4, 4)) for i, t in enumerate(temps)]  # type: ignore[arg-type]
 
 
-def test_bins_are_centred_on_multiples_of_the_width():
-    assert temperature_bins([-0.049, 0.049, 0.051, 0.15, -5.04, -4.96], 0.1).tolist() == [
-        0,
-        0,
-        1,
-        2,
-        -50,
-        -50,
-    ]
-    assert temperature_bins([9.6, 10.4, 10.6], 1.0).tolist() == [10, 10, 11]
+def test_groups_split_at_gaps_not_at_bin_edges():
+    # A set point at 0.0 with jitter straddles 0.05, where a fixed bin edge would cut it.
+    temps = [-0.04, 0.01, 0.06, 0.03, 5.02, 4.97]
+    assert temperature_clusters(temps, 0.1).tolist() == [0, 0, 0, 0, 1, 1]
+    # A slow drift without gaps is cut into pieces no wider than the width.
+    drift = np.arange(0, 1.0, 0.02)
+    labels = temperature_clusters(drift, 0.1)
+    for k in range(labels.max() + 1):
+        assert np.ptp(drift[labels == k]) <= 0.1 + 1e-9
+    assert labels.max() >= 8
 
 
 def test_group_by_temperature_legacy_form():
@@ -59,10 +59,12 @@ def test_make_groups_uses_mean_temperature_and_rejects_small_groups():
     assert all(r.status == "rejected" and "--min-frames-per-group 3" in r.reason for r in records[3:])
 
 
-def test_labels_stay_unique_when_wide_bins_round_alike():
+def test_wide_groups_are_named_by_their_mean():
     config = PipelineConfig(temp_bin_width=1.0, min_frames_per_group=1, show_progress=False)
-    groups = make_groups(records_at(5.44, 5.46, 5.55), config)  # bins 5 and 6, means 5.45 and 5.55
-    assert [g.label for g in groups] == ["5.45", "5.55"]
+    groups = make_groups(records_at(5.0, 5.44, 5.46, 6.48), config)  # a drift cut after 1 deg C
+    assert [g.label for g in groups] == ["5.3", "6.5"]
+    groups = make_groups(records_at(5.44, 5.46, 7.0, 7.06), config)
+    assert [g.label for g in groups] == ["5.5", "7.0"]
 
 
 @pytest.mark.parametrize("n_frames", [1, 2, 3, 4, 7])

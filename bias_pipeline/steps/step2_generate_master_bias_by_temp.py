@@ -1,7 +1,8 @@
 """Step 2: group accepted frames by temperature and combine each group into a master bias.
 
-Grouping puts each frame in a bin of ``temp_bin_width`` deg C centred on multiples of the
-width; the group's temperature used downstream is the mean of its frames' temperatures.
+Grouping splits the sorted temperatures at gaps wider than ``temp_bin_width`` deg C (and
+cuts any group wider than that); the group's temperature used downstream is the mean of its
+frames' temperatures.
 Combining reads a block of rows of every frame of a group at a time, so memory depends on the
 block height (chosen from ``memory_limit_mb``), not on the number of frames.
 """
@@ -97,21 +98,41 @@ def _entry_temperature(entry: object) -> float:
     return float(value)
 
 
-def temperature_bins(temperatures: Sequence[float], bin_width: float) -> np.ndarray:
-    """Bin index of each temperature: bins of ``bin_width`` centred on its multiples.
+def temperature_clusters(temperatures: Sequence[float], bin_width: float) -> np.ndarray:
+    """Group index of each temperature, groups numbered by increasing temperature.
 
-    >>> temperature_bins([4.96, 5.04, 5.06, -0.04], 0.1).tolist()
-    [50, 50, 51, 0]
+    Sorted temperatures start a new group where the gap to the previous one exceeds
+    ``bin_width``, so the frames of one thermal set point stay together however their jitter
+    falls (fixed bins would split a set point lying on a bin edge). A group spanning more
+    than ``bin_width`` (a slow drift with no gaps) is cut into consecutive pieces, each no
+    wider than ``bin_width``.
+
+    >>> temperature_clusters([4.96, 5.04, 5.06, -0.04, 0.06], 0.1).tolist()
+    [1, 1, 1, 0, 0]
+    >>> temperature_clusters([0.0, 0.05, 0.1, 0.15, 0.2, 0.25], 0.1).tolist()
+    [0, 0, 0, 1, 1, 1]
     """
     temps = np.asarray(temperatures, dtype=np.float64)
-    # Rounding the quotient first keeps 0.15/0.1 = 1.4999999 from landing in the wrong bin.
-    return np.floor(np.round(temps / bin_width, 9) + 0.5).astype(np.int64)
+    order = np.argsort(temps, kind="stable")
+    labels = np.empty(temps.size, dtype=np.int64)
+    group = -1
+    start = -math.inf
+    previous = -math.inf
+    # A tolerance of 1e-9 deg C keeps 0.1 - 0.0 = 0.1000000001 from counting as a gap.
+    for index in order:
+        t = temps[index]
+        if t - previous > bin_width + 1e-9 or t - start > bin_width + 1e-9:
+            group += 1
+            start = t
+        labels[index] = group
+        previous = t
+    return labels
 
 
 def group_by_temperature(
     entries: Iterable[object], round_decimals: int = 1, *, bin_width: float | None = None
 ) -> dict[float, list]:
-    """Group frames by temperature.
+    """Group frames by temperature (see :func:`temperature_clusters`).
 
     Parameters
     ----------
@@ -119,26 +140,28 @@ def group_by_temperature(
         :class:`~bias_pipeline.frames.FrameRecord` objects, or mappings/objects with a
         ``temperature``.
     round_decimals
-        Bin width ``10 ** -round_decimals`` deg C when ``bin_width`` is not given.
+        Group width ``10 ** -round_decimals`` deg C when ``bin_width`` is not given.
     bin_width
-        Bin width [deg C].
+        Group width [deg C].
 
     Returns
     -------
     dict
-        Bin centre (rounded) -> entries in that bin, sorted by temperature.
+        Mean temperature of the group, rounded to one decimal (more where two groups would
+        collide) -> its entries, by increasing temperature.
     """
     width = bin_width if bin_width is not None else 10.0 ** (-round_decimals)
     entries = list(entries)
     if not entries:
         return {}
-    bins = temperature_bins([_entry_temperature(e) for e in entries], width)
-    groups: dict[float, list] = {}
-    digits = max(0, -math.floor(math.log10(width))) + 1
-    for index in sorted(set(bins.tolist())):
-        centre = round(index * width, digits)
-        groups[centre] = [e for e, b in zip(entries, bins, strict=True) if b == index]
-    return groups
+    temps = [_entry_temperature(e) for e in entries]
+    labels = temperature_clusters(temps, width)
+    members = [[e for e, g in zip(entries, labels, strict=True) if g == k] for k in range(labels.max() + 1)]
+    means = [
+        float(np.mean([t for t, g in zip(temps, labels, strict=True) if g == k])) for k in range(len(members))
+    ]
+    keys = [float(label) for label in unique_labels(means)]
+    return dict(zip(keys, members, strict=True))
 
 
 def make_groups(records: Sequence[FrameRecord], config: PipelineConfig) -> list[FrameGroup]:
