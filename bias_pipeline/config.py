@@ -69,6 +69,9 @@ class PipelineConfig:
         1 for ``a + b T``; 2 adds ``c T^2``.
     nonlinear_pvalue
         A pixel whose fit chi-square is this improbable is flagged NONLINEAR.
+    temperature_tolerance
+        A frame whose header temperature differs from the one its bias shows by more than
+        this [deg C] is flagged in the manifest.
     evaluate
         Run step 5 (evaluation and plots).
     show_progress
@@ -92,6 +95,7 @@ class PipelineConfig:
     memory_limit_mb: float = 512.0
     degree: int = 1
     nonlinear_pvalue: float = 1e-4
+    temperature_tolerance: float = 0.5
     evaluate: bool = True
     show_progress: bool = True
 
@@ -115,6 +119,7 @@ class PipelineConfig:
         _positive(self.scale_factor, "--scale-factor")
         _positive(self.memory_limit_mb, "--memory-limit")
         _positive(self.clip_sigma, "--clip-sigma")
+        _positive(self.temperature_tolerance, "--temperature-tolerance")
         _positive(self.outlier_sigma, "--outlier-sigma")
         if not isinstance(self.clip_iters, int) or self.clip_iters < 1:
             raise ConfigError(f"--clip-iters must be a whole number >= 1, got {self.clip_iters!r}")

@@ -77,6 +77,10 @@ class FrameRecord:
         Whether every pixel value is a multiple of 16 (12-bit data stored x16).
     zero_fraction
         Fraction of pixels that are exactly zero (a readout dropout of this camera).
+    temperature_est, temperature_est_err
+        The frame's temperature estimated from its own pixels with the fitted model [deg C].
+    flag
+        A warning that does not reject the frame (``temperature_mismatch``).
     """
 
     path: Path
@@ -96,6 +100,9 @@ class FrameRecord:
     max_value: float = math.nan
     multiple_of_16: bool = False
     zero_fraction: float = math.nan
+    temperature_est: float | None = None
+    temperature_est_err: float | None = None
+    flag: str = ""
 
     def reject(self, reason: str) -> None:
         """Mark the frame rejected with ``reason`` (kept in the manifest)."""

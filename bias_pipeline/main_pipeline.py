@@ -16,7 +16,12 @@ from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
 from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, make_groups
 from .steps.step3_fit_bias_model import fit_model, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set
-from .steps.step5_evaluate_model import evaluate
+from .steps.step5_evaluate_model import (
+    TEMPERATURE_PLOT,
+    check_frame_temperatures,
+    evaluate,
+    plot_temperature_check,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +173,7 @@ def run_bias_pipeline(
         result.synthetic_paths = write_synthetic_set(
             model, [m.temperature for m in masters], dirs["synthetic"], [m.label for m in masters]
         )
-    # Step 5: evaluation.
+    # Step 5: evaluation, and the model as a check of each frame's header temperature.
     if config.evaluate:
         result.summary = evaluate(
             model,
@@ -177,4 +182,14 @@ def run_bias_pipeline(
             save_fits=eval_save_fits,
             show_progress=config.show_progress,
         )
+        check_frame_temperatures(
+            model,
+            records,
+            input_bits=input_bits,
+            scale_factor=config.scale_factor,
+            tolerance=config.temperature_tolerance,
+            show_progress=config.show_progress,
+        )
+        plot_temperature_check(records, dirs["evaluation"] / TEMPERATURE_PLOT, config.temperature_tolerance)
+        write_manifest(records, manifest, raw)
     return result

@@ -40,6 +40,9 @@ MANIFEST_COLUMNS = (
     "group",
     "temperature_key",
     "exposure_key",
+    "temperature_est",
+    "temperature_est_err",
+    "flag",
 )
 
 
@@ -266,6 +269,9 @@ def manifest_text(records: Sequence[FrameRecord], base_path: Path | None = None)
                 record.group,
                 record.temperature_key,
                 record.exposure_key,
+                "" if record.temperature_est is None else f"{record.temperature_est:.4f}",
+                "" if record.temperature_est_err is None else f"{record.temperature_est_err:.4f}",
+                record.flag,
             ]
         )
     return buffer.getvalue()

@@ -20,8 +20,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from ..frames import STATUS_USED, FrameRecord, read_frame
 from ..model import BiasModel
 from ..products import product_header, unique_labels, write_image, write_png_atomic, write_text_atomic
+from ..thermometry import estimate_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +312,82 @@ def evaluate(
     if plots and rows:
         plot_summary(rows, out / SUMMARY_PNG)  # type: ignore[arg-type]
     return rows
+
+
+TEMPERATURE_PLOT = "temperature_check.png"
+FLAG_TEMPERATURE = "temperature_mismatch"
+
+
+def check_frame_temperatures(
+    model: BiasModel,
+    records: Sequence[FrameRecord],
+    *,
+    input_bits: int = 16,
+    scale_factor: float = 16.0,
+    tolerance: float = 0.5,
+    show_progress: bool = True,
+) -> list[FrameRecord]:
+    """Estimate every used frame's temperature from its pixels; flag header disagreements.
+
+    Fills ``temperature_est`` and ``temperature_est_err`` of each used record and sets its
+    ``flag`` to ``"temperature_mismatch"`` when the header temperature differs from the
+    estimate by more than ``tolerance`` deg C (a sensor read during a thermal transient, a
+    mislabelled header). Frames stay used; the flag is a warning.
+
+    Returns
+    -------
+    list of FrameRecord
+        The flagged records.
+    """
+    used = [r for r in records if r.status == STATUS_USED]
+    flagged = []
+    factor = np.float32(scale_factor if input_bits == 12 else 1.0)
+    for record in tqdm(
+        used, desc="temperatures", unit="frame", disable=None if show_progress else True, leave=False
+    ):
+        estimate = estimate_temperature(read_frame(record) * factor, model, start=record.temperature)
+        record.temperature_est = estimate.temperature
+        record.temperature_est_err = estimate.error
+        assert record.temperature is not None
+        if abs(estimate.temperature - record.temperature) > tolerance:
+            record.flag = FLAG_TEMPERATURE
+            flagged.append(record)
+            logger.warning(
+                "%s: header says %.2f deg C, its bias says %.2f +- %.2f deg C (--temperature-tolerance %g)",
+                record.path.name,
+                record.temperature,
+                estimate.temperature,
+                estimate.error,
+                tolerance,
+            )
+    return flagged
+
+
+def plot_temperature_check(records: Sequence[FrameRecord], path: str | Path, tolerance: float) -> Path:
+    """Header temperature against the temperature estimated from each frame's bias."""
+    done = [r for r in records if r.temperature_est is not None]
+    header = np.array([r.temperature for r in done], dtype=float)
+    estimated = np.array([r.temperature_est for r in done], dtype=float)
+    bad = np.array([r.flag == FLAG_TEMPERATURE for r in done], dtype=bool)
+    figure = Figure(figsize=(7.0, 6.5), dpi=100)
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    top.plot(header[~bad], estimated[~bad], "o", ms=4, label="frames")
+    if bad.any():
+        top.plot(header[bad], estimated[bad], "x", color="C3", ms=8, label=f"beyond {tolerance:g} deg C")
+    if header.size:
+        line = [min(header.min(), estimated.min()), max(header.max(), estimated.max())]
+        top.plot(line, line, "k-", lw=0.8, label="equal")
+    top.set_ylabel("estimated from the bias (deg C)")
+    top.set_title(f"Housekeeping check: {int(bad.sum())} of {len(done)} frames beyond {tolerance:g} deg C")
+    top.legend(fontsize=8)
+    bottom.plot(header, estimated - header, "o", ms=4)
+    bottom.axhspan(-tolerance, tolerance, color="0.9")
+    bottom.set_xlabel("header temperature (deg C)")
+    bottom.set_ylabel("estimated - header (deg C)")
+    for axes in (top, bottom):
+        axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    return write_png_atomic(path, figure)
 
 
 class _InMemoryMaster:
