@@ -215,8 +215,7 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
         type=_finite_float,
         default=0.05,
         metavar="F",
-        help="reject a frame with more than this fraction of outlier pixels and remake its master "
-        "(default 0.05)",
+        help="reject a frame with more than this fraction of outlier pixels and remake its master (default 0.05)",
     )
     combine.add_argument(
         "--memory-limit",
@@ -225,13 +224,39 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
         metavar="MIB",
         help="memory for the combine's pixel buffers, MiB (default 512)",
     )
+    combine.add_argument(
+        "--degree",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: bias = a + b*T (default); 2: adds c*T^2, and the log says in how many pixels it is warranted",
+    )
+    combine.add_argument(
+        "--fit-on",
+        choices=("masters", "frames"),
+        default="masters",
+        help="fit the masters (default) or every frame at its own temperature in one streaming pass",
+    )
+    combine.add_argument(
+        "--nonlinear-pvalue",
+        type=_finite_float,
+        default=1e-4,
+        metavar="P",
+        help="flag a pixel NONLINEAR when its fit chi-square is this improbable (default 1e-4)",
+    )
+    combine.add_argument(
+        "--temperature-tolerance",
+        type=_finite_float,
+        default=0.5,
+        metavar="C",
+        help="flag frames whose header temperature differs from the one their bias shows by more "
+        "than C deg C (default 0.5)",
+    )
     combine.add_argument("--no-evaluation", action="store_true", help="skip step 5 (evaluation and plots)")
 
     general = parser.add_argument_group("messages")
     general.add_argument("-v", "--verbose", action="store_true", help="show every file's decision")
-    general.add_argument(
-        "-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars"
-    )
+    general.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
     general.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
     return parser
 
@@ -254,6 +279,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         max_zero_fraction=args.max_zero_fraction,
         temperature_limits=tuple(args.temperature_limits),
         memory_limit_mb=args.memory_limit,
+        degree=args.degree,
+        fit_on=args.fit_on,
+        nonlinear_pvalue=args.nonlinear_pvalue,
+        temperature_tolerance=args.temperature_tolerance,
         evaluate=not args.no_evaluation,
         show_progress=not args.quiet,
     )
@@ -292,9 +321,7 @@ def _guarded(prog: str, body: Callable[[], int]) -> int:
         return EXIT_INTERNAL
 
 
-def _run_demo(
-    out_dir: Path, config: PipelineConfig, hot_pixel_mask: Path | None, save_eval_fits: bool
-) -> int:
+def _run_demo(out_dir: Path, config: PipelineConfig, hot_pixel_mask: Path | None, save_eval_fits: bool) -> int:
     from .main_pipeline import run_bias_pipeline
     from .simulate import SimulationSpec, simulate_dataset
 
@@ -423,6 +450,18 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
         metavar="PATH",
         help="a folder (gets synthetic_bias_T.TC.fits) or a file name; missing folders are created",
     )
+    parser.add_argument(
+        "--noise",
+        action="store_true",
+        help="add the sensor's read noise and 12-bit quantisation: a raw-like frame instead of the mean",
+    )
+    parser.add_argument("--seed", type=int, metavar="N", help="seed of --noise, for a reproducible frame")
+    parser.add_argument(
+        "--noise-map",
+        type=Path,
+        metavar="MODEL.fits",
+        help="bias_model.fits (or a FITS read-noise image) for --noise; default: bias_model.fits beside --a-map",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="more messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
     parser.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
@@ -437,10 +476,14 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
 
     def body() -> int:
         from .errors import OutputError
-        from .model import BiasModel
+        from .model import MODEL_FILE_NAME, BiasModel, load_read_noise
         from .steps.step4_generate_synthetic_bias import synthetic_name, write_synthetic
 
         model = BiasModel.load(args.a_map, args.b_map)
+        if args.noise:
+            model.read_noise = load_read_noise(args.noise_map or args.a_map.with_name(MODEL_FILE_NAME), model.shape)
+        elif args.seed is not None or args.noise_map is not None:
+            raise ConfigError("--seed and --noise-map only apply with --noise")
         output: Path = args.output
         if output.is_dir() or str(output).endswith(("/", "\\")):
             output = output / synthetic_name(args.temperature)
@@ -448,7 +491,7 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
             output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"--output: cannot create {output.parent}: {exc.strerror or exc}") from None
-        path, frame = write_synthetic(model, args.temperature, output)
+        path, frame = write_synthetic(model, args.temperature, output, noise=args.noise, noise_seed=args.seed)
         good = np.isfinite(frame)
         print(
             textwrap.dedent(

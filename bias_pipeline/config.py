@@ -67,6 +67,9 @@ class PipelineConfig:
         Memory [MiB] the combine may use for its pixel buffers; sets the row-block height.
     degree
         1 for ``a + b T``; 2 adds ``c T^2``.
+    fit_on
+        ``"masters"``: fit the masters weighted by inverse variance; ``"frames"``: fit every
+        used frame at its own temperature in one streaming pass (no binning error).
     nonlinear_pvalue
         A pixel whose fit chi-square is this improbable is flagged NONLINEAR.
     temperature_tolerance
@@ -94,6 +97,7 @@ class PipelineConfig:
     temperature_limits: tuple[float, float] = (-60.0, 80.0)
     memory_limit_mb: float = 512.0
     degree: int = 1
+    fit_on: str = "masters"
     nonlinear_pvalue: float = 1e-4
     temperature_tolerance: float = 0.5
     evaluate: bool = True
@@ -126,9 +130,9 @@ class PipelineConfig:
         if not 0.0 < self.outlier_fraction <= 1.0:
             raise ConfigError(f"--outlier-fraction must lie in (0, 1], got {self.outlier_fraction!r}")
         if not isinstance(self.min_frames_per_group, int) or self.min_frames_per_group < 1:
-            raise ConfigError(
-                f"--min-frames-per-group must be a whole number >= 1, got {self.min_frames_per_group!r}"
-            )
+            raise ConfigError(f"--min-frames-per-group must be a whole number >= 1, got {self.min_frames_per_group!r}")
+        if self.fit_on not in ("masters", "frames"):
+            raise ConfigError(f"--fit-on must be masters or frames, got {self.fit_on!r}")
         if self.degree not in (1, 2):
             raise ConfigError(f"--degree must be 1 or 2, got {self.degree!r}")
         if not 0.0 < self.nonlinear_pvalue < 1.0:
@@ -138,15 +142,12 @@ class PipelineConfig:
                 f"--combine-method must be one of {', '.join(COMBINE_METHODS)}, got {self.combine_method!r}"
             )
         if self.input_bits not in INPUT_BITS_CHOICES:
-            raise ConfigError(
-                f"--input-bits must be one of {', '.join(INPUT_BITS_CHOICES)}, got {self.input_bits!r}"
-            )
+            raise ConfigError(f"--input-bits must be one of {', '.join(INPUT_BITS_CHOICES)}, got {self.input_bits!r}")
         if not 0.0 <= self.max_zero_fraction <= 1.0 or math.isnan(self.max_zero_fraction):
             raise ConfigError(f"--max-zero-fraction must lie between 0 and 1, got {self.max_zero_fraction!r}")
         if len(self.temperature_limits) != 2 or not (self.temperature_limits[0] < self.temperature_limits[1]):
             raise ConfigError(
-                "--temperature-limits needs two numbers LOW HIGH with LOW < HIGH, "
-                f"got {self.temperature_limits!r}"
+                f"--temperature-limits needs two numbers LOW HIGH with LOW < HIGH, got {self.temperature_limits!r}"
             )
 
     def as_dict(self) -> dict[str, object]:

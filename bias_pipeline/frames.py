@@ -264,15 +264,11 @@ def _inspect(record: FrameRecord, temperature_keys: Sequence[str], exposure_keys
             ndim = int(header.get("NAXIS", 0)) if not isinstance(hdu, fits.CompImageHDU) else len(hdu.shape)
             shape = tuple(hdu.shape)
             if ndim != 2:
-                raise FrameReadError(
-                    f"image in HDU {index} has {ndim} dimensions {shape}; expected a 2-D frame"
-                )
+                raise FrameReadError(f"image in HDU {index} has {ndim} dimensions {shape}; expected a 2-D frame")
             headers = [header] if index == 0 else [header, hdul[0].header]
             record.hdu_index = index
             record.shape = (int(shape[0]), int(shape[1]))
-            record.temperature, record.temperature_key = lookup_number(
-                headers, temperature_keys, "temperature"
-            )
+            record.temperature, record.temperature_key = lookup_number(headers, temperature_keys, "temperature")
             record.exposure, record.exposure_key = lookup_number(headers, exposure_keys, "exposure")
             plain = (
                 not isinstance(hdu, fits.CompImageHDU)

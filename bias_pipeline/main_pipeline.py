@@ -14,7 +14,7 @@ from .model import BiasModel
 from .steps.step0_create_dirs import create_directories
 from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
 from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, make_groups
-from .steps.step3_fit_bias_model import fit_model, load_hot_pixel_mask
+from .steps.step3_fit_bias_model import fit_model, fit_model_on_frames, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set
 from .steps.step5_evaluate_model import (
     TEMPERATURE_PLOT,
@@ -121,9 +121,7 @@ def run_bias_pipeline(
     raw = resolve_path(observations_dir)
     out = resolve_path(output_dir)
     if out == raw:
-        raise InputDataError(
-            f"--output-dir {out} is the raw folder itself; give a separate folder for the products"
-        )
+        raise InputDataError(f"--output-dir {out} is the raw folder itself; give a separate folder for the products")
     if hot_pixel_mask_path is not None and not Path(hot_pixel_mask_path).is_file():
         raise InputDataError(f"--hot-pixel-mask {hot_pixel_mask_path} does not exist; give a FITS mask file")
     if not raw.is_dir():
@@ -154,9 +152,7 @@ def run_bias_pipeline(
     masters = build_masters(groups, dirs["masters"], config, input_bits=input_bits)
     write_manifest(records, manifest, raw)
     if len(masters) < 2:
-        raise InputDataError(
-            f"--basepath {raw}: fewer than two temperature groups could be combined; see {manifest}"
-        )
+        raise InputDataError(f"--basepath {raw}: fewer than two temperature groups could be combined; see {manifest}")
     logger.info(
         "%d frames used in %d masters, %d rejected, %d ignored",
         sum(r.status == STATUS_USED for r in records),
@@ -165,7 +161,11 @@ def run_bias_pipeline(
         sum(r.status == STATUS_IGNORED for r in records),
     )
     # Step 3: the model.
-    model = fit_model(masters, mask, config)
+    masters_model = fit_model(masters, mask, config)
+    model = masters_model
+    if config.fit_on == "frames":
+        used = [r for r in records if r.status == STATUS_USED]
+        model = fit_model_on_frames(used, masters, mask, config, input_bits=input_bits)
     model.save(dirs["model"], cards={"INBITS": (input_bits, "bit depth of the input values")})
     result = PipelineResult(out, records, masters, model, input_bits)
     # Step 4: synthetic frames at the masters' temperatures.
@@ -181,6 +181,7 @@ def run_bias_pipeline(
             dirs["evaluation"],
             save_fits=eval_save_fits,
             show_progress=config.show_progress,
+            heldout_model=masters_model,
         )
         check_frame_temperatures(
             model,

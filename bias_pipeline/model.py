@@ -104,9 +104,7 @@ class BiasModel:
         self.b_map = np.asarray(self.b_map, dtype=np.float32)
         self.mask = np.asarray(self.mask, dtype=bool)
         if self.a_map.ndim != 2 or self.a_map.shape != self.b_map.shape:
-            raise InputDataError(
-                f"a-map {self.a_map.shape} and b-map {self.b_map.shape} must be 2-D and of one shape"
-            )
+            raise InputDataError(f"a-map {self.a_map.shape} and b-map {self.b_map.shape} must be 2-D and of one shape")
         if self.mask.shape != self.a_map.shape:
             raise InputDataError(f"mask {self.mask.shape} differs from the maps {self.a_map.shape}")
         if self.c_map is not None:
@@ -205,8 +203,7 @@ class BiasModel:
         outside = outside[(outside < low - 1e-9) | (outside > high + 1e-9)]
         if outside.size:
             logger.warning(
-                "temperature %s deg C lies outside the fitted range %.2f..%.2f deg C: "
-                "the model is extrapolating",
+                "temperature %s deg C lies outside the fitted range %.2f..%.2f deg C: the model is extrapolating",
                 ", ".join(f"{t:g}" for t in outside),
                 low,
                 high,
@@ -314,9 +311,7 @@ class BiasModel:
         assert self.covariance is not None
         for j in range(self.degree + 1):
             sigma = np.sqrt(np.maximum(self.covariance[j, j], 0))
-            image(
-                sigma, f"SIGMA_{COEFFICIENT_NAMES[j]}", units[j], f"standard error of {COEFFICIENT_NAMES[j]}"
-            )
+            image(sigma, f"SIGMA_{COEFFICIENT_NAMES[j]}", units[j], f"standard error of {COEFFICIENT_NAMES[j]}")
         for j in range(self.degree + 1):
             for k in range(j + 1, self.degree + 1):
                 name = f"COV_{COEFFICIENT_NAMES[j]}{COEFFICIENT_NAMES[k]}"
@@ -384,9 +379,7 @@ class BiasModel:
                 return cls._load_model_file(model_dir / MODEL_FILE_NAME)
             a_path = model_dir / A_MAP_NAME
             if not a_path.is_file():
-                raise InputDataError(
-                    f"no {A_MAP_NAME} in {path}; give a pipeline output folder or the a-map file"
-                )
+                raise InputDataError(f"no {A_MAP_NAME} in {path}; give a pipeline output folder or the a-map file")
         elif path.name == MODEL_FILE_NAME and b_map_path is None:
             return cls._load_model_file(path)
         else:
@@ -470,6 +463,32 @@ class BiasModel:
             read_noise=maps.get("READNOISE"),
             tref=float(header["TREF"]) if "TREF" in header else None,
         )
+
+
+def load_read_noise(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """Read a read-noise map: the ``READNOISE`` extension of a model file, or a 2-D image.
+
+    Raises
+    ------
+    InputDataError
+        When the file is missing, has no such map, or its shape differs from ``shape``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"--noise-map {path} does not exist; give bias_model/bias_model.fits of a run")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            if "READNOISE" in hdul:
+                data = np.asarray(hdul["READNOISE"].data, dtype=np.float32)
+            else:
+                data, _ = read_image(path, "--noise-map")
+    except InputDataError:
+        raise
+    except Exception as exc:
+        raise InputDataError(f"--noise-map {path} cannot be read: {exc}") from None
+    if data.shape != tuple(shape):
+        raise InputDataError(f"--noise-map {path} is {data.shape[0]}x{data.shape[1]}, the maps {shape[0]}x{shape[1]}")
+    return data
 
 
 def _leverage(groups: fits.FITS_rec | None) -> tuple[float, ...]:

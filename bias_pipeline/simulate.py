@@ -134,9 +134,7 @@ class PixelPopulation:
     dead_value: np.ndarray
 
 
-def _choose(
-    rng: np.random.Generator, size: int, fraction: float, minimum: int, taken: np.ndarray
-) -> np.ndarray:
+def _choose(rng: np.random.Generator, size: int, fraction: float, minimum: int, taken: np.ndarray) -> np.ndarray:
     count = 0 if fraction <= 0 else max(minimum, round(fraction * size))
     free = np.flatnonzero(~taken.ravel())
     chosen = np.zeros(taken.shape, dtype=bool)
@@ -280,9 +278,7 @@ def simulate_dataset(
     return truth
 
 
-def _write_faults(
-    raw_dir: Path, population: PixelPopulation, spec: SimulationSpec, rng: np.random.Generator
-) -> None:
+def _write_faults(raw_dir: Path, population: PixelPopulation, spec: SimulationSpec, rng: np.random.Generator) -> None:
     set_point = spec.temperatures[0]
     frame = make_frame(population, set_point, spec, rng)
     _write(raw_dir / "dark_10s.fits", frame, frame_header(set_point, 10.0, set_point, 0))
@@ -317,9 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[-10.0, 0.0, 10.0, 20.0, 30.0],
         help="set points in deg C",
     )
-    parser.add_argument(
-        "--frames-per-temperature", type=int, default=5, help="frames at each set point (default 5)"
-    )
+    parser.add_argument("--frames-per-temperature", type=int, default=5, help="frames at each set point (default 5)")
     parser.add_argument("--read-noise", type=float, default=2.0, help="read noise in 12-bit DN (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--faults", action="store_true", help="add files the pipeline must reject or ignore")
@@ -334,9 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     truth = simulate_dataset(args.out, spec, faults=args.faults)
-    sys.stdout.write(
-        f"wrote {len(truth.frame_paths)} frames to {truth.raw_dir} and the truth to {truth.truth_dir}\n"
-    )
+    sys.stdout.write(f"wrote {len(truth.frame_paths)} frames to {truth.raw_dir} and the truth to {truth.truth_dir}\n")
     return 0
 
 

@@ -53,16 +53,12 @@ def test_legacy_step_chain(tmp_path):
     assert sorted(groups) == [0.0, 10.0]
     master = step2_generate_master_bias_by_temp.combine_frames(groups[0.0], method="median")
     assert master.shape == (48, 64)
-    masters = step2_generate_master_bias_by_temp.generate_master_bias_by_temp(
-        entries, dirs["masters"], method="median"
-    )
+    masters = step2_generate_master_bias_by_temp.generate_master_bias_by_temp(entries, dirs["masters"], method="median")
     a_map, b_map = step3_fit_bias_model.fit_bias_model(masters, hot_pixel_mask=None)
     step3_fit_bias_model.save_bias_model(a_map, b_map, dirs["model"])
     frame = step4_generate_synthetic_bias.generate_synthetic_bias(a_map, b_map, 5.0)
     np.testing.assert_allclose(frame, a_map + 5.0 * b_map, rtol=1e-6)
-    step4_generate_synthetic_bias.generate_multiple_synthetic_biases(
-        a_map, b_map, [0.0, 10.0], dirs["synthetic"]
-    )
+    step4_generate_synthetic_bias.generate_multiple_synthetic_biases(a_map, b_map, [0.0, 10.0], dirs["synthetic"])
     rows = step5_evaluate_model.evaluate_model(a_map, b_map, masters, dirs["evaluation"], save_fits=False)
     assert len(rows) == 2
     loaded = utils_scaling.load_fits_as_adu16(entries[0].path)
@@ -83,21 +79,14 @@ def test_every_output_name(pipeline_run, sim):
             f"bias_grouped_by_temp/master_bias_{label}C.fits",
             f"bias_masks_by_temp/synthetic_bias_{label}C.fits",
         }
-        expected |= {
-            f"evaluation/{stem}_{label}C.png" for stem in ("real_bias", "synthetic_bias", "mae", "mape")
-        }
-        expected |= {
-            f"evaluation/{stem}_{label}C.fits" for stem in ("synthetic_bias", "mae", "mape", "heldout_mae")
-        }
+        expected |= {f"evaluation/{stem}_{label}C.png" for stem in ("real_bias", "synthetic_bias", "mae", "mape")}
+        expected |= {f"evaluation/{stem}_{label}C.fits" for stem in ("synthetic_bias", "mae", "mape", "heldout_mae")}
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert written == expected
     for name in expected:
         if name.endswith(".fits") and not name.endswith("bias_model.fits"):
             header = fits.getheader(out / name)
-            assert (
-                header["BUNIT"] in ("adu", "adu / deg C", "%")
-                and header["BPVERS"] == bias_pipeline.__version__
-            )
+            assert header["BUNIT"] in ("adu", "adu / deg C", "%") and header["BPVERS"] == bias_pipeline.__version__
             assert fits.getdata(out / name).dtype == np.dtype(">f4")
     with open(out / "frames_manifest.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -13,9 +13,7 @@ def test_demo_runs_and_recovers_the_slope(tmp_path):
     assert "Traceback" not in done.stderr
     assert "80 frames used in 5 masters" in done.stdout
     assert "3 rejected, 1 ignored" in done.stdout
-    found = re.search(
-        r"slope b is off by ([\d.]+) ADU/deg C rms \(the noise allows about ([\d.]+)", done.stdout
-    )
+    found = re.search(r"slope b is off by ([\d.]+) ADU/deg C rms \(the noise allows about ([\d.]+)", done.stdout)
     assert found, done.stdout
     measured, allowed = map(float, found.groups())
     assert 0.8 * allowed < measured < 1.2 * allowed

@@ -13,9 +13,7 @@ from bias_pipeline.simulate import SCALE
 from conftest import SPEC
 
 
-def expected_errors(
-    temps: np.ndarray, frames_per_group: int, method: str = "sigma-clip"
-) -> tuple[float, float, float]:
+def expected_errors(temps: np.ndarray, frames_per_group: int, method: str = "sigma-clip") -> tuple[float, float, float]:
     """Standard errors of the master, of b and of a (at 0 deg C) the data allow.
 
     One frame's noise: read noise (``read_noise_dn`` x16 ADU) plus 12-bit quantisation, a
@@ -91,9 +89,7 @@ def test_model_loads_back_and_predicts_master_temperature(pipeline_run):
     assert model.shape == (48, 64)
     assert np.array_equal(model.mask, pipeline_run.model.mask)
     master = pipeline_run.masters[2]
-    synthetic = fits.getdata(
-        pipeline_run.output_dir / "bias_masks_by_temp" / f"synthetic_bias_{master.label}C.fits"
-    )
+    synthetic = fits.getdata(pipeline_run.output_dir / "bias_masks_by_temp" / f"synthetic_bias_{master.label}C.fits")
     np.testing.assert_allclose(synthetic, model.predict(master.temperature), rtol=0, atol=1e-3)
     assert model.temperature_range == (min(model.group_temperatures), max(model.group_temperatures))
 

@@ -120,9 +120,7 @@ def test_property_exact_and_order_invariant(temps, a, b, seed):
     a_fit, b_fit = fit_linear(temps, weights, frames.__getitem__)
     assert np.allclose(b_fit, b, atol=1e-4 * (1 + abs(b))) and np.allclose(a_fit, a, atol=1e-2)
     order = rng.permutation(len(temps))
-    a_perm, b_perm = fit_linear(
-        [temps[i] for i in order], [weights[i] for i in order], lambda k: frames[order[k]]
-    )
+    a_perm, b_perm = fit_linear([temps[i] for i in order], [weights[i] for i in order], lambda k: frames[order[k]])
     assert np.allclose(a_perm, a_fit, atol=1e-3) and np.allclose(b_perm, b_fit, atol=1e-6)
 
 

@@ -21,9 +21,7 @@ SUBDIRS: dict[str, str] = {
 
 # Files a run writes under a temperature label; an earlier run's copies are removed so a
 # re-run leaves exactly this run's products (temperatures may differ between runs).
-_PRODUCT_PATTERN = re.compile(
-    r"^(master_bias|synthetic_bias|real_bias|mae|mape)_-?\d+(\.\d+)?(_\d+)?C\.(fits|png)$"
-)
+_PRODUCT_PATTERN = re.compile(r"^(master_bias|synthetic_bias|real_bias|mae|mape)_-?\d+(\.\d+)?(_\d+)?C\.(fits|png)$")
 
 
 def create_directories(output_dir: str | Path, *, clear_old_products: bool = True) -> dict[str, Path]:

@@ -134,8 +134,7 @@ def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
             record.reject(f"negative exposure {record.exposure:g} s ({record.exposure_key})")
         elif record.exposure > config.max_exposure:
             record.reject(
-                f"exposure {record.exposure:g} s is longer than a bias frame "
-                f"(--max-exposure {config.max_exposure:g} s)"
+                f"exposure {record.exposure:g} s is longer than a bias frame (--max-exposure {config.max_exposure:g} s)"
             )
         elif not low <= record.temperature <= high:
             record.reject(
@@ -277,9 +276,7 @@ def manifest_text(records: Sequence[FrameRecord], base_path: Path | None = None)
     return buffer.getvalue()
 
 
-def write_manifest(
-    records: Sequence[FrameRecord], output_path: str | Path, base_path: Path | None = None
-) -> Path:
+def write_manifest(records: Sequence[FrameRecord], output_path: str | Path, base_path: Path | None = None) -> Path:
     """Write ``frames_manifest.csv`` atomically.
 
     Parameters

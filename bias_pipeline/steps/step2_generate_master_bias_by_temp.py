@@ -157,9 +157,7 @@ def group_by_temperature(
     temps = [_entry_temperature(e) for e in entries]
     labels = temperature_clusters(temps, width)
     members = [[e for e, g in zip(entries, labels, strict=True) if g == k] for k in range(labels.max() + 1)]
-    means = [
-        float(np.mean([t for t, g in zip(temps, labels, strict=True) if g == k])) for k in range(len(members))
-    ]
+    means = [float(np.mean([t for t, g in zip(temps, labels, strict=True) if g == k])) for k in range(len(members))]
     keys = [float(label) for label in unique_labels(means)]
     return dict(zip(keys, members, strict=True))
 

@@ -22,12 +22,18 @@ import numpy as np
 from ..combine import MEDIAN_EFFICIENCY
 from ..config import PipelineConfig
 from ..errors import InputDataError
-from ..fitting import fit_polynomial
+from ..fitting import PolynomialFit, fit_polynomial
+from ..frames import FrameRecord, read_frame
 from ..model import BiasModel
 from ..products import read_image
 from ..quality import describe, flag_pixels, robust_outliers
 
 logger = logging.getLogger(__name__)
+
+# |c| / sigma_c beyond this: the quadratic term is warranted at p < 0.001 (two-sided). With
+# the noise known this is the likelihood-ratio (delta chi-square, 1 dof) test of degree 2
+# against degree 1, since delta chi2 = (c / sigma_c)^2 for one added parameter.
+QUADRATIC_Z = 3.2905
 
 
 def load_hot_pixel_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -209,74 +215,193 @@ def fit_model(
     frames = [int(m.n_frames) for m in masters]  # type: ignore[attr-defined]
     efficiency = [MEDIAN_EFFICIENCY if getattr(m, "method", "") == "median" else 1.0 for m in masters]
     weights = [n / e**2 for n, e in zip(frames, efficiency, strict=True)]
-    saturation = 4095 * scale * 0.9999
-    saturated: np.ndarray | None = None
-
-    def load(k: int) -> np.ndarray:
-        nonlocal saturated
-        data = masters[k].load()  # type: ignore[attr-defined]
-        hit = data >= saturation
-        saturated = hit if saturated is None else (saturated | hit)
-        return data
-
     noise, noise_dof = pooled_read_noise(masters)
     shape = masters[0].load().shape if noise is None else noise.shape  # type: ignore[attr-defined]
-    mask = np.zeros(shape, dtype=bool) if hot_pixel_mask is None else check_mask(hot_pixel_mask, shape)
-    fit_noise = None
-    if noise is not None:
-        # Hot, noisy and dead pixels would widen the spread the shrinkage allows.
-        high, low = robust_outliers(noise, ~mask, 6.0)
-        fit_noise = shrink_noise(noise, noise_dof, ~(mask | high | low))
-    fit = fit_polynomial(temps, weights, load, degree=config.degree, noise=fit_noise)
+    mask = _as_mask(hot_pixel_mask, shape)
+    saturation = _SaturationTracker(4095 * scale * 0.9999)
+    fit = fit_polynomial(
+        temps,
+        weights,
+        lambda k: saturation.see(masters[k].load()),  # type: ignore[attr-defined]
+        degree=config.degree,
+        noise=_fit_noise(noise, noise_dof, mask),
+    )
+    model = _assemble(fit, mask, noise, _clipped_fraction(masters, frames), saturation.map, config, scale)
+    model.group_temperatures = tuple(temps)
+    model.group_frames = tuple(frames)
+    model.group_leverage = tuple(float(h) for h in fit.leverage)
+    model.temperature_range = (min(temps), max(temps))
+    _log_fit(model, f"{len(temps)} masters ({sum(frames)} frames)")
+    return model
+
+
+def fit_model_on_frames(
+    frames: Sequence[FrameRecord],
+    masters: Sequence[object],
+    hot_pixel_mask: np.ndarray | None = None,
+    config: PipelineConfig | None = None,
+    *,
+    input_bits: int = 16,
+) -> BiasModel:
+    """Fit every used frame at its own measured temperature (``--fit-on frames``).
+
+    One streaming pass accumulates the fit (a second computes the residuals): no frame stack
+    and no temperature binning. A frame's pixel further than ``outlier_sigma`` read-noise
+    sigmas from its group's master (a cosmic ray) is replaced by the master's value, since a
+    single pass cannot clip. The read noise comes from the masters (pooled over groups), and
+    each frame weighs one read-noise variance.
+
+    Parameters
+    ----------
+    frames
+        The used frames (``group`` names their master).
+    masters
+        The masters of step 2 (``label``, ``load()``, ``load_extension()``).
+    hot_pixel_mask
+        True where a pixel is left out.
+    config
+        The run's options.
+    input_bits
+        Bit depth of the stored values.
+
+    Returns
+    -------
+    BiasModel
+        ``group_temperatures``/``group_frames`` describe the masters (for the evaluation);
+        its ``group_leverage`` is empty: held-out errors come from a masters fit.
+    """
+    config = config or PipelineConfig()
+    ordered = sorted(frames, key=lambda r: (r.group, str(r.path)))  # one master load per group
+    by_label = {m.label: m for m in masters}  # type: ignore[attr-defined]
+    noise, noise_dof = pooled_read_noise(masters)
+    if noise is None:
+        raise InputDataError("--fit-on frames needs groups of two or more frames to measure the read noise")
+    mask = np.zeros(noise.shape, dtype=bool) if hot_pixel_mask is None else check_mask(hot_pixel_mask, noise.shape)
+    floor = np.fmax(noise, float(np.nanmedian(noise)))
+    factor = np.float32(config.scale_factor if input_bits == 12 else 1.0)
+    saturation = _SaturationTracker(4095 * config.scale_factor * 0.9999)
+    cached: dict[str, np.ndarray] = {}
+
+    def load(k: int) -> np.ndarray:
+        record = ordered[k]
+        if record.group not in cached:
+            cached.clear()
+            cached[record.group] = by_label[record.group].load()
+        reference = cached[record.group]
+        data = read_frame(record) * factor
+        far = np.abs(data - reference) > config.outlier_sigma * floor
+        data[far] = reference[far]
+        return saturation.see(data)
+
+    fit = fit_polynomial(
+        [float(r.temperature) for r in ordered],  # type: ignore[arg-type]
+        [1.0] * len(ordered),
+        load,
+        degree=config.degree,
+        noise=_fit_noise(noise, noise_dof, mask),
+    )
+    counts = [int(m.n_frames) for m in masters]  # type: ignore[attr-defined]
+    model = _assemble(fit, mask, noise, _clipped_fraction(masters, counts), saturation.map, config, config.scale_factor)
+    model.group_temperatures = tuple(float(m.temperature) for m in masters)  # type: ignore[attr-defined]
+    model.group_frames = tuple(counts)
+    temps = [float(r.temperature) for r in ordered]  # type: ignore[arg-type]
+    model.temperature_range = (min(temps), max(temps))
+    _log_fit(model, f"{len(ordered)} frames at their own temperatures")
+    return model
+
+
+def _as_mask(hot_pixel_mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if hot_pixel_mask is None:
+        return np.zeros(shape, dtype=bool)
+    return check_mask(hot_pixel_mask, shape)  # type: ignore[arg-type]
+
+
+class _SaturationTracker:
+    """Remembers which pixels reached the ADC maximum in any image it was shown."""
+
+    def __init__(self, level: float) -> None:
+        self.level = level
+        self.map: np.ndarray | None = None
+
+    def see(self, data: np.ndarray) -> np.ndarray:
+        hit = data >= self.level
+        self.map = hit if self.map is None else (self.map | hit)
+        return data
+
+
+def _fit_noise(noise: np.ndarray | None, dof: int, mask: np.ndarray) -> np.ndarray | None:
+    if noise is None:
+        return None
+    # Hot, noisy and dead pixels would widen the spread the shrinkage allows.
+    high, low = robust_outliers(noise, ~mask, 6.0)
+    return shrink_noise(noise, dof, ~(mask | high | low))
+
+
+def _assemble(
+    fit: PolynomialFit,
+    mask: np.ndarray,
+    noise: np.ndarray | None,
+    clipped: np.ndarray | None,
+    saturated: np.ndarray | None,
+    config: PipelineConfig,
+    scale: float,
+) -> BiasModel:
+    """A :class:`BiasModel` from a fit: NaN at masked pixels, statistics and DQ flags."""
     covariance = fit.covariance().astype(np.float32)
     coefficients = fit.coefficients.astype(np.float32)
     coefficients[:, mask] = np.nan
     covariance[:, :, mask] = np.nan
     with np.errstate(invalid="ignore", divide="ignore"):
         reduced = (fit.chi2 / fit.dof if fit.dof > 0 else np.full(fit.chi2.shape, np.nan)).astype(np.float32)
-    clipped = _clipped_fraction(masters, frames)
     dq = flag_pixels(
         hot_mask=mask,
         chi2=fit.chi2 if noise is not None else None,
         dof=fit.dof,
         noise=noise,
         clipped_fraction=clipped,
-        saturated=saturated,  # type: ignore[arg-type]
+        saturated=saturated if saturated is not None else np.zeros(mask.shape, dtype=bool),
         p_value=config.nonlinear_pvalue,
     )
     rms = fit.rms.astype(np.float32)
     rms[mask] = np.nan
     reduced[mask] = np.nan
-    model = BiasModel(
+    return BiasModel(
         coefficients[0],
         coefficients[1],
         mask,
-        temperature_range=(min(temps), max(temps)),
-        group_temperatures=tuple(temps),
-        group_frames=tuple(frames),
-        group_leverage=tuple(float(h) for h in fit.leverage),
         scale_factor=scale,
-        c_map=coefficients[2] if config.degree == 2 else None,
+        c_map=coefficients[2] if fit.degree == 2 else None,
         covariance=covariance,
         rms=rms,
         chi2=reduced,
-        ngroups=np.where(mask, 0, len(temps)).astype(np.int16),
+        ngroups=np.where(mask, 0, fit.dof + fit.degree + 1).astype(np.int16),
         dq=dq,
         read_noise=noise,
         tref=fit.tref,
     )
-    counts = describe(dq)
+
+
+def _log_fit(model: BiasModel, what: str) -> None:
+    assert model.dq is not None and model.temperature_range is not None
+    counts = describe(model.dq)
     logger.info(
-        "fitted degree %d to %d masters (%d frames) over %.2f..%.2f deg C about TREF %.2f; flags: %s",
-        config.degree,
-        len(temps),
-        sum(frames),
-        min(temps),
-        max(temps),
-        fit.tref,
+        "fitted degree %d to %s over %.2f..%.2f deg C about TREF %.2f; flags: %s",
+        model.degree,
+        what,
+        *model.temperature_range,
+        model.tref,
         ", ".join(f"{name} {count}" for name, count in counts.items()),
     )
-    return model
+    if model.c_map is not None and model.covariance is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(model.c_map) / np.sqrt(model.covariance[2, 2])
+        warranted = np.count_nonzero(z > QUADRATIC_Z)
+        logger.info(
+            "quadratic term warranted (|c| / sigma_c > %.2f, p < 0.001) in %d of %d fitted pixels",
+            QUADRATIC_Z,
+            warranted,
+            int((~model.mask).sum()),
+        )
 
 
 def _clipped_fraction(masters: Sequence[object], frames: Sequence[int]) -> np.ndarray | None:

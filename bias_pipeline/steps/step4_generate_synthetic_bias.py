@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputDataError
 from ..model import BiasModel
 from ..products import product_header, temperature_label, unique_labels, write_image
 
@@ -67,15 +68,53 @@ def synthetic_header(model: BiasModel, temperature: float, extra: dict[str, obje
     )
 
 
-def write_synthetic(model: BiasModel, temperature: float, path: str | Path) -> tuple[Path, np.ndarray]:
+def write_synthetic(
+    model: BiasModel,
+    temperature: float,
+    path: str | Path,
+    *,
+    noise_seed: int | None = None,
+    noise: bool = False,
+) -> tuple[Path, np.ndarray]:
     """Predict the bias at ``temperature`` and write it to ``path``.
+
+    Parameters
+    ----------
+    model
+        The model.
+    temperature
+        [deg C].
+    path
+        The file to write.
+    noise
+        Add the model's read noise and 12-bit quantisation (a raw-like frame); needs
+        ``model.read_noise``.
+    noise_seed
+        Seed of the noise (``None``: a fresh one each call).
 
     Returns
     -------
     path, frame
+
+    Raises
+    ------
+    InputDataError
+        When ``noise`` is asked of a model without a read-noise map.
     """
     frame = model.predict(float(temperature))
-    return write_image(path, frame, synthetic_header(model, temperature)), frame
+    extra: dict[str, object] = {}
+    if noise:
+        if model.read_noise is None:
+            raise InputDataError(
+                "--noise needs the read-noise map of bias_model/bias_model.fits; give --noise-map or "
+                "the maps of a pipeline run"
+            )
+        frame = add_read_noise(
+            frame, model.read_noise, np.random.default_rng(noise_seed), scale_factor=model.scale_factor
+        )
+        extra["NOISE"] = (True, "read noise and 12-bit quantisation added")
+        extra["NOISSEED"] = (-1 if noise_seed is None else int(noise_seed), "seed of the noise (-1: none)")
+    return write_image(path, frame, synthetic_header(model, temperature, extra)), frame
 
 
 def write_synthetic_set(
@@ -128,6 +167,42 @@ def generate_multiple_synthetic_biases(
     temps = [float(t) for t in temperatures]
     paths = write_synthetic_set(BiasModel.from_maps(a_map, b_map), temps, output_dir)
     return dict(zip(temps, paths, strict=True))
+
+
+def add_read_noise(
+    frame: np.ndarray,
+    read_noise: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    scale_factor: float = 16.0,
+) -> np.ndarray:
+    """A raw-like frame: ``frame`` plus Gaussian read noise, quantised to 12-bit steps.
+
+    Parameters
+    ----------
+    frame
+        Model bias [16-bit ADU].
+    read_noise
+        Per-pixel read noise of one frame [16-bit ADU] (the model's ``READNOISE``).
+    rng
+        Random generator (seeded for reproducible frames).
+    scale_factor
+        Size of one 12-bit step in 16-bit ADU; values are clipped to 0..4095 steps.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32; NaN where ``frame`` or ``read_noise`` is NaN.
+
+    Examples
+    --------
+    >>> out = add_read_noise(np.full((2, 2), 3200.0), np.full((2, 2), 32.0), np.random.default_rng(1))
+    >>> bool(np.all(out % 16 == 0)), out.dtype.name
+    (True, 'float32')
+    """
+    noisy = frame.astype(np.float64) + rng.normal(0.0, 1.0, frame.shape) * read_noise
+    steps = np.clip(np.rint(noisy / scale_factor), 0, 4095)
+    return (steps * scale_factor).astype(np.float32)
 
 
 def synthetic_name(temperature: float) -> str:

@@ -196,6 +196,7 @@ def evaluate(
     save_fits: bool = False,
     plots: bool = True,
     show_progress: bool = True,
+    heldout_model: BiasModel | None = None,
 ) -> list[dict[str, object]]:
     """Compare the model with every master; write plots, the CSV and optional FITS.
 
@@ -214,6 +215,9 @@ def evaluate(
         Draw the PNGs.
     show_progress
         tqdm bar on a terminal.
+    heldout_model
+        The masters fit whose leverages give the held-out errors (default ``model``; a
+        model fitted on frames has none, and its held-out columns then come from this one).
 
     Returns
     -------
@@ -224,11 +228,10 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     flagged = model.flagged
     valid = ~flagged
-    leverage = list(model.group_leverage) if len(model.group_leverage) == len(masters) else None
+    validation = heldout_model if heldout_model is not None else model
+    leverage = list(validation.group_leverage) if len(validation.group_leverage) == len(masters) else None
     rows: list[dict[str, object]] = []
-    progress = tqdm(
-        masters, desc="evaluating", unit="master", disable=None if show_progress else True, leave=False
-    )
+    progress = tqdm(masters, desc="evaluating", unit="master", disable=None if show_progress else True, leave=False)
     for index, master in enumerate(progress):
         label, temp, n_frames = master.label, float(master.temperature), int(master.n_frames)  # type: ignore[attr-defined]
         real = master.load()  # type: ignore[attr-defined]
@@ -238,8 +241,10 @@ def evaluate(
         # it is exactly its in-sample residual / (1 - h_k).
         h = leverage[index] if leverage is not None else math.nan
         inflation = np.float32(1.0 / (1.0 - h)) if h < 1.0 - 1e-9 else np.float32(np.nan)
-        heldout_mae = mae * inflation
-        heldout_mape = mape * inflation
+        if validation is model:
+            heldout_mae, heldout_mape = mae * inflation, mape * inflation
+        else:
+            heldout_mae, heldout_mape = (m * inflation for m in error_maps(real, validation.predict(temp)))
         row: dict[str, object] = {
             "temperature": temp,
             "label": label,
@@ -256,9 +261,8 @@ def evaluate(
             row.update({f"{name}_{k}": v for k, v in summarize(values, valid).items()})
         if model.read_noise is not None:
             with np.errstate(invalid="ignore", divide="ignore"):
-                in_noise = mae / model.read_noise
-            row["mae_per_read_noise"] = summarize(in_noise, valid)["mean"]
-            row["heldout_mae_per_read_noise"] = summarize(in_noise * inflation, valid)["mean"]
+                row["mae_per_read_noise"] = summarize(mae / model.read_noise, valid)["mean"]
+                row["heldout_mae_per_read_noise"] = summarize(heldout_mae / model.read_noise, valid)["mean"]
         else:
             row["mae_per_read_noise"] = row["heldout_mae_per_read_noise"] = math.nan
         rows.append(row)
@@ -267,9 +271,7 @@ def evaluate(
             plot_image(real, out / f"real_bias_{label}C.png", f"Real master bias, {where}", "bias (ADU)")
             plot_image(predicted, out / f"synthetic_bias_{label}C.png", f"Model bias, {where}", "bias (ADU)")
             plot_image(mae, out / f"mae_{label}C.png", f"|real - model|, {where}", "MAE (ADU)", "magma")
-            plot_image(
-                mape, out / f"mape_{label}C.png", f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma"
-            )
+            plot_image(mape, out / f"mape_{label}C.png", f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma")
         if save_fits:
             cards = {
                 "TEMPERATURE": (temp, "[deg C] temperature of the master"),
@@ -342,9 +344,7 @@ def check_frame_temperatures(
     used = [r for r in records if r.status == STATUS_USED]
     flagged = []
     factor = np.float32(scale_factor if input_bits == 12 else 1.0)
-    for record in tqdm(
-        used, desc="temperatures", unit="frame", disable=None if show_progress else True, leave=False
-    ):
+    for record in tqdm(used, desc="temperatures", unit="frame", disable=None if show_progress else True, leave=False):
         estimate = estimate_temperature(read_frame(record) * factor, model, start=record.temperature)
         record.temperature_est = estimate.temperature
         record.temperature_est_err = estimate.error
