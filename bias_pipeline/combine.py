@@ -100,12 +100,15 @@ def combine_block(
     iterations = clip_iters if method == "sigma-clip" else 1
     noise_lo, noise_hi = lo, hi
     if n >= 3:
-        # The MAD of a few quantised values is coarse and often too small (0 where most values
-        # coincide), which would clip honest values. The scale is floored at the row's typical
-        # frame-to-frame standard deviation (median over the row's pixels, so cosmic rays and
-        # hot pixels do not raise it; per row, so the result does not depend on how the frame
-        # is cut into blocks); a pixel noisier than typical keeps its own, larger MAD.
-        floor = typical_noise(data.std(axis=0, ddof=1))
+        # Every pixel's scale is floored at the row's typical noise (median over the row's
+        # pixels): the MAD of a few quantised values is coarse, 0 where most values coincide,
+        # which would clip honest values. The typical noise is the standard deviation within
+        # a wide window around the median, sized by the typical MAD, so a cosmic ray, a hot
+        # pixel or a whole bad frame does not raise it; per row, the result does not depend on
+        # how the frame is cut into blocks. A pixel noisier than typical keeps its own MAD.
+        mad = _mad_sigma(ordered, median, lo, hi)
+        window_lo, window_hi = _within(ordered, median, NOISE_WINDOW * np.maximum(mad, typical_noise(mad)), lo, hi)
+        floor = typical_noise(_range_stats(ordered, window_lo, window_hi)[1])
         for _ in range(iterations):
             centre = _sorted_median(ordered, lo, hi)
             scale = np.maximum(_mad_sigma(ordered, centre, lo, hi), floor)

@@ -77,6 +77,9 @@ class FrameRecord:
         Whether every pixel value is a multiple of 16 (12-bit data stored x16).
     zero_fraction
         Fraction of pixels that are exactly zero (a readout dropout of this camera).
+    passed_checks
+        True once the frame passed every check of step 1 (it may still be rejected later, by
+        its group's size or by disagreeing with its master).
     temperature_est, temperature_est_err
         The frame's temperature estimated from its own pixels with the fitted model [deg C].
     flag
@@ -100,6 +103,7 @@ class FrameRecord:
     max_value: float = math.nan
     multiple_of_16: bool = False
     zero_fraction: float = math.nan
+    passed_checks: bool = False
     temperature_est: float | None = None
     temperature_est_err: float | None = None
     flag: str = ""

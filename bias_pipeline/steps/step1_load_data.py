@@ -159,13 +159,14 @@ def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
                 )
     candidates = [r for r in records if r.status == STATUS_ACCEPTED]
     bits = decide_input_bits(candidates, config.input_bits)
-    if bits == 12:
-        for record in candidates:
-            if record.max_value > TWELVE_BIT_MAX:
-                record.reject(
-                    f"values up to {record.max_value:g} do not fit the 12-bit data declared by "
-                    f"--input-bits {config.input_bits}"
-                )
+    for record in candidates:
+        if bits == 12 and record.max_value > TWELVE_BIT_MAX:
+            record.reject(
+                f"values up to {record.max_value:g} do not fit the 12-bit data declared by "
+                f"--input-bits {config.input_bits}"
+            )
+        else:
+            record.passed_checks = True
     return bits
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from ..frames import STATUS_USED, FrameRecord, read_frame
+from ..frames import FrameRecord, read_frame
 from ..model import BiasModel
 from ..products import product_header, unique_labels, write_image, write_png_atomic, write_text_atomic
 from ..thermometry import estimate_temperature
@@ -329,19 +329,21 @@ def check_frame_temperatures(
     tolerance: float = 0.5,
     show_progress: bool = True,
 ) -> list[FrameRecord]:
-    """Estimate every used frame's temperature from its pixels; flag header disagreements.
+    """Estimate each frame's temperature from its pixels; flag header disagreements.
 
-    Fills ``temperature_est`` and ``temperature_est_err`` of each used record and sets its
-    ``flag`` to ``"temperature_mismatch"`` when the header temperature differs from the
-    estimate by more than ``tolerance`` deg C (a sensor read during a thermal transient, a
-    mislabelled header). Frames stay used; the flag is a warning.
+    Every frame that passed step 1 is estimated, used or not: a mislabelled header often
+    lands a frame in a group of its own, rejected for its size, and that is exactly the frame
+    to point out. Fills ``temperature_est`` and ``temperature_est_err`` and sets ``flag`` to
+    ``"temperature_mismatch"`` when the header temperature differs from the estimate by more
+    than ``tolerance`` deg C (a sensor read during a thermal transient, a mislabelled
+    header). The flag is a warning; it changes no status.
 
     Returns
     -------
     list of FrameRecord
         The flagged records.
     """
-    used = [r for r in records if r.status == STATUS_USED]
+    used = [r for r in records if r.passed_checks]
     flagged = []
     factor = np.float32(scale_factor if input_bits == 12 else 1.0)
     for record in tqdm(used, desc="temperatures", unit="frame", disable=None if show_progress else True, leave=False):
