@@ -17,6 +17,7 @@ from bias_pipeline.simulate import SCALE, SimulationSpec, make_frame, make_truth
 from conftest import run_cli
 
 QUIET = PipelineConfig(show_progress=False)
+FIT_ONLY = PipelineConfig(show_progress=False, evaluate=False)  # no plots: these tests look at the model
 # Wider range and more set points than the shared fixture: enough to see a quadratic term.
 WIDE = SimulationSpec(
     shape=(40, 56),
@@ -48,10 +49,9 @@ def test_sigma_clip_beats_median_and_mean_at_equal_frames():
 
 
 def test_cosmic_ray_pixels_stay_within_noise(wide, tmp_path):
-    result = run_bias_pipeline(wide.raw_dir, tmp_path / "out", config=QUIET)
+    result = run_bias_pipeline(wide.raw_dir, tmp_path / "out", config=FIT_ONLY)
     sigma_master = math.hypot(WIDE.read_noise_dn * SCALE, SCALE / math.sqrt(12)) / math.sqrt(8)
     for master in result.masters:
-        frames = [fits.getdata(p).astype(float) for p in wide.frame_paths if f"_{master.label}C" in p.name or False]
         stack = np.stack(
             [
                 fits.getdata(p).astype(float)
@@ -63,7 +63,6 @@ def test_cosmic_ray_pixels_stay_within_noise(wide, tmp_path):
         assert hit.sum() > 5  # the data set really has cosmic rays in this group
         error = (master.load() - wide.bias_adu(master.temperature))[hit]
         assert np.abs(error).max() < 5 * sigma_master, (master.label, np.abs(error).max())
-        del frames
 
 
 def test_frame_disagreeing_with_its_master_is_rejected(tmp_path):
@@ -83,9 +82,9 @@ def test_frame_disagreeing_with_its_master_is_rejected(tmp_path):
 
 def test_quadratic_pixels_recovered_by_degree_two(wide, tmp_path):
     quadratic = wide.c_map != 0
-    linear = run_bias_pipeline(wide.raw_dir, tmp_path / "d1", config=QUIET).model
+    linear = run_bias_pipeline(wide.raw_dir, tmp_path / "d1", config=FIT_ONLY).model
     assert np.mean(linear.dq[quadratic] & NONLINEAR.value > 0) > 0.9  # the linear model fails them
-    config = PipelineConfig(degree=2, show_progress=False)
+    config = PipelineConfig(degree=2, show_progress=False, evaluate=False)
     model = run_bias_pipeline(wide.raw_dir, tmp_path / "d2", config=config).model
     sigma_c = np.sqrt(model.covariance[2, 2])
     pull = (model.c_map - wide.c_map) / sigma_c
@@ -100,9 +99,9 @@ def test_quadratic_pixels_recovered_by_degree_two(wide, tmp_path):
 
 
 def test_fit_on_frames_matches_masters_fit(wide, tmp_path):
-    masters = run_bias_pipeline(wide.raw_dir, tmp_path / "m", config=QUIET).model
+    masters = run_bias_pipeline(wide.raw_dir, tmp_path / "m", config=FIT_ONLY).model
     frames = run_bias_pipeline(
-        wide.raw_dir, tmp_path / "f", config=PipelineConfig(fit_on="frames", show_progress=False)
+        wide.raw_dir, tmp_path / "f", config=PipelineConfig(fit_on="frames", show_progress=False, evaluate=False)
     ).model
     good = ~wide.abnormal_mask & (wide.c_map == 0)
     error_masters = np.std((masters.b_map - wide.b_map)[good])
