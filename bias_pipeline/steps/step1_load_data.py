@@ -65,7 +65,7 @@ def find_files(base_path: Path, exclude: Sequence[Path] = ()) -> tuple[list[Path
     """
     excluded = {Path(os.path.realpath(p)) for p in exclude}
     seen_dirs: set[tuple[int, int]] = set()
-    seen_files: dict[str, Path] = {}
+    seen_files: dict[str, list[Path]] = {}
     files: list[Path] = []
     problems: list[FrameRecord] = []
 
@@ -93,16 +93,17 @@ def find_files(base_path: Path, exclude: Sequence[Path] = ()) -> tuple[list[Path
             else:
                 kept.append(name)
         dirs[:] = kept
-        for name in sorted(names):
+        for name in names:
             path = root_path / name
-            real = os.path.realpath(path)
-            if real in seen_files:
-                record = FrameRecord(path=path)
-                record.ignore(f"same file as {seen_files[real]} (reached again through a link)")
-                problems.append(record)
-                continue
-            seen_files[real] = path
-            files.append(path)
+            seen_files.setdefault(os.path.realpath(path), []).append(path)
+    for paths in seen_files.values():
+        # The file itself, not a link to it, stands for it; links are listed as ignored.
+        paths.sort(key=lambda p: (os.path.islink(p), len(p.parts), str(p)))
+        files.append(paths[0])
+        for duplicate in paths[1:]:
+            record = FrameRecord(path=duplicate)
+            record.ignore(f"same file as {paths[0]} (reached again through a link)")
+            problems.append(record)
     return sorted(files), problems
 
 

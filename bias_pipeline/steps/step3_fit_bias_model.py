@@ -165,7 +165,7 @@ def shrink_noise(noise: np.ndarray, dof: int, valid: np.ndarray) -> np.ndarray:
     """
     variance = noise.astype(np.float64) ** 2
     selected = variance[valid & np.isfinite(variance)]
-    if selected.size < 10 or dof < 1:
+    if selected.size < 10 or dof < 1 or not np.any(selected > 0):
         return noise
     centre = float(np.median(selected))
     measurement = 2.0 * centre**2 / dof  # variance of one pixel's variance estimate
