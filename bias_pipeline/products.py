@@ -26,6 +26,16 @@ logger = logging.getLogger(__name__)
 BUNIT = "adu"  # 16-bit ADU: 12-bit values times the scale factor
 
 
+def _file_mode() -> int:
+    # mkstemp makes 0600 files; products should get the permissions any new file would.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 def temperature_label(temperature: float, decimals: int = 1) -> str:
     """Format a temperature for product names: ``-5.0`` for -5.0 deg C.
 
@@ -130,6 +140,7 @@ def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import os
 
 import numpy as np
 from astropy.io import fits
@@ -82,6 +83,10 @@ def test_every_output_name(pipeline_run, sim):
         expected |= {f"evaluation/{stem}_{label}C.png" for stem in ("real_bias", "synthetic_bias", "mae", "mape")}
         expected |= {f"evaluation/{stem}_{label}C.fits" for stem in ("synthetic_bias", "mae", "mape", "heldout_mae")}
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    # Written through temporary files, yet readable like any new file (not mkstemp's 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {0o666 & ~umask}
     assert written == expected
     for name in expected:
         if name.endswith(".fits") and not name.endswith("bias_model.fits"):
