@@ -225,6 +225,13 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
         help="memory for the combine's pixel buffers, MiB (default 512)",
     )
     combine.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="worker threads for combining (default 0: as many as CPUs, at most 8); results do not depend on it",
+    )
+    combine.add_argument(
         "--degree",
         type=int,
         choices=(1, 2),
@@ -279,6 +286,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         max_zero_fraction=args.max_zero_fraction,
         temperature_limits=tuple(args.temperature_limits),
         memory_limit_mb=args.memory_limit,
+        threads=args.threads,
         degree=args.degree,
         fit_on=args.fit_on,
         nonlinear_pvalue=args.nonlinear_pvalue,

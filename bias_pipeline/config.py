@@ -64,7 +64,11 @@ class PipelineConfig:
     temperature_limits
         Plausible sensor temperatures [deg C]; a frame outside is rejected.
     memory_limit_mb
-        Memory [MiB] the combine may use for its pixel buffers; sets the row-block height.
+        Memory [MiB] the combine may use for its pixel buffers (all worker threads together);
+        sets the row-block height.
+    threads
+        Worker threads of the combine; 0 (default) uses the CPUs available, at most 8. The
+        products are the same whatever the number.
     degree
         1 for ``a + b T``; 2 adds ``c T^2``.
     fit_on
@@ -96,6 +100,7 @@ class PipelineConfig:
     max_zero_fraction: float = 0.10
     temperature_limits: tuple[float, float] = (-60.0, 80.0)
     memory_limit_mb: float = 512.0
+    threads: int = 0
     degree: int = 1
     fit_on: str = "masters"
     nonlinear_pvalue: float = 1e-4
@@ -125,6 +130,8 @@ class PipelineConfig:
         _positive(self.clip_sigma, "--clip-sigma")
         _positive(self.temperature_tolerance, "--temperature-tolerance")
         _positive(self.outlier_sigma, "--outlier-sigma")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(f"--threads must be a whole number >= 0 (0: as many as CPUs), got {self.threads!r}")
         if not isinstance(self.clip_iters, int) or self.clip_iters < 1:
             raise ConfigError(f"--clip-iters must be a whole number >= 1, got {self.clip_iters!r}")
         if not 0.0 < self.outlier_fraction <= 1.0:

@@ -70,8 +70,9 @@ class PolynomialFit:
         return self.coefficients.shape[0] - 1
 
     def covariance(self) -> np.ndarray:
-        """Per-pixel covariance ``(P, P, rows, columns)`` of the coefficients."""
-        return self.unit_covariance[:, :, None, None] * self.noise_variance[None, None]
+        """Per-pixel covariance ``(P, P, rows, columns)`` of the coefficients, float32."""
+        unit = self.unit_covariance.astype(np.float32)
+        return unit[:, :, None, None] * self.noise_variance.astype(np.float32)[None, None]
 
 
 def _shift_matrix(degree: int, tref: float) -> np.ndarray:
@@ -138,11 +139,12 @@ def design(
     return shift @ smoother_t, shift @ inverse @ shift.T, leverage, tref
 
 
-def evaluate_polynomial(coefficients: np.ndarray, temperature: float) -> np.ndarray:
+def evaluate_polynomial(coefficients: np.ndarray, temperature: float, dtype: type = np.float64) -> np.ndarray:
     """``sum_j coefficients[j] * T^j`` (Horner), ``coefficients`` shaped ``(P, ...)``."""
-    result = np.array(coefficients[-1], dtype=np.float64)
+    result = np.array(coefficients[-1], dtype=dtype)
     for coefficient in coefficients[-2::-1]:
-        result = result * temperature + coefficient
+        result *= dtype(temperature)
+        result += coefficient
     return result
 
 
@@ -185,21 +187,30 @@ def fit_polynomial(
     temps = np.asarray(temperatures, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     smoother, unit_cov, leverage, tref = design(temps, w, degree, tref)
+    # Sums in float64 (the coefficients), residuals in float32: the masters are float32 and
+    # a residual of a few ADU loses nothing there; full-frame float64 temporaries would
+    # double the memory and the time.
     coefficients: np.ndarray | None = None
     for k in range(temps.size):
-        y = np.asarray(load(k), dtype=np.float64)
+        y = _floating(load(k))
         if coefficients is None:
             coefficients = np.zeros((degree + 1, *y.shape))
         elif y.shape != coefficients.shape[1:]:
             raise InputDataError(f"input {k} has shape {y.shape}, the others {coefficients.shape[1:]}")
-        coefficients += smoother[:, k, None, None] * y[None]
+        for p in range(degree + 1):
+            coefficients[p] += np.float64(smoother[p, k]) * y  # float64 products: exact fits stay exact
     assert coefficients is not None
+    coefficients32 = coefficients.astype(np.float32)
     residual_sum_sq = np.zeros(coefficients.shape[1:])
     square_sum = np.zeros(coefficients.shape[1:])
     for k in range(temps.size):
-        residual = np.asarray(load(k), dtype=np.float64) - evaluate_polynomial(coefficients, temps[k])
-        residual_sum_sq += w[k] * residual**2
-        square_sum += residual**2
+        residual = _floating(load(k))
+        residual = residual - evaluate_polynomial(coefficients32 if residual.dtype == np.float32 else coefficients,
+                                                  temps[k], dtype=residual.dtype.type)  # fmt: skip
+        np.multiply(residual, residual, out=residual)
+        square_sum += residual
+        residual *= np.float32(w[k])
+        residual_sum_sq += residual
     dof = temps.size - (degree + 1)
     if noise is None:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -219,6 +230,12 @@ def fit_polynomial(
         tref=tref,
         dof=dof,
     )
+
+
+def _floating(data: np.ndarray) -> np.ndarray:
+    """``data`` as float32, or float64 when given so (callers passing float64 keep its precision)."""
+    data = np.asarray(data)
+    return data if data.dtype in (np.float32, np.float64) else data.astype(np.float32)
 
 
 def chi2_threshold(dof: int, p_value: float) -> float:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +22,19 @@ import numpy as np
 from astropy.io import fits
 from tqdm import tqdm
 
-from ..combine import COMBINE_METHODS, Combined, bytes_per_stacked_value, combine_block, typical_noise
+from ..combine import (
+    BYTES_PER_PIXEL_MAPS,
+    COMBINE_METHODS,
+    Combined,
+    bytes_per_frame_pixel,
+    combine_block,
+    combine_sorted,
+    sort_frames,
+    typical_noise,
+)
 from ..config import PipelineConfig
 from ..errors import FrameReadError, InputDataError
-from ..frames import STATUS_ACCEPTED, STATUS_USED, FrameRecord, read_rows
+from ..frames import STATUS_ACCEPTED, STATUS_USED, FrameRecord, plain_uint16, read_rows, read_uint16_rows
 from ..products import product_header, read_image, unique_labels, write_image
 
 logger = logging.getLogger(__name__)
@@ -211,17 +223,37 @@ def combine_stack(stack: np.ndarray, method: str = "median") -> np.ndarray:
     return combine_block(stack, method).master
 
 
-def block_rows(n_frames: int, columns: int, rows: int, memory_limit_mb: float, method: str = "median") -> int:
-    """Rows per block so that the block buffers of ``n_frames`` frames fit the memory limit.
+MAX_BLOCK_ROWS = 256  # taller blocks gain nothing; shorter ones spend time in the interpreter
 
-    >>> block_rows(120, 2048, 2048, 512, "mean")
-    273
+
+def default_threads() -> int:
+    """Worker threads when ``threads`` is 0: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def block_rows(
+    n_frames: int, columns: int, rows: int, memory_limit_mb: float, threads: int = 1, itemsize: int = 2
+) -> int:
+    """Rows per block so that every worker's block buffers fit the memory limit together.
+
+    Each worker holds, per row of its block, the raw values of every frame and their sorted
+    copy (``2 x itemsize`` bytes per frame-pixel) plus the per-pixel maps of the block. At
+    least one row (a group too large for the limit then exceeds it, and step 2 says so).
+
+    >>> block_rows(15, 2048, 2048, 512, threads=2)
+    256
+    >>> block_rows(10_000, 2048, 2048, 512, threads=2)
+    3
     >>> block_rows(5, 64, 48, 512)
     48
     """
-    budget = memory_limit_mb * 1024 * 1024
-    per_row = max(1, n_frames) * columns * bytes_per_stacked_value(method)
-    return int(max(1, min(rows, budget // per_row)))
+    budget = memory_limit_mb * 1024 * 1024 / max(1, threads)
+    per_row = columns * (max(1, n_frames) * bytes_per_frame_pixel(itemsize) + BYTES_PER_PIXEL_MAPS)
+    return int(max(1, min(rows, MAX_BLOCK_ROWS, budget // per_row)))
 
 
 @dataclass
@@ -231,6 +263,44 @@ class GroupResult:
 
     combined: Combined
     outlier_fraction: np.ndarray
+
+
+def _read_block(records: Sequence[FrameRecord], start: int, stop: int, out: np.ndarray, as_uint16: bool) -> None:
+    """Read rows ``start:stop`` of every frame into ``out[k, : stop - start]``.
+
+    Plain unsigned 16-bit frames (the camera's format) are read as integers straight into the
+    buffer (:func:`~bias_pipeline.frames.read_uint16_rows`); no file is kept open, so any
+    number of frames works within the open-file limit.
+    """
+    height = stop - start
+    for index, record in enumerate(records):
+        try:
+            if as_uint16:
+                read_uint16_rows(record, start, stop, out[index, :height])
+            else:
+                out[index, :height] = read_rows(record, start, stop)
+        except FrameReadError as exc:
+            exc.record = record  # type: ignore[attr-defined]
+            raise
+
+
+def _count_outliers(block: np.ndarray, combined: Combined, outlier_sigma: float, as_uint16: bool) -> np.ndarray:
+    """Per frame, how many of its pixels lie further than ``outlier_sigma`` noise from the master."""
+    # Noise floored at the row's typical value: a pixel whose frames happen to agree exactly
+    # must not make every small difference an outlier.
+    noise = np.fmax(combined.noise, typical_noise(combined.noise))
+    reach = np.float32(outlier_sigma) * noise
+    high = combined.master + reach
+    low = combined.master - reach
+    if as_uint16:
+        # For whole numbers x: x > high <=> x > floor(high), x < low <=> x < ceil(low); clipped
+        # to the uint16 range, the comparisons run on the raw values without conversion.
+        high = np.clip(np.floor(high), 0, 65535).astype(np.uint16)
+        low = np.clip(np.ceil(low), 0, 65535).astype(np.uint16)
+    counts = np.empty(block.shape[0], dtype=np.int64)
+    for index, frame in enumerate(block):
+        counts[index] = np.count_nonzero(frame > high) + np.count_nonzero(frame < low)
+    return counts
 
 
 def combine_records(
@@ -243,9 +313,16 @@ def combine_records(
     clip_sigma: float = 3.0,
     clip_iters: int = 5,
     outlier_sigma: float = 6.0,
+    threads: int = 0,
     on_rows: Callable[[int], None] | None = None,
 ) -> GroupResult:
     """Combine frames on disk block by block into a master with its noise and error maps.
+
+    Row blocks are shared out between worker threads (numpy releases the interpreter lock in
+    its array loops); each worker reads a block of rows of every frame into its own buffer,
+    sorts a copy along the frames axis with :func:`~bias_pipeline.combine.sort_frames` and
+    combines it with :func:`~bias_pipeline.combine.combine_sorted`. Every result depends on
+    its own row only, so the maps are the same whatever the block height or thread count.
 
     Parameters
     ----------
@@ -256,12 +333,14 @@ def combine_records(
     input_bits, scale_factor
         Units of the stored values (see :mod:`.utils_scaling`).
     memory_limit_mb
-        Budget for the block buffers.
+        Budget for the block buffers of all workers together.
     clip_sigma, clip_iters
         Options of ``sigma-clip``.
     outlier_sigma
         A frame's pixel counts as an outlier when it lies further than this many noise
         standard deviations from the master.
+    threads
+        Worker threads; 0 for :func:`default_threads`.
     on_rows
         Called with the number of frame-rows read after each block (progress).
 
@@ -278,39 +357,73 @@ def combine_records(
     """
     if not records:
         raise InputDataError("no frames to combine")
+    if method not in COMBINE_METHODS:
+        raise InputDataError(f"unknown combine method {method!r}; use {', '.join(COMBINE_METHODS)}")
     rows, columns = records[0].shape  # type: ignore[misc]
-    step = block_rows(len(records), columns, rows, memory_limit_mb, method)
-    maps = {name: np.empty((rows, columns), dtype=np.float32) for name in ("master", "noise", "error")}
+    n = len(records)
+    as_uint16 = all(plain_uint16(r) for r in records)
+    dtype = np.dtype(np.uint16 if as_uint16 else np.float32)
+    workers = min(threads or default_threads(), rows)
+    step = block_rows(n, columns, rows, memory_limit_mb, workers, dtype.itemsize)
+    needed_mb = workers * step * columns * (n * bytes_per_frame_pixel(dtype.itemsize) + BYTES_PER_PIXEL_MAPS) / 2**20
+    if needed_mb > memory_limit_mb:
+        logger.warning(
+            "%d frames of %d columns need %.0f MiB per row block, more than --memory-limit %g MiB",
+            n, columns, needed_mb, memory_limit_mb,
+        )  # fmt: skip
+    starts = list(range(0, rows, step))
+    workers = min(workers, len(starts))
+    master = np.empty((rows, columns), dtype=np.float32)
+    noise = np.empty_like(master)
+    error = np.empty_like(master)
     n_used = np.empty((rows, columns), dtype=np.int32)
-    outliers = np.zeros(len(records), dtype=np.int64)
-    stack = np.empty((len(records), step, columns), dtype=np.float32)
-    factor = np.float32(scale_factor if input_bits == 12 else 1.0)
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        block = stack[:, : stop - start]
-        for index, record in enumerate(records):
+    outliers = np.zeros((workers, n), dtype=np.int64)
+    failed = threading.Event()
+
+    def work(worker: int) -> None:
+        raw = np.empty((n, step, columns), dtype=dtype)
+        ordered = np.empty_like(raw)
+        for start in starts[worker::workers]:
+            if failed.is_set():
+                return
+            stop = min(rows, start + step)
+            height = stop - start
+            _read_block(records, start, stop, raw, as_uint16)
+            block = raw[:, :height]
+            work_copy = ordered[:, :height]
+            np.copyto(work_copy, block)
+            combined = combine_sorted(
+                sort_frames(work_copy) if method != "mean" else list(work_copy),
+                method,
+                clip_sigma=clip_sigma,
+                clip_iters=clip_iters,
+            )
+            master[start:stop] = combined.master
+            noise[start:stop] = combined.noise
+            error[start:stop] = combined.error
+            n_used[start:stop] = combined.n_used
+            if n >= 3:
+                outliers[worker] += _count_outliers(block, combined, outlier_sigma, as_uint16)
+            if on_rows is not None:
+                on_rows(height * n)
+
+    if workers == 1:
+        work(0)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="combine") as pool:
+            futures = [pool.submit(work, w) for w in range(workers)]
             try:
-                block[index] = read_rows(record, start, stop)
-            except FrameReadError as exc:
-                exc.record = record  # type: ignore[attr-defined]
+                for future in futures:
+                    future.result()
+            except BaseException:
+                failed.set()
                 raise
-        if factor != 1:
-            block *= factor
-        combined = combine_block(block, method, clip_sigma=clip_sigma, clip_iters=clip_iters)
-        maps["master"][start:stop] = combined.master
-        maps["noise"][start:stop] = combined.noise
-        maps["error"][start:stop] = combined.error
-        n_used[start:stop] = combined.n_used
-        if len(records) >= 3:
-            # Noise floored at the row's typical value: a pixel whose frames happen to agree
-            # exactly must not make every small difference an outlier.
-            noise = np.fmax(combined.noise, typical_noise(combined.noise))
-            far = np.abs(block - combined.master[None]) > outlier_sigma * noise[None]
-            outliers += far.reshape(len(records), -1).sum(axis=1)
-        if on_rows is not None:
-            on_rows((stop - start) * len(records))
-    combined = Combined(maps["master"], maps["noise"], maps["error"], n_used)
-    return GroupResult(combined, outliers / float(rows * columns))
+    factor = np.float32(scale_factor if input_bits == 12 else 1.0)
+    if factor != 1:
+        for image in (master, noise, error):
+            image *= factor
+    combined = Combined(master, noise, error, n_used)
+    return GroupResult(combined, outliers.sum(axis=0) / float(rows * columns))
 
 
 def combine_frames(entries: Sequence[object], method: str = "median") -> np.ndarray:
@@ -452,6 +565,7 @@ def _combine_group(
                 clip_sigma=config.clip_sigma,
                 clip_iters=config.clip_iters,
                 outlier_sigma=config.outlier_sigma,
+                threads=config.threads,
                 on_rows=on_rows,
             )
         except FrameReadError as exc:

@@ -141,8 +141,9 @@ def pooled_read_noise(masters: Sequence[object]) -> tuple[np.ndarray | None, int
         n = int(master.n_frames)  # type: ignore[attr-defined]
         if noise is None or n < 2:
             continue
-        variance = (n - 1) * np.nan_to_num(noise.astype(np.float64), nan=0.0) ** 2
-        total = variance if total is None else total + variance
+        np.nan_to_num(noise, copy=False, nan=0.0)
+        variance = np.float32(n - 1) * noise * noise
+        total = variance if total is None else np.add(total, variance, out=total)
         dof += n - 1
     return (None, 0) if total is None else (np.sqrt(total / dof).astype(np.float32), dof)
 
@@ -347,7 +348,7 @@ def _assemble(
     scale: float,
 ) -> BiasModel:
     """A :class:`BiasModel` from a fit: NaN at masked pixels, statistics and DQ flags."""
-    covariance = fit.covariance().astype(np.float32)
+    covariance = fit.covariance()
     coefficients = fit.coefficients.astype(np.float32)
     coefficients[:, mask] = np.nan
     covariance[:, :, mask] = np.nan

@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from ..frames import FrameRecord, read_frame
@@ -26,6 +25,15 @@ from ..products import product_header, unique_labels, write_image, write_png_ato
 from ..thermometry import estimate_temperature
 
 logger = logging.getLogger(__name__)
+
+
+def _figure(**kwargs: object):
+    """A matplotlib Figure; matplotlib is imported here, on first use, because importing it
+    costs a quarter of a second that a run without plots should not pay."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)  # type: ignore[arg-type]
+
 
 PLOT_MAX_PIXELS = 512
 SUMMARY_CSV = "evaluation_summary.csv"
@@ -126,7 +134,7 @@ def plot_image(image: np.ndarray, path: str | Path, title: str, unit: str, cmap:
     rows, cols = image.shape
     shown, factor = downsample(image)
     low, high = robust_limits(shown)
-    figure = Figure(figsize=(7.0, 5.6), dpi=100)
+    figure = _figure(figsize=(7.0, 5.6), dpi=100)
     axes = figure.add_subplot()
     artist = axes.imshow(
         shown,
@@ -153,7 +161,7 @@ def plot_summary(rows: Sequence[Mapping[str, float]], path: str | Path) -> Path:
     """MAE [ADU], MAPE [%] and MAE in read-noise units against temperature, each on its own
     axes, in-sample (fitted with the master) beside held-out (fitted without it)."""
     temps = [r["temperature"] for r in rows]
-    figure = Figure(figsize=(7.0, 8.0), dpi=100)
+    figure = _figure(figsize=(7.0, 8.0), dpi=100)
     panels = figure.subplots(3, 1, sharex=True)
     for axes, key, unit in zip(panels, ("mae", "mape"), ("MAE (ADU)", "MAPE (%)"), strict=False):
         axes.plot(temps, [r[f"{key}_mean"] for r in rows], "o-", color="C0", label="in-sample mean")
@@ -371,7 +379,7 @@ def plot_temperature_check(records: Sequence[FrameRecord], path: str | Path, tol
     header = np.array([r.temperature for r in done], dtype=float)
     estimated = np.array([r.temperature_est for r in done], dtype=float)
     bad = np.array([r.flag == FLAG_TEMPERATURE for r in done], dtype=bool)
-    figure = Figure(figsize=(7.0, 6.5), dpi=100)
+    figure = _figure(figsize=(7.0, 6.5), dpi=100)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     top.plot(header[~bad], estimated[~bad], "o", ms=4, label="frames")
     if bad.any():
