@@ -217,6 +217,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="24 frames of 128 x 128, one run, no warm-up: checks that it runs"
     )
+    parser.add_argument("--rows", nargs="+", choices=ROWS, help="run only these rows (floor and pipeline always run)")
     parser.add_argument("--_row", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._row:
@@ -226,6 +227,8 @@ def main() -> None:
     if args.quick:
         args.sizes, args.shape, args.runs = [24], (128, 128), 1
     rows = available_rows()
+    if args.rows:
+        rows = [r for r in rows if r in set(args.rows) | {"floor", "pipeline"}]
     print(f"bias_pipeline benchmark, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}", flush=True)
     for frames in args.sizes:
         raw = make_data(args.data_dir, frames, tuple(args.shape))

@@ -509,8 +509,9 @@ def _mad_sigma(ordered: np.ndarray, centre: np.ndarray, lo: np.ndarray, hi: np.n
 
 
 def bytes_per_frame_pixel(itemsize: int) -> int:
-    """Working memory per frame-pixel of a block: the read buffer and its sorted copy."""
-    return 2 * itemsize
+    """Working memory per frame-pixel of a block: the read buffer, its sorted copy and the
+    float32 deviations from the median."""
+    return 2 * itemsize + 4
 
 
 BYTES_PER_PIXEL_MAPS = 96  # the per-pixel float32 maps of one block (master, noise, sums, ...)

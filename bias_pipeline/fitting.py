@@ -201,8 +201,8 @@ def fit_polynomial(
             coefficients[p] += np.float64(smoother[p, k]) * y  # float64 products: exact fits stay exact
     assert coefficients is not None
     coefficients32 = coefficients.astype(np.float32)
-    residual_sum_sq = np.zeros(coefficients.shape[1:])
-    square_sum = np.zeros(coefficients.shape[1:])
+    residual_sum_sq = np.zeros(coefficients.shape[1:], dtype=np.float32)
+    square_sum = np.zeros(coefficients.shape[1:], dtype=np.float32)
     for k in range(temps.size):
         residual = _floating(load(k))
         residual = residual - evaluate_polynomial(coefficients32 if residual.dtype == np.float32 else coefficients,
@@ -216,7 +216,7 @@ def fit_polynomial(
         with np.errstate(invalid="ignore", divide="ignore"):
             noise_variance = residual_sum_sq / dof if dof > 0 else np.full(residual_sum_sq.shape, np.nan)
     else:
-        noise_variance = np.asarray(noise, dtype=np.float64) ** 2
+        noise_variance = np.square(np.asarray(noise, dtype=np.float32))
     with np.errstate(invalid="ignore", divide="ignore"):
         chi2 = residual_sum_sq / noise_variance
     return PolynomialFit(

@@ -116,8 +116,8 @@ def test_block_rows_follow_the_memory_limit():
     for frames in (3, 15, 120, 1000):
         for threads in (1, 2, 4):
             rows = block_rows(frames, 2048, 2048, 512, threads)
-            assert threads * rows * 2048 * (frames * 4 + 96) <= 512 * 2**20
-    assert block_rows(10_000, 2048, 2048, 512, 2) == 3  # thousands of frames: thin blocks
+            assert threads * rows * 2048 * (frames * 8 + 96) <= 512 * 2**20
+    assert block_rows(10_000, 2048, 2048, 512, 2) == 1  # thousands of frames: thin blocks
     assert block_rows(3, 64, 48, 512) == 48
 
 

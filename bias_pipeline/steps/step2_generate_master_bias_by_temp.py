@@ -223,7 +223,7 @@ def combine_stack(stack: np.ndarray, method: str = "median") -> np.ndarray:
     return combine_block(stack, method).master
 
 
-MAX_BLOCK_ROWS = 256  # taller blocks gain nothing; shorter ones spend time in the interpreter
+MAX_BLOCK_ROWS = 128  # taller blocks gain nothing; shorter ones spend time in the interpreter
 
 
 def default_threads() -> int:
@@ -240,14 +240,15 @@ def block_rows(
 ) -> int:
     """Rows per block so that every worker's block buffers fit the memory limit together.
 
-    Each worker holds, per row of its block, the raw values of every frame and their sorted
-    copy (``2 x itemsize`` bytes per frame-pixel) plus the per-pixel maps of the block. At
+    Each worker holds, per row of its block, the raw values of every frame, their sorted
+    copy and their deviations from the median
+    (:func:`~bias_pipeline.combine.bytes_per_frame_pixel`) plus the per-pixel maps. At
     least one row (a group too large for the limit then exceeds it, and step 2 says so).
 
     >>> block_rows(15, 2048, 2048, 512, threads=2)
-    256
+    128
     >>> block_rows(10_000, 2048, 2048, 512, threads=2)
-    3
+    1
     >>> block_rows(5, 64, 48, 512)
     48
     """
