@@ -224,6 +224,7 @@ def combine_stack(stack: np.ndarray, method: str = "median") -> np.ndarray:
 
 
 MAX_BLOCK_ROWS = 128  # taller blocks gain nothing; shorter ones spend time in the interpreter
+WORKING_SET_MB = 32.0  # frame buffers per worker: memory stays flat in the number of frames
 
 
 def default_threads() -> int:
@@ -242,19 +243,25 @@ def block_rows(
 
     Each worker holds, per row of its block, the raw values of every frame, their sorted
     copy and their deviations from the median
-    (:func:`~bias_pipeline.combine.bytes_per_frame_pixel`) plus the per-pixel maps. At
-    least one row (a group too large for the limit then exceeds it, and step 2 says so).
+    (:func:`~bias_pipeline.combine.bytes_per_frame_pixel`) plus the per-pixel maps. The
+    frame buffers are kept near :data:`WORKING_SET_MB` per worker, so memory does not grow
+    with the group size, and never above the limit. At least one row (a group too large for
+    the limit then exceeds it, and step 2 says so).
 
     >>> block_rows(15, 2048, 2048, 512, threads=2)
     128
+    >>> block_rows(60, 2048, 2048, 512, threads=2)
+    34
     >>> block_rows(10_000, 2048, 2048, 512, threads=2)
     1
     >>> block_rows(5, 64, 48, 512)
     48
     """
     budget = memory_limit_mb * 1024 * 1024 / max(1, threads)
-    per_row = columns * (max(1, n_frames) * bytes_per_frame_pixel(itemsize) + BYTES_PER_PIXEL_MAPS)
-    return int(max(1, min(rows, MAX_BLOCK_ROWS, budget // per_row)))
+    frame_bytes = columns * max(1, n_frames) * bytes_per_frame_pixel(itemsize)
+    per_row = frame_bytes + columns * BYTES_PER_PIXEL_MAPS
+    working_set = WORKING_SET_MB * 1024 * 1024 // frame_bytes
+    return int(max(1, min(rows, MAX_BLOCK_ROWS, working_set, budget // per_row)))
 
 
 @dataclass
