@@ -362,6 +362,39 @@ def read_uint16_rows(record: FrameRecord, start: int, stop: int, out: np.ndarray
     return out
 
 
+def read_row_sample(record: FrameRecord, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The given rows of a frame, float32 physical values, reading only those rows where the
+    file allows (compressed files are decoded whole once).
+
+    Parameters
+    ----------
+    record
+        An inspected frame.
+    rows
+        Row indices.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(rows), columns)`` float32.
+
+    Raises
+    ------
+    FrameReadError
+        When the file can no longer be read as it was at inspection.
+    """
+    rows = np.asarray(rows, dtype=np.intp)
+    if record.data_offset is None:
+        return read_frame(record)[rows]
+    if plain_uint16(record):
+        assert record.shape is not None
+        out = np.empty((rows.size, record.shape[1]), dtype=np.uint16)
+        for index, row in enumerate(rows):
+            read_uint16_rows(record, int(row), int(row) + 1, out[index : index + 1])
+        return out.astype(np.float32)
+    return np.concatenate([read_rows(record, int(row), int(row) + 1) for row in rows])
+
+
 def _check_uint16_pixels(record: FrameRecord) -> None:
     assert record.shape is not None
     pixels = read_uint16_rows(record, 0, record.shape[0])

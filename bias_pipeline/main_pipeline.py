@@ -190,6 +190,7 @@ def run_bias_pipeline(
             scale_factor=config.scale_factor,
             tolerance=config.temperature_tolerance,
             show_progress=config.show_progress,
+            threads=config.threads,
         )
         plot_temperature_check(records, dirs["evaluation"] / TEMPERATURE_PLOT, config.temperature_tolerance)
         write_manifest(records, manifest, raw)

@@ -33,6 +33,7 @@ def estimate_temperature(
     start: float | None = None,
     clip_sigma: float = 5.0,
     iterations: int = 5,
+    rows: np.ndarray | None = None,
 ) -> TemperatureEstimate:
     """Estimate the temperature at which ``model`` best reproduces ``frame``.
 
@@ -48,6 +49,9 @@ def estimate_temperature(
         Pixels further than this many noise sigmas from the model are dropped.
     iterations
         At most this many clip-and-refit passes.
+    rows
+        When given, ``frame`` holds only these rows of a frame (the model's rows are taken
+        to match).
 
     Returns
     -------
@@ -62,12 +66,15 @@ def estimate_temperature(
     >>> round(estimate_temperature(frame, model).temperature, 6)
     12.5
     """
-    valid = ~model.flagged & np.isfinite(frame)
+    select = slice(None) if rows is None else rows
+    flagged = model.mask[select] if model.dq is None else (model.mask[select] | (model.dq[select] != 0))
+    valid = ~flagged & np.isfinite(frame)
     noise = model.read_noise if model.read_noise is not None else np.ones(model.shape, dtype=np.float32)
+    noise = noise[select]
     valid &= np.isfinite(noise) & (noise > 0)
     y = frame[valid].astype(np.float64)
     weight = 1.0 / noise[valid].astype(np.float64) ** 2
-    coefficients = [c[valid].astype(np.float64) for c in model.coefficients]
+    coefficients = [c[select][valid].astype(np.float64) for c in model.coefficients]
     if start is None:
         # Robust first guess: the median over pixels of each pixel's own linear estimate.
         usable = np.abs(coefficients[1]) > 1e-6
