@@ -182,6 +182,7 @@ def run_bias_pipeline(
             save_fits=eval_save_fits,
             show_progress=config.show_progress,
             heldout_model=masters_model,
+            threads=config.threads,
         )
         check_frame_temperatures(
             model,

@@ -13,8 +13,10 @@ import csv
 import io
 import logging
 import math
+import multiprocessing
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,9 @@ def downsample(image: np.ndarray, max_pixels: int = PLOT_MAX_PIXELS) -> tuple[np
     rows = image.shape[0] // factor * factor
     cols = image.shape[1] // factor * factor
     blocks = image[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
+    if not np.isnan(image).any() and image.dtype == np.float32:
+        # Quicker path for the usual map without NaN; the float64 sum keeps it exact enough.
+        return (blocks.sum(axis=(1, 3), dtype=np.float64) / (factor * factor)).astype(np.float32), factor
     finite = np.isfinite(blocks)
     counts = finite.sum(axis=(1, 3))
     sums = np.where(finite, blocks, 0).sum(axis=(1, 3), dtype=np.float64)
@@ -134,10 +139,62 @@ def robust_limits(image: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+@dataclass
+class ImagePlot:
+    """One map to draw: the downsampled image and what the figure says about it (small enough
+    to hand to another process)."""
+
+    shown: np.ndarray
+    factor: int
+    shape: tuple[int, int]
+    path: Path
+    title: str
+    unit: str
+    cmap: str = "viridis"
+
+    @classmethod
+    def of(cls, image: np.ndarray, path: str | Path, title: str, unit: str, cmap: str = "viridis") -> ImagePlot:
+        """Downsample ``image`` (see :func:`downsample`) for a plot at ``path``."""
+        shown, factor = downsample(image)
+        return cls(shown, factor, (int(image.shape[0]), int(image.shape[1])), Path(path), title, unit, cmap)
+
+    def draw(self) -> Path:
+        """Write the PNG."""
+        return _draw_image(self)
+
+
 def plot_image(image: np.ndarray, path: str | Path, title: str, unit: str, cmap: str = "viridis") -> Path:
     """Draw one map as a PNG with robust limits, a labelled colour bar and pixel axes."""
-    rows, cols = image.shape
-    shown, factor = downsample(image)
+    return ImagePlot.of(image, path, title, unit, cmap).draw()
+
+
+def draw_plots(plots: Sequence[ImagePlot], workers: int = 1) -> list[Path]:
+    """Draw maps, in ``workers`` forked processes when there are several (matplotlib holds the
+    interpreter lock while drawing, so threads would not help); in order, same files either way.
+
+    Parameters
+    ----------
+    plots
+        The maps.
+    workers
+        Processes; 1 draws here. Forking is used only where the platform supports it.
+
+    Returns
+    -------
+    list of Path
+        The PNGs written.
+    """
+    if workers > 1 and len(plots) > 2 and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(workers, len(plots)), mp_context=context) as pool:
+            return list(pool.map(_draw_image, plots))
+    return [_draw_image(plot) for plot in plots]
+
+
+def _draw_image(plot: ImagePlot) -> Path:
+    rows, cols = plot.shape
+    shown, factor, title, cmap, unit = plot.shown, plot.factor, plot.title, plot.cmap, plot.unit
+    path = plot.path
     low, high = robust_limits(shown)
     figure = _figure(figsize=(7.0, 5.6), dpi=100)
     axes = figure.add_subplot()
@@ -211,6 +268,7 @@ def evaluate(
     plots: bool = True,
     show_progress: bool = True,
     heldout_model: BiasModel | None = None,
+    threads: int = 0,
 ) -> list[dict[str, object]]:
     """Compare the model with every master; write plots, the CSV and optional FITS.
 
@@ -232,6 +290,8 @@ def evaluate(
     heldout_model
         The masters fit whose leverages give the held-out errors (default ``model``; a
         model fitted on frames has none, and its held-out columns then come from this one).
+    threads
+        Processes drawing the maps (0: as many as CPUs, at most 8).
 
     Returns
     -------
@@ -245,6 +305,7 @@ def evaluate(
     validation = heldout_model if heldout_model is not None else model
     leverage = list(validation.group_leverage) if len(validation.group_leverage) == len(masters) else None
     rows: list[dict[str, object]] = []
+    pending: list[ImagePlot] = []  # drawn together at the end, in parallel processes
     progress = tqdm(masters, desc="evaluating", unit="master", disable=None if show_progress else True, leave=False)
     for index, master in enumerate(progress):
         label, temp, n_frames = master.label, float(master.temperature), int(master.n_frames)  # type: ignore[attr-defined]
@@ -292,10 +353,14 @@ def evaluate(
         rows.append(row)
         where = f"{label} deg C, {n_frames} frames"
         if plots:
-            plot_image(real, out / f"real_bias_{label}C.png", f"Real master bias, {where}", "bias (ADU)")
-            plot_image(predicted, out / f"synthetic_bias_{label}C.png", f"Model bias, {where}", "bias (ADU)")
-            plot_image(mae, out / f"mae_{label}C.png", f"|real - model|, {where}", "MAE (ADU)", "magma")
-            plot_image(mape, out / f"mape_{label}C.png", f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma")
+            pending += [
+                ImagePlot.of(real, out / f"real_bias_{label}C.png", f"Real master bias, {where}", "bias (ADU)"),
+                ImagePlot.of(predicted, out / f"synthetic_bias_{label}C.png", f"Model bias, {where}", "bias (ADU)"),
+                ImagePlot.of(mae, out / f"mae_{label}C.png", f"|real - model|, {where}", "MAE (ADU)", "magma"),
+                ImagePlot.of(
+                    mape, out / f"mape_{label}C.png", f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma"
+                ),
+            ]
         if save_fits:
             cards = {
                 "TEMPERATURE": (temp, "[deg C] temperature of the master"),
@@ -335,6 +400,7 @@ def evaluate(
             row["mape_mean"],
         )
     write_text_atomic(out / SUMMARY_CSV, summary_csv_text(rows))
+    draw_plots(pending, workers=threads or default_threads())
     if plots and rows:
         plot_summary(rows, out / SUMMARY_PNG)  # type: ignore[arg-type]
     return rows
