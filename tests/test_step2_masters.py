@@ -187,3 +187,14 @@ def test_frame_unreadable_at_combine_is_rejected_and_group_remade(tmp_path):
     assert master.n_frames == 3
     bad = next(r for r in records if r.path.name == "f1.fits")
     assert bad.status == "rejected" and "unreadable while combining" in bad.reason
+
+
+@pytest.mark.parametrize("shape", [(5, 2048), (7, 2047), (3, 1), (4, 2)])
+def test_typical_noise_is_the_row_median(shape):
+    from bias_pipeline.combine import typical_noise
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(30, 3, shape).astype(np.float32)
+    np.testing.assert_array_equal(typical_noise(values), np.median(values, axis=-1, keepdims=True))
+    values[0, 0] = np.nan  # NaN is left out
+    np.testing.assert_array_equal(typical_noise(values)[0], np.nanmedian(values[0:1], axis=-1))
