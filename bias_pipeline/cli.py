@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ._version import __version__
 from .combine import COMBINE_METHODS
@@ -403,6 +404,9 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = build_run_parser(prog or Path(sys.argv[0]).name)
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    # tqdm's monitor thread only retunes refresh rates; without it the process stays
+    # single-threaded between steps, so the plots can be drawn in forked processes.
+    tqdm.monitor_interval = 0
 
     def body() -> int:
         from .main_pipeline import run_bias_pipeline

@@ -73,3 +73,17 @@ def test_evaluate_model_writes_everything(tmp_path):
     assert tuple(table[0]) == SUMMARY_COLUMNS and len(table) == 2
     assert float(table[0]["mae_mean"]) == pytest.approx(rows[0]["mae_mean"], rel=1e-5)
     assert (tmp_path / "evaluation_summary.png").stat().st_size > 10000
+
+
+def test_maps_drawn_in_parallel_processes_are_written(tmp_path):
+    from bias_pipeline.steps.step5_evaluate_model import ImagePlot, draw_plots
+
+    rng = np.random.default_rng(0)
+    plots = [
+        ImagePlot.of(rng.normal(100, 3, (48, 64)).astype(np.float32), tmp_path / f"map{i}.png", f"map {i}", "ADU")
+        for i in range(4)
+    ]
+    written = draw_plots(plots, workers=2)
+    assert written == [p.path for p in plots]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import multiprocessing
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -184,7 +185,10 @@ def draw_plots(plots: Sequence[ImagePlot], workers: int = 1) -> list[Path]:
     list of Path
         The PNGs written.
     """
-    if workers > 1 and len(plots) > 2 and "fork" in multiprocessing.get_all_start_methods():
+    # Fork only from a single-threaded process: forking while other threads hold locks (a
+    # caller's own threads, tqdm's monitor) can deadlock the child.
+    can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    if workers > 1 and len(plots) > 2 and can_fork:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=min(workers, len(plots)), mp_context=context) as pool:
             return list(pool.map(_draw_image, plots))
