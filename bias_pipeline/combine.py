@@ -300,17 +300,27 @@ def clip_floor(slabs: Sequence[np.ndarray], median: np.ndarray, std: np.ndarray)
     half = np.float32(NOISE_WINDOW) * typical_noise(_robust_sigma(slabs))
     outside = np.flatnonzero((slabs[0] < median - half) | (slabs[-1] > median + half))
     windowed = std.copy()
-    if outside.size:
-        sub = _pixels_frames_last(slabs, outside)
-        half_sub = np.broadcast_to(half, median.shape).reshape(-1).take(outside)
+    half_flat = np.broadcast_to(half, median.shape).reshape(-1)
+    for chunk in _chunks(outside, len(slabs)):
+        sub = _pixels_frames_last(slabs, chunk)
         full = np.zeros(sub.shape[0], dtype=np.intp)
-        lo, hi = _within(sub, median.reshape(-1).take(outside), half_sub, full, full + len(slabs))
-        windowed.reshape(-1)[outside] = _range_stats(sub, lo, hi)[1]
+        lo, hi = _within(sub, median.reshape(-1).take(chunk), half_flat.take(chunk), full, full + len(slabs))
+        windowed.reshape(-1)[chunk] = _range_stats(sub, lo, hi)[1]
     return _finite_floor(typical_noise(windowed))
 
 
 def _finite_floor(floor: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(floor), floor, 0.0).astype(np.float32)
+
+
+CLIP_CHUNK_VALUES = 2**19  # values per slow-path chunk: bounds its temporaries (~40 B a value)
+
+
+def _chunks(flat_index: np.ndarray, n_frames: int) -> list[np.ndarray]:
+    """``flat_index`` in pieces of at most :data:`CLIP_CHUNK_VALUES` frame values, so that a
+    block where every pixel needs the slow path (a bad frame) stays within its memory."""
+    size = max(1, CLIP_CHUNK_VALUES // max(1, n_frames))
+    return [flat_index[start : start + size] for start in range(0, flat_index.size, size)]
 
 
 def _pixels_frames_last(slabs: Sequence[np.ndarray], flat_index: np.ndarray) -> np.ndarray:
@@ -432,8 +442,9 @@ def combine_sorted(
         raise ValueError(f"unknown combine method {method!r}; use one of {', '.join(COMBINE_METHODS)}")
     n = len(slabs)
     shape = slabs[0].shape
-    # Sums of integers below 2**16 are exact in float32 up to 256 frames.
-    accumulator = np.float32 if n <= 256 else np.float64
+    # Sums of integers below 2**16 are exact in float32 up to 256 frames; float input or more
+    # frames sum in float64.
+    accumulator = np.float32 if n <= 256 and slabs[0].dtype.kind in "ui" else np.float64
     total = np.zeros(shape, dtype=accumulator)
     for slab in slabs:
         np.add(total, slab, out=total)
@@ -462,15 +473,18 @@ def combine_sorted(
     half = (clip_sigma if method == "sigma-clip" else max(NOISE_WINDOW, clip_sigma)) * scale
     dirty = np.flatnonzero((slabs[0] < median - half) | (slabs[-1] > median + half))
     master = mean if method == "sigma-clip" else median
-    if dirty.size:
-        sub = _pixels_frames_last(slabs, dirty)
-        floor_sub = np.broadcast_to(floor, shape).reshape(-1).take(dirty)
+    floor_flat = np.broadcast_to(floor, shape).reshape(-1)
+    for chunk in _chunks(dirty, n):
         sub_master, sub_noise, sub_kept = clip_pixels(
-            sub, floor_sub, method, clip_sigma=clip_sigma, clip_iters=clip_iters
+            _pixels_frames_last(slabs, chunk),
+            floor_flat.take(chunk),
+            method,
+            clip_sigma=clip_sigma,
+            clip_iters=clip_iters,
         )
-        master.reshape(-1)[dirty] = sub_master
-        std.reshape(-1)[dirty] = sub_noise
-        kept.reshape(-1)[dirty] = sub_kept
+        master.reshape(-1)[chunk] = sub_master
+        std.reshape(-1)[chunk] = sub_noise
+        kept.reshape(-1)[chunk] = sub_kept
     return _finish(master, std, kept, method)
 
 
@@ -519,7 +533,7 @@ def _mad_sigma(ordered: np.ndarray, centre: np.ndarray, lo: np.ndarray, hi: np.n
 
 def bytes_per_frame_pixel(itemsize: int) -> int:
     """Working memory per frame-pixel of a block: the read buffer, its sorted copy and the
-    float32 deviations from the median."""
+    float32 deviations from the median (the slow path works in chunks of bounded size)."""
     return 2 * itemsize + 4
 
 

@@ -373,6 +373,12 @@ def combine_records(
     dtype = np.dtype(np.uint16 if as_uint16 else np.float32)
     workers = min(threads or default_threads(), rows)
     step = block_rows(n, columns, rows, memory_limit_mb, workers, dtype.itemsize)
+    if any(r.data_offset is None for r in records):
+        # Compressed frames are decoded whole for every block: use as few, tall blocks as the
+        # memory limit allows.
+        budget = memory_limit_mb * 2**20 / workers
+        per_row = columns * (n * bytes_per_frame_pixel(dtype.itemsize) + BYTES_PER_PIXEL_MAPS)
+        step = int(max(step, min(rows, budget // per_row)))
     needed_mb = workers * step * columns * (n * bytes_per_frame_pixel(dtype.itemsize) + BYTES_PER_PIXEL_MAPS) / 2**20
     if needed_mb > memory_limit_mb:
         logger.warning(
@@ -389,6 +395,13 @@ def combine_records(
     failed = threading.Event()
 
     def work(worker: int) -> None:
+        try:
+            combine_blocks(worker)
+        except BaseException:
+            failed.set()  # the other workers stop at their next block
+            raise
+
+    def combine_blocks(worker: int) -> None:
         raw = np.empty((n, step, columns), dtype=dtype)
         ordered = np.empty_like(raw)
         for start in starts[worker::workers]:

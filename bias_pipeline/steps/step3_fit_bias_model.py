@@ -141,7 +141,7 @@ def pooled_read_noise(masters: Sequence[object]) -> tuple[np.ndarray | None, int
         n = int(master.n_frames)  # type: ignore[attr-defined]
         if noise is None or n < 2:
             continue
-        np.nan_to_num(noise, copy=False, nan=0.0)
+        noise = np.nan_to_num(noise, nan=0.0)  # a copy: the caller's array stays as it was
         variance = np.float32(n - 1) * noise * noise
         total = variance if total is None else np.add(total, variance, out=total)
         dof += n - 1

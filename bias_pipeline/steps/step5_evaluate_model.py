@@ -119,8 +119,8 @@ def downsample(image: np.ndarray, max_pixels: int = PLOT_MAX_PIXELS) -> tuple[np
     rows = image.shape[0] // factor * factor
     cols = image.shape[1] // factor * factor
     blocks = image[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
-    if not np.isnan(image).any() and image.dtype == np.float32:
-        # Quicker path for the usual map without NaN; the float64 sum keeps it exact enough.
+    if image.dtype == np.float32 and np.isfinite(image).all():
+        # Quicker path for the usual map without NaN or inf; the float64 sum keeps it exact.
         return (blocks.sum(axis=(1, 3), dtype=np.float64) / (factor * factor)).astype(np.float32), factor
     finite = np.isfinite(blocks)
     counts = finite.sum(axis=(1, 3))
