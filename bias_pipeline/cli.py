@@ -427,6 +427,7 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             generate_set=args.generate_set,
             eval_save_fits=args.save_eval_fits,
             config=config,
+            command_line=[prog or Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
         )
         _print_summary(result)
         return 0

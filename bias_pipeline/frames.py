@@ -85,6 +85,8 @@ class FrameRecord:
         The frame's temperature estimated from its own pixels with the fitted model [deg C].
     flag
         A warning that does not reject the frame (``temperature_mismatch``).
+    sha256
+        Checksum of the file, for frames that passed step 1 (provenance).
     """
 
     path: Path
@@ -108,6 +110,7 @@ class FrameRecord:
     temperature_est: float | None = None
     temperature_est_err: float | None = None
     flag: str = ""
+    sha256: str = ""
 
     def reject(self, reason: str) -> None:
         """Mark the frame rejected with ``reason`` (kept in the manifest)."""

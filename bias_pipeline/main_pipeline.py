@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,9 +12,11 @@ from .config import PipelineConfig, resolve_path
 from .errors import InputDataError
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord
 from .model import BiasModel
+from .products import run_cards
+from .provenance import checksum_inputs, input_digest, now_utc, provenance_cards, write_run_config
 from .steps.step0_create_dirs import create_directories
 from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
-from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, make_groups
+from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, default_threads, make_groups
 from .steps.step3_fit_bias_model import fit_model, fit_model_on_frames, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set
 from .steps.step5_evaluate_model import (
@@ -88,6 +91,7 @@ def run_bias_pipeline(
     eval_save_fits: bool = False,
     *,
     config: PipelineConfig | None = None,
+    command_line: Sequence[str] | None = None,
 ) -> PipelineResult:
     """Run the whole pipeline on a folder of raw bias frames.
 
@@ -106,6 +110,8 @@ def run_bias_pipeline(
         Write synthetic, MAE and MAPE FITS in ``evaluation/``.
     config
         Every other option (defaults if ``None``).
+    command_line
+        The command as typed, for ``run_config.json`` (default ``sys.argv``).
 
     Returns
     -------
@@ -132,8 +138,47 @@ def run_bias_pipeline(
     dirs = create_directories(out)
     manifest = out / MANIFEST_NAME
 
-    # Step 1: every file, accepted or with its reason.
+    # Step 1: every file, accepted or with its reason, and the checksums of those accepted.
+    started = now_utc()
     records, input_bits = scan_frames(raw, config, exclude=[out])
+    checksum_inputs(records, threads=config.threads or default_threads())
+    with run_cards(provenance_cards(*input_digest(records, raw))):
+        result = _run_steps(
+            records, input_bits, raw, out, dirs, manifest, hot_pixel_mask_path, generate_set, eval_save_fits, config
+        )
+    options = {
+        **config.as_dict(),
+        "basepath": str(raw),
+        "output_dir": str(out),
+        "hot_pixel_mask": None if hot_pixel_mask_path is None else str(resolve_path(hot_pixel_mask_path)),
+        "generate_set": generate_set,
+        "save_eval_fits": eval_save_fits,
+    }
+    facts = {
+        "input_bits": input_bits,
+        "frames_used": result.count(STATUS_USED),
+        "frames_rejected": result.count(STATUS_REJECTED),
+        "files_ignored": result.count(STATUS_IGNORED),
+        "masters": [{"label": m.label, "temperature": m.temperature, "frames": m.n_frames} for m in result.masters],
+    }
+    write_run_config(out, options=options, records=records, base=raw, started=started,
+                     command_line=command_line, extra=facts)  # fmt: skip
+    return result
+
+
+def _run_steps(
+    records: list[FrameRecord],
+    input_bits: int,
+    raw: Path,
+    out: Path,
+    dirs: dict[str, Path],
+    manifest: Path,
+    hot_pixel_mask_path: str | Path | None,
+    generate_set: bool,
+    eval_save_fits: bool,
+    config: PipelineConfig,
+) -> PipelineResult:
+    """Steps 2 to 5 (see :func:`run_bias_pipeline`)."""
     # Step 2: groups and masters.
     groups = make_groups(records, config)
     if not groups:

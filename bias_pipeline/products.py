@@ -7,11 +7,12 @@ a product's final name, and carries cards saying what it is.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -70,6 +71,22 @@ def unique_labels(temperatures: Iterable[float]) -> list[str]:
     return [f"{lab}_{i}" for i, lab in enumerate(labels)]
 
 
+_RUN_CARDS: dict[str, tuple[object, str]] = {}
+
+
+@contextlib.contextmanager
+def run_cards(cards: Mapping[str, tuple[object, str]]) -> Iterator[None]:
+    """Within the block, every :func:`product_header` also carries ``cards`` (the run's
+    provenance: input count and digest)."""
+    previous = dict(_RUN_CARDS)
+    _RUN_CARDS.update(cards)
+    try:
+        yield
+    finally:
+        _RUN_CARDS.clear()
+        _RUN_CARDS.update(previous)
+
+
 def product_header(
     kind: str,
     description: str,
@@ -104,6 +121,8 @@ def product_header(
     add_card(header, "BUNIT", bunit, "16-bit ADU (12-bit value x SCALEFAC)" if bunit == BUNIT else "")
     if scale_factor is not None:
         add_card(header, "SCALEFAC", float(scale_factor), "12-bit to 16-bit ADU factor")
+    for key, (value, comment) in _RUN_CARDS.items():
+        add_card(header, key, value, comment)
     add_card(header, "SOFTWARE", "bias_pipeline", "software that made this file")
     add_card(header, "BPVERS", __version__, "bias_pipeline version")
     add_card(

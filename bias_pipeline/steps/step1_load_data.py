@@ -43,6 +43,7 @@ MANIFEST_COLUMNS = (
     "temperature_est",
     "temperature_est_err",
     "flag",
+    "sha256",
 )
 
 
@@ -273,6 +274,7 @@ def manifest_text(records: Sequence[FrameRecord], base_path: Path | None = None)
                 "" if record.temperature_est is None else f"{record.temperature_est:.4f}",
                 "" if record.temperature_est_err is None else f"{record.temperature_est_err:.4f}",
                 record.flag,
+                record.sha256,
             ]
         )
     return buffer.getvalue()
