@@ -13,10 +13,10 @@ from .errors import InputDataError
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord
 from .model import BiasModel
 from .products import run_cards
-from .provenance import checksum_inputs, input_digest, now_utc, provenance_cards, write_run_config
+from .provenance import input_digest, now_utc, provenance_cards, write_run_config
 from .steps.step0_create_dirs import create_directories
 from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
-from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, default_threads, make_groups
+from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, make_groups
 from .steps.step3_fit_bias_model import fit_model, fit_model_on_frames, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set
 from .steps.step5_evaluate_model import (
@@ -140,8 +140,7 @@ def run_bias_pipeline(
 
     # Step 1: every file, accepted or with its reason, and the checksums of those accepted.
     started = now_utc()
-    records, input_bits = scan_frames(raw, config, exclude=[out])
-    checksum_inputs(records, threads=config.threads or default_threads())
+    records, input_bits = scan_frames(raw, config, exclude=[out], checksum=True)
     with run_cards(provenance_cards(*input_digest(records, raw))):
         result = _run_steps(
             records, input_bits, raw, out, dirs, manifest, hot_pixel_mask_path, generate_set, eval_save_fits, config

@@ -15,7 +15,6 @@ import json
 import platform
 import sys
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -45,25 +44,6 @@ def file_sha256(path: str | Path) -> str:
     except OSError as exc:
         raise FrameReadError(f"{path}: cannot read for its checksum: {exc.strerror or exc}") from None
     return digest.hexdigest()
-
-
-def checksum_inputs(records: Sequence[FrameRecord], threads: int = 2) -> None:
-    """Fill ``record.sha256`` of every record that passed step 1, hashing in ``threads`` threads.
-
-    A file that can no longer be read is rejected with that reason.
-    """
-    chosen = [r for r in records if r.passed_checks]
-
-    def one(record: FrameRecord) -> str:
-        try:
-            return file_sha256(record.path)
-        except FrameReadError as exc:
-            record.reject(str(exc))
-            return ""
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for record, digest in zip(chosen, pool.map(one, chosen), strict=True):
-            record.sha256 = digest
 
 
 def input_digest(records: Sequence[FrameRecord], base: Path) -> tuple[int, str]:

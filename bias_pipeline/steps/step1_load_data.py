@@ -13,12 +13,13 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
 from ..config import PipelineConfig
-from ..errors import InputDataError
+from ..errors import FrameReadError, InputDataError
 from ..frames import (
     STATUS_ACCEPTED,
     FrameRecord,
@@ -26,6 +27,7 @@ from ..frames import (
     is_fits_name,
 )
 from ..products import write_text_atomic
+from ..provenance import file_sha256
 from .utils_scaling import TWELVE_BIT_MAX, decide_input_bits
 
 logger = logging.getLogger(__name__)
@@ -177,6 +179,7 @@ def scan_frames(
     config: PipelineConfig | None = None,
     *,
     exclude: Sequence[Path] = (),
+    checksum: bool = False,
 ) -> tuple[list[FrameRecord], int]:
     """Scan the raw folder: one record per file found, with status and reason.
 
@@ -188,6 +191,8 @@ def scan_frames(
         The run's options (defaults if ``None``).
     exclude
         Folders to skip (the run's own output folder).
+    checksum
+        Fill ``sha256`` of every frame that passes the checks (provenance).
 
     Returns
     -------
@@ -215,19 +220,38 @@ def scan_frames(
         disable=None if config.show_progress else True,
         leave=False,
     )
-    for path in progress:
-        if not is_fits_name(path):
-            record = FrameRecord(path=path)
-            record.ignore(f"not a FITS file name ({path.suffix or 'no extension'})")
-        else:
-            record = inspect_frame(path, config.temperature_keys, config.exposure_keys)
-        records.append(record)
-    records.sort(key=lambda r: str(r.path))
-    bits = classify_frames(records, config)
+    # Checksums (provenance) are computed by a worker thread while this one parses headers:
+    # hashing releases the interpreter lock, so it costs little extra time.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
+        checksums = {}
+        for path in progress:
+            if not is_fits_name(path):
+                record = FrameRecord(path=path)
+                record.ignore(f"not a FITS file name ({path.suffix or 'no extension'})")
+            else:
+                if checksum:
+                    checksums[path] = hasher.submit(_checksum_or_empty, path)
+                record = inspect_frame(path, config.temperature_keys, config.exposure_keys)
+            records.append(record)
+        records.sort(key=lambda r: str(r.path))
+        bits = classify_frames(records, config)
+        for record in records:
+            if record.passed_checks and record.path in checksums:
+                record.sha256 = checksums[record.path].result()
+                if not record.sha256:
+                    record.passed_checks = False
+                    record.reject("cannot be read again for its checksum")
     for record in records:
         if record.status == STATUS_ACCEPTED:
             logger.debug("accepted %s: %.3f deg C, %g s", record.path, record.temperature, record.exposure)
     return records, bits
+
+
+def _checksum_or_empty(path: Path) -> str:
+    try:
+        return file_sha256(path)
+    except FrameReadError:
+        return ""
 
 
 def load_bias_files(base_path: str | Path, config: PipelineConfig | None = None) -> list[FrameRecord]:
