@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from .errors import BiasPipelineError, ConfigError
 logger = logging.getLogger("bias_pipeline.cli")
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 EXIT_INTERNAL = 70
 
 RUN_EXAMPLE = """\
@@ -313,21 +316,40 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     warnings_logger.propagate = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's kill), turned into an exception so the run unwinds like
+    Ctrl-C: temporary files are removed and the message is one line."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def _guarded(prog: str, body: Callable[[], int]) -> int:
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return body()
     except BiasPipelineError as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted; products being written were not left half-written\n")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        sys.stderr.write(
+            f"{prog}: {what}; no product was left half-written (run_config.json is written only by a "
+            "finished run); run it again to complete\n"
+        )
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line, the traceback only with -v
         logger.debug("internal error", exc_info=True)
         sys.stderr.write(
             f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with -v for details and report it)\n"
         )
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run_demo(out_dir: Path, config: PipelineConfig, hot_pixel_mask: Path | None, save_eval_fits: bool) -> int:

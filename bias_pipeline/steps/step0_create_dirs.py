@@ -24,6 +24,10 @@ SUBDIRS: dict[str, str] = {
 _PRODUCT_PATTERN = re.compile(r"^(master_bias|synthetic_bias|real_bias|mae|mape)_-?\d+(\.\d+)?(_\d+)?C\.(fits|png)$")
 
 
+# What products.py's atomic writes name their temporary files: ".<final name>.<random>.tmp".
+_TEMPORARY_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
 def create_directories(output_dir: str | Path, *, clear_old_products: bool = True) -> dict[str, Path]:
     """Create ``output_dir`` and its product folders, checking they are writable.
 
@@ -58,6 +62,12 @@ def create_directories(output_dir: str | Path, *, clear_old_products: bool = Tru
             ) from None
         if not os.access(path, os.W_OK | os.X_OK):
             raise OutputError(f"--output-dir: {path} is not writable; choose a writable folder")
+    for path in dirs.values():
+        # Temporary files of a run killed outright (SIGKILL, power loss) never got renamed.
+        for stale in path.glob(".*.tmp"):
+            if stale.is_file() and _TEMPORARY_PATTERN.match(stale.name):
+                stale.unlink()
+                logger.info("removed %s, left by an interrupted run", stale)
     if clear_old_products:
         for key in ("masters", "synthetic", "evaluation"):
             for old in dirs[key].iterdir():

@@ -28,6 +28,7 @@ from ..frames import (
 )
 from ..products import write_text_atomic
 from ..provenance import file_sha256
+from ..workers import worker_pool
 from .utils_scaling import TWELVE_BIT_MAX, decide_input_bits
 
 logger = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def scan_frames(
     )
     # Checksums (provenance) are computed by a worker thread while this one parses headers:
     # hashing releases the interpreter lock, so it costs little extra time.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
+    with worker_pool(ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")) as hasher:
         checksums = {}
         for path in progress:
             if not is_fits_name(path):

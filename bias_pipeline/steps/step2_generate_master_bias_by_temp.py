@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from ..config import PipelineConfig
 from ..errors import FrameReadError, InputDataError
 from ..frames import STATUS_ACCEPTED, STATUS_USED, FrameRecord, plain_uint16, read_rows, read_uint16_rows
 from ..products import product_header, read_image, unique_labels, write_image
+from ..workers import default_threads, worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -225,15 +225,6 @@ def combine_stack(stack: np.ndarray, method: str = "median") -> np.ndarray:
 
 MAX_BLOCK_ROWS = 128  # taller blocks gain nothing; shorter ones spend time in the interpreter
 WORKING_SET_MB = 32.0  # frame buffers per worker: memory stays flat in the number of frames
-
-
-def default_threads() -> int:
-    """Worker threads when ``threads`` is 0: the CPUs this process may use, at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
 
 
 def block_rows(
@@ -431,7 +422,7 @@ def combine_records(
     if workers == 1:
         work(0)
     else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="combine") as pool:
+        with worker_pool(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="combine")) as pool:
             futures = [pool.submit(work, w) for w in range(workers)]
             try:
                 for future in futures:

@@ -27,7 +27,7 @@ from ..frames import FrameRecord, read_row_sample
 from ..model import BiasModel
 from ..products import product_header, unique_labels, write_image, write_png_atomic, write_text_atomic
 from ..thermometry import TemperatureEstimate, estimate_temperature
-from .step2_generate_master_bias_by_temp import default_threads
+from ..workers import default_threads, worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def draw_plots(plots: Sequence[ImagePlot], workers: int = 1) -> list[Path]:
     can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
     if workers > 1 and len(plots) > 2 and can_fork:
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=min(workers, len(plots)), mp_context=context) as pool:
+        with worker_pool(ProcessPoolExecutor(max_workers=min(workers, len(plots)), mp_context=context)) as pool:
             return list(pool.map(_draw_image, plots))
     return [_draw_image(plot) for plot in plots]
 
@@ -455,7 +455,7 @@ def check_frame_temperatures(
     progress = tqdm(
         total=len(used), desc="temperatures", unit="frame", disable=None if show_progress else True, leave=False
     )
-    with progress, ThreadPoolExecutor(max_workers=max(1, threads or default_threads())) as pool:
+    with progress, worker_pool(ThreadPoolExecutor(max_workers=max(1, threads or default_threads()))) as pool:
         estimates = []
         for result in pool.map(estimate, used):  # in order: the log reads the same every run
             estimates.append(result)
