@@ -35,6 +35,7 @@ FITS_SUFFIXES: tuple[str, ...] = (
 )
 
 # Big-endian pixel types of the FITS BITPIX values, for positioned reads of plain files.
+SATURATION_ADU = 4095 * 16  # the ADC's maximum in 16-bit ADU (12-bit values x16)
 _BITPIX_DTYPES: dict[int, str] = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -76,6 +77,8 @@ class FrameRecord:
         Largest stored pixel value (after BZERO/BSCALE), for the bit-depth check.
     multiple_of_16
         Whether every pixel value is a multiple of 16 (12-bit data stored x16).
+    saturated_fraction
+        Fraction of pixels at the 16-bit maximum (65520 = 4095 x 16 and above).
     zero_fraction
         Fraction of pixels that are exactly zero (a readout dropout of this camera).
     passed_checks
@@ -106,6 +109,7 @@ class FrameRecord:
     max_value: float = math.nan
     multiple_of_16: bool = False
     zero_fraction: float = math.nan
+    saturated_fraction: float = 0.0
     passed_checks: bool = False
     temperature_est: float | None = None
     temperature_est_err: float | None = None
@@ -406,6 +410,8 @@ def _check_uint16_pixels(record: FrameRecord) -> None:
     record.multiple_of_16 = int(np.bitwise_or.reduce(pixels, axis=None)) & 15 == 0
     zeros = np.count_nonzero(pixels == 0) if pixels.min() == 0 else 0
     record.zero_fraction = float(zeros) / pixels.size
+    if record.max_value >= SATURATION_ADU:
+        record.saturated_fraction = float(np.count_nonzero(pixels >= SATURATION_ADU)) / pixels.size
 
 
 def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
@@ -421,6 +427,8 @@ def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
         record.multiple_of_16 = int(np.bitwise_or.reduce(pixels, axis=None)) & 15 == 0
     record.max_value = finite_max
     record.zero_fraction = float(np.count_nonzero(pixels == 0)) / pixels.size
+    if finite_max >= SATURATION_ADU:
+        record.saturated_fraction = float(np.count_nonzero(pixels >= SATURATION_ADU)) / pixels.size
 
 
 def read_rows(record: FrameRecord, start: int, stop: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import logging
 import os
 import tempfile
@@ -163,7 +164,12 @@ def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        advice = (
+            "; free some space or choose another --output-dir, then run again"
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+            else ""
+        )
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}{advice}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -90,7 +90,8 @@ def two_temperature_set(raw: Path, frames: int = 3, temperatures: tuple[float, .
     raw.mkdir(parents=True, exist_ok=True)
     for t in temperatures:
         for i in range(frames):
-            write_frame(raw / f"good_{t:+.1f}_{i}.fits", bias_pixels(level=200 + int(t)), temperature=t, seed=i)
+            data = bias_pixels(level=200 + int(t), seed=1000 + 100 * temperatures.index(t) + i)  # distinct noise
+            write_frame(raw / f"good_{t:+.1f}_{i}.fits", data, temperature=t)
 
 
 def run_cli(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

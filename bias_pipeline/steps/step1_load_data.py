@@ -34,6 +34,7 @@ from .utils_scaling import TWELVE_BIT_MAX, decide_input_bits
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "frames_manifest.csv"
+MAX_SATURATED_FRACTION = 0.10  # more saturated pixels than this and a frame is no bias frame
 MANIFEST_COLUMNS = (
     "path",
     "status",
@@ -115,7 +116,8 @@ def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
     """Apply the option- and data-set-dependent checks to inspected records (in place).
 
     Checks, in order: exposure (negative, or longer than ``max_exposure``), temperature
-    within ``temperature_limits``, zero-pixel fraction, the data set's shape (the most common
+    within ``temperature_limits``, saturated-pixel fraction (more than
+    :data:`MAX_SATURATED_FRACTION` at 65520 ADU or above), zero-pixel fraction, the data set's shape (the most common
     shape among the remaining frames; ties go to the larger frame), and the bit depth.
 
     Parameters
@@ -145,6 +147,11 @@ def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
             record.reject(
                 f"temperature {record.temperature:g} deg C ({record.temperature_key}) is outside "
                 f"the plausible range {low:g}..{high:g} (--temperature-limits)"
+            )
+        elif record.saturated_fraction > MAX_SATURATED_FRACTION:
+            record.reject(
+                f"{100 * record.saturated_fraction:.1f} % of pixels are saturated (at the ADC maximum); "
+                "a bias frame has hardly any (a frame taken with light, or a readout fault)"
             )
         elif record.zero_fraction > config.max_zero_fraction:
             record.reject(
