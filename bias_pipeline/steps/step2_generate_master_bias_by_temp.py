@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ from ..workers import default_threads, worker_pool
 logger = logging.getLogger(__name__)
 
 MASTER_PATTERN = "master_bias_{label}C.fits"
+STAGED_SUFFIX = ".staged.tmp"  # matches step 0's pattern for temporary files of killed runs
 
 
 @dataclass
@@ -503,6 +505,37 @@ def build_masters(
         disable=None if config.show_progress else True,
         leave=False,
     )
+    # Masters are written under hidden staging names and get their final names together once
+    # every group is combined: a run stopped while combining leaves no master under a final
+    # name (the staged files are removed here, or by the next run if the process was killed).
+    staged: list[tuple[Path, Path]] = []
+    try:
+        _combine_all(groups, masters_dir, config, input_bits, progress, staged, masters)
+    except BaseException:
+        for path, _ in staged:
+            path.unlink(missing_ok=True)
+        raise
+    for path, final in staged:
+        os.replace(path, final)
+    for master in masters:
+        master.path = masters_dir / master.path.name.removeprefix(".").removesuffix(STAGED_SUFFIX)
+    return masters
+
+
+def staged_name(final: Path) -> Path:
+    """The hidden name a master has until every group is combined."""
+    return final.with_name(f".{final.name}{STAGED_SUFFIX}")
+
+
+def _combine_all(
+    groups: Sequence[FrameGroup],
+    masters_dir: Path,
+    config: PipelineConfig,
+    input_bits: int,
+    progress: tqdm,
+    staged: list[tuple[Path, Path]],
+    masters: list[MasterFrame],
+) -> None:
     with progress:
         for group in groups:
             combined = _combine_group(group, config, input_bits, progress.update)
@@ -529,9 +562,9 @@ def build_masters(
                 _extension(combined.noise, "NOISE", "temporal noise of one frame (read noise) [adu]"),
                 fits.ImageHDU(combined.n_used.astype(np.int16), name="NUSED"),
             ]
-            path = write_image(
-                masters_dir / MASTER_PATTERN.format(label=group.label), combined.master, header, extensions
-            )
+            final = masters_dir / MASTER_PATTERN.format(label=group.label)
+            path = write_image(staged_name(final), combined.master, header, extensions)
+            staged.append((path, final))
             for record in group.records:
                 record.status = STATUS_USED
                 record.reason = ""
@@ -548,12 +581,11 @@ def build_masters(
             )
             logger.info(
                 "master %s: %d frames at %.3f deg C, noise %.2f ADU",
-                path.name,
+                final.name,
                 len(group.records),
                 group.temperature,
                 noise_median,
             )
-    return masters
 
 
 def _extension(data: np.ndarray, name: str, what: str) -> fits.ImageHDU:
