@@ -36,7 +36,6 @@ from dataclasses import dataclass
 import numpy as np
 
 MAD_TO_SIGMA = 1.4826
-IQR_TO_SIGMA = 1.0 / 1.3490  # interquartile range of a unit Gaussian
 MEDIAN_EFFICIENCY = 1.2533  # sqrt(pi / 2): error of a median relative to a mean, large n
 NOISE_WINDOW = 5.0  # robust sigmas around the centre within which the noise is measured
 COMBINE_METHODS: tuple[str, ...] = ("sigma-clip", "median", "mean")
@@ -125,21 +124,6 @@ def _sorted_median_slabs(slabs: Sequence[np.ndarray]) -> np.ndarray:
     if n % 2:
         return slabs[n // 2].astype(np.float32)
     return (slabs[n // 2 - 1].astype(np.float32) + slabs[n // 2]) * np.float32(0.5)
-
-
-def _sorted_quantile(slabs: Sequence[np.ndarray], q: float) -> np.ndarray:
-    """Quantile ``q`` of sorted frames with linear interpolation (numpy's default), float32."""
-    position = q * (len(slabs) - 1)
-    below = int(np.floor(position))
-    above = min(below + 1, len(slabs) - 1)
-    fraction = np.float32(position - below)
-    low = slabs[below].astype(np.float32)
-    return low + fraction * (slabs[above].astype(np.float32) - low)
-
-
-def _robust_sigma(slabs: Sequence[np.ndarray]) -> np.ndarray:
-    """Per-pixel interquartile range of sorted frames in Gaussian sigmas."""
-    return (_sorted_quantile(slabs, 0.75) - _sorted_quantile(slabs, 0.25)) * np.float32(IQR_TO_SIGMA)
 
 
 def typical_noise(noise: np.ndarray) -> np.ndarray:
@@ -266,18 +250,20 @@ def combine_block(
     last = np.ascontiguousarray(np.moveaxis(ordered, 0, -1))  # the helpers want frames last
     full_lo = np.zeros(median.shape, dtype=np.intp)
     full_hi = np.full(median.shape, n, dtype=np.intp)
-    half = NOISE_WINDOW * typical_noise(_robust_sigma(ordered))
+    mad = _mad_sigma(last, median, full_lo, full_hi)
+    half = np.float32(NOISE_WINDOW) * typical_noise(mad)
     lo, hi = _within(last, median, half, full_lo, full_hi)
     floor = _finite_floor(typical_noise(_range_stats(last, lo, hi)[1]))
     master, noise, kept = clip_pixels(last, floor, method, clip_sigma=clip_sigma, clip_iters=clip_iters)
     return _finish(master, noise, kept, method)
 
 
-def clip_floor(slabs: Sequence[np.ndarray], median: np.ndarray, std: np.ndarray) -> np.ndarray:
+def clip_floor(slabs: Sequence[np.ndarray], median: np.ndarray, std: np.ndarray, mad: np.ndarray) -> np.ndarray:
     """The row's typical noise, below which no pixel's clip scale may fall, ``(rows, 1)``.
 
     Per row: the median over its pixels of the standard deviation of the values within
-    5 typical robust sigmas (interquartile range) of the pixel's median. A per-pixel MAD of
+    5 typical robust sigmas (the row's median of the pixels' MAD) of the pixel's median. The
+    MAD resists one bad value in three, where an interquartile range would not. A per-pixel MAD of
     a few quantised values is coarse, and 0 where most values coincide, which would clip
     honest values; a cosmic ray, a hot pixel or a whole bad frame does not raise this floor,
     and, per row, it does not depend on how the frame is cut into blocks.
@@ -291,13 +277,15 @@ def clip_floor(slabs: Sequence[np.ndarray], median: np.ndarray, std: np.ndarray)
     std
         Their per-pixel standard deviation over all frames (used where every value lies
         within the window).
+    mad
+        Their per-pixel MAD in sigmas (:func:`mad_sigma_sorted`).
 
     Returns
     -------
     numpy.ndarray
         float32 ``(rows, 1)``; 0 where a row has no spread at all.
     """
-    half = np.float32(NOISE_WINDOW) * typical_noise(_robust_sigma(slabs))
+    half = np.float32(NOISE_WINDOW) * typical_noise(mad)
     outside = np.flatnonzero((slabs[0] < median - half) | (slabs[-1] > median + half))
     windowed = std.copy()
     half_flat = np.broadcast_to(half, median.shape).reshape(-1)
@@ -465,11 +453,12 @@ def combine_sorted(
     median = _sorted_median_slabs(slabs)
     if n < 3:
         return _finish(median if method == "median" else mean, std, kept, method)
-    floor = clip_floor(slabs, median, std)
+    mad = mad_sigma_sorted(slabs, median)
+    floor = clip_floor(slabs, median, std, mad)
     # A pixel whose values all lie within the first pass's window keeps them all: its master
     # is the plain mean (or the median) and its noise the plain standard deviation. The
     # window is computed exactly as clip_pixels computes it, so the two agree bit for bit.
-    scale = np.maximum(mad_sigma_sorted(slabs, median), floor)
+    scale = np.maximum(mad, floor)
     half = (clip_sigma if method == "sigma-clip" else max(NOISE_WINDOW, clip_sigma)) * scale
     dirty = np.flatnonzero((slabs[0] < median - half) | (slabs[-1] > median + half))
     master = mean if method == "sigma-clip" else median

@@ -77,8 +77,9 @@ class FrameRecord:
         Largest stored pixel value (after BZERO/BSCALE), for the bit-depth check.
     multiple_of_16
         Whether every pixel value is a multiple of 16 (12-bit data stored x16).
-    saturated_fraction
-        Fraction of pixels at the 16-bit maximum (65520 = 4095 x 16 and above).
+    saturated_fraction, saturated_fraction_12
+        Fraction of pixels at the ADC maximum as stored x16 (65520 and above), and as raw
+        12-bit values (4095; which applies is decided with the data set's bit depth).
     zero_fraction
         Fraction of pixels that are exactly zero (a readout dropout of this camera).
     passed_checks
@@ -110,6 +111,7 @@ class FrameRecord:
     multiple_of_16: bool = False
     zero_fraction: float = math.nan
     saturated_fraction: float = 0.0
+    saturated_fraction_12: float = 0.0
     passed_checks: bool = False
     temperature_est: float | None = None
     temperature_est_err: float | None = None
@@ -410,8 +412,7 @@ def _check_uint16_pixels(record: FrameRecord) -> None:
     record.multiple_of_16 = int(np.bitwise_or.reduce(pixels, axis=None)) & 15 == 0
     zeros = np.count_nonzero(pixels == 0) if pixels.min() == 0 else 0
     record.zero_fraction = float(zeros) / pixels.size
-    if record.max_value >= SATURATION_ADU:
-        record.saturated_fraction = float(np.count_nonzero(pixels >= SATURATION_ADU)) / pixels.size
+    _saturation(pixels, record.max_value, record)
 
 
 def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
@@ -427,8 +428,14 @@ def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
         record.multiple_of_16 = int(np.bitwise_or.reduce(pixels, axis=None)) & 15 == 0
     record.max_value = finite_max
     record.zero_fraction = float(np.count_nonzero(pixels == 0)) / pixels.size
-    if finite_max >= SATURATION_ADU:
+    _saturation(pixels, finite_max, record)
+
+
+def _saturation(pixels: np.ndarray, maximum: float, record: FrameRecord) -> None:
+    if maximum >= SATURATION_ADU:
         record.saturated_fraction = float(np.count_nonzero(pixels >= SATURATION_ADU)) / pixels.size
+    elif maximum == SATURATION_ADU // 16:
+        record.saturated_fraction_12 = float(np.count_nonzero(pixels == maximum)) / pixels.size
 
 
 def read_rows(record: FrameRecord, start: int, stop: int) -> np.ndarray:

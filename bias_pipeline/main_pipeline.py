@@ -16,7 +16,13 @@ from .products import run_cards
 from .provenance import input_digest, now_utc, provenance_cards, write_run_config
 from .steps.step0_create_dirs import create_directories
 from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
-from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, make_groups
+from .steps.step2_generate_master_bias_by_temp import (
+    MasterFrame,
+    build_masters,
+    discard_masters,
+    make_groups,
+    publish_masters,
+)
 from .steps.step3_fit_bias_model import fit_model, fit_model_on_frames, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set
 from .steps.step5_evaluate_model import (
@@ -141,7 +147,7 @@ def run_bias_pipeline(
     # Step 1: every file, accepted or with its reason, and the checksums of those accepted.
     started = now_utc()
     records, input_bits = scan_frames(raw, config, exclude=[out], checksum=True)
-    with run_cards(provenance_cards(*input_digest(records, raw))):
+    with run_cards(provenance_cards(*input_digest(records, raw), started)):
         result = _run_steps(
             records, input_bits, raw, out, dirs, manifest, hot_pixel_mask_path, generate_set, eval_save_fits, config
         )
@@ -193,10 +199,12 @@ def _run_steps(
         )
     shape = groups[0].records[0].shape
     mask = None if hot_pixel_mask_path is None else load_hot_pixel_mask(hot_pixel_mask_path, shape)
-    masters = build_masters(groups, dirs["masters"], config, input_bits=input_bits)
+    masters = build_masters(groups, dirs["masters"], config, input_bits=input_bits, publish=False)
     write_manifest(records, manifest, raw)
     if len(masters) < 2:
+        discard_masters(masters)
         raise InputDataError(f"--basepath {raw}: fewer than two temperature groups could be combined; see {manifest}")
+    publish_masters(masters)
     logger.info(
         "%d frames used in %d masters, %d rejected, %d ignored",
         sum(r.status == STATUS_USED for r in records),

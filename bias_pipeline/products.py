@@ -8,6 +8,7 @@ a product's final name, and carries cards saying what it is.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as _dt
 import errno
 import logging
@@ -72,20 +73,22 @@ def unique_labels(temperatures: Iterable[float]) -> list[str]:
     return [f"{lab}_{i}" for i, lab in enumerate(labels)]
 
 
-_RUN_CARDS: dict[str, tuple[object, str]] = {}
+TEMPORARY_SUFFIX = ".bias_pipeline.tmp"  # names no user file has: a killed run's leftovers are safe to remove
+# The run's provenance cards; a context variable, so runs in different threads keep their own.
+_RUN_CARDS: contextvars.ContextVar[Mapping[str, tuple[object, str]] | None] = contextvars.ContextVar(
+    "bias_pipeline_run_cards", default=None
+)
 
 
 @contextlib.contextmanager
 def run_cards(cards: Mapping[str, tuple[object, str]]) -> Iterator[None]:
     """Within the block, every :func:`product_header` also carries ``cards`` (the run's
-    provenance: input count and digest)."""
-    previous = dict(_RUN_CARDS)
-    _RUN_CARDS.update(cards)
+    provenance: input count and digest, start time)."""
+    token = _RUN_CARDS.set({**(_RUN_CARDS.get() or {}), **cards})
     try:
         yield
     finally:
-        _RUN_CARDS.clear()
-        _RUN_CARDS.update(previous)
+        _RUN_CARDS.reset(token)
 
 
 def product_header(
@@ -122,7 +125,7 @@ def product_header(
     add_card(header, "BUNIT", bunit, "16-bit ADU (12-bit value x SCALEFAC)" if bunit == BUNIT else "")
     if scale_factor is not None:
         add_card(header, "SCALEFAC", float(scale_factor), "12-bit to 16-bit ADU factor")
-    for key, (value, comment) in _RUN_CARDS.items():
+    for key, (value, comment) in (_RUN_CARDS.get() or {}).items():
         add_card(header, key, value, comment)
     add_card(header, "SOFTWARE", "bias_pipeline", "software that made this file")
     add_card(header, "BPVERS", __version__, "bias_pipeline version")
@@ -153,7 +156,7 @@ def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write`` on a temporary file beside ``path``, then move it to ``path``."""
     path = Path(path)
     try:
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     except OSError as exc:
         raise OutputError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
     tmp = Path(tmp_name)

@@ -59,12 +59,17 @@ def input_digest(records: Sequence[FrameRecord], base: Path) -> tuple[int, str]:
     return len(lines), hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
 
 
-def provenance_cards(count: int, digest: str) -> dict[str, tuple[object, str]]:
-    """The header cards that tie a product to its run."""
-    return {
+def provenance_cards(count: int, digest: str, started: str = "") -> dict[str, tuple[object, str]]:
+    """The header cards that tie a product to its run: the inputs (count and digest) and the
+    run's start time (``started`` in ``run_config.json``), which tells apart two runs on the
+    same inputs."""
+    cards: dict[str, tuple[object, str]] = {
         "NINPUTS": (count, "input frames checksummed by the run"),
         "INPUTSHA": (digest, f"SHA-256 over the input checksums ({RUN_CONFIG_NAME})"),
     }
+    if started:
+        cards["RUNSTART"] = (started, f"UTC start of the run ({RUN_CONFIG_NAME})")
+    return cards
 
 
 def software_versions() -> dict[str, str]:

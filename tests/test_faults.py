@@ -153,3 +153,54 @@ def test_output_folder_is_the_raw_folder(tmp_path):
     two_temperature_set(tmp_path / "raw")
     done = run_cli("run_pipeline.py", "--basepath", str(tmp_path / "raw"), "--output-dir", str(tmp_path / "raw"))
     one_line_error(done, 3, "is the raw folder itself")
+
+
+def test_only_our_own_leftovers_are_removed(tmp_path):
+    two_temperature_set(tmp_path / "raw")
+    out = tmp_path / "out"
+    (out / "bias_grouped_by_temp").mkdir(parents=True)
+    mine = out / ".thesis.draft.tmp"  # a user's hidden file that happens to end in .tmp
+    mine.write_text("keep me")
+    leftover = out / "bias_grouped_by_temp" / ".master_bias_0.0C.fits.x1y2z3.bias_pipeline.tmp"
+    leftover.write_text("half a file from a killed run")
+    done = run_cli("run_pipeline.py", "--basepath", str(tmp_path / "raw"), "--output-dir", str(out), "-q")
+    assert done.returncode == 0, done.stderr
+    assert mine.read_text() == "keep me" and not leftover.exists()
+
+
+def test_a_run_that_stops_after_combining_leaves_no_mix_of_runs(tmp_path):
+    raw = tmp_path / "raw"
+    two_temperature_set(raw)
+    out = tmp_path / "out"
+    assert run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q").returncode == 0
+    # Now the 10 deg C group loses a frame in step 2 (an outlier) and falls below 3 frames.
+    (raw / "good_+10.0_2.fits").unlink()
+    write_frame(raw / "outlier.fits", bias_pixels(level=210, seed=5) // 16, temperature=10.0)
+    done = run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q")
+    one_line_error(done, 3, "fewer than two temperature groups could be combined")
+    assert not list(out.rglob("*.fits")), "products of this or the earlier run left behind"
+    assert not (out / "run_config.json").exists() and not list(out.rglob(f"*{'.bias_pipeline.tmp'}"))
+
+
+def test_a_final_name_taken_by_a_folder(tmp_path):
+    two_temperature_set(tmp_path / "raw")
+    out = tmp_path / "out"
+    (out / "bias_grouped_by_temp" / "master_bias_10.0C.fits").mkdir(parents=True)
+    done = run_cli("run_pipeline.py", "--basepath", str(tmp_path / "raw"), "--output-dir", str(out), "-q")
+    one_line_error(done, 4, "cannot write", "master_bias_10.0C.fits", "remove what is in the way")
+    assert not [p for p in out.rglob("*.fits") if p.is_file()]
+
+
+def test_twelve_bit_saturated_frame(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for temperature in (0.0, 10.0):
+        for index in range(3):
+            data = bias_pixels(level=200 + int(temperature), seed=index + int(temperature)) // 16
+            write_frame(raw / f"raw12_{temperature:+.0f}_{index}.fits", data, temperature=temperature)
+    write_frame(raw / "saturated12.fits", np.full((48, 64), 4095, dtype=np.uint16), temperature=0.0)
+    done = run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(tmp_path / "out"),
+                   "--input-bits", "12", "-q", "--no-evaluation")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {row["path"]: row for row in csv.DictReader(open(tmp_path / "out" / "frames_manifest.csv"))}
+    assert rows["saturated12.fits"]["reason"].startswith("100.0 % of pixels are saturated (4095")

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from ..errors import OutputError
+from ..products import TEMPORARY_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +25,16 @@ SUBDIRS: dict[str, str] = {
 _PRODUCT_PATTERN = re.compile(r"^(master_bias|synthetic_bias|real_bias|mae|mape)_-?\d+(\.\d+)?(_\d+)?C\.(fits|png)$")
 
 
-# What products.py's atomic writes name their temporary files: ".<final name>.<random>.tmp".
-_TEMPORARY_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+# Temporary and staged files of this package (see products.TEMPORARY_SUFFIX), nothing else.
+_TEMPORARY_PATTERN = re.compile(r"^\..+" + re.escape(TEMPORARY_SUFFIX) + "$")
+# Whole-run products an earlier run left: removed at the start so that a run which stops early
+# never leaves them beside its own new files.
+_RUN_PRODUCTS = (
+    "run_config.json",
+    "bias_model/bias_a_map.fits",
+    "bias_model/bias_b_map.fits",
+    "bias_model/bias_model.fits",
+)
 
 
 def create_directories(output_dir: str | Path, *, clear_old_products: bool = True) -> dict[str, Path]:
@@ -36,8 +45,10 @@ def create_directories(output_dir: str | Path, *, clear_old_products: bool = Tru
     output_dir
         The run's output folder (created with its parents if missing).
     clear_old_products
-        Remove per-temperature products (``master_bias_XX.XC.fits``, ...) an earlier run left
-        in the product folders; nothing else is touched.
+        Remove the products an earlier run left (per-temperature files such as
+        ``master_bias_XX.XC.fits``, the model files and ``run_config.json``); nothing else is
+        touched. Temporary files of a killed run (names ending in
+        :data:`~bias_pipeline.products.TEMPORARY_SUFFIX`) are always removed.
 
     Returns
     -------
@@ -64,11 +75,16 @@ def create_directories(output_dir: str | Path, *, clear_old_products: bool = Tru
             raise OutputError(f"--output-dir: {path} is not writable; choose a writable folder")
     for path in dirs.values():
         # Temporary files of a run killed outright (SIGKILL, power loss) never got renamed.
-        for stale in path.glob(".*.tmp"):
+        for stale in path.glob(f".*{TEMPORARY_SUFFIX}"):
             if stale.is_file() and _TEMPORARY_PATTERN.match(stale.name):
                 stale.unlink()
                 logger.info("removed %s, left by an interrupted run", stale)
     if clear_old_products:
+        for name in _RUN_PRODUCTS:
+            old = root / name
+            if old.is_file():
+                old.unlink()
+                logger.debug("removed earlier product %s", old)
         for key in ("masters", "synthetic", "evaluation"):
             for old in dirs[key].iterdir():
                 if old.is_file() and _PRODUCT_PATTERN.match(old.name):

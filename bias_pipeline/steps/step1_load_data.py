@@ -172,7 +172,12 @@ def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
     candidates = [r for r in records if r.status == STATUS_ACCEPTED]
     bits = decide_input_bits(candidates, config.input_bits)
     for record in candidates:
-        if bits == 12 and record.max_value > TWELVE_BIT_MAX:
+        if bits == 12 and record.saturated_fraction_12 > MAX_SATURATED_FRACTION:
+            record.reject(
+                f"{100 * record.saturated_fraction_12:.1f} % of pixels are saturated (4095, the 12-bit "
+                "maximum); a bias frame has hardly any (a frame taken with light, or a readout fault)"
+            )
+        elif bits == 12 and record.max_value > TWELVE_BIT_MAX:
             record.reject(
                 f"values up to {record.max_value:g} do not fit the 12-bit data declared by "
                 f"--input-bits {config.input_bits}"

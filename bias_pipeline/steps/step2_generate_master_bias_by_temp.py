@@ -33,15 +33,15 @@ from ..combine import (
     typical_noise,
 )
 from ..config import PipelineConfig
-from ..errors import FrameReadError, InputDataError
+from ..errors import FrameReadError, InputDataError, OutputError
 from ..frames import STATUS_ACCEPTED, STATUS_USED, FrameRecord, plain_uint16, read_rows, read_uint16_rows
-from ..products import product_header, read_image, unique_labels, write_image
+from ..products import TEMPORARY_SUFFIX, product_header, read_image, unique_labels, write_image
 from ..workers import default_threads, worker_pool
 
 logger = logging.getLogger(__name__)
 
 MASTER_PATTERN = "master_bias_{label}C.fits"
-STAGED_SUFFIX = ".staged.tmp"  # matches step 0's pattern for temporary files of killed runs
+STAGED_SUFFIX = ".staged" + TEMPORARY_SUFFIX  # step 0 removes those a killed run left
 
 
 @dataclass
@@ -468,6 +468,7 @@ def build_masters(
     config: PipelineConfig,
     *,
     input_bits: int = 16,
+    publish: bool = True,
 ) -> list[MasterFrame]:
     """Combine every group and write ``master_bias_XX.XC.fits``.
 
@@ -487,6 +488,9 @@ def build_masters(
         The run's options.
     input_bits
         The data set's bit depth decided in step 1.
+    publish
+        Give the masters their final names at the end; with ``False`` they stay under hidden
+        staging names until :func:`publish_masters` (or :func:`discard_masters`).
 
     Returns
     -------
@@ -512,14 +516,42 @@ def build_masters(
     try:
         _combine_all(groups, masters_dir, config, input_bits, progress, staged, masters)
     except BaseException:
-        for path, _ in staged:
-            path.unlink(missing_ok=True)
+        discard_masters(masters)
         raise
-    for path, final in staged:
-        os.replace(path, final)
-    for master in masters:
-        master.path = masters_dir / master.path.name.removeprefix(".").removesuffix(STAGED_SUFFIX)
+    if publish:
+        publish_masters(masters)
     return masters
+
+
+def publish_masters(masters: Sequence[MasterFrame]) -> None:
+    """Give staged masters their final names (all of them, or none and the staged files gone).
+
+    Raises
+    ------
+    OutputError
+        When a final name cannot be taken (a folder in the way, a full disk).
+    """
+    done: list[MasterFrame] = []
+    try:
+        for master in masters:
+            final = master.path.with_name(master.path.name.removeprefix(".").removesuffix(STAGED_SUFFIX))
+            if final != master.path:
+                os.replace(master.path, final)
+                master.path = final
+            done.append(master)
+    except OSError as exc:
+        # All or none: the ones already renamed go too, so no partial set is left.
+        for master in done:
+            master.path.unlink(missing_ok=True)
+        discard_masters(masters)
+        raise OutputError(f"cannot write {final}: {exc.strerror or exc}; remove what is in the way") from None
+
+
+def discard_masters(masters: Sequence[MasterFrame]) -> None:
+    """Remove masters still under their staging names (a run that stops before publishing)."""
+    for master in masters:
+        if master.path.name.endswith(STAGED_SUFFIX):
+            master.path.unlink(missing_ok=True)
 
 
 def staged_name(final: Path) -> Path:

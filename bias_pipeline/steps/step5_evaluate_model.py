@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import multiprocessing
+import signal
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -190,9 +191,19 @@ def draw_plots(plots: Sequence[ImagePlot], workers: int = 1) -> list[Path]:
     can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
     if workers > 1 and len(plots) > 2 and can_fork:
         context = multiprocessing.get_context("fork")
-        with worker_pool(ProcessPoolExecutor(max_workers=min(workers, len(plots)), mp_context=context)) as pool:
+        pool_executor = ProcessPoolExecutor(
+            max_workers=min(workers, len(plots)), mp_context=context, initializer=_plot_worker_signals
+        )
+        with worker_pool(pool_executor) as pool:
             return list(pool.map(_draw_image, plots))
     return [_draw_image(plot) for plot in plots]
+
+
+def _plot_worker_signals() -> None:
+    """In a forked drawing process: die quietly on SIGTERM and leave Ctrl-C to the parent
+    (which cancels the pool), instead of inheriting the parent's handler and its traceback."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _draw_image(plot: ImagePlot) -> Path:
