@@ -1,6 +1,7 @@
 """bias_pipeline: temperature-dependent bias model of PhotSat's CMOS camera.
 
-The public API: :func:`run_bias_pipeline`, :class:`BiasModel`, :class:`PipelineConfig`,
+The public API: :func:`run_bias_pipeline`, :class:`BiasModel`, :func:`subtract_bias`,
+:class:`PipelineConfig`,
 ``__version__``, and the errors the user can cause (:class:`BiasPipelineError`).
 """
 
@@ -9,6 +10,7 @@ from .config import PipelineConfig
 from .errors import BiasPipelineError, ConfigError, FrameReadError, InputDataError, OutputError
 from .main_pipeline import PipelineResult, run_bias_pipeline
 from .model import BiasModel
+from .subtract import subtract_bias
 
 __all__ = [
     "BiasModel",
@@ -21,4 +23,5 @@ __all__ = [
     "PipelineResult",
     "__version__",
     "run_bias_pipeline",
+    "subtract_bias",
 ]

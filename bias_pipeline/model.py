@@ -288,6 +288,29 @@ class BiasModel:
             name="GROUPS",
         )
 
+    def to_fits(self, path: str | Path) -> Path:
+        """Write a fitted model as one self-describing FITS file (``bias_model.fits`` layout).
+
+        Parameters
+        ----------
+        path
+            The file to write (atomically); its folder must exist.
+
+        Returns
+        -------
+        Path
+            ``path``; :meth:`load` reads it back.
+
+        Raises
+        ------
+        InputDataError
+            For a model without fit statistics (made with :meth:`from_maps`): save it with
+            :meth:`save` into a folder instead.
+        """
+        if self.covariance is None:
+            raise InputDataError("this model has no fit statistics (made from maps); save it with save(folder)")
+        return self._write_model_file(Path(path), {})
+
     def _write_model_file(self, path: Path, cards: dict[str, object]) -> Path:
         primary = fits.PrimaryHDU(
             header=product_header(
@@ -380,7 +403,7 @@ class BiasModel:
             a_path = model_dir / A_MAP_NAME
             if not a_path.is_file():
                 raise InputDataError(f"no {A_MAP_NAME} in {path}; give a pipeline output folder or the a-map file")
-        elif path.name == MODEL_FILE_NAME and b_map_path is None:
+        elif b_map_path is None and (path.name == MODEL_FILE_NAME or _is_model_file(path)):
             return cls._load_model_file(path)
         else:
             a_path = path
@@ -463,6 +486,14 @@ class BiasModel:
             read_noise=maps.get("READNOISE"),
             tref=float(header["TREF"]) if "TREF" in header else None,
         )
+
+
+def _is_model_file(path: Path) -> bool:
+    """Whether ``path`` is a one-file model (written by :meth:`BiasModel.to_fits` under any name)."""
+    try:
+        return fits.getheader(path).get("PRODTYPE") == "BIAS_MODEL"
+    except Exception:  # not readable as FITS: read_image says so with the path
+        return False
 
 
 def load_read_noise(path: str | Path, shape: tuple[int, int]) -> np.ndarray:

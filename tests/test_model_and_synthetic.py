@@ -102,3 +102,23 @@ def test_generate_multiple_synthetic_biases(tmp_path):
     np.testing.assert_allclose(data, A + 30.0)
     assert header["TEMPERATURE"] == 12.0 and header["PRODTYPE"] == "SYNTHETIC_BIAS"
     assert synthetic_name(-0.04) == "synthetic_bias_0.0C.fits"
+
+
+def test_model_to_one_file_and_subtract_bias_from_a_dark(pipeline_run, sim, tmp_path):
+    from bias_pipeline import BiasModel, subtract_bias
+
+    model = BiasModel.load(pipeline_run.output_dir)
+    path = model.to_fits(tmp_path / "model.fits")
+    back = BiasModel.load(path)
+    np.testing.assert_array_equal(back.predict(3.0), model.predict(3.0))
+    # A dark frame: the bias at its header temperature plus 40 ADU of signal.
+    frame_path = sorted(sim.raw_dir.glob("*.fits"))[0]
+    header_temperature = float(fits.getheader(frame_path)["TEMPERATURE"])
+    dark = subtract_bias(frame_path, model)  # temperature from the header
+    np.testing.assert_allclose(
+        dark, fits.getdata(frame_path).astype(np.float32) - model.predict(header_temperature), rtol=1e-6
+    )
+    good = ~model.flagged
+    assert abs(float(np.nanmedian(dark[good]))) < 20  # a bias frame minus its bias: about zero
+    with pytest.raises(InputDataError, match="pass temperature="):
+        subtract_bias(fits.getdata(frame_path), model)
