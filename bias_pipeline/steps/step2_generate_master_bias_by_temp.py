@@ -229,8 +229,20 @@ MAX_BLOCK_ROWS = 128  # taller blocks gain nothing; shorter ones spend time in t
 WORKING_SET_MB = 32.0  # frame buffers per worker: memory stays flat in the number of frames
 
 
+def block_bytes_per_row(n_frames: int, columns: int, itemsize: int = 2) -> int:
+    """Bytes one worker holds per row of its block: frame buffers plus per-pixel maps."""
+    return columns * (max(1, n_frames) * bytes_per_frame_pixel(itemsize) + BYTES_PER_PIXEL_MAPS)
+
+
 def block_rows(
-    n_frames: int, columns: int, rows: int, memory_limit_mb: float, threads: int = 1, itemsize: int = 2
+    n_frames: int,
+    columns: int,
+    rows: int,
+    memory_limit_mb: float,
+    threads: int = 1,
+    itemsize: int = 2,
+    *,
+    tall: bool = False,
 ) -> int:
     """Rows per block so that every worker's block buffers fit the memory limit together.
 
@@ -239,7 +251,8 @@ def block_rows(
     (:func:`~bias_pipeline.combine.bytes_per_frame_pixel`) plus the per-pixel maps. The
     frame buffers are kept near :data:`WORKING_SET_MB` per worker, so memory does not grow
     with the group size, and never above the limit. At least one row (a group too large for
-    the limit then exceeds it, and step 2 says so).
+    the limit then exceeds it, and step 2 says so). ``tall`` asks for the tallest blocks the
+    limit allows (compressed frames are decoded whole for every block).
 
     >>> block_rows(15, 2048, 2048, 512, threads=2)
     128
@@ -251,10 +264,11 @@ def block_rows(
     48
     """
     budget = memory_limit_mb * 1024 * 1024 / max(1, threads)
-    frame_bytes = columns * max(1, n_frames) * bytes_per_frame_pixel(itemsize)
-    per_row = frame_bytes + columns * BYTES_PER_PIXEL_MAPS
-    working_set = WORKING_SET_MB * 1024 * 1024 // frame_bytes
-    return int(max(1, min(rows, MAX_BLOCK_ROWS, working_set, budget // per_row)))
+    by_limit = budget // block_bytes_per_row(n_frames, columns, itemsize)
+    if tall:
+        return int(max(1, min(rows, by_limit)))
+    working_set = WORKING_SET_MB * 1024 * 1024 // (columns * max(1, n_frames) * bytes_per_frame_pixel(itemsize))
+    return int(max(1, min(rows, MAX_BLOCK_ROWS, working_set, by_limit)))
 
 
 @dataclass
@@ -365,14 +379,9 @@ def combine_records(
     as_uint16 = all(plain_uint16(r) for r in records)
     dtype = np.dtype(np.uint16 if as_uint16 else np.float32)
     workers = min(threads or default_threads(), rows)
-    step = block_rows(n, columns, rows, memory_limit_mb, workers, dtype.itemsize)
-    if any(r.data_offset is None for r in records):
-        # Compressed frames are decoded whole for every block: use as few, tall blocks as the
-        # memory limit allows.
-        budget = memory_limit_mb * 2**20 / workers
-        per_row = columns * (n * bytes_per_frame_pixel(dtype.itemsize) + BYTES_PER_PIXEL_MAPS)
-        step = int(max(step, min(rows, budget // per_row)))
-    needed_mb = workers * step * columns * (n * bytes_per_frame_pixel(dtype.itemsize) + BYTES_PER_PIXEL_MAPS) / 2**20
+    compressed = any(r.data_offset is None for r in records)
+    step = block_rows(n, columns, rows, memory_limit_mb, workers, dtype.itemsize, tall=compressed)
+    needed_mb = workers * step * block_bytes_per_row(n, columns, dtype.itemsize) / 2**20
     if needed_mb > memory_limit_mb:
         logger.warning(
             "%d frames of %d columns need %.0f MiB per row block, more than --memory-limit %g MiB",
