@@ -21,6 +21,13 @@ def _fit(temps, weights, maps):
     return fit_polynomial(temps, weights, lambda k: maps[k]).coefficients
 
 
+def _draw_inputs(data, n, shape):
+    """Weights and values for ``n`` inputs, and the values as constant maps of ``shape``."""
+    weights = data.draw(st.lists(weights_for, min_size=n, max_size=n))
+    values = data.draw(st.lists(st.floats(-1000, 1000), min_size=n, max_size=n))
+    return weights, values, [np.full(shape, v) for v in values]
+
+
 @SETTINGS
 @given(temperatures, st.floats(-2000, 5000), st.floats(-20, 20), st.data())
 def test_fit_is_exact_on_noiseless_lines(temps, a, b, data):
@@ -37,9 +44,7 @@ def test_fit_is_exact_on_noiseless_lines(temps, a, b, data):
 def test_fit_is_weighted_least_squares_and_ignores_order(temps, data):
     assume(np.ptp(temps) > 0.5)
     n = len(temps)
-    weights = data.draw(st.lists(weights_for, min_size=n, max_size=n))
-    values = data.draw(st.lists(st.floats(-1000, 1000), min_size=n, max_size=n))
-    maps = [np.full((1, 2), v) for v in values]
+    weights, values, maps = _draw_inputs(data, n, (1, 2))
     coefficients = _fit(temps, weights, maps)[:, 0, 0]
     slope, intercept = np.polyfit(temps, values, 1, w=np.sqrt(weights))
     np.testing.assert_allclose(coefficients, [intercept, slope], rtol=1e-6, atol=1e-6)
@@ -53,11 +58,8 @@ def test_fit_is_weighted_least_squares_and_ignores_order(temps, data):
 def test_splitting_an_input_in_two_changes_nothing(temps, data):
     """A master of weight w at T equals two masters at T with weights summing to w."""
     assume(np.ptp(temps) > 0.5)
-    n = len(temps)
-    weights = data.draw(st.lists(weights_for, min_size=n, max_size=n))
-    values = data.draw(st.lists(st.floats(-1000, 1000), min_size=n, max_size=n))
+    weights, _, maps = _draw_inputs(data, len(temps), (1, 1))
     share = data.draw(st.floats(0.1, 0.9))
-    maps = [np.full((1, 1), v) for v in values]
     whole = _fit(temps, weights, maps)
     split = _fit([*temps, temps[0]], [weights[0] * share, *weights[1:], weights[0] * (1 - share)], [*maps, maps[0]])
     np.testing.assert_allclose(split, whole, rtol=1e-7, atol=1e-7)
