@@ -13,7 +13,8 @@ from .errors import InputDataError
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord
 from .model import BiasModel
 from .products import run_cards
-from .provenance import input_digest, now_utc, provenance_cards, write_run_config
+from .provenance import input_digest, now_utc, provenance_cards, run_log, write_run_config
+from .report import report_data, write_report
 from .steps.step0_create_dirs import create_directories
 from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
 from .steps.step2_generate_master_bias_by_temp import (
@@ -142,8 +143,23 @@ def run_bias_pipeline(
             "give the folder of raw FITS frames"
         )
     dirs = create_directories(out)
-    manifest = out / MANIFEST_NAME
+    with run_log(out):
+        return _run_logged(raw, out, dirs, hot_pixel_mask_path, generate_set, eval_save_fits, config, command_line)
 
+
+def _run_logged(
+    raw: Path,
+    out: Path,
+    dirs: dict[str, Path],
+    hot_pixel_mask_path: str | Path | None,
+    generate_set: bool,
+    eval_save_fits: bool,
+    config: PipelineConfig,
+    command_line: Sequence[str] | None,
+) -> PipelineResult:
+    """Steps 1 to 5, run_config.json and the report (see :func:`run_bias_pipeline`)."""
+    manifest = out / MANIFEST_NAME
+    logger.info("raw frames: %s; products: %s", raw, out)
     # Step 1: every file, accepted or with its reason, and the checksums of those accepted.
     started = now_utc()
     records, input_bits = scan_frames(raw, config, exclude=[out], checksum=True)
@@ -168,6 +184,7 @@ def run_bias_pipeline(
     }
     write_run_config(out, options=options, records=records, base=raw, started=started,
                      command_line=command_line, extra=facts)  # fmt: skip
+    write_report(report_data(result))
     return result
 
 

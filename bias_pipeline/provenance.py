@@ -9,21 +9,25 @@ that made it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
 from ._version import __version__
-from .errors import FrameReadError
+from .errors import BiasPipelineError, FrameReadError
 from .frames import FrameRecord
 from .products import write_text_atomic
 
 RUN_CONFIG_NAME = "run_config.json"
+LOG_NAME = "pipeline.log"
+PACKAGE_LOGGER = "bias_pipeline"
 DEPENDENCIES = ("numpy", "astropy", "matplotlib", "tqdm")
 _CHUNK = 8 * 1024 * 1024
 
@@ -155,3 +159,92 @@ def _size(path: Path) -> int | None:
         return Path(path).stat().st_size
     except OSError:
         return None
+
+
+class _ForwardAbove(logging.Handler):
+    """Pass records at or above ``threshold`` on to ``logger``'s ancestors' handlers, as
+    propagation would have done before the run log lowered the package logger's level."""
+
+    def __init__(self, logger: logging.Logger, threshold: int) -> None:
+        super().__init__(logging.NOTSET)
+        self.logger = logger
+        self.threshold = threshold
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= self.threshold and self.logger.parent is not None:
+            self.logger.parent.handle(record)
+
+
+class _AtLeast(logging.Filter):
+    def __init__(self, threshold: int) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.threshold
+
+
+@contextlib.contextmanager
+def run_log(out_dir: Path) -> Iterator[Path]:
+    """Record every message of the package, debug included, in ``OUT_DIR/pipeline.log``
+    while the block runs, whatever the console shows.
+
+    The package logger's level is lowered to DEBUG for the block; its own handlers (the CLI's
+    console) and its ancestors' (a calling program's ``logging.basicConfig``) keep seeing only
+    the messages they saw before, so a library caller's output does not change. The file is
+    replaced at each run: it holds this run's record.
+
+    Parameters
+    ----------
+    out_dir
+        The run's output folder (must exist).
+
+    Yields
+    ------
+    Path
+        The log file.
+    """
+    path = Path(out_dir) / LOG_NAME
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    threshold = logger.getEffectiveLevel()
+    saved_level, saved_propagate = logger.level, logger.propagate
+    gate = _AtLeast(threshold)
+    console = list(logger.handlers)
+    try:
+        file_handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    except OSError as exc:  # the folder was checked writable; say so and go on without a log
+        logger.warning("cannot write %s: %s; the run goes on without a log file", path, exc.strerror or exc)
+        yield path
+        return
+    file_handler.setLevel(logging.DEBUG)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    forward = _ForwardAbove(logger, threshold) if saved_propagate else None
+    for handler in console:
+        handler.addFilter(gate)
+    logger.addHandler(file_handler)
+    if forward is not None:
+        logger.addHandler(forward)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.info("bias_pipeline %s, Python %s; log of this run: %s", __version__, platform.python_version(), path)
+    try:
+        yield path
+    except BaseException as exc:
+        # Into the file only: the caller (the CLI) shows the error its own way.
+        trace = None if isinstance(exc, KeyboardInterrupt | BiasPipelineError) else sys.exc_info()
+        text = str(exc) or "no message"
+        file_handler.handle(
+            logger.makeRecord(
+                logger.name, logging.ERROR, __file__, 0, "run stopped: %s: %s", (type(exc).__name__, text), trace
+            )  # fmt: skip
+        )
+        raise
+    finally:
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate
+        logger.removeHandler(file_handler)
+        if forward is not None:
+            logger.removeHandler(forward)
+        for handler in console:
+            handler.removeFilter(gate)
+        file_handler.close()

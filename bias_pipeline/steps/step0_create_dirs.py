@@ -31,6 +31,7 @@ _TEMPORARY_PATTERN = re.compile(r"^\..+" + re.escape(TEMPORARY_SUFFIX) + "$")
 # never leaves them beside its own new files.
 _RUN_PRODUCTS = (
     "run_config.json",
+    "report.html",
     "bias_model/bias_a_map.fits",
     "bias_model/bias_b_map.fits",
     "bias_model/bias_model.fits",

@@ -509,12 +509,11 @@ def build_masters(
     masters_dir = Path(masters_dir)
     masters_dir.mkdir(parents=True, exist_ok=True)
     masters: list[MasterFrame] = []
-    total_rows = sum(len(g.records) * g.records[0].shape[0] for g in groups)  # type: ignore[index]
     progress = tqdm(
-        total=total_rows,
+        total=sum(len(g.records) for g in groups),
         desc="combining",
-        unit="frame-rows",
-        unit_scale=True,
+        unit="frame",
+        unit_scale=True,  # counts whole frames read, in fractions as row blocks come in
         disable=None if config.show_progress else True,
         leave=False,
     )
@@ -579,7 +578,8 @@ def _combine_all(
 ) -> None:
     with progress:
         for group in groups:
-            combined = _combine_group(group, config, input_bits, progress.update)
+            height = float(group.records[0].shape[0])  # type: ignore[index]
+            combined = _combine_group(group, config, input_bits, lambda rows, h=height: progress.update(rows / h))
             if combined is None:
                 continue
             low, high = group.temperature_span

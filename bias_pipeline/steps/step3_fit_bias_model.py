@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from ..combine import MEDIAN_EFFICIENCY
 from ..config import PipelineConfig
@@ -220,13 +221,14 @@ def fit_model(
     shape = masters[0].load().shape if noise is None else noise.shape  # type: ignore[attr-defined]
     mask = _as_mask(hot_pixel_mask, shape)
     saturation = _SaturationTracker(4095 * scale * 0.9999)
-    fit = fit_polynomial(
-        temps,
-        weights,
-        lambda k: saturation.see(masters[k].load()),  # type: ignore[attr-defined]
-        degree=config.degree,
-        noise=_fit_noise(noise, noise_dof, mask),
-    )
+    with _fit_progress(len(masters), "master", config) as progress:
+        fit = fit_polynomial(
+            temps,
+            weights,
+            _counted(lambda k: saturation.see(masters[k].load()), progress),  # type: ignore[attr-defined]
+            degree=config.degree,
+            noise=_fit_noise(noise, noise_dof, mask),
+        )
     model = _assemble(fit, mask, noise, _clipped_fraction(masters, frames), saturation.map, config, scale)
     model.group_temperatures = tuple(temps)
     model.group_frames = tuple(frames)
@@ -294,13 +296,14 @@ def fit_model_on_frames(
         data[far] = reference[far]
         return saturation.see(data)
 
-    fit = fit_polynomial(
-        [float(r.temperature) for r in ordered],  # type: ignore[arg-type]
-        [1.0] * len(ordered),
-        load,
-        degree=config.degree,
-        noise=_fit_noise(noise, noise_dof, mask),
-    )
+    with _fit_progress(len(ordered), "frame", config) as progress:
+        fit = fit_polynomial(
+            [float(r.temperature) for r in ordered],  # type: ignore[arg-type]
+            [1.0] * len(ordered),
+            _counted(load, progress),
+            degree=config.degree,
+            noise=_fit_noise(noise, noise_dof, mask),
+        )
     counts = [int(m.n_frames) for m in masters]  # type: ignore[attr-defined]
     model = _assemble(fit, mask, noise, _clipped_fraction(masters, counts), saturation.map, config, config.scale_factor)
     model.group_temperatures = tuple(float(m.temperature) for m in masters)  # type: ignore[attr-defined]
@@ -309,6 +312,26 @@ def fit_model_on_frames(
     model.temperature_range = (min(temps), max(temps))
     _log_fit(model, f"{len(ordered)} frames at their own temperatures")
     return model
+
+
+def _fit_progress(inputs: int, unit: str, config: PipelineConfig) -> tqdm:
+    """A bar over the fit's reads: every input is read twice (sums, then residuals)."""
+    return tqdm(
+        total=2 * inputs,
+        desc="fitting (2 passes)",
+        unit=f"{unit}-read",
+        disable=None if config.show_progress else True,
+        leave=False,
+    )
+
+
+def _counted(load: Callable[[int], np.ndarray], progress: tqdm) -> Callable[[int], np.ndarray]:
+    def counted(k: int) -> np.ndarray:
+        data = load(k)
+        progress.update()
+        return data
+
+    return counted
 
 
 def _as_mask(hot_pixel_mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:

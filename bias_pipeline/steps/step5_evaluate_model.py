@@ -170,7 +170,7 @@ def plot_image(image: np.ndarray, path: str | Path, title: str, unit: str, cmap:
     return ImagePlot.of(image, path, title, unit, cmap).draw()
 
 
-def draw_plots(plots: Sequence[ImagePlot], workers: int = 1) -> list[Path]:
+def draw_plots(plots: Sequence[ImagePlot], workers: int = 1, show_progress: bool = False) -> list[Path]:
     """Draw maps, in ``workers`` forked processes when there are several (matplotlib holds the
     interpreter lock while drawing, so threads would not help); in order, same files either way.
 
@@ -180,6 +180,8 @@ def draw_plots(plots: Sequence[ImagePlot], workers: int = 1) -> list[Path]:
         The maps.
     workers
         Processes; 1 draws here. Forking is used only where the platform supports it.
+    show_progress
+        tqdm bar on a terminal.
 
     Returns
     -------
@@ -189,14 +191,21 @@ def draw_plots(plots: Sequence[ImagePlot], workers: int = 1) -> list[Path]:
     # Fork only from a single-threaded process: forking while other threads hold locks (a
     # caller's own threads, tqdm's monitor) can deadlock the child.
     can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-    if workers > 1 and len(plots) > 2 and can_fork:
-        context = multiprocessing.get_context("fork")
-        pool_executor = ProcessPoolExecutor(
-            max_workers=min(workers, len(plots)), mp_context=context, initializer=_plot_worker_signals
-        )
-        with worker_pool(pool_executor) as pool:
-            return list(pool.map(_draw_image, plots))
-    return [_draw_image(plot) for plot in plots]
+    progress = tqdm(total=len(plots), desc="plotting", unit="map", disable=None if show_progress else True, leave=False)
+    with progress:
+        if workers > 1 and len(plots) > 2 and can_fork:
+            context = multiprocessing.get_context("fork")
+            pool_executor = ProcessPoolExecutor(
+                max_workers=min(workers, len(plots)), mp_context=context, initializer=_plot_worker_signals
+            )
+            with worker_pool(pool_executor) as pool:
+                return [_advance(progress, path) for path in pool.map(_draw_image, plots)]
+        return [_advance(progress, _draw_image(plot)) for plot in plots]
+
+
+def _advance(progress: tqdm, path: Path) -> Path:
+    progress.update()
+    return path
 
 
 def _plot_worker_signals() -> None:
@@ -415,7 +424,7 @@ def evaluate(
             row["mape_mean"],
         )
     write_text_atomic(out / SUMMARY_CSV, summary_csv_text(rows))
-    draw_plots(pending, workers=threads or default_threads())
+    draw_plots(pending, workers=threads or default_threads(), show_progress=show_progress)
     if plots and rows:
         plot_summary(rows, out / SUMMARY_PNG)  # type: ignore[arg-type]
     return rows

@@ -1,0 +1,567 @@
+"""``OUT_DIR/report.html``: one self-contained page that shows a calibration run.
+
+The page has no external resource (images are embedded as ``data:`` URIs, the style sheet is
+inline, no script), so it opens from a file, from an e-mail attachment or from an archive. Its
+links to the products are relative, so they keep working when the output folder is moved.
+
+Sections: the run (software, command, times), the frames (found, used, rejected by reason,
+ignored), the temperature groups, the model (a, b, and read-noise maps with histograms, drawn
+from a block-averaged copy whose factor is stated), the pixel flags, the per-temperature
+errors and their plot, the worst pixels, and a list of every product.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import os
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._version import __version__
+from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord
+from .model import BiasModel
+from .products import TEMPORARY_SUFFIX, write_text_atomic
+from .quality import DQ_BITS
+from .steps.step5_evaluate_model import SUMMARY_PNG, TEMPERATURE_PLOT, downsample, robust_limits
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "report.html"
+WORST_PIXELS = 20  # rows of the worst-pixel table
+LISTED_FILES = 200  # rejected/ignored files listed one by one; the manifest has them all
+
+
+@dataclass
+class GroupRow:
+    """One master of the run, as the report lists it."""
+
+    label: str
+    temperature: float
+    n_frames: int
+    path: Path | None = None
+    temperature_span: tuple[float, float] = (math.nan, math.nan)
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows; built from a run by :func:`report_data`.
+
+    Attributes
+    ----------
+    output_dir
+        The run's output folder; links are relative to it.
+    records
+        Every file the scan found, with its status and reason.
+    groups
+        The masters, by increasing temperature.
+    model
+        The fitted model.
+    input_bits
+        Bit depth the input was read as.
+    summary
+        Per-temperature evaluation rows (empty when step 5 was skipped).
+    run_info
+        ``run_config.json`` as a dict (empty when it is not there).
+    exclude
+        Folders under ``output_dir`` whose files are not products (the raw folder of a demo).
+    """
+
+    output_dir: Path
+    records: Sequence[FrameRecord]
+    groups: Sequence[GroupRow]
+    model: BiasModel
+    input_bits: int | None = None
+    summary: Sequence[Mapping[str, object]] = ()
+    run_info: Mapping[str, object] = field(default_factory=dict)
+    exclude: Sequence[Path] = ()
+
+
+def report_data(result: object, run_info: Mapping[str, object] | None = None) -> ReportData:
+    """The report's content for a :class:`~bias_pipeline.main_pipeline.PipelineResult`.
+
+    Parameters
+    ----------
+    result
+        The finished run.
+    run_info
+        ``run_config.json`` of the run (read from the output folder when ``None``).
+
+    Returns
+    -------
+    ReportData
+    """
+    out = Path(result.output_dir)  # type: ignore[attr-defined]
+    if run_info is None:
+        run_info = read_run_info(out)
+    groups = [
+        GroupRow(m.label, float(m.temperature), int(m.n_frames), Path(m.path), tuple(m.temperature_span))
+        for m in result.masters  # type: ignore[attr-defined]
+    ]
+    raw = run_info.get("options", {}).get("basepath") if isinstance(run_info.get("options"), dict) else None
+    return ReportData(
+        output_dir=out,
+        records=list(result.records),  # type: ignore[attr-defined]
+        groups=groups,
+        model=result.model,  # type: ignore[attr-defined]
+        input_bits=result.input_bits,  # type: ignore[attr-defined]
+        summary=list(result.summary),  # type: ignore[attr-defined]
+        run_info=run_info,
+        exclude=[Path(raw)] if raw else [],
+    )
+
+
+def read_run_info(output_dir: Path) -> dict[str, object]:
+    """``run_config.json`` of ``output_dir`` as a dict; empty when missing or unreadable."""
+    try:
+        return json.loads((output_dir / "run_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_report(data: ReportData) -> Path:
+    """Write ``report.html`` into ``data.output_dir`` (atomically) and return its path."""
+    path = data.output_dir / REPORT_NAME
+    write_text_atomic(path, render_report(data))
+    logger.info("report: %s", path)
+    return path
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_report(data: ReportData) -> str:
+    """The report as one HTML document (see the module docstring)."""
+    model = data.model
+    low, high = model.temperature_range or (math.nan, math.nan)
+    sections = [
+        _run_section(data),
+        _frames_section(data.records),
+        _groups_section(data),
+        _model_section(model),
+        _flags_section(model),
+        _evaluation_section(data),
+        _worst_pixels_section(model),
+        _products_section(data),
+    ]
+    title = f"Bias model report: {model.shape[0]}x{model.shape[1]} pixels, {low:.2f} to {high:.2f} deg C"
+    return _PAGE.format(title=_esc(title), style=_STYLE, body="\n".join(s for s in sections if s))
+
+
+def _run_section(data: ReportData) -> str:
+    info = data.run_info
+    software = info.get("software") if isinstance(info.get("software"), dict) else {}
+    facts: list[tuple[str, str]] = [
+        ("bias_pipeline", str(software.get("bias_pipeline", __version__))),
+    ]
+    if software:
+        facts.append(("software", ", ".join(f"{k} {v}" for k, v in software.items() if k != "bias_pipeline")))
+    if info.get("command_line"):
+        facts.append(("command", " ".join(str(p) for p in info["command_line"])))  # type: ignore[union-attr]
+    for key in ("started", "finished"):
+        if info.get(key):
+            facts.append((key, f"{info[key]} (UTC)"))
+    options = info.get("options") if isinstance(info.get("options"), dict) else {}
+    if options.get("basepath"):
+        facts.append(("raw frames", str(options["basepath"])))
+    if data.input_bits:
+        facts.append(
+            ("input read as", f"{data.input_bits}-bit (values in 16-bit ADU, 12-bit x{data.model.scale_factor:g})")
+        )
+    if options:
+        shown = ("combine_method", "clip_sigma", "temp_bin_width", "max_exposure", "degree", "fit_on")
+        facts.append(("options", ", ".join(f"{k} = {options[k]}" for k in shown if k in options)))
+    body = _facts(facts)
+    if (data.output_dir / "run_config.json").is_file():
+        body += '<p class="note">Every option and input checksum: <a href="run_config.json">run_config.json</a>.</p>'
+    return _section("Run", body)
+
+
+def _frames_section(records: Sequence[FrameRecord]) -> str:
+    counts = Counter(r.status for r in records)
+    rejected = [r for r in records if r.status == STATUS_REJECTED]
+    ignored = [r for r in records if r.status == STATUS_IGNORED]
+    used = [r for r in records if r.status == STATUS_USED]
+    numbers = [
+        ("files found", len(records)),
+        ("frames used", counts[STATUS_USED]),
+        ("frames rejected", counts[STATUS_REJECTED]),
+        ("files ignored", counts[STATUS_IGNORED]),
+    ]
+    body = (
+        '<div class="numbers">'
+        + "".join(
+            f'<div class="number"><span class="value" id="count-{_slug(name)}">{value}</span>'
+            f'<span class="label">{_esc(name)}</span></div>'
+            for name, value in numbers
+        )
+        + "</div>"
+    )
+    if used:
+        temps = [float(r.temperature) for r in used if r.temperature is not None]
+        if temps:
+            body += f"<p>Frames used span {min(temps):.2f} to {max(temps):.2f} deg C (header temperatures).</p>"
+    for what, chosen in (("Rejected", rejected), ("Ignored", ignored)):
+        if not chosen:
+            continue
+        by_reason = Counter(_reason_kind(r.reason) for r in chosen).most_common()
+        rows = [(str(n), kind) for kind, n in by_reason]
+        body += f"<h3>{what} by reason</h3>" + _table(("files", "reason"), rows, css=f"{what.lower()}-reasons")
+        listed = [(_esc_path(r.path), _esc(r.reason or "")) for r in chosen[:LISTED_FILES]]
+        more = f" (first {LISTED_FILES} of {len(chosen)})" if len(chosen) > LISTED_FILES else ""
+        body += (
+            f"<details><summary>{what} files{more}</summary>"
+            + _table(("file", "reason"), listed, escape=False)
+            + "</details>"
+        )
+    body += '<p class="note">Every file and its decision: <a href="frames_manifest.csv">frames_manifest.csv</a>.</p>'
+    return _section("Frames", body)
+
+
+def _reason_kind(reason: str | None) -> str:
+    """A reason without its file-specific numbers after the first colon, so that like
+    rejections count together (``truncated: file has 5760 bytes, ...`` -> ``truncated``)."""
+    text = (reason or "no reason recorded").strip()
+    head, sep, _ = text.partition(":")
+    return head if sep and len(head) <= 60 else text
+
+
+def _groups_section(data: ReportData) -> str:
+    if not data.groups:
+        return ""
+    low, high = data.model.temperature_range or (math.nan, math.nan)
+    rows = []
+    for g in data.groups:
+        span = g.temperature_span
+        spread = f"{span[0]:.2f} to {span[1]:.2f}" if all(math.isfinite(s) for s in span) else ""
+        link = _link(data.output_dir, g.path) if g.path else ""
+        rows.append((_esc(g.label), f"{g.temperature:.3f}", spread, str(g.n_frames), link))
+    body = (
+        f"<p>{len(data.groups)} temperature groups, {sum(g.n_frames for g in data.groups)} frames, "
+        f'fitted temperature range <span id="temperature-range">{low:.2f} to {high:.2f}</span> deg C.</p>'
+    )
+    body += _table(
+        ("group (deg C)", "mean temperature (deg C)", "frame temperatures (deg C)", "frames", "master"),
+        rows,
+        escape=False,
+        css="groups",
+    )
+    return _section("Temperature groups", body)
+
+
+def _model_section(model: BiasModel) -> str:
+    flagged = model.flagged
+    maps = [
+        ("a: bias at 0 deg C", model.a_map, "ADU", "viridis"),
+        ("b: slope", model.b_map, "ADU / deg C", "coolwarm"),
+    ]
+    if model.c_map is not None:
+        maps.append(("c: quadratic term", model.c_map, "ADU / deg C^2", "coolwarm"))
+    if model.read_noise is not None:
+        maps.append(("read noise of one frame", model.read_noise, "ADU", "magma"))
+    formula = "bias(T) = a + b T" + (" + c T^2" if model.c_map is not None else "")
+    body = f"<p>Per pixel, {_esc(formula)}, T in deg C, values in 16-bit ADU.</p>"
+    rows = []
+    for title, image, unit, _ in maps:
+        values = image[~flagged & np.isfinite(image)]
+        if values.size:
+            p16, p50, p84 = np.percentile(values, [16, 50, 84])
+            rows.append(
+                (title, unit, f"{p50:.4g}", f"{(p84 - p16) / 2:.3g}", f"{values.min():.4g}", f"{values.max():.4g}")
+            )
+    body += _table(("map", "unit", "median", "spread (half 16-84 %)", "min", "max"), rows, css="maps")
+    body += '<p class="note">Statistics and histograms leave out masked and flagged pixels.</p>'
+    for title, image, unit, cmap in maps:
+        png, factor = _map_figure(image, flagged, title, unit, cmap)
+        shown = f"shown as the mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel shown"
+        body += _figure_html(png, f"{title} [{unit}]: map ({shown}) and histogram")
+    return _section("Model", body)
+
+
+def _flags_section(model: BiasModel) -> str:
+    if model.dq is None:
+        masked = int(model.mask.sum())
+        return _section("Pixel flags", f"<p>{masked} pixels masked (hot-pixel mask); no other flags recorded.</p>")
+    total = model.dq.size
+    rows = []
+    for bit in DQ_BITS:
+        n = int(np.count_nonzero(model.dq & bit.value))
+        rows.append((bit.name, str(bit.value), str(n), f"{100 * n / total:.3f} %", bit.description))
+    flagged = int(np.count_nonzero(model.dq))
+    body = f"<p>{flagged} of {total} pixels ({100 * flagged / total:.3f} %) carry a flag.</p>"
+    body += _table(("flag", "value", "pixels", "fraction", "meaning"), rows, css="flags")
+    return _section("Pixel flags", body)
+
+
+def _evaluation_section(data: ReportData) -> str:
+    evaluation = data.output_dir / "evaluation"
+    if not data.summary:
+        return _section("Model error", "<p>The evaluation was not run (--no-evaluation).</p>")
+    rows = []
+    for r in data.summary:
+        rows.append(
+            (
+                str(r["label"]),
+                str(r["n_frames"]),
+                _num(r["mae_mean"], 3, "f"),
+                _num(r["mae_median"], 3, "f"),
+                _num(r["mae_p95"], 3, "f"),
+                _num(r["heldout_mae_mean"], 3, "f"),
+                _num(r["mape_mean"], 4, "f"),
+                _num(r["mae_per_read_noise"], 3, "f"),
+                _link(data.output_dir, evaluation / f"mae_{r['label']}C.png", "map"),
+            )
+        )
+    body = (
+        "<p>Per master: |real - model| over unflagged pixels. Held out: the model refitted without "
+        "that master (leave-one-out), the honest error at a temperature the fit has not seen.</p>"
+    )
+    body += _table(
+        (
+            "group (deg C)",
+            "frames",
+            "MAE mean (ADU)",
+            "MAE median (ADU)",
+            "MAE 95 % (ADU)",
+            "held-out MAE mean (ADU)",
+            "MAPE mean (%)",
+            "MAE / read noise",
+            "MAE map",
+        ),
+        rows,
+        escape=False,
+        css="errors",
+    )
+    for name, caption in (
+        (SUMMARY_PNG, "Model error against temperature"),
+        (TEMPERATURE_PLOT, "Header temperature against the temperature each frame's bias shows"),
+    ):
+        png = evaluation / name
+        if png.is_file():
+            body += _figure_html(png.read_bytes(), caption)
+    return _section("Model error", body)
+
+
+def _worst_pixels_section(model: BiasModel) -> str:
+    if model.rms is None:
+        return ""
+    rms = np.where(model.mask | ~np.isfinite(model.rms), -np.inf, model.rms)
+    count = min(WORST_PIXELS, int(np.count_nonzero(np.isfinite(rms))))
+    if count == 0:
+        return ""
+    flat = np.argpartition(rms.ravel(), -count)[-count:]
+    flat = flat[np.argsort(rms.ravel()[flat])[::-1]]
+    rows = []
+    for index in flat:
+        row, col = (int(i) for i in np.unravel_index(index, model.shape))
+        names = _flag_names(int(model.dq[row, col])) if model.dq is not None else ""
+        rows.append(
+            (
+                str(row),
+                str(col),
+                _num(model.a_map[row, col], 5),
+                _num(model.b_map[row, col], 4),
+                _num(model.rms[row, col], 4),
+                _num(model.chi2[row, col], 4) if model.chi2 is not None else "",
+                _num(model.read_noise[row, col], 3) if model.read_noise is not None else "",
+                names,
+            )
+        )
+    body = (
+        f"<p>The {count} pixels that follow the model worst: largest rms of the fit residuals over "
+        "the temperature groups. Rows and columns count from 0 (numpy order; FITS pixel = index + 1).</p>"
+    )
+    body += _table(
+        (
+            "row",
+            "column",
+            "a (ADU)",
+            "b (ADU/deg C)",
+            "residual rms (ADU)",
+            "reduced chi2",
+            "read noise (ADU)",
+            "flags",
+        ),
+        rows,
+        css="worst",
+    )
+    return _section("Worst pixels", body)
+
+
+def _flag_names(value: int) -> str:
+    return " ".join(bit.name for bit in DQ_BITS if value & bit.value)
+
+
+def _products_section(data: ReportData) -> str:
+    rows = []
+    for path in _products(data.output_dir, data.exclude):
+        rows.append((_link(data.output_dir, path), _size(path.stat().st_size)))
+    body = _table(("file", "size"), rows, escape=False, css="products")
+    return _section("Products", body)
+
+
+def _products(root: Path, exclude: Iterable[Path]) -> list[Path]:
+    """Every file of the run under ``root``: not this report, temporary files or the
+    ``exclude`` folders (raw data), sorted by folder then name."""
+    excluded = [Path(p).resolve() for p in exclude]
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if (here / d).resolve() not in excluded and not d.startswith("."))
+        for name in sorted(files):
+            if name == REPORT_NAME or name.startswith(".") or name.endswith(TEMPORARY_SUFFIX):
+                continue
+            found.append(here / name)
+    return found
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _map_figure(image: np.ndarray, flagged: np.ndarray, title: str, unit: str, cmap: str) -> tuple[bytes, int]:
+    """A map (block-averaged for display, robust colour limits) beside the histogram of its
+    unflagged pixels: PNG bytes and the block-averaging factor."""
+    from matplotlib.figure import Figure
+
+    rows, cols = image.shape
+    shown_source = np.where(flagged, np.nan, image).astype(np.float32)
+    shown, factor = downsample(shown_source)
+    low, high = robust_limits(shown)
+    figure = Figure(figsize=(10.0, 4.2), dpi=90)
+    map_axes, hist_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": (1.25, 1.0)})
+    artist = map_axes.imshow(
+        shown,
+        origin="lower",
+        cmap=cmap,
+        vmin=low,
+        vmax=high,
+        extent=(-0.5, cols - 0.5, -0.5, rows - 0.5),
+        interpolation="nearest",
+    )
+    shown_how = f"mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel"
+    map_axes.set_title(f"{title} ({rows}x{cols}; {shown_how})", fontsize=9)
+    map_axes.set_xlabel("column (pixel)")
+    map_axes.set_ylabel("row (pixel)")
+    figure.colorbar(artist, ax=map_axes).set_label(unit)
+    values = image[~flagged & np.isfinite(image)]
+    if values.size:
+        lo, hi = np.percentile(values, [0.1, 99.9])
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        inside = values[(values >= lo) & (values <= hi)]
+        hist_axes.hist(inside, bins=100, range=(lo, hi), color="C0")
+        hist_axes.set_yscale("log")
+        hist_axes.set_title(
+            f"histogram of {values.size} unflagged pixels ({values.size - inside.size} outside 0.1-99.9 %)", fontsize=9
+        )
+    hist_axes.set_xlabel(unit)
+    hist_axes.set_ylabel("pixels")
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.9, wspace=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 6})
+    return buffer.getvalue(), factor
+
+
+def _figure_html(png: bytes, caption: str) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{encoded}" alt="{_esc(caption)}">'
+        f"<figcaption>{_esc(caption)}</figcaption></figure>"
+    )
+
+
+# --------------------------------------------------------------------------- HTML helpers
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _esc_path(path: Path | str) -> str:
+    return _esc(path)
+
+
+def _slug(text: str) -> str:
+    return "-".join(text.lower().split())
+
+
+def _num(value: object, digits: int, style: str = "g") -> str:
+    """``value`` with ``digits`` significant digits (``style="g"``) or decimals (``"f"``)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return _esc(value)
+    return "n/a" if not math.isfinite(number) else f"{number:.{digits}{style}}"
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _link(root: Path, path: Path, text: str | None = None) -> str:
+    try:
+        relative = Path(path).relative_to(root).as_posix()
+    except ValueError:
+        relative = Path(path).as_posix()
+    href = urllib.parse.quote(relative)
+    return f'<a href="{_esc(href)}">{_esc(text or relative)}</a>'
+
+
+def _facts(facts: Sequence[tuple[str, str]]) -> str:
+    return "<dl>" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts) + "</dl>"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, escape: bool = True, css: str = "") -> str:
+    cell = _esc if escape else str
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _section(title: str, body: str) -> str:
+    return f'<section id="{_slug(title)}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 70em; color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.8em; } h3 { font-size: 1.05em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } tbody tr:nth-child(even) { background: #fafafa; }
+td:not(:last-child) { font-variant-numeric: tabular-nums; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; } dt { font-weight: 600; }
+dd { margin: 0; overflow-wrap: anywhere; }
+.numbers { display: flex; gap: 1em; flex-wrap: wrap; }
+.number { border: 1px solid #ddd; border-radius: 6px; padding: 0.5em 1em; min-width: 8em; }
+.number .value { display: block; font-size: 1.8em; font-weight: 600; } .number .label { color: #555; }
+figure { margin: 1em 0; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.9em; }
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+<h1>{title}</h1>
+{body}
+</body>
+</html>
+"""

@@ -1,0 +1,269 @@
+"""OUT_DIR/report.html: self-contained, with the run's numbers, every image and a working link
+to every product; rendered once in headless Chromium where it is installed."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html.parser
+import os
+import shutil
+import subprocess
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bias_pipeline import BiasModel
+from bias_pipeline.report import ReportData, _reason_kind, render_report
+from bias_pipeline.simulate import SimulationSpec, simulate_dataset
+
+from conftest import run_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class _Page(html.parser.HTMLParser):
+    """Collects what the tests look at: images, links, ids, tags, and the text of each table
+    and of each element with an id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.links: list[str] = []
+        self.tags: Counter[str] = Counter()
+        self.ids: dict[str, str] = {}
+        self.tables: dict[str, list[list[str]]] = {}
+        self._open_ids: list[tuple[str, int]] = []
+        self._depth = 0
+        self._table: list[list[str]] | None = None
+        self._cell: list[str] | None = None
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {k: v or "" for k, v in attrs}
+        self.tags[tag] += 1
+        self._depth += 1
+        if tag == "img":
+            self.images.append(attributes)
+        if tag == "a" and "href" in attributes:
+            self.links.append(attributes["href"])
+        if "id" in attributes:
+            self.ids[attributes["id"]] = ""
+            self._open_ids.append((attributes["id"], self._depth))
+        if tag == "table":
+            self._table = self.tables.setdefault(attributes.get("class", ""), [])
+        if tag == "tr" and self._table is not None:
+            self._table.append([])
+        if tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._table is not None:
+            self._table[-1].append("".join(self._cell).strip())
+            self._cell = None
+        if tag == "table":
+            self._table = None
+        while self._open_ids and self._open_ids[-1][1] >= self._depth:
+            self._open_ids.pop()
+        self._depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+        for name, _ in self._open_ids:
+            self.ids[name] += data
+
+
+def parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real command on simulated frames plus the simulator's broken files."""
+    root = tmp_path_factory.mktemp("report")
+    spec = SimulationSpec(shape=(48, 64), temperatures=(-5.0, 5.0, 15.0), frames_per_temperature=4, seed=11)
+    truth = simulate_dataset(root / "data", spec, faults=True)
+    out = root / "out"
+    done = run_cli(
+        "run_pipeline.py",
+        "--basepath",
+        str(truth.raw_dir),
+        "--output-dir",
+        str(out),
+        "--hot-pixel-mask",
+        str(truth.truth_dir / "hot_pixel_mask.fits"),
+        "--generate-set",
+        "--save-eval-fits",
+        "-q",
+    )
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def manifest_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "frames_manifest.csv").open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_report_has_the_summary_numbers(faulty_run: Path) -> None:
+    page = parse(faulty_run / "report.html")
+    rows = manifest_rows(faulty_run)
+    status = Counter(r["status"] for r in rows)
+    assert status["rejected"] >= 3 and status["ignored"] >= 1  # the simulator's broken files
+    assert page.ids["count-files-found"] == str(len(rows))
+    assert page.ids["count-frames-used"] == str(status["used"])
+    assert page.ids["count-frames-rejected"] == str(status["rejected"])
+    assert page.ids["count-files-ignored"] == str(status["ignored"])
+    # Rejections counted by reason, each as the manifest has it.
+    expected = Counter(_reason_kind(r["reason"]) for r in rows if r["status"] == "rejected")
+    shown = {reason: int(n) for n, reason in page.tables["rejected-reasons"][1:]}
+    for reason, count in expected.items():
+        assert shown.get(reason) == count, (reason, shown)
+    # Groups with their temperatures and frame counts, and the fitted range.
+    groups = page.tables["groups"][1:]
+    used_by_group = Counter(r["group"] for r in rows if r["status"] == "used")
+    assert [(g[0], int(g[3])) for g in groups] == sorted(
+        ((label, n) for label, n in used_by_group.items()), key=lambda item: float(item[0])
+    )
+    temperatures = [float(r["temperature"]) for r in rows if r["status"] == "used"]
+    low, high = (float(t) for t in page.ids["temperature-range"].split(" to "))
+    group_means = [float(g[1]) for g in groups]
+    assert low == pytest.approx(min(group_means), abs=0.005) and high == pytest.approx(max(group_means), abs=0.005)
+    assert min(temperatures) <= low <= high <= max(temperatures)
+    # The per-temperature error table agrees with evaluation_summary.csv.
+    with (faulty_run / "evaluation" / "evaluation_summary.csv").open(newline="") as stream:
+        summary = list(csv.DictReader(stream))
+    errors = page.tables["errors"][1:]
+    assert [e[0] for e in errors] == [s["label"] for s in summary]
+    for shown_row, row in zip(errors, summary, strict=True):
+        assert float(shown_row[2]) == pytest.approx(float(row["mae_mean"]), rel=1e-3)
+
+
+def test_report_images_are_embedded_pngs(faulty_run: Path) -> None:
+    page = parse(faulty_run / "report.html")
+    alts = [image["alt"] for image in page.images]
+    # a and b maps, the read-noise map, the error summary and the temperature check.
+    assert len(page.images) == 5, alts
+    for wanted in ("a: bias at 0 deg C", "b: slope", "read noise", "Model error against temperature", "Header"):
+        assert any(wanted in alt for alt in alts), (wanted, alts)
+    for image in page.images:
+        prefix = "data:image/png;base64,"
+        assert image["src"].startswith(prefix)
+        png = base64.b64decode(image["src"][len(prefix) :], validate=True)
+        assert png.startswith(PNG_SIGNATURE) and len(png) > 5000
+    # Self-contained: nothing fetched from anywhere, no script.
+    text = (faulty_run / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text
+    assert page.tags["script"] == 0 and page.tags["link"] == 0 and page.tags["iframe"] == 0
+
+
+def test_report_links_every_product_and_only_existing_files(faulty_run: Path) -> None:
+    page = parse(faulty_run / "report.html")
+    targets = {urllib.parse.unquote(link) for link in page.links}
+    for target in targets:
+        assert not target.startswith(("/", "file:")), target  # relative: the folder can move
+        assert (faulty_run / target).is_file(), target
+    products = {
+        p.relative_to(faulty_run).as_posix() for p in faulty_run.rglob("*") if p.is_file() and p.name != "report.html"
+    }
+    assert products - targets == set()
+    for expected in (
+        "frames_manifest.csv",
+        "run_config.json",
+        "pipeline.log",
+        "bias_model/bias_model.fits",
+        "evaluation/evaluation_summary.csv",
+    ):
+        assert expected in targets
+
+
+def test_worst_pixels_are_the_largest_residual_rms(faulty_run: Path) -> None:
+    page = parse(faulty_run / "report.html")
+    model = BiasModel.load(faulty_run)
+    worst = page.tables["worst"][1:]
+    assert len(worst) == 20
+    rms = np.where(model.mask, -np.inf, model.rms)
+    expected = np.sort(rms.ravel())[::-1][:20]
+    shown = [float(row[4]) for row in worst]
+    assert shown == pytest.approx(expected.tolist(), rel=1e-3)
+    for row in worst:  # row and column index the map the right way round (48 x 64)
+        r, c = int(row[0]), int(row[1])
+        assert float(row[4]) == pytest.approx(float(model.rms[r, c]), rel=1e-3)
+
+
+def test_report_without_evaluation_says_so(sim, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = run_cli("run_pipeline.py", "--basepath", str(sim.raw_dir), "--output-dir", str(out), "--no-evaluation", "-q")
+    assert done.returncode == 0, done.stderr
+    page = parse(out / "report.html")
+    assert "The evaluation was not run (--no-evaluation)" in "".join(page.text)
+    assert len(page.images) == 3  # a, b and read noise; no error plots
+    assert page.ids["count-frames-used"] == str(len(sim.frame_paths))
+
+
+def test_large_maps_are_shown_downsampled_with_the_factor_stated() -> None:
+    rng = np.random.default_rng(0)
+    shape = (1030, 700)  # 3x3 blocks bring it under 512 a side
+    model = BiasModel.from_maps(rng.normal(3200, 10, shape), rng.normal(3, 0.3, shape), temperature_range=(0, 20))
+    page = _Page()
+    page.feed(render_report(ReportData(output_dir=Path("/nonexistent"), records=[], groups=[], model=model)))
+    captions = [image["alt"] for image in page.images]
+    assert len(captions) == 2
+    assert all("mean of 3x3 pixel blocks" in caption for caption in captions), captions
+
+
+def test_a_failed_run_leaves_no_report_of_an_earlier_run(sim, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_cli("run_pipeline.py", "--basepath", str(sim.raw_dir), "--output-dir", str(out), "-q").returncode == 0
+    assert (out / "report.html").is_file()
+    one_group = tmp_path / "one"
+    one_group.mkdir()
+    for path in sim.frame_paths[:5]:
+        shutil.copy(path, one_group / path.name)
+    failed = run_cli("run_pipeline.py", "--basepath", str(one_group), "--output-dir", str(out), "-q")
+    assert failed.returncode != 0
+    assert not (out / "report.html").exists()
+    log = (out / "pipeline.log").read_text()
+    assert "run stopped: InputDataError" in log and "one temperature" in log
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.chromium
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
+def test_report_renders_in_headless_chromium(faulty_run: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "report.png"
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,3000",
+        f"--screenshot={shot}",
+        (faulty_run / "report.html").as_uri(),
+    ]
+    if os.geteuid() == 0:
+        command.insert(1, "--no-sandbox")  # Chromium refuses to sandbox itself as root
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    from matplotlib.image import imread
+
+    pixels = imread(shot)[..., :3]
+    assert pixels.shape[:2] == (3000, 1280)
+    # The page drew its maps: a good share of strongly coloured pixels (viridis, coolwarm),
+    # which text on white never has.
+    saturation = pixels.max(axis=2) - pixels.min(axis=2)
+    assert np.mean(saturation > 0.3) > 0.05
