@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ._version import __version__
 from .combine import COMBINE_METHODS
 from .config import DEFAULT_EXPOSURE_KEYS, DEFAULT_TEMPERATURE_KEYS, PipelineConfig
+from .config_file import KEYWORDS, NUMBER, blame_file, format_config, merge_config_file
 from .errors import BiasPipelineError, ConfigError
 
 logger = logging.getLogger("bias_pipeline.cli")
@@ -87,6 +88,23 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
         epilog=RUN_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    files = parser.add_argument_group("configuration file")
+    files.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="take options from a TOML file: keys are the long options without the dashes "
+        '(basepath = "raw/", temperature-limits = [-60, 80], generate-set = true); relative paths '
+        "in it are relative to the file's folder; flags on the command line win over the file. A "
+        "finished run's OUT_DIR/run_config.json is accepted too, to repeat that run. -v, -q, --demo "
+        "are command-line only",
+    )
+    files.add_argument(
+        "--write-config",
+        action="store_true",
+        help="print the options in effect (defaults, --config file, flags) as TOML and exit without running",
+    )
+
     io_group = parser.add_argument_group("input and output")
     io_group.add_argument(
         "--basepath",
@@ -97,9 +115,8 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
     io_group.add_argument(
         "--output-dir",
         type=Path,
-        required=True,
         metavar="OUT_DIR",
-        help="folder for the products (created; re-runs replace them)",
+        help="folder for the products (created; re-runs replace them); required, here or in --config",
     )
     io_group.add_argument(
         "--hot-pixel-mask",
@@ -109,11 +126,15 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
     )
     io_group.add_argument(
         "--generate-set",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="write a synthetic frame for every master temperature in bias_masks_by_temp/",
     )
     io_group.add_argument(
-        "--save-eval-fits", action="store_true", help="also write synthetic, MAE and MAPE FITS in evaluation/"
+        "--save-eval-fits",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also write synthetic, MAE and MAPE FITS in evaluation/",
     )
     io_group.add_argument(
         "--demo",
@@ -263,7 +284,12 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
         help="flag frames whose header temperature differs from the one their bias shows by more "
         "than C deg C (default 0.5)",
     )
-    combine.add_argument("--no-evaluation", action="store_true", help="skip step 5 (evaluation and plots)")
+    combine.add_argument(
+        "--evaluation",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run step 5, the evaluation and plots; --no-evaluation skips it",
+    )
 
     general = parser.add_argument_group("messages")
     general.add_argument("-v", "--verbose", action="store_true", help="show every file's decision")
@@ -295,15 +321,29 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         fit_on=args.fit_on,
         nonlinear_pvalue=args.nonlinear_pvalue,
         temperature_tolerance=args.temperature_tolerance,
-        evaluate=not args.no_evaluation,
+        evaluate=args.evaluation,
         show_progress=not args.quiet,
     )
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """stderr, written through tqdm so that a message does not tear a progress bar apart."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Send the package's log records to stderr at the level the flags ask for."""
+    """Send the package's log records to stderr at the level the flags ask for (a run also
+    writes every record, debug included, to ``OUT_DIR/pipeline.log``)."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _ConsoleHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root = logging.getLogger("bias_pipeline")
     root.handlers[:] = [handler]
@@ -421,6 +461,55 @@ def _print_summary(result: object) -> None:
     print("\n".join(lines))
 
 
+#: Options that choose how one invocation behaves rather than what it computes: not in a --config file.
+COMMAND_LINE_ONLY = ("help", "version", "config", "write_config", "verbose", "quiet", "demo")
+#: Kinds of value a --config file gives for the run command's own argparse types.
+_FILE_KINDS = {_finite_float: NUMBER, _keys: KEYWORDS}
+
+
+def parse_run_args(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> tuple[argparse.Namespace, dict[str, str]]:
+    """The run command's arguments: the command line merged with its ``--config`` file.
+
+    Flags on the command line win over the file, the file wins over the defaults (see
+    :mod:`bias_pipeline.config_file`).
+
+    Parameters
+    ----------
+    parser
+        :func:`build_run_parser`'s parser (its defaults are changed to the file's values).
+    argv
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    args : argparse.Namespace
+        The merged arguments; :func:`config_from_args` makes the :class:`PipelineConfig`.
+    from_file : dict
+        ``{dest: key as written in the file}`` of the values the file supplied.
+
+    Raises
+    ------
+    ConfigError
+        For a bad ``--config`` file (naming it and the key) and a missing ``--output-dir``.
+    """
+    args = parser.parse_args(argv)
+    from_file: dict[str, str] = {}
+    if args.config is not None:
+        args, from_file = merge_config_file(
+            parser, argv, args.config, kinds=_FILE_KINDS, command_line_only=COMMAND_LINE_ONLY
+        )
+        if args.demo and from_file.pop("basepath", None):
+            logger.info("--demo makes its own data: basepath of --config %s is not used", args.config)
+            args.basepath = None
+    if args.output_dir is None and not args.write_config:
+        raise ConfigError(
+            "--output-dir OUT_DIR is required: give it on the command line or as output-dir in a --config file"
+        )
+    return args, from_file
+
+
 def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point of ``run_pipeline.py`` and ``bias-pipeline``."""
     parser = build_run_parser(prog or Path(sys.argv[0]).name)
@@ -431,11 +520,27 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     tqdm.monitor_interval = 0
 
     def body() -> int:
+        nonlocal args
+        args, from_file = parse_run_args(parser, argv)
+        try:
+            return run()
+        except BiasPipelineError as exc:
+            blame_file(exc, parser, from_file, args.config)
+            raise
+
+    def run() -> int:
         from .main_pipeline import run_bias_pipeline
 
         if args.verbose and args.quiet:
             raise ConfigError("-v and -q contradict each other; give one")
         config = config_from_args(args)
+        if args.write_config:
+            header = (
+                f"bias_pipeline {__version__}: options of {parser.prog}, for {parser.prog} --config FILE.",
+                "Flags on the command line win over these values; relative paths are relative to this file's folder.",
+            )
+            sys.stdout.write(format_config(parser, args, exclude=COMMAND_LINE_ONLY, header=header))
+            return 0
         if args.demo:
             if args.basepath is not None:
                 raise ConfigError("--demo makes its own data; leave out --basepath")
@@ -480,7 +585,7 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
     )
     parser.add_argument(
         "--output",
-        type=Path,
+        type=str,  # not Path: it would drop the trailing "/" that marks a folder still to be made
         required=True,
         metavar="PATH",
         help="a folder (gets synthetic_bias_T.TC.fits) or a file name; missing folders are created",
@@ -519,8 +624,8 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
             model.read_noise = load_read_noise(args.noise_map or args.a_map.with_name(MODEL_FILE_NAME), model.shape)
         elif args.seed is not None or args.noise_map is not None:
             raise ConfigError("--seed and --noise-map only apply with --noise")
-        output: Path = args.output
-        if output.is_dir() or str(output).endswith(("/", "\\")):
+        output = Path(args.output)
+        if output.is_dir() or args.output.endswith(("/", "\\")):
             output = output / synthetic_name(args.temperature)
         try:
             output.parent.mkdir(parents=True, exist_ok=True)

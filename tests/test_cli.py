@@ -141,6 +141,9 @@ def test_generate_bias(small_run):
     new_file = small_run / "new" / "deeper" / "frame.fits"
     inside = run_cli("generate_bias.py", *maps, "--temperature", "5", "--output", str(new_file))
     assert inside.returncode == 0 and new_file.is_file() and "extrapolat" not in inside.stderr
+    new_folder = small_run / "not_yet"  # a trailing "/" says: a folder, to be made
+    made = run_cli("generate_bias.py", *maps, "--temperature", "5", "--output", f"{new_folder}/")
+    assert made.returncode == 0 and (new_folder / "synthetic_bias_5.0C.fits").is_file(), made.stderr
     missing = run_cli(
         "generate_bias.py", "--a-map", str(small_run / "nope.fits"), "--b-map", maps[3],
         "--temperature", "5", "--output", str(small_run),
