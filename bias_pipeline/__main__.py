@@ -1,7 +1,100 @@
-"""``python -m bias_pipeline`` runs the pipeline command."""
+"""``python -m bias_pipeline COMMAND [options]``: the package's commands under one name.
+
+``run`` is the pipeline (``run_pipeline.py``, ``bias-pipeline``), ``generate`` one synthetic
+frame (``generate_bias.py``, ``generate-bias``), ``simulate`` a simulated raw data set
+(``python -m bias_pipeline.simulate``) and ``inspect`` a summary of a model or an output folder.
+Options without a command (``python -m bias_pipeline --demo --output-dir out``) run the
+pipeline, as this module did before it had commands.
+"""
+
+from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 
-from .cli import run_main
+PROG = "python -m bias_pipeline"
 
-sys.exit(run_main(prog="python -m bias_pipeline"))
+
+def _run(argv: list[str], prog: str) -> int:
+    from .cli import run_main
+
+    return run_main(argv, prog=prog)
+
+
+def _generate(argv: list[str], prog: str) -> int:
+    from .cli import generate_main
+
+    return generate_main(argv, prog=prog)
+
+
+def _simulate(argv: list[str], prog: str) -> int:
+    from .simulate import main
+
+    return main(argv, prog=prog)
+
+
+def _inspect(argv: list[str], prog: str) -> int:
+    from .inspect import main
+
+    return main(argv, prog=prog)
+
+
+#: Command -> (one-line description, entry point taking ``(argv, prog)``).
+COMMANDS: dict[str, tuple[str, Callable[[list[str], str], int]]] = {
+    "run": ("run the pipeline on a folder of raw bias frames (as run_pipeline.py, bias-pipeline)", _run),
+    "generate": ("write one synthetic bias frame at a temperature from a model (as generate_bias.py)", _generate),
+    "simulate": ("write a simulated raw data set with its truth, to try the pipeline", _simulate),
+    "inspect": ("summarise a model file or a pipeline output folder (--json for scripts)", _inspect),
+}
+
+
+def usage() -> str:
+    """The text of ``python -m bias_pipeline --help``."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        f"usage: {PROG} COMMAND [options]",
+        "",
+        "Temperature-dependent bias model of a CMOS camera.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {text}" for name, (text, _) in COMMANDS.items()),
+        "",
+        f"'{PROG} COMMAND --help' shows a command's options; '{PROG} --version' the version.",
+        f"Options without a command run the pipeline, as before: {PROG} --demo --output-dir demo_out/",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to a command; see :func:`usage`.
+
+    Parameters
+    ----------
+    argv
+        The arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The command's exit code; 2 for an unknown command.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return 0
+    first = args[0]
+    if first == "--version":
+        from ._version import __version__
+
+        sys.stdout.write(f"bias_pipeline {__version__}\n")
+        return 0
+    if first.startswith("-"):  # the pipeline's options, as before commands existed
+        return _run(args, PROG)
+    if first in COMMANDS:
+        return COMMANDS[first][1](args[1:], f"{PROG} {first}")
+    sys.stderr.write(f"{PROG}: error: unknown command {first!r}; give one of {', '.join(COMMANDS)} (see --help)\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

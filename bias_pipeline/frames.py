@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -43,6 +44,29 @@ STATUS_USED = "used"
 STATUS_ACCEPTED = "accepted"  # passed step 1; becomes used (or rejected) in step 2
 STATUS_REJECTED = "rejected"
 STATUS_IGNORED = "ignored"
+
+# A number in a reason (not inside a word or an option name such as 12-bit or --max-exposure).
+_NUMBER = re.compile(r"(?<![A-Za-z_\d])(?<!\d\.)[-+]?\d+(?:\.\d+)?(?![A-Za-z_\d]|-[A-Za-z])")
+
+
+def reason_kind(reason: str | None) -> str:
+    """A rejection reason without its file-specific details, so that like reasons count
+    together: the text before a colon, numbers replaced by ``N``.
+
+    Examples
+    --------
+    >>> reason_kind("truncated: file has 5760 bytes, its header needs 8640")
+    'truncated'
+    >>> reason_kind("exposure 10 s is longer than a bias frame (--max-exposure 0.1 s)")
+    'exposure N s is longer than a bias frame (--max-exposure N s)'
+    >>> reason_kind("values up to 65520 do not fit the 12-bit data declared by --input-bits 12")
+    'values up to N do not fit the 12-bit data declared by --input-bits N'
+    """
+    text = (reason or "no reason recorded").strip()
+    head, sep, _ = text.partition(":")
+    if sep and len(head) <= 60:
+        text = head
+    return _NUMBER.sub("N", text)
 
 
 @dataclass

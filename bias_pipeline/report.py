@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord
+from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
 from .model import BiasModel
 from .products import TEMPORARY_SUFFIX, write_text_atomic
 from .quality import DQ_BITS
@@ -213,7 +213,7 @@ def _frames_section(records: Sequence[FrameRecord]) -> str:
     for what, chosen in (("Rejected", rejected), ("Ignored", ignored)):
         if not chosen:
             continue
-        by_reason = Counter(_reason_kind(r.reason) for r in chosen).most_common()
+        by_reason = Counter(reason_kind(r.reason) for r in chosen).most_common()
         rows = [(str(n), kind) for kind, n in by_reason]
         body += f"<h3>{what} by reason</h3>" + _table(("files", "reason"), rows, css=f"{what.lower()}-reasons")
         listed = [(_esc_path(r.path), _esc(r.reason or "")) for r in chosen[:LISTED_FILES]]
@@ -225,14 +225,6 @@ def _frames_section(records: Sequence[FrameRecord]) -> str:
         )
     body += '<p class="note">Every file and its decision: <a href="frames_manifest.csv">frames_manifest.csv</a>.</p>'
     return _section("Frames", body)
-
-
-def _reason_kind(reason: str | None) -> str:
-    """A reason without its file-specific numbers after the first colon, so that like
-    rejections count together (``truncated: file has 5760 bytes, ...`` -> ``truncated``)."""
-    text = (reason or "no reason recorded").strip()
-    head, sep, _ = text.partition(":")
-    return head if sep and len(head) <= 60 else text
 
 
 def _groups_section(data: ReportData) -> str:

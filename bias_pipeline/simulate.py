@@ -291,10 +291,24 @@ def _write_faults(raw_dir: Path, population: PixelPopulation, spec: SimulationSp
     (raw_dir / "observing_notes.txt").write_text("thermal-vacuum run, bias series\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m bias_pipeline.simulate OUT [options]``."""
+def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline.simulate") -> int:
+    """Command line: ``python -m bias_pipeline.simulate OUT [options]``.
+
+    Parameters
+    ----------
+    argv
+        The arguments (default ``sys.argv[1:]``).
+    prog
+        The command's name in its usage and error messages (``python -m bias_pipeline simulate``
+        when called as that subcommand).
+
+    Returns
+    -------
+    int
+        The exit code.
+    """
     parser = argparse.ArgumentParser(
-        prog="python -m bias_pipeline.simulate",
+        prog=prog,
         description="Write a simulated raw PhotSat bias data set (OUT/raw) and its truth (OUT/truth).",
     )
     parser.add_argument("out", type=Path, help="folder to write")

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from bias_pipeline import BiasModel
-from bias_pipeline.report import ReportData, _reason_kind, render_report
+from bias_pipeline.frames import reason_kind
+from bias_pipeline.report import ReportData, render_report
 from bias_pipeline.simulate import SimulationSpec, simulate_dataset
 
 from conftest import run_cli
@@ -122,7 +123,7 @@ def test_report_has_the_summary_numbers(faulty_run: Path) -> None:
     assert page.ids["count-frames-rejected"] == str(status["rejected"])
     assert page.ids["count-files-ignored"] == str(status["ignored"])
     # Rejections counted by reason, each as the manifest has it.
-    expected = Counter(_reason_kind(r["reason"]) for r in rows if r["status"] == "rejected")
+    expected = Counter(reason_kind(r["reason"]) for r in rows if r["status"] == "rejected")
     shown = {reason: int(n) for n, reason in page.tables["rejected-reasons"][1:]}
     for reason, count in expected.items():
         assert shown.get(reason) == count, (reason, shown)
