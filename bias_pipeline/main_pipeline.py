@@ -129,6 +129,30 @@ def run_bias_pipeline(
     BiasPipelineError
         For anything the user can fix (bad folder, no usable frames, one temperature only,
         bad mask, unwritable output); the message names the file or option.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from bias_pipeline import BiasModel, subtract_bias
+    >>> from bias_pipeline.simulate import SimulationSpec, simulate_dataset
+    >>> work = Path(tempfile.mkdtemp())
+    >>> spec = SimulationSpec(shape=(16, 24), temperatures=(0.0, 10.0, 20.0), frames_per_temperature=3)
+    >>> truth = simulate_dataset(work / "sim", spec)
+    >>> config = PipelineConfig(show_progress=False, evaluate=False)  # evaluate=True adds step 5
+    >>> result = run_bias_pipeline(truth.raw_dir, work / "out", config=config)
+    >>> result.count("used"), [m.label for m in result.masters]
+    (9, ['0.0', '10.0', '20.0'])
+    >>> sorted(p.name for p in (work / "out").iterdir() if p.is_file())
+    ['frames_manifest.csv', 'pipeline.log', 'report.html', 'run_config.json']
+    >>> model = BiasModel.load(work / "out")
+    >>> model.shape, [round(t, 1) for t in model.temperature_range]
+    ((16, 24), [0.0, 20.0])
+    >>> path = model.to_fits(work / "photsat_bias_model.fits")
+    >>> BiasModel.load(path).shape
+    (16, 24)
+    >>> signal = subtract_bias(truth.frame_paths[0], model)  # temperature from the header
+    >>> bool(abs(float(signal.mean())) < 5.0)  # a bias frame minus the bias: about zero ADU
+    True
     """
     config = config or PipelineConfig()
     raw = resolve_path(observations_dir)
@@ -159,7 +183,7 @@ def _run_logged(
 ) -> PipelineResult:
     """Steps 1 to 5, run_config.json and the report (see :func:`run_bias_pipeline`)."""
     manifest = out / MANIFEST_NAME
-    logger.info("raw frames: %s; products: %s", raw, out)
+    logger.debug("raw frames: %s; products: %s", raw, out)
     # Step 1: every file, accepted or with its reason, and the checksums of those accepted.
     started = now_utc()
     records, input_bits = scan_frames(raw, config, exclude=[out], checksum=True)

@@ -394,6 +394,19 @@ class BiasModel:
         ------
         InputDataError
             When the files are missing, unreadable or of different shapes.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> maps = BiasModel.from_maps(np.full((2, 3), 3200.0), np.full((2, 3), 3.0), temperature_range=(-10.0, 30.0))
+        >>> [p.name for p in maps.save(folder)]
+        ['bias_a_map.fits', 'bias_b_map.fits']
+        >>> model = BiasModel.load(folder)
+        >>> model.temperature_range, float(model.predict(20.0)[1, 2])
+        ((-10.0, 30.0), 3260.0)
+        >>> int(model.mask.sum())
+        0
         """
         path = Path(path)
         if path.is_dir():

@@ -226,7 +226,7 @@ def run_log(out_dir: Path) -> Iterator[Path]:
         logger.addHandler(forward)
         logger.propagate = False
     logger.setLevel(logging.DEBUG)
-    logger.info("bias_pipeline %s, Python %s; log of this run: %s", __version__, platform.python_version(), path)
+    logger.debug("bias_pipeline %s, Python %s; log of this run: %s", __version__, platform.python_version(), path)
     try:
         yield path
     except BaseException as exc:

@@ -74,7 +74,7 @@ def test_every_output_name(pipeline_run, sim):
     expected = {"frames_manifest.csv", "bias_model/bias_a_map.fits", "bias_model/bias_b_map.fits"}
     expected.add("bias_model/bias_model.fits")
     expected |= {"evaluation/evaluation_summary.png", "evaluation/evaluation_summary.csv"}
-    expected |= {"evaluation/temperature_check.png", "run_config.json"}
+    expected |= {"evaluation/temperature_check.png", "run_config.json", "pipeline.log", "report.html"}
     for label in labels:
         expected |= {
             f"bias_grouped_by_temp/master_bias_{label}C.fits",

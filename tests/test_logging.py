@@ -37,9 +37,7 @@ def test_log_file_holds_debug_records_while_console_is_quiet(sim, tmp_path: Path
 
 def test_verbose_shows_per_file_decisions(sim, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = run_cli(
-        "run_pipeline.py", "--basepath", str(sim.raw_dir), "--output-dir", str(out), "-v", "--no-evaluation"
-    )
+    done = run_cli("run_pipeline.py", "--basepath", str(sim.raw_dir), "--output-dir", str(out), "-v", "--no-evaluation")
     assert done.returncode == 0, done.stderr
     accepted = [line for line in done.stderr.splitlines() if line.startswith("DEBUG: accepted ")]
     assert len(accepted) == len(sim.frame_paths)

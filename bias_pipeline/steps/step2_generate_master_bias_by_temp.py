@@ -525,6 +525,10 @@ def build_masters(
         _combine_all(groups, masters_dir, config, input_bits, progress, staged, masters)
     except BaseException:
         discard_masters(masters)
+        # A signal can land after a staged file got its name and before its master was
+        # listed: every staged file in the folder is this run's (step 0 cleared older ones).
+        for leftover in masters_dir.glob(f".master_bias_*{STAGED_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
         raise
     if publish:
         publish_masters(masters)
