@@ -208,7 +208,11 @@ def _run_logged(
     }
     write_run_config(out, options=options, records=records, base=raw, started=started,
                      command_line=command_line, extra=facts)  # fmt: skip
-    write_report(report_data(result))
+    try:
+        write_report(report_data(result))
+    except Exception as exc:  # the products are written: a report that fails must not undo the run
+        logger.warning("report.html not written: %s: %s (the other products are complete)", type(exc).__name__, exc)
+        logger.debug("report failure", exc_info=True)
     return result
 
 

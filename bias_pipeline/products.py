@@ -204,8 +204,12 @@ def write_fits_atomic(path: str | Path, hdul: fits.HDUList) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_fits_atomic`)."""
-    data = text.encode("utf-8")
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`write_fits_atomic`).
+
+    A file name that is not UTF-8 (Python holds its bytes as surrogates) is written back as
+    its original bytes, so a manifest row still names the file on disk.
+    """
+    data = text.encode("utf-8", errors="surrogateescape")
     return _write_atomic(path, lambda stream: stream.write(data))
 
 

@@ -16,7 +16,9 @@ import json
 import logging
 import platform
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -184,6 +186,82 @@ class _AtLeast(logging.Filter):
         return record.levelno >= self.threshold
 
 
+class _RunLogFile(logging.FileHandler):
+    """The run's log file. A write that fails (a full disk) turns it off with one warning
+    instead of a traceback for every later message; the run goes on."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the last flush of a file that could not be written: already warned
+            if not self.failed:
+                raise
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        logging.getLogger(PACKAGE_LOGGER).warning(
+            "cannot write %s (%s); the rest of this run is not logged there", self.baseFilename, error
+        )
+
+
+@dataclass
+class _SharedState:
+    """What :func:`run_log` changed on the package logger, held while any run is logging
+    (runs in parallel threads share it: the first saves, the last restores)."""
+
+    users: int = 0
+    level: int = logging.NOTSET
+    propagate: bool = True
+    gate: _AtLeast | None = None
+    console: list[logging.Handler] = field(default_factory=list)
+    forward: _ForwardAbove | None = None
+
+
+_STATE = _SharedState()
+_STATE_LOCK = threading.Lock()
+
+
+def _lower_package_level(logger: logging.Logger) -> None:
+    with _STATE_LOCK:
+        _STATE.users += 1
+        if _STATE.users > 1:
+            return
+        threshold = logger.getEffectiveLevel()
+        _STATE.level, _STATE.propagate = logger.level, logger.propagate
+        _STATE.gate = _AtLeast(threshold)
+        _STATE.console = list(logger.handlers)
+        for handler in _STATE.console:
+            handler.addFilter(_STATE.gate)
+        _STATE.forward = _ForwardAbove(logger, threshold) if logger.propagate else None
+        if _STATE.forward is not None:
+            logger.addHandler(_STATE.forward)
+            logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+
+
+def _restore_package_level(logger: logging.Logger) -> None:
+    with _STATE_LOCK:
+        _STATE.users -= 1
+        if _STATE.users > 0:
+            return
+        logger.setLevel(_STATE.level)
+        logger.propagate = _STATE.propagate
+        if _STATE.forward is not None:
+            logger.removeHandler(_STATE.forward)
+        for handler in _STATE.console:
+            handler.removeFilter(_STATE.gate)
+        _STATE.console, _STATE.forward, _STATE.gate = [], None, None
+
+
 @contextlib.contextmanager
 def run_log(out_dir: Path) -> Iterator[Path]:
     """Record every message of the package, debug included, in ``OUT_DIR/pipeline.log``
@@ -192,7 +270,8 @@ def run_log(out_dir: Path) -> Iterator[Path]:
     The package logger's level is lowered to DEBUG for the block; its own handlers (the CLI's
     console) and its ancestors' (a calling program's ``logging.basicConfig``) keep seeing only
     the messages they saw before, so a library caller's output does not change. The file is
-    replaced at each run: it holds this run's record.
+    replaced at each run: it holds this run's record. Runs in parallel threads of one process
+    each get their log file, but each file then holds the messages of all of them.
 
     Parameters
     ----------
@@ -206,26 +285,17 @@ def run_log(out_dir: Path) -> Iterator[Path]:
     """
     path = Path(out_dir) / LOG_NAME
     logger = logging.getLogger(PACKAGE_LOGGER)
-    threshold = logger.getEffectiveLevel()
-    saved_level, saved_propagate = logger.level, logger.propagate
-    gate = _AtLeast(threshold)
-    console = list(logger.handlers)
     try:
-        file_handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+        # Names that are not UTF-8 (held as surrogates) are written with backslash escapes.
+        file_handler = _RunLogFile(path, mode="w", encoding="utf-8", errors="backslashreplace")
     except OSError as exc:  # the folder was checked writable; say so and go on without a log
         logger.warning("cannot write %s: %s; the run goes on without a log file", path, exc.strerror or exc)
         yield path
         return
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    forward = _ForwardAbove(logger, threshold) if saved_propagate else None
-    for handler in console:
-        handler.addFilter(gate)
+    _lower_package_level(logger)
     logger.addHandler(file_handler)
-    if forward is not None:
-        logger.addHandler(forward)
-        logger.propagate = False
-    logger.setLevel(logging.DEBUG)
     logger.debug("bias_pipeline %s, Python %s; log of this run: %s", __version__, platform.python_version(), path)
     try:
         yield path
@@ -240,11 +310,6 @@ def run_log(out_dir: Path) -> Iterator[Path]:
         )
         raise
     finally:
-        logger.setLevel(saved_level)
-        logger.propagate = saved_propagate
         logger.removeHandler(file_handler)
-        if forward is not None:
-            logger.removeHandler(forward)
-        for handler in console:
-            handler.removeFilter(gate)
+        _restore_package_level(logger)
         file_handler.close()

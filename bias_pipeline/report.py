@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 WORST_PIXELS = 20  # rows of the worst-pixel table
 LISTED_FILES = 200  # rejected/ignored files listed one by one; the manifest has them all
+LISTED_PRODUCTS = 2000  # files of the output folder linked one by one
 
 
 @dataclass
@@ -262,18 +263,17 @@ def _model_section(model: BiasModel) -> str:
         maps.append(("read noise of one frame", model.read_noise, "ADU", "magma"))
     formula = "bias(T) = a + b T" + (" + c T^2" if model.c_map is not None else "")
     body = f"<p>Per pixel, {_esc(formula)}, T in deg C, values in 16-bit ADU.</p>"
-    rows = []
-    for title, image, unit, _ in maps:
-        values = image[~flagged & np.isfinite(image)]
-        if values.size:
-            p16, p50, p84 = np.percentile(values, [16, 50, 84])
-            rows.append(
-                (title, unit, f"{p50:.4g}", f"{(p84 - p16) / 2:.3g}", f"{values.min():.4g}", f"{values.max():.4g}")
-            )
+    valid = ~flagged
+    stats = [_MapStats.of(image, valid) for _, image, _, _ in maps]
+    rows = [
+        (title, unit, f"{st.median:.4g}", f"{st.spread:.3g}", f"{st.minimum:.4g}", f"{st.maximum:.4g}")
+        for (title, _, unit, _), st in zip(maps, stats, strict=True)
+        if st.count
+    ]
     body += _table(("map", "unit", "median", "spread (half 16-84 %)", "min", "max"), rows, css="maps")
     body += '<p class="note">Statistics and histograms leave out masked and flagged pixels.</p>'
-    for title, image, unit, cmap in maps:
-        png, factor = _map_figure(image, flagged, title, unit, cmap)
+    for (title, image, unit, cmap), st in zip(maps, stats, strict=True):
+        png, factor = _map_figure(image, flagged, st, title, unit, cmap)
         shown = f"shown as the mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel shown"
         body += _figure_html(png, f"{title} [{unit}]: map ({shown}) and histogram")
     return _section("Model", body)
@@ -356,12 +356,14 @@ def _worst_pixels_section(model: BiasModel) -> str:
     for index in flat:
         row, col = (int(i) for i in np.unravel_index(index, model.shape))
         names = _flag_names(int(model.dq[row, col])) if model.dq is not None else ""
+        quadratic = [] if model.c_map is None else [_num(model.c_map[row, col], 4)]
         rows.append(
             (
                 str(row),
                 str(col),
                 _num(model.a_map[row, col], 5),
                 _num(model.b_map[row, col], 4),
+                *quadratic,
                 _num(model.rms[row, col], 4),
                 _num(model.chi2[row, col], 4) if model.chi2 is not None else "",
                 _num(model.read_noise[row, col], 3) if model.read_noise is not None else "",
@@ -378,6 +380,7 @@ def _worst_pixels_section(model: BiasModel) -> str:
             "column",
             "a (ADU)",
             "b (ADU/deg C)",
+            *([] if model.c_map is None else ["c (ADU/deg C^2)"]),
             "residual rms (ADU)",
             "reduced chi2",
             "read noise (ADU)",
@@ -394,10 +397,17 @@ def _flag_names(value: int) -> str:
 
 
 def _products_section(data: ReportData) -> str:
+    products = _products(data.output_dir, data.exclude)
     rows = []
-    for path in _products(data.output_dir, data.exclude):
-        rows.append((_link(data.output_dir, path), _size(path.stat().st_size)))
+    for path in products[:LISTED_PRODUCTS]:
+        try:
+            size = _size(path.stat().st_size)
+        except OSError as exc:  # a dangling link, a file removed meanwhile
+            size = _esc(exc.strerror or "cannot read")
+        rows.append((_link(data.output_dir, path), size))
     body = _table(("file", "size"), rows, escape=False, css="products")
+    if len(products) > LISTED_PRODUCTS:
+        body += f'<p class="note">... and {len(products) - LISTED_PRODUCTS} more files in the folder.</p>'
     return _section("Products", body)
 
 
@@ -419,14 +429,47 @@ def _products(root: Path, exclude: Iterable[Path]) -> list[Path]:
 # --------------------------------------------------------------------------- figures
 
 
-def _map_figure(image: np.ndarray, flagged: np.ndarray, title: str, unit: str, cmap: str) -> tuple[bytes, int]:
+@dataclass
+class _MapStats:
+    """Order statistics of a map's unflagged finite pixels, from one partition."""
+
+    values: np.ndarray
+    low: float = math.nan  # 0.1 %: the histogram's range
+    p16: float = math.nan
+    median: float = math.nan
+    p84: float = math.nan
+    high: float = math.nan  # 99.9 %
+    minimum: float = math.nan
+    maximum: float = math.nan
+
+    @classmethod
+    def of(cls, image: np.ndarray, valid: np.ndarray) -> _MapStats:
+        values = image[valid & np.isfinite(image)]
+        if not values.size:
+            return cls(values)
+        quantiles = np.percentile(values, [0.0, 0.1, 16.0, 50.0, 84.0, 99.9, 100.0])
+        low_end, low, p16, median, p84, high, high_end = (float(q) for q in quantiles)
+        return cls(values, low, p16, median, p84, high, low_end, high_end)
+
+    @property
+    def count(self) -> int:
+        return int(self.values.size)
+
+    @property
+    def spread(self) -> float:
+        """Half the 16-84 % range: the standard deviation of a normal distribution, robustly."""
+        return (self.p84 - self.p16) / 2
+
+
+def _map_figure(
+    image: np.ndarray, flagged: np.ndarray, stats: _MapStats, title: str, unit: str, cmap: str
+) -> tuple[bytes, int]:
     """A map (block-averaged for display, robust colour limits) beside the histogram of its
     unflagged pixels: PNG bytes and the block-averaging factor."""
     from matplotlib.figure import Figure
 
     rows, cols = image.shape
-    shown_source = np.where(flagged, np.nan, image).astype(np.float32)
-    shown, factor = downsample(shown_source)
+    shown, factor = downsample(np.where(flagged, np.float32(np.nan), image).astype(np.float32))
     low, high = robust_limits(shown)
     figure = Figure(figsize=(10.0, 4.2), dpi=90)
     map_axes, hist_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": (1.25, 1.0)})
@@ -444,20 +487,18 @@ def _map_figure(image: np.ndarray, flagged: np.ndarray, title: str, unit: str, c
     map_axes.set_xlabel("column (pixel)")
     map_axes.set_ylabel("row (pixel)")
     figure.colorbar(artist, ax=map_axes).set_label(unit)
-    values = image[~flagged & np.isfinite(image)]
-    if values.size:
-        lo, hi = np.percentile(values, [0.1, 99.9])
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
-        inside = values[(values >= lo) & (values <= hi)]
-        hist_axes.hist(inside, bins=100, range=(lo, hi), color="C0")
+    if stats.count:
+        lo, hi = (stats.low, stats.high) if stats.high > stats.low else (stats.low - 0.5, stats.high + 0.5)
+        counts, edges = np.histogram(stats.values, bins=100, range=(lo, hi))
+        hist_axes.stairs(counts, edges, fill=True, color="C0")
         hist_axes.set_yscale("log")
+        outside = stats.count - int(counts.sum())
         hist_axes.set_title(
-            f"histogram of {values.size} unflagged pixels ({values.size - inside.size} outside 0.1-99.9 %)", fontsize=9
+            f"histogram of {stats.count} unflagged pixels\n({outside} beyond the 0.1-99.9 % range shown)", fontsize=9
         )
     hist_axes.set_xlabel(unit)
     hist_axes.set_ylabel("pixels")
-    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.9, wspace=0.3)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.88, wspace=0.3)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 6})
     return buffer.getvalue(), factor
@@ -475,7 +516,9 @@ def _figure_html(png: bytes, caption: str) -> str:
 
 
 def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    # A name that is not UTF-8 (its bytes held as surrogates) is shown with U+FFFD in their place.
+    clean = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return html.escape(clean, quote=True)
 
 
 def _esc_path(path: Path | str) -> str:
@@ -508,7 +551,7 @@ def _link(root: Path, path: Path, text: str | None = None) -> str:
         relative = Path(path).relative_to(root).as_posix()
     except ValueError:
         relative = Path(path).as_posix()
-    href = urllib.parse.quote(relative)
+    href = urllib.parse.quote(relative, errors="surrogateescape")  # the file's own bytes, percent-encoded
     return f'<a href="{_esc(href)}">{_esc(text or relative)}</a>'
 
 

@@ -120,3 +120,49 @@ def test_progress_bars_on_a_terminal_and_none_with_quiet(sim, tmp_path: Path) ->
     quiet = _run_on_terminal(*common, "--output-dir", str(tmp_path / "quiet"), "-q")
     for bar in ("scanning", "combining", "fitting", "evaluating", "plotting"):
         assert bar not in quiet
+
+
+def test_parallel_runs_restore_the_logger_when_the_last_ends(tmp_path: Path) -> None:
+    import threading
+
+    package = logging.getLogger("bias_pipeline")
+    before = (package.level, package.propagate, list(package.handlers))
+    first_in, second_done = threading.Event(), threading.Event()
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+
+    def first() -> None:
+        with run_log(tmp_path / "a"):
+            first_in.set()
+            second_done.wait(30)
+            logging.getLogger("bias_pipeline.x").debug("first run, after the second ended")
+
+    def second() -> None:
+        first_in.wait(30)
+        with run_log(tmp_path / "b"):
+            pass
+        second_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert (package.level, package.propagate, list(package.handlers)) == before
+    # The second run ending did not cut the first run's log short.
+    assert "first run, after the second ended" in (tmp_path / "a" / "pipeline.log").read_text()
+
+
+def test_a_log_file_that_cannot_be_written_warns_once(tmp_path: Path, capsys, caplog) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    (tmp_path / "pipeline.log").symlink_to("/dev/full")
+    with run_log(tmp_path):
+        for index in range(5):
+            logging.getLogger("bias_pipeline.x").warning("message %d", index)
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    warned = [r for r in caplog.records if "the rest of this run is not logged there" in r.getMessage()]
+    assert len(warned) == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "bias_pipeline.x"] == [f"message {i}" for i in range(5)]

@@ -268,3 +268,32 @@ def test_report_renders_in_headless_chromium(faulty_run: Path, tmp_path: Path) -
     # which text on white never has.
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     assert np.mean(saturation > 0.3) > 0.05
+
+
+def test_odd_names_and_a_dangling_link_do_not_stop_the_report(sim, tmp_path: Path) -> None:
+    # A raw folder whose name is not UTF-8 (Python holds its byte as a surrogate), and a
+    # dangling link that a user left in the output folder.
+    raw = tmp_path / b"raw_\xe9t\xe9 #1".decode("utf-8", "surrogateescape")
+    shutil.copytree(sim.raw_dir, raw)
+    out = tmp_path / "out & <results>"
+    out.mkdir()
+    (out / "latest").symlink_to(tmp_path / "nowhere")
+    done = run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "--no-evaluation", "-q")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    page = parse(out / "report.html")
+    assert page.ids["count-frames-used"] == str(len(sim.frame_paths))
+    assert "latest" in {urllib.parse.unquote(link) for link in page.links}
+    assert "raw_\ufffdt\ufffd #1" in "".join(page.text)  # shown with replacement characters
+    assert "raw_\\udce9t\\udce9 #1" in (out / "pipeline.log").read_text(encoding="utf-8")  # escaped, not lost
+
+
+def test_a_rerun_without_evaluation_drops_the_earlier_evaluation(tmp_path: Path) -> None:
+    from bias_pipeline.steps.step0_create_dirs import create_directories
+
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    names = ("evaluation_summary.csv", "evaluation_summary.png", "temperature_check.png", "notes.txt")
+    for name in names:
+        (evaluation / name).write_text("earlier run")
+    create_directories(tmp_path)
+    assert [p.name for p in evaluation.iterdir()] == ["notes.txt"]  # the user's own file stays

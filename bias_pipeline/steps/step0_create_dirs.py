@@ -32,6 +32,9 @@ _TEMPORARY_PATTERN = re.compile(r"^\..+" + re.escape(TEMPORARY_SUFFIX) + "$")
 _RUN_PRODUCTS = (
     "run_config.json",
     "report.html",
+    "evaluation/evaluation_summary.csv",
+    "evaluation/evaluation_summary.png",
+    "evaluation/temperature_check.png",
     "bias_model/bias_a_map.fits",
     "bias_model/bias_b_map.fits",
     "bias_model/bias_model.fits",
