@@ -83,6 +83,16 @@ class PipelineConfig:
         Run step 5 (evaluation and plots).
     show_progress
         Draw tqdm progress bars (only when stderr is a terminal).
+
+    Examples
+    --------
+    >>> config = PipelineConfig(combine_method="median", temp_bin_width=0.5, show_progress=False)
+    >>> config.combine_method, config.temp_bin_width, config.clip_sigma
+    ('median', 0.5, 3.0)
+    >>> PipelineConfig(temp_bin_width=0)
+    Traceback (most recent call last):
+        ...
+    bias_pipeline.errors.ConfigError: --temp-bin-width must be a finite number greater than zero, got 0
     """
 
     temperature_keys: tuple[str, ...] = DEFAULT_TEMPERATURE_KEYS

@@ -32,7 +32,7 @@ from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, r
 from .model import BiasModel
 from .products import TEMPORARY_SUFFIX, write_text_atomic
 from .quality import DQ_BITS
-from .steps.step5_evaluate_model import SUMMARY_PNG, TEMPERATURE_PLOT, downsample, robust_limits
+from .steps.step5_evaluate_model import SUMMARY_PNG, TEMPERATURE_PLOT, downsample, draw_map
 
 logger = logging.getLogger(__name__)
 
@@ -470,23 +470,11 @@ def _map_figure(
 
     rows, cols = image.shape
     shown, factor = downsample(np.where(flagged, np.float32(np.nan), image).astype(np.float32))
-    low, high = robust_limits(shown)
     figure = Figure(figsize=(10.0, 4.2), dpi=90)
     map_axes, hist_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": (1.25, 1.0)})
-    artist = map_axes.imshow(
-        shown,
-        origin="lower",
-        cmap=cmap,
-        vmin=low,
-        vmax=high,
-        extent=(-0.5, cols - 0.5, -0.5, rows - 0.5),
-        interpolation="nearest",
-    )
+    draw_map(figure, map_axes, shown, (rows, cols), cmap, unit)
     shown_how = f"mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel"
     map_axes.set_title(f"{title} ({rows}x{cols}; {shown_how})", fontsize=9)
-    map_axes.set_xlabel("column (pixel)")
-    map_axes.set_ylabel("row (pixel)")
-    figure.colorbar(artist, ax=map_axes).set_label(unit)
     if stats.count:
         lo, hi = (stats.low, stats.high) if stats.high > stats.low else (stats.low - 0.5, stats.high + 0.5)
         counts, edges = np.histogram(stats.values, bins=100, range=(lo, hi))

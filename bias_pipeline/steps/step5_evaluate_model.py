@@ -215,14 +215,12 @@ def _plot_worker_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _draw_image(plot: ImagePlot) -> Path:
-    rows, cols = plot.shape
-    shown, factor, title, cmap, unit = plot.shown, plot.factor, plot.title, plot.cmap, plot.unit
-    path = plot.path
+def draw_map(figure: object, axes: object, shown: np.ndarray, shape: tuple[int, int], cmap: str, unit: str) -> None:
+    """Draw a (block-averaged) map on ``axes`` in the full frame's pixel coordinates, with
+    robust colour limits (:func:`robust_limits`) and a colour bar labelled ``unit``."""
+    rows, cols = shape
     low, high = robust_limits(shown)
-    figure = _figure(figsize=(7.0, 5.6), dpi=100)
-    axes = figure.add_subplot()
-    artist = axes.imshow(
+    artist = axes.imshow(  # type: ignore[attr-defined]
         shown,
         origin="lower",
         cmap=cmap,
@@ -232,16 +230,22 @@ def _draw_image(plot: ImagePlot) -> Path:
         interpolation="nearest",
         aspect="equal",
     )
-    if factor > 1:
-        title = f"{title}\n(mean of {factor}x{factor} pixel blocks)"
+    axes.set_xlabel("column (pixel)")  # type: ignore[attr-defined]
+    axes.set_ylabel("row (pixel)")  # type: ignore[attr-defined]
+    figure.colorbar(artist, ax=axes).set_label(unit)  # type: ignore[attr-defined]
+
+
+def _draw_image(plot: ImagePlot) -> Path:
+    title = plot.title
+    if plot.factor > 1:
+        title = f"{title}\n(mean of {plot.factor}x{plot.factor} pixel blocks)"
+    figure = _figure(figsize=(7.0, 5.6), dpi=100)
+    axes = figure.add_subplot()
+    draw_map(figure, axes, plot.shown, plot.shape, plot.cmap, plot.unit)
     axes.set_title(title, fontsize=10)
-    axes.set_xlabel("column (pixel)")
-    axes.set_ylabel("row (pixel)")
-    colorbar = figure.colorbar(artist, ax=axes)
-    colorbar.set_label(unit)
     # Fixed margins: tight_layout measures every text and costs more than drawing the map.
     figure.subplots_adjust(left=0.1, right=0.92, bottom=0.1, top=0.9)
-    return write_png_atomic(path, figure)
+    return write_png_atomic(plot.path, figure)
 
 
 def plot_summary(rows: Sequence[Mapping[str, float]], path: str | Path) -> Path:
