@@ -18,7 +18,6 @@ Run ``python -m bias_pipeline.simulate OUT --help`` for the options.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+
+from .errors import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +308,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     int
         The exit code.
     """
-    parser = argparse.ArgumentParser(
+    from .cli import _guarded, _Parser  # here: the simulator is imported by tests without the CLI
+
+    parser = _Parser(
         prog=prog,
         description="Write a simulated raw PhotSat bias data set (OUT/raw) and its truth (OUT/truth).",
     )
@@ -341,9 +344,20 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
         read_noise_dn=args.read_noise,
         seed=args.seed,
     )
-    truth = simulate_dataset(args.out, spec, faults=args.faults)
-    sys.stdout.write(f"wrote {len(truth.frame_paths)} frames to {truth.raw_dir} and the truth to {truth.truth_dir}\n")
-    return 0
+
+    def body() -> int:
+        try:
+            truth = simulate_dataset(args.out, spec, faults=args.faults)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {exc.filename or args.out}: {exc.strerror or exc}; choose another OUT"
+            ) from None
+        sys.stdout.write(
+            f"wrote {len(truth.frame_paths)} frames to {truth.raw_dir} and the truth to {truth.truth_dir}\n"
+        )
+        return 0
+
+    return _guarded(parser.prog, body)
 
 
 if __name__ == "__main__":

@@ -308,3 +308,14 @@ def test_reason_kinds_group_like_rejections():
     assert reason_kind("exposure 10 s is too long") == reason_kind("exposure 2.5 s is too long")
     assert reason_kind("12-bit values up to 65520") == "12-bit values up to N"
     assert reason_kind("") == "no reason recorded"
+
+
+def test_simulate_into_an_unwritable_place_is_one_line(capsys, tmp_path):
+    from bias_pipeline.simulate import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way")
+    code = main([str(blocker / "sim"), "--shape", "8", "8"], prog="python -m bias_pipeline simulate")
+    err = capsys.readouterr().err
+    assert code == 4 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "python -m bias_pipeline simulate: error: cannot write" in err and "a_file" in err

@@ -170,3 +170,14 @@ def test_generate_with_noise(pipeline_run, tmp_path):
         "--temperature", "12", "--noise", "--output", str(tmp_path / "x.fits"),
     )  # fmt: skip
     assert lonely.returncode == 3 and "--noise-map" in lonely.stderr and "Traceback" not in lonely.stderr
+
+
+def test_evaluating_a_frames_fit_raises_no_numpy_warning(sim, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # `python -W error` must not end the run
+        result = run_bias_pipeline(
+            sim.raw_dir, tmp_path / "out", config=PipelineConfig(fit_on="frames", show_progress=False)
+        )
+    assert all(np.isfinite(float(row["heldout_mae_per_read_noise"])) for row in result.summary)

@@ -367,15 +367,15 @@ def evaluate(
             for name, values in (("heldout_mae", heldout_mae), ("heldout_mape", heldout_mape)):
                 row.update({f"{name}_{k}": v for k, v in summarize(values, valid).items()})
         if model.read_noise is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
+            with np.errstate(invalid="ignore", divide="ignore"):  # a dead pixel's noise is 0
                 per_noise = mae / model.read_noise
                 selected = per_noise[valid & np.isfinite(per_noise)]
-            row["mae_per_read_noise"] = float(selected.mean(dtype=np.float64)) if selected.size else math.nan
-            row["heldout_mae_per_read_noise"] = (
-                row["mae_per_read_noise"] * float(inflation)
-                if validation is model
-                else summarize(heldout_mae / model.read_noise, valid)["mean"]
-            )
+                row["mae_per_read_noise"] = float(selected.mean(dtype=np.float64)) if selected.size else math.nan
+                row["heldout_mae_per_read_noise"] = (
+                    row["mae_per_read_noise"] * float(inflation)
+                    if validation is model
+                    else summarize(heldout_mae / model.read_noise, valid)["mean"]
+                )
         else:
             row["mae_per_read_noise"] = row["heldout_mae_per_read_noise"] = math.nan
         rows.append(row)
