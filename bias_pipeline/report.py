@@ -122,7 +122,19 @@ def report_data(result: object, run_info: Mapping[str, object] | None = None) ->
 
 
 def read_run_info(output_dir: Path) -> dict[str, object]:
-    """``run_config.json`` of ``output_dir`` as a dict; empty when missing or unreadable."""
+    """``run_config.json`` of ``output_dir`` as a dict.
+
+    Parameters
+    ----------
+    output_dir
+        A run's output folder.
+
+    Returns
+    -------
+    dict
+        The file's content; empty when it is missing or unreadable (a report still shows the
+        rest).
+    """
     try:
         return json.loads((output_dir / "run_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -130,7 +142,23 @@ def read_run_info(output_dir: Path) -> dict[str, object]:
 
 
 def write_report(data: ReportData) -> Path:
-    """Write ``report.html`` into ``data.output_dir`` (atomically) and return its path."""
+    """Write ``report.html`` into ``data.output_dir`` (atomically).
+
+    Parameters
+    ----------
+    data
+        What to show (:func:`report_data` builds it from a finished run).
+
+    Returns
+    -------
+    Path
+        The report.
+
+    Raises
+    ------
+    OutputError
+        When the file cannot be written (a full disk, a folder in the way).
+    """
     path = data.output_dir / REPORT_NAME
     write_text_atomic(path, render_report(data))
     logger.info("report: %s", path)
@@ -141,7 +169,18 @@ def write_report(data: ReportData) -> Path:
 
 
 def render_report(data: ReportData) -> str:
-    """The report as one HTML document (see the module docstring)."""
+    """The report as one HTML document (see the module docstring).
+
+    Parameters
+    ----------
+    data
+        What to show.
+
+    Returns
+    -------
+    str
+        The page.
+    """
     model = data.model
     low, high = model.temperature_range or (math.nan, math.nan)
     sections = [
