@@ -520,13 +520,12 @@ def build_masters(
     # Masters are written under hidden staging names and get their final names together once
     # every group is combined: a run stopped while combining leaves no master under a final
     # name (the staged files are removed here, or by the next run if the process was killed).
-    staged: list[tuple[Path, Path]] = []
     try:
-        _combine_all(groups, masters_dir, config, input_bits, progress, staged, masters)
+        _combine_all(groups, masters_dir, config, input_bits, progress, masters)
     except BaseException:
-        discard_masters(masters)
-        # A signal can land after a staged file got its name and before its master was
-        # listed: every staged file in the folder is this run's (step 0 cleared older ones).
+        # Every staged file in the folder, not only the masters listed so far: a signal can
+        # land after a staged file got its name and before its master was listed (step 0
+        # cleared older runs' staged files, so all of these are this run's).
         for leftover in masters_dir.glob(f".master_bias_*{STAGED_SUFFIX}"):
             leftover.unlink(missing_ok=True)
         raise
@@ -577,7 +576,6 @@ def _combine_all(
     config: PipelineConfig,
     input_bits: int,
     progress: tqdm,
-    staged: list[tuple[Path, Path]],
     masters: list[MasterFrame],
 ) -> None:
     with progress:
@@ -609,7 +607,6 @@ def _combine_all(
             ]
             final = masters_dir / MASTER_PATTERN.format(label=group.label)
             path = write_image(staged_name(final), combined.master, header, extensions)
-            staged.append((path, final))
             for record in group.records:
                 record.status = STATUS_USED
                 record.reason = ""
