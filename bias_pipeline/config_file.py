@@ -40,7 +40,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from .errors import BiasPipelineError, ConfigError
+from .errors import BiasPipelineError, ConfigError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def read_config_file(path: str | Path) -> dict[str, object]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
-            f"{where}: not valid TOML: {_one_line(exc)}; fix that line (options look like max-exposure = 0.1, "
+            f"{where}: not valid TOML: {one_line(exc)}; fix that line (options look like max-exposure = 0.1, "
             'basepath = "raw/")'
         ) from None
     return data
@@ -138,7 +138,7 @@ def _run_config_options(text: str, where: str) -> dict[str, object]:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            f"{where}: not valid JSON: {_one_line(exc)}; give a run's run_config.json as written"
+            f"{where}: not valid JSON: {one_line(exc)}; give a run's run_config.json as written"
         ) from None
     options = document.get("options") if isinstance(document, dict) else None
     if not isinstance(options, dict):
@@ -346,10 +346,6 @@ def _shown(value: object) -> str:
         return toml_value(value)
     except ValueError:
         return f"a {type(value).__name__}"  # a table or a date
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
 
 
 def toml_value(value: object) -> str:

@@ -33,3 +33,13 @@ class OutputError(BiasPipelineError):
 
 class FrameReadError(BiasPipelineError):
     """One raw frame cannot be used; the scan records the message as the rejection reason."""
+
+
+def one_line(exc: BaseException) -> str:
+    r"""An exception's message on one line (a parser's multi-line message folded), or its
+    type's name when it has none.
+
+    >>> one_line(ValueError("bad value\n  at line 3"))
+    'bad value at line 3'
+    """
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -31,9 +31,10 @@ from astropy.io import fits
 
 from ._version import __version__
 from .config import PipelineConfig
-from .errors import InputDataError
+from .errors import InputDataError, one_line
 from .frames import reason_kind
 from .model import A_MAP_NAME, B_MAP_NAME, MODEL_DIR_NAME, MODEL_FILE_NAME, BiasModel
+from .products import file_size, human_size
 from .provenance import RUN_CONFIG_NAME
 from .quality import DQ_BITS
 from .steps.step0_create_dirs import SUBDIRS
@@ -212,7 +213,7 @@ def _header_and_extensions(path: Path) -> tuple[fits.Header, list[str]]:
             with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
                 return hdul[0].header.copy(), [hdu.name for hdu in hdul[1:]]
     except Exception as exc:
-        raise InputDataError(f"{path} cannot be read as FITS ({_one_line(exc)}); {GIVE}") from None
+        raise InputDataError(f"{path} cannot be read as FITS ({one_line(exc)}); {GIVE}") from None
 
 
 def _check_complete(path: Path, header: fits.Header, extensions: Sequence[str], one_file: bool) -> None:
@@ -285,7 +286,7 @@ def _read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputDataError(f"{what} {path} cannot be read ({_one_line(exc)}); re-run the pipeline") from None
+        raise InputDataError(f"{what} {path} cannot be read ({one_line(exc)}); re-run the pipeline") from None
 
 
 def _run_facts(path: Path) -> dict[str, object]:
@@ -392,19 +393,8 @@ def _products(folder: Path) -> list[dict[str, object]]:
                 }
             )
         else:
-            products.append({"path": entry.name, "bytes": _size(entry)})
+            products.append({"path": entry.name, "bytes": file_size(entry)})
     return products
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------- text
@@ -620,29 +610,11 @@ def _products_lines(products: Sequence[Mapping[str, object]]) -> list[str]:
             count = f"{product['files']} file{'' if product['files'] == 1 else 's'}"
             lines.append(f"  {product['path']:<24} {count:>9}" + (f": {detail}" if detail else ""))
         else:
-            lines.append(f"  {product['path']:<24} {_human_size(product.get('bytes')):>9}")
+            lines.append(f"  {product['path']:<24} {human_size(product.get('bytes')):>9}")
     return lines
 
 
 # ------------------------------------------------------------------------------ command
-def _human_size(size: object) -> str:
-    """``12081`` -> ``'11.8 KiB'``.
-
-    >>> _human_size(512), _human_size(12081), _human_size(1346680), _human_size(None)
-    ('512 B', '11.8 KiB', '1.3 MiB', '?')
-    """
-    if not isinstance(size, int):
-        return "?"
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
 def _json_ready(value: object) -> object:
     """Plain JSON: numpy scalars as Python numbers, NaN as null."""
     if isinstance(value, Mapping):

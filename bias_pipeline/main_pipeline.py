@@ -13,7 +13,7 @@ from .errors import InputDataError
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord
 from .model import BiasModel
 from .products import run_cards
-from .provenance import input_digest, now_utc, provenance_cards, run_log, write_run_config
+from .provenance import input_digest, now_utc, provenance_cards, run_config_document, run_log, write_run_config
 from .report import report_data, write_report
 from .steps.step0_create_dirs import create_directories
 from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
@@ -206,10 +206,11 @@ def _run_logged(
         "files_ignored": result.count(STATUS_IGNORED),
         "masters": [{"label": m.label, "temperature": m.temperature, "frames": m.n_frames} for m in result.masters],
     }
-    write_run_config(out, options=options, records=records, base=raw, started=started,
-                     command_line=command_line, extra=facts)  # fmt: skip
+    document = run_config_document(options=options, records=records, base=raw, started=started,
+                                   command_line=command_line, extra=facts)  # fmt: skip
+    write_run_config(out, document)
     try:
-        write_report(report_data(result))
+        write_report(report_data(result, document))
     except Exception as exc:  # the products are written: a report that fails must not undo the run
         logger.warning("report.html not written: %s: %s (the other products are complete)", type(exc).__name__, exc)
         logger.debug("report failure", exc_info=True)

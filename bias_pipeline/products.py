@@ -285,3 +285,29 @@ def read_image(path: str | Path, what: str = "image") -> tuple[np.ndarray, fits.
         raise
     except Exception as exc:
         raise InputDataError(f"{what} {path} cannot be read as FITS: {exc}") from None
+
+
+def human_size(size: object) -> str:
+    """A file size for people: ``12081`` -> ``'11.8 KiB'``; ``'?'`` when unknown.
+
+    >>> human_size(512), human_size(12081), human_size(1346680), human_size(None)
+    ('512 B', '11.8 KiB', '1.3 MiB', '?')
+    """
+    if not isinstance(size, int):
+        return "?"
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def file_size(path: str | Path) -> int | None:
+    """Size of a file in bytes; ``None`` when it cannot be read (gone, a dangling link)."""
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return None

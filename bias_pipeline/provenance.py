@@ -25,7 +25,7 @@ from pathlib import Path
 from ._version import __version__
 from .errors import BiasPipelineError, FrameReadError
 from .frames import FrameRecord
-from .products import write_text_atomic
+from .products import file_size, write_text_atomic
 
 RUN_CONFIG_NAME = "run_config.json"
 LOG_NAME = "pipeline.log"
@@ -94,8 +94,7 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_run_config(
-    out_dir: Path,
+def run_config_document(
     *,
     options: Mapping[str, object],
     records: Sequence[FrameRecord],
@@ -104,12 +103,10 @@ def write_run_config(
     command_line: Sequence[str] | None = None,
     extra: Mapping[str, object] | None = None,
 ) -> Path:
-    """Write ``OUT_DIR/run_config.json`` (atomically).
+    """What ``OUT_DIR/run_config.json`` records of a run (see :func:`write_run_config`).
 
     Parameters
     ----------
-    out_dir
-        The run's output folder.
     options
         Every option's value (``PipelineConfig.as_dict()`` plus the run's paths and flags).
     records
@@ -125,11 +122,12 @@ def write_run_config(
 
     Returns
     -------
-    Path
-        The file written.
+    dict
+        ``software``, ``command_line``, ``started``, ``finished``, ``options``, ``run`` and
+        ``inputs`` (count, digest, and path, SHA-256, size and status of each input).
     """
     count, digest = input_digest(records, base)
-    document = {
+    return {
         "software": software_versions(),
         "command_line": list(sys.argv if command_line is None else command_line),
         "started": started,
@@ -140,12 +138,29 @@ def write_run_config(
             "count": count,
             "digest_sha256": digest,
             "files": [
-                {"path": _relative(r.path, base), "sha256": r.sha256, "bytes": _size(r.path), "status": r.status}
+                {"path": _relative(r.path, base), "sha256": r.sha256, "bytes": file_size(r.path), "status": r.status}
                 for r in sorted(records, key=lambda r: str(r.path))
                 if r.sha256
             ],
         },
     }
+
+
+def write_run_config(out_dir: Path, document: Mapping[str, object]) -> Path:
+    """Write ``OUT_DIR/run_config.json`` (atomically).
+
+    Parameters
+    ----------
+    out_dir
+        The run's output folder.
+    document
+        :func:`run_config_document` of the run.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
     return write_text_atomic(out_dir / RUN_CONFIG_NAME, json.dumps(document, indent=2, default=str) + "\n")
 
 
@@ -154,13 +169,6 @@ def _relative(path: Path, base: Path) -> str:
         return str(Path(path).relative_to(base))
     except ValueError:
         return str(path)
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return Path(path).stat().st_size
-    except OSError:
-        return None
 
 
 class _ForwardAbove(logging.Handler):

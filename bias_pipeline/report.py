@@ -30,7 +30,7 @@ import numpy as np
 from ._version import __version__
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
 from .model import BiasModel
-from .products import TEMPORARY_SUFFIX, write_text_atomic
+from .products import TEMPORARY_SUFFIX, human_size, write_text_atomic
 from .quality import DQ_BITS
 from .steps.step5_evaluate_model import SUMMARY_PNG, TEMPERATURE_PLOT, downsample, draw_map
 
@@ -256,7 +256,7 @@ def _frames_section(records: Sequence[FrameRecord]) -> str:
         by_reason = Counter(reason_kind(r.reason) for r in chosen).most_common()
         rows = [(str(n), kind) for kind, n in by_reason]
         body += f"<h3>{what} by reason</h3>" + _table(("files", "reason"), rows, css=f"{what.lower()}-reasons")
-        listed = [(_esc_path(r.path), _esc(r.reason or "")) for r in chosen[:LISTED_FILES]]
+        listed = [(_esc(r.path), _esc(r.reason or "")) for r in chosen[:LISTED_FILES]]
         more = f" (first {LISTED_FILES} of {len(chosen)})" if len(chosen) > LISTED_FILES else ""
         body += (
             f"<details><summary>{what} files{more}</summary>"
@@ -440,7 +440,7 @@ def _products_section(data: ReportData) -> str:
     rows = []
     for path in products[:LISTED_PRODUCTS]:
         try:
-            size = _size(path.stat().st_size)
+            size = human_size(path.stat().st_size)
         except OSError as exc:  # a dangling link, a file removed meanwhile
             size = _esc(exc.strerror or "cannot read")
         rows.append((_link(data.output_dir, path), size))
@@ -548,10 +548,6 @@ def _esc(text: object) -> str:
     return html.escape(clean, quote=True)
 
 
-def _esc_path(path: Path | str) -> str:
-    return _esc(path)
-
-
 def _slug(text: str) -> str:
     return "-".join(text.lower().split())
 
@@ -563,14 +559,6 @@ def _num(value: object, digits: int, style: str = "g") -> str:
     except (TypeError, ValueError):
         return _esc(value)
     return "n/a" if not math.isfinite(number) else f"{number:.{digits}{style}}"
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def _link(root: Path, path: Path, text: str | None = None) -> str:
