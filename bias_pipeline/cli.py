@@ -25,6 +25,9 @@ from .combine import COMBINE_METHODS
 from .config import DEFAULT_EXPOSURE_KEYS, DEFAULT_TEMPERATURE_KEYS, PipelineConfig
 from .config_file import KEYWORDS, NUMBER, blame_file, format_config, merge_config_file
 from .errors import BiasPipelineError, ConfigError
+from .interrupts import Terminated, raise_terminated
+from .output_folder import STOPPED_DIR
+from .provenance import LOG_NAME
 
 logger = logging.getLogger("bias_pipeline.cli")
 
@@ -356,19 +359,13 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     warnings_logger.propagate = False
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch scheduler's kill), turned into an exception so the run unwinds like
-    Ctrl-C: temporary files are removed and the message is one line."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-def _guarded(prog: str, body: Callable[[], int]) -> int:
+def _guarded(prog: str, body: Callable[[], int], interrupted: Callable[[KeyboardInterrupt], str] | None = None) -> int:
+    """Run a command's ``body``: errors the user can cause become one line and their exit code,
+    Ctrl-C and SIGTERM one line saying what was left (``interrupted(exc)``, or that nothing was
+    half-written), a bug one line asking for a report."""
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return body()
     except BiasPipelineError as exc:
@@ -376,10 +373,8 @@ def _guarded(prog: str, body: Callable[[], int]) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        sys.stderr.write(
-            f"{prog}: {what}; no product was left half-written (run_config.json is written only by a "
-            "finished run); run it again to complete\n"
-        )
+        left = interrupted(exc) if interrupted is not None else "no file was left half-written"
+        sys.stderr.write(f"{prog}: {what}; {left}\n")
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line, the traceback only with -v
         logger.debug("internal error", exc_info=True)
@@ -559,7 +554,18 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         _print_summary(result)
         return 0
 
-    return _guarded(parser.prog, body)
+    def interrupted(exc: KeyboardInterrupt) -> str:
+        out = getattr(args, "output_dir", None)
+        if out is None:
+            return "nothing was written"
+        if getattr(exc, "published_to", None):
+            return f"the run had finished: its products in {out} are complete"
+        return (
+            f"nothing of this run was published: {out} holds the earlier run's products as they were "
+            f"(this run's log: {Path(out) / STOPPED_DIR / LOG_NAME}); run it again to complete"
+        )
+
+    return _guarded(parser.prog, body, interrupted)
 
 
 def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentParser:

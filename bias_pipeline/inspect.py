@@ -34,10 +34,10 @@ from .config import PipelineConfig
 from .errors import InputDataError, one_line
 from .frames import reason_kind
 from .model import A_MAP_NAME, B_MAP_NAME, MODEL_DIR_NAME, MODEL_FILE_NAME, BiasModel
+from .output_folder import STOPPED_DIR, SUBDIRS, locked_by
 from .products import file_size, human_size
-from .provenance import RUN_CONFIG_NAME
+from .provenance import LOG_NAME, RUN_CONFIG_NAME
 from .quality import DQ_BITS
-from .steps.step0_create_dirs import SUBDIRS
 from .steps.step1_load_data import MANIFEST_NAME
 from .steps.step5_evaluate_model import SUMMARY_CSV
 
@@ -166,10 +166,31 @@ def model_facts(path: str | Path) -> dict[str, object]:
     }
 
 
+def _stopped_run(folder: Path) -> dict[str, object] | None:
+    """The last run into ``folder`` that stopped before publishing: its log and why it stopped."""
+    log = folder / STOPPED_DIR / LOG_NAME
+    if not log.is_file():
+        return None
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    reasons = [line.split(" run stopped: ", 1)[-1] for line in lines if "run stopped" in line or "run killed" in line]
+    return {"log": str(log), "reason": reasons[-1].strip() if reasons else "no reason recorded"}
+
+
 def _folder_facts(folder: Path) -> dict[str, object]:
     manifest = folder / MANIFEST_NAME
     run_config = folder / RUN_CONFIG_NAME
     model_dir = folder / MODEL_DIR_NAME
+    stopped = _stopped_run(folder)
+    if not run_config.is_file() and stopped is not None and not model_dir.is_dir():
+        busy = locked_by(folder)
+        raise InputDataError(
+            f"{folder} holds no finished run"
+            + (f" (a run is writing there now: {busy})" if busy else "")
+            + f"; the last run stopped: {stopped['reason']} (see {stopped['log']})"
+        )
     if not (manifest.is_file() or run_config.is_file() or model_dir.is_dir()):
         raise InputDataError(
             f"{folder} is a folder but not a pipeline output folder (no {MODEL_DIR_NAME}/, {RUN_CONFIG_NAME} "
@@ -189,6 +210,8 @@ def _folder_facts(folder: Path) -> dict[str, object]:
     return {
         "kind": "output folder",
         "path": str(folder),
+        "in_progress": locked_by(folder),
+        "stopped_run": stopped,
         "run": run,
         "frames": _manifest_facts(manifest) if manifest.is_file() else None,
         "model": model,
@@ -426,6 +449,13 @@ def format_facts(facts: Mapping[str, object]) -> str:
         run, frames = facts.get("run"), facts.get("frames")
         no_run = f"run          no {RUN_CONFIG_NAME} (the run did not finish?)"
         lines += _run_lines(run) if isinstance(run, dict) else ["", no_run]
+        if facts.get("in_progress"):
+            lines.append(
+                f"  now        another run is writing here ({facts['in_progress']}); it publishes when complete"
+            )
+        stopped = facts.get("stopped_run")
+        if isinstance(stopped, dict):
+            lines.append(f"  last run   stopped: {stopped['reason']} (see {stopped['log']}); products above are older")
         lines += _frames_lines(frames) if isinstance(frames, dict) else ["", f"frames       no {MANIFEST_NAME}"]
     model = facts.get("model")
     lines += _model_lines(model) if isinstance(model, dict) else ["", f"model        none in {MODEL_DIR_NAME}/"]

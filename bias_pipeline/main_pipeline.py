@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -9,21 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import PipelineConfig, resolve_path
-from .errors import InputDataError
+from .errors import InputDataError, OutputError
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord
+from .interrupts import deferred_interrupts
 from .model import BiasModel
+from .output_folder import StagedRun, keep_stopped_run, output_lock, publish, stage_run
 from .products import run_cards
 from .provenance import input_digest, now_utc, provenance_cards, run_config_document, run_log, write_run_config
 from .report import report_data, write_report
-from .steps.step0_create_dirs import create_directories
+from .steps.step0_create_dirs import make_output_folder
 from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
-from .steps.step2_generate_master_bias_by_temp import (
-    MasterFrame,
-    build_masters,
-    discard_masters,
-    make_groups,
-    publish_masters,
-)
+from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, make_groups
 from .steps.step3_fit_bias_model import fit_model, fit_model_on_frames, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set
 from .steps.step5_evaluate_model import (
@@ -166,35 +163,52 @@ def run_bias_pipeline(
             f"--basepath {raw} {'is not a folder' if raw.exists() else 'does not exist'}; "
             "give the folder of raw FITS frames"
         )
-    dirs = create_directories(out)
-    with run_log(out):
-        return _run_logged(raw, out, dirs, hot_pixel_mask_path, generate_set, eval_save_fits, config, command_line)
+    make_output_folder(out)
+    with output_lock(out):
+        run = stage_run(out)
+        try:
+            with run_log(run.staging):
+                result = _run_logged(raw, run, hot_pixel_mask_path, generate_set, eval_save_fits, config, command_line)
+        except BaseException:
+            keep_stopped_run(run)
+            raise
+        published = False
+        try:
+            with deferred_interrupts():  # a Ctrl-C now waits for the renames, then says they are done
+                try:
+                    publish(run)
+                except OutputError as exc:
+                    keep_stopped_run(run, note=f"run stopped while publishing: {exc}")
+                    raise
+                published = True
+        except KeyboardInterrupt as exc:
+            exc.published_to = out if published else None  # type: ignore[attr-defined]
+            raise
+    return result
 
 
 def _run_logged(
     raw: Path,
-    out: Path,
-    dirs: dict[str, Path],
+    run: StagedRun,
     hot_pixel_mask_path: str | Path | None,
     generate_set: bool,
     eval_save_fits: bool,
     config: PipelineConfig,
     command_line: Sequence[str] | None,
 ) -> PipelineResult:
-    """Steps 1 to 5, run_config.json and the report (see :func:`run_bias_pipeline`)."""
-    manifest = out / MANIFEST_NAME
-    logger.debug("raw frames: %s; products: %s", raw, out)
+    """Steps 1 to 5, run_config.json and the report, all into the staging folder (see
+    :func:`run_bias_pipeline`); the result names the files where they will be once published."""
+    logger.debug("raw frames: %s; products: %s (staged in %s until complete)", raw, run.final, run.staging)
     # Step 1: every file, accepted or with its reason, and the checksums of those accepted.
     started = now_utc()
-    records, input_bits = scan_frames(raw, config, exclude=[out], checksum=True)
+    records, input_bits = scan_frames(raw, config, exclude=[run.final], checksum=True)
     with run_cards(provenance_cards(*input_digest(records, raw), started)):
-        result = _run_steps(
-            records, input_bits, raw, out, dirs, manifest, hot_pixel_mask_path, generate_set, eval_save_fits, config
-        )
+        staged = _run_steps(records, input_bits, raw, run, hot_pixel_mask_path, generate_set, eval_save_fits, config)
+    result = _as_published(staged, run)
     options = {
         **config.as_dict(),
         "basepath": str(raw),
-        "output_dir": str(out),
+        "output_dir": str(run.final),
         "hot_pixel_mask": None if hot_pixel_mask_path is None else str(resolve_path(hot_pixel_mask_path)),
         "generate_set": generate_set,
         "save_eval_fits": eval_save_fits,
@@ -208,33 +222,49 @@ def _run_logged(
     }
     document = run_config_document(options=options, records=records, base=raw, started=started,
                                    command_line=command_line, extra=facts)  # fmt: skip
-    write_run_config(out, document)
+    write_run_config(run.staging, document)
+    data = report_data(result, document)
+    data.files_dir = run.staging
+    data.files = run.files_after_publish(exclude=[raw])
     try:
-        write_report(report_data(result, document))
-    except Exception as exc:  # the products are written: a report that fails must not undo the run
+        write_report(data)
+    except OutputError:
+        raise  # a full disk: the run is not complete, and the earlier products stay
+    except Exception as exc:  # a fault of the report itself must not cost the user the model
         logger.warning("report.html not written: %s: %s (the other products are complete)", type(exc).__name__, exc)
         logger.debug("report failure", exc_info=True)
     return result
+
+
+def _as_published(result: PipelineResult, run: StagedRun) -> PipelineResult:
+    """``result`` with every path where :func:`publish` will put the file."""
+    return dataclasses.replace(
+        result,
+        output_dir=run.final,
+        masters=[dataclasses.replace(m, path=run.final_path(m.path)) for m in result.masters],
+        synthetic_paths=[run.final_path(p) for p in result.synthetic_paths],
+    )
 
 
 def _run_steps(
     records: list[FrameRecord],
     input_bits: int,
     raw: Path,
-    out: Path,
-    dirs: dict[str, Path],
-    manifest: Path,
+    run: StagedRun,
     hot_pixel_mask_path: str | Path | None,
     generate_set: bool,
     eval_save_fits: bool,
     config: PipelineConfig,
 ) -> PipelineResult:
-    """Steps 2 to 5 (see :func:`run_bias_pipeline`)."""
+    """Steps 2 to 5 into the staging folder (see :func:`run_bias_pipeline`)."""
+    dirs = run.dirs
+    manifest = run.staging / MANIFEST_NAME
+    stopped_manifest = run.stopped_dir / MANIFEST_NAME  # where the user finds it if the run stops
     # Step 2: groups and masters.
     groups = make_groups(records, config)
     if not groups:
         write_manifest(records, manifest, raw)
-        raise _no_usable_frames(records, raw, manifest)
+        raise _no_usable_frames(records, raw, stopped_manifest)
     if len(groups) < 2:
         write_manifest(records, manifest, raw)
         only = groups[0]
@@ -245,12 +275,12 @@ def _run_steps(
         )
     shape = groups[0].records[0].shape
     mask = None if hot_pixel_mask_path is None else load_hot_pixel_mask(hot_pixel_mask_path, shape)
-    masters = build_masters(groups, dirs["masters"], config, input_bits=input_bits, publish=False)
+    masters = build_masters(groups, dirs["masters"], config, input_bits=input_bits)
     write_manifest(records, manifest, raw)
     if len(masters) < 2:
-        discard_masters(masters)
-        raise InputDataError(f"--basepath {raw}: fewer than two temperature groups could be combined; see {manifest}")
-    publish_masters(masters)
+        raise InputDataError(
+            f"--basepath {raw}: fewer than two temperature groups could be combined; see {stopped_manifest}"
+        )
     logger.info(
         "%d frames used in %d masters, %d rejected, %d ignored",
         sum(r.status == STATUS_USED for r in records),
@@ -265,7 +295,7 @@ def _run_steps(
         used = [r for r in records if r.status == STATUS_USED]
         model = fit_model_on_frames(used, masters, mask, config, input_bits=input_bits)
     model.save(dirs["model"], cards={"INBITS": (input_bits, "bit depth of the input values")})
-    result = PipelineResult(out, records, masters, model, input_bits)
+    result = PipelineResult(run.staging, records, masters, model, input_bits)
     # Step 4: synthetic frames at the masters' temperatures.
     if generate_set:
         result.synthetic_paths = write_synthetic_set(

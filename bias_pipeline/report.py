@@ -75,6 +75,12 @@ class ReportData:
         ``run_config.json`` as a dict (empty when it is not there).
     exclude
         Folders under ``output_dir`` whose files are not products (the raw folder of a demo).
+    files_dir
+        Where the run's files are while the report is written (a run writes into a staging
+        folder and publishes it afterwards); ``output_dir`` when ``None``.
+    files
+        ``(path relative to output_dir, file holding it now)`` of every file the folder will
+        hold, for the list of products; the folder is walked when ``None``.
     """
 
     output_dir: Path
@@ -85,6 +91,13 @@ class ReportData:
     summary: Sequence[Mapping[str, object]] = ()
     run_info: Mapping[str, object] = field(default_factory=dict)
     exclude: Sequence[Path] = ()
+    files_dir: Path | None = None
+    files: Sequence[tuple[Path, Path]] | None = None
+
+    @property
+    def source(self) -> Path:
+        """The folder the run's files can be read from now."""
+        return self.files_dir or self.output_dir
 
 
 def report_data(result: object, run_info: Mapping[str, object] | None = None) -> ReportData:
@@ -159,7 +172,7 @@ def write_report(data: ReportData) -> Path:
     OutputError
         When the file cannot be written (a full disk, a folder in the way).
     """
-    path = data.output_dir / REPORT_NAME
+    path = data.source / REPORT_NAME
     write_text_atomic(path, render_report(data))
     logger.info("report: %s", path)
     return path
@@ -221,7 +234,7 @@ def _run_section(data: ReportData) -> str:
         shown = ("combine_method", "clip_sigma", "temp_bin_width", "max_exposure", "degree", "fit_on")
         facts.append(("options", ", ".join(f"{k} = {options[k]}" for k in shown if k in options)))
     body = _facts(facts)
-    if (data.output_dir / "run_config.json").is_file():
+    if (data.source / "run_config.json").is_file():
         body += '<p class="note">Every option and input checksum: <a href="run_config.json">run_config.json</a>.</p>'
     return _section("Run", body)
 
@@ -376,7 +389,7 @@ def _evaluation_section(data: ReportData) -> str:
         (SUMMARY_PNG, "Model error against temperature"),
         (TEMPERATURE_PLOT, "Header temperature against the temperature each frame's bias shows"),
     ):
-        png = evaluation / name
+        png = data.source / "evaluation" / name
         if png.is_file():
             body += _figure_html(png.read_bytes(), caption)
     return _section("Model error", body)
@@ -436,14 +449,17 @@ def _flag_names(value: int) -> str:
 
 
 def _products_section(data: ReportData) -> str:
-    products = _products(data.output_dir, data.exclude)
+    if data.files is None:
+        products = [(p.relative_to(data.output_dir), p) for p in _products(data.output_dir, data.exclude)]
+    else:
+        products = [(rel, now) for rel, now in data.files if rel.name != REPORT_NAME]
     rows = []
-    for path in products[:LISTED_PRODUCTS]:
+    for relative, now in products[:LISTED_PRODUCTS]:
         try:
-            size = human_size(path.stat().st_size)
+            size = human_size(now.stat().st_size)
         except OSError as exc:  # a dangling link, a file removed meanwhile
             size = _esc(exc.strerror or "cannot read")
-        rows.append((_link(data.output_dir, path), size))
+        rows.append((_link(data.output_dir, data.output_dir / relative), size))
     body = _table(("file", "size"), rows, escape=False, css="products")
     if len(products) > LISTED_PRODUCTS:
         body += f'<p class="note">... and {len(products) - LISTED_PRODUCTS} more files in the folder.</p>'

@@ -66,7 +66,7 @@ def test_flags_write_their_products(small_run, tmp_path):
         ("missing", 3, ["--basepath", "does not exist"]),
         ("file", 3, ["--basepath", "is not a folder"]),
         ("empty", 3, ["--basepath", "holds no files"]),
-        ("unusable", 3, ["no usable bias frames", "frames_manifest.csv", "exposure 9 s is longer"]),
+        ("unusable", 3, ["no usable bias frames", "stopped_run/frames_manifest.csv", "exposure 9 s is longer"]),
         ("one_temperature", 3, ["all usable frames are at one temperature (5.0 deg C, 3 frames)"]),
     ],
 )
@@ -85,7 +85,8 @@ def test_input_errors(tmp_path, setup, code, fragments):
     done = run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(tmp_path / "out"))
     assert_one_line_error(done, code, *fragments)
     if setup in ("unusable", "one_temperature"):
-        assert (tmp_path / "out" / "frames_manifest.csv").is_file()
+        assert (tmp_path / "out" / "stopped_run" / "frames_manifest.csv").is_file()
+        assert not (tmp_path / "out" / "frames_manifest.csv").exists()  # the folder shows no finished run
 
 
 @pytest.mark.parametrize("mask", ["absent", "transposed", "cube"])

@@ -107,6 +107,15 @@ def test_frame_fault(messy_run, name, status, reason):
     assert (row["reason"] == "") == (status == "used")
 
 
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every file of an output folder (relative path -> bytes); hidden names left out."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+    }
+
+
 def one_line_error(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
     assert done.returncode == code, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr
@@ -168,18 +177,29 @@ def test_only_our_own_leftovers_are_removed(tmp_path):
     assert mine.read_text() == "keep me" and not leftover.exists()
 
 
-def test_a_run_that_stops_after_combining_leaves_no_mix_of_runs(tmp_path):
+def test_a_run_that_stops_after_combining_keeps_the_earlier_run(tmp_path):
     raw = tmp_path / "raw"
     two_temperature_set(raw)
     out = tmp_path / "out"
     assert run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q").returncode == 0
+    before = snapshot(out)
     # Now the 10 deg C group loses a frame in step 2 (an outlier) and falls below 3 frames.
-    (raw / "good_+10.0_2.fits").unlink()
+    (raw / "good_+10.0_2.fits").rename(tmp_path / "kept.fits")
     write_frame(raw / "outlier.fits", bias_pixels(level=210, seed=5) // 16, temperature=10.0)
     done = run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q")
-    one_line_error(done, 3, "fewer than two temperature groups could be combined")
-    assert not list(out.rglob("*.fits")), "products of this or the earlier run left behind"
-    assert not (out / "run_config.json").exists() and not list(out.rglob(f"*{'.bias_pipeline.tmp'}"))
+    one_line_error(done, 3, "fewer than two temperature groups could be combined", "stopped_run/frames_manifest.csv")
+    after = snapshot(out)
+    stopped = {name: after.pop(name) for name in list(after) if name.startswith("stopped_run/")}
+    assert after == before, "the earlier run's products changed"
+    assert set(stopped) == {"stopped_run/frames_manifest.csv", "stopped_run/pipeline.log"}
+    assert b'outlier.fits,rejected,"disagrees with its group' in stopped["stopped_run/frames_manifest.csv"]
+    assert b"run stopped: InputDataError" in stopped["stopped_run/pipeline.log"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging or lock left behind"
+    # The next finished run replaces the products and drops the stopped run's files.
+    (raw / "outlier.fits").unlink()
+    (tmp_path / "kept.fits").rename(raw / "good_+10.0_2.fits")
+    assert run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q").returncode == 0
+    assert not (out / "stopped_run").exists()
 
 
 def test_a_final_name_taken_by_a_folder(tmp_path):

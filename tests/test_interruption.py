@@ -1,9 +1,12 @@
-"""A run killed while combining (SIGINT, SIGTERM, SIGKILL) leaves no product under its final
-name and a second run completes with the same result."""
+"""A run stopped part-way (SIGINT, SIGTERM, SIGKILL, a full disk) publishes nothing: a first run
+leaves no product under a final name, a rerun leaves the earlier products exactly as they were,
+and the next run completes with the same result. Two runs into one folder do not mix."""
 
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,47 +17,88 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from conftest import REPO, write_frame
+from conftest import REPO, run_cli, write_frame
 
 GROUPS = 8
 SHAPE = (1024, 1024)  # large enough that combining 8 groups takes a good fraction of a second
+STAGING = ".staging.bias_pipeline.tmp"
 
 
-@pytest.fixture(scope="module")
-def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("interrupt") / "raw"
+def _write_set(folder: Path, shape: tuple[int, int]) -> Path:
     folder.mkdir()
     rng = np.random.default_rng(0)
     for group in range(GROUPS):
         temperature = -10.0 + 5.0 * group
         for index in range(6):
-            data = (np.clip(rng.normal(200 + group, 2.0, SHAPE).round(), 1, 4095) * 16).astype(np.uint16)
+            data = (np.clip(rng.normal(200 + group, 2.0, shape).round(), 1, 4095) * 16).astype(np.uint16)
             write_frame(folder / f"f_{group}_{index}.fits", data, temperature=temperature)
     return folder
 
 
-def _start(raw: Path, out: Path) -> subprocess.Popen[str]:
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_set(tmp_path_factory.mktemp("interrupt") / "raw", SHAPE)
+
+
+@pytest.fixture(scope="module")
+def raw_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Frames of 512 x 512: plotting 32 maps of them takes a second or two, time to stop it."""
+    return _write_set(tmp_path_factory.mktemp("interrupt_small") / "raw", (512, 512))
+
+
+def _start(raw: Path, out: Path, *options: str, preexec_fn=None) -> subprocess.Popen[str]:
     command = [sys.executable, str(REPO / "run_pipeline.py"), "--basepath", str(raw), "--output-dir", str(out),
-               "--no-evaluation", "--threads", "1", "-q"]  # fmt: skip
+               "-q", *options]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=preexec_fn
+    )
 
 
 def _products(out: Path) -> dict[str, np.ndarray]:
     arrays = {}
     for path in sorted(out.rglob("*.fits")):
+        if any(part.startswith(".") for part in path.relative_to(out).parts):
+            continue
         with fits.open(path) as hdul:  # every file under its final name is whole
             arrays[str(path.relative_to(out))] = np.array(hdul[0].data)
     return arrays
 
 
+def _files(out: Path) -> dict[str, bytes]:
+    """Every file under a final (not hidden) name, and its bytes; ``stopped_run/`` left out."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(out).parts)
+        and p.relative_to(out).parts[0] != "stopped_run"
+    }
+
+
+def _wait_for(process: subprocess.Popen[str], folder: Path, pattern: str) -> None:
+    """Poll until a file matching ``pattern`` appears under ``folder`` (the run's phase has begun)."""
+    deadline = time.monotonic() + 120
+    while not list(folder.glob(pattern)) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
 @pytest.fixture(scope="module")
 def reference(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     out = tmp_path_factory.mktemp("reference")
-    process = _start(raw, out)
+    process = _start(raw, out, "--no-evaluation", "--threads", "1")
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     return _products(out)
+
+
+@pytest.fixture(scope="module")
+def finished(raw_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete output folder, evaluation included (copied by each test that reruns into it)."""
+    out = tmp_path_factory.mktemp("finished") / "out"
+    done = run_cli("run_pipeline.py", "--basepath", str(raw_small), "--output-dir", str(out), "-q")
+    assert done.returncode == 0, done.stderr
+    return out
 
 
 @pytest.mark.parametrize(
@@ -63,30 +107,142 @@ def reference(raw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 )
 def test_killed_while_combining(raw, reference, tmp_path, signum, code, word):
     out = tmp_path / "out"
-    process = _start(raw, out)
-    masters = out / "bias_grouped_by_temp"
-    deadline = time.monotonic() + 120
-    # Stop it once the first master is written (under its staging name): mid-combining.
-    while not list(masters.glob(".master_bias_*")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
+    process = _start(raw, out, "--no-evaluation", "--threads", "1")
+    # Stop it once the first master is written (in the staging folder): mid-combining.
+    _wait_for(process, out, f"{STAGING}/bias_grouped_by_temp/*master_bias_*")
     sent = time.monotonic()
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     stopped_after = time.monotonic() - sent
     assert process.returncode == code, err
     assert process.returncode != 0, "the run finished before it could be stopped"
-    assert not list(out.rglob("*.fits")), "a product under its final name"
+    assert not _products(out), "a product under its final name"
     assert not (out / "run_config.json").exists()
     if word is not None:
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and word in err, err
+        assert "nothing of this run was published" in err and "stopped_run/pipeline.log" in err, err
         assert stopped_after < 5.0, stopped_after  # in practice well under a second
-        assert not list(out.rglob(".*.tmp")), "temporary files left behind"
-    _products(out)  # whatever is there opens cleanly
-    again = _start(raw, out)
+        assert sorted(p.name for p in out.iterdir()) == ["stopped_run"], "staging, lock or temporary files left"
+        assert "run stopped: " in (out / "stopped_run" / "pipeline.log").read_text()
+    again = _start(raw, out, "--no-evaluation", "--threads", "1")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
-    assert not list(out.rglob(".*.tmp"))
+    assert not [p for p in out.rglob(".*")], "hidden leftovers after a finished run"
     result = _products(out)
     assert result.keys() == reference.keys()
     for name, data in reference.items():
         np.testing.assert_array_equal(result[name], data, err_msg=name)
+
+
+# Phases of a rerun, each recognised by a file of the staging folder: combining (a master),
+# plotting (an evaluation PNG) and writing the report (run_config.json comes just before it).
+PHASES = {
+    "combining": f"{STAGING}/bias_grouped_by_temp/*master_bias_*",
+    "plotting": f"{STAGING}/evaluation/*.png*",
+    "report": f"{STAGING}/run_config.json",
+}
+
+
+@pytest.mark.parametrize(
+    ("phase", "signum"),
+    [("combining", signal.SIGINT), ("plotting", signal.SIGTERM), ("report", signal.SIGTERM),
+     ("combining", signal.SIGKILL)],  # fmt: skip
+)
+def test_a_stopped_rerun_leaves_the_earlier_products_as_they_were(raw_small, finished, tmp_path, phase, signum):
+    raw = raw_small
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = _files(out)
+    # Other options, so that every product of the rerun would differ from the earlier ones.
+    process = _start(raw, out, "--combine-method", "median", "--generate-set", "--save-eval-fits")
+    _wait_for(process, out, PHASES[phase])
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0, "the rerun finished before it could be stopped"
+    assert _files(out) == before, "the earlier products changed"
+    if signum != signal.SIGKILL:
+        assert f"{out} holds the earlier run's products as they were" in err, err
+        inspected = subprocess.run(
+            [sys.executable, "-m", "bias_pipeline", "inspect", str(out), "--json"],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+        )  # fmt: skip
+        assert inspected.returncode == 0 and '"combine_method": "sigma-clip"' in inspected.stdout
+    # The next run replaces the earlier products with its own complete set.
+    again = run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q", "--no-evaluation",
+                    "--combine-method", "median")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert fits.getheader(out / "bias_grouped_by_temp" / "master_bias_0.0C.fits")["COMBMETH"] == "median"
+    assert not list((out / "evaluation").iterdir()), "the earlier run's evaluation left beside the new run"
+    assert not [p for p in out.rglob(".*")] and not (out / "stopped_run").exists()
+
+
+def test_a_full_disk_at_the_report_fails_the_run_and_keeps_the_earlier_one(tmp_path):
+    from conftest import two_temperature_set
+
+    raw = tmp_path / "raw"
+    two_temperature_set(raw)
+    out = tmp_path / "out"
+    assert run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q").returncode == 0
+    before = _files(out)
+    largest_other = max(len(data) for name, data in before.items() if name != "report.html")
+    assert len(before["report.html"]) > largest_other  # so a file-size limit between them hits the report
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing us
+        limit = (largest_other + len(before["report.html"])) // 2
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    process = _start(raw, out, "--generate-set", preexec_fn=small_disk)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 4, err
+    assert "cannot write" in err and "report.html" in err and "free some space" in err, err
+    assert _files(out) == before
+
+
+def test_two_runs_into_one_folder(raw, tmp_path):
+    out = tmp_path / "out"
+    first = _start(raw, out, "--no-evaluation", "--threads", "1")
+    _wait_for(first, out, f"{STAGING}/bias_grouped_by_temp/*master_bias_*")
+    second = run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 4, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another run is writing there (pid" in lines[0], second.stderr
+    assert str(first.pid) in lines[0]
+    assert len(list((out / "bias_grouped_by_temp").glob("*.fits"))) == GROUPS  # only the first run's
+    assert not (out / ".bias_pipeline.lock").exists()
+    # The lock of a run killed outright ends with it: the next run is not blocked.
+    killed = _start(raw, out, "--no-evaluation", "--threads", "1")
+    _wait_for(killed, out, f"{STAGING}/bias_grouped_by_temp/*master_bias_*")
+    killed.kill()
+    killed.communicate(timeout=60)
+    assert (out / ".bias_pipeline.lock").exists() and (out / STAGING).is_dir()  # left behind; the lock not held
+    again = run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q", "--no-evaluation")
+    assert again.returncode == 0, again.stderr
+    assert not [p for p in out.rglob(".*")]
+
+
+def test_killed_while_plotting_leaves_no_process_behind(raw_small, tmp_path):
+    """SIGKILL of the run while its forked workers draw the plots: the workers die with it, and a
+    caller reading the run's output is not left waiting."""
+    out = tmp_path / "out"
+    command = [sys.executable, str(REPO / "run_pipeline.py"), "--basepath", str(raw_small), "--output-dir", str(out),
+               "--threads", "2", "-q"]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    _wait_for(process, out, f"{STAGING}/evaluation/*.png*")
+    assert process.poll() is None, "the run ended before it could be killed while plotting"
+    process.kill()
+    process.communicate(timeout=30)  # returns only once nobody holds the run's stdout and stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)  # anything left of the run's session?
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("plot workers outlived the killed run")

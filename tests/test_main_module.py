@@ -24,7 +24,7 @@ from bias_pipeline.errors import InputDataError
 from bias_pipeline.inspect import inspect_facts, inspect_summary
 from bias_pipeline.quality import describe
 
-from conftest import REPO
+from conftest import REPO, run_cli, write_frame
 
 COMMANDS = ("run", "generate", "simulate", "inspect")
 GIVE = "give a model file (bias_model.fits or bias_a_map.fits) or a pipeline output folder"
@@ -319,3 +319,18 @@ def test_simulate_into_an_unwritable_place_is_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 4 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "python -m bias_pipeline simulate: error: cannot write" in err and "a_file" in err
+
+
+def test_inspect_a_folder_whose_only_run_stopped(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        write_frame(raw / f"f{i}.fits", seed=i)  # one temperature only: the run stops
+    assert run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(tmp_path / "out")).returncode == 3
+    done = subprocess.run(
+        [sys.executable, "-m", "bias_pipeline", "inspect", str(tmp_path / "out")],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "holds no finished run; the last run stopped: InputDataError" in done.stderr
+    assert "stopped_run/pipeline.log" in done.stderr

@@ -220,19 +220,19 @@ def test_large_maps_are_shown_downsampled_with_the_factor_stated() -> None:
     assert all("mean of 3x3 pixel blocks" in caption for caption in captions), captions
 
 
-def test_a_failed_run_leaves_no_report_of_an_earlier_run(sim, tmp_path: Path) -> None:
+def test_a_failed_run_keeps_the_earlier_report_and_says_why_it_stopped(sim, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert run_cli("run_pipeline.py", "--basepath", str(sim.raw_dir), "--output-dir", str(out), "-q").returncode == 0
-    assert (out / "report.html").is_file()
+    report, log = (out / "report.html").read_bytes(), (out / "pipeline.log").read_bytes()
     one_group = tmp_path / "one"
     one_group.mkdir()
     for path in sim.frame_paths[:5]:
         shutil.copy(path, one_group / path.name)
     failed = run_cli("run_pipeline.py", "--basepath", str(one_group), "--output-dir", str(out), "-q")
     assert failed.returncode != 0
-    assert not (out / "report.html").exists()
-    log = (out / "pipeline.log").read_text()
-    assert "run stopped: InputDataError" in log and "one temperature" in log
+    assert (out / "report.html").read_bytes() == report and (out / "pipeline.log").read_bytes() == log
+    stopped = (out / "stopped_run" / "pipeline.log").read_text()
+    assert "run stopped: InputDataError" in stopped and "one temperature" in stopped
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

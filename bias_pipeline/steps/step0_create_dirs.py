@@ -1,44 +1,54 @@
-"""Step 0: create the output folder tree and clear the products of an earlier run."""
+"""Step 0: the output folder: created and checked writable before any work.
+
+A run writes its products into a staging folder and publishes them together at its end (see
+:mod:`bias_pipeline.output_folder`); :func:`create_directories` is the older call form, which
+makes the product folders themselves and clears an earlier run's products from them.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 from ..errors import OutputError
+from ..output_folder import SUBDIRS, TEMPORARY_PATTERN, is_product
 from ..products import TEMPORARY_SUFFIX
 
 logger = logging.getLogger(__name__)
 
-#: Key of :func:`create_directories`'s result -> sub-folder of the output folder.
-SUBDIRS: dict[str, str] = {
-    "masters": "bias_grouped_by_temp",
-    "model": "bias_model",
-    "synthetic": "bias_masks_by_temp",
-    "evaluation": "evaluation",
-}
-
-# Files a run writes under a temperature label; an earlier run's copies are removed so a
-# re-run leaves exactly this run's products (temperatures may differ between runs).
-_PRODUCT_PATTERN = re.compile(r"^(master_bias|synthetic_bias|real_bias|mae|mape)_-?\d+(\.\d+)?(_\d+)?C\.(fits|png)$")
+__all__ = ["SUBDIRS", "create_directories", "make_output_folder"]
 
 
-# Temporary and staged files of this package (see products.TEMPORARY_SUFFIX), nothing else.
-_TEMPORARY_PATTERN = re.compile(r"^\..+" + re.escape(TEMPORARY_SUFFIX) + "$")
-# Whole-run products an earlier run left: removed at the start so that a run which stops early
-# never leaves them beside its own new files.
-_RUN_PRODUCTS = (
-    "run_config.json",
-    "report.html",
-    "evaluation/evaluation_summary.csv",
-    "evaluation/evaluation_summary.png",
-    "evaluation/temperature_check.png",
-    "bias_model/bias_a_map.fits",
-    "bias_model/bias_b_map.fits",
-    "bias_model/bias_model.fits",
-)
+def make_output_folder(path: str | Path) -> Path:
+    """Create ``path`` (with its parents) and check that it is a writable folder.
+
+    Parameters
+    ----------
+    path
+        The folder.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    OutputError
+        When it cannot be created, is a file, or is not writable; before any work is done.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"--output-dir: {path} exists and is not a folder") from None
+    except OSError as exc:
+        raise OutputError(
+            f"--output-dir: cannot create {path}: {exc.strerror or exc}; choose a writable folder"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"--output-dir: {path} is not writable; choose a writable folder")
+    return path
 
 
 def create_directories(output_dir: str | Path, *, clear_old_products: bool = True) -> dict[str, Path]:
@@ -47,7 +57,7 @@ def create_directories(output_dir: str | Path, *, clear_old_products: bool = Tru
     Parameters
     ----------
     output_dir
-        The run's output folder (created with its parents if missing).
+        The output folder (created with its parents if missing).
     clear_old_products
         Remove the products an earlier run left (per-temperature files such as
         ``master_bias_XX.XC.fits``, the model files and ``run_config.json``); nothing else is
@@ -67,31 +77,17 @@ def create_directories(output_dir: str | Path, *, clear_old_products: bool = Tru
     root = Path(output_dir)
     dirs = {"root": root, **{key: root / name for key, name in SUBDIRS.items()}}
     for path in dirs.values():
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise OutputError(f"--output-dir: {path} exists and is not a folder") from None
-        except OSError as exc:
-            raise OutputError(
-                f"--output-dir: cannot create {path}: {exc.strerror or exc}; choose a writable folder"
-            ) from None
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise OutputError(f"--output-dir: {path} is not writable; choose a writable folder")
+        make_output_folder(path)
     for path in dirs.values():
         # Temporary files of a run killed outright (SIGKILL, power loss) never got renamed.
         for stale in path.glob(f".*{TEMPORARY_SUFFIX}"):
-            if stale.is_file() and _TEMPORARY_PATTERN.match(stale.name):
+            if stale.is_file() and TEMPORARY_PATTERN.match(stale.name):
                 stale.unlink()
                 logger.info("removed %s, left by an interrupted run", stale)
     if clear_old_products:
-        for name in _RUN_PRODUCTS:
-            old = root / name
-            if old.is_file():
-                old.unlink()
-                logger.debug("removed earlier product %s", old)
-        for key in ("masters", "synthetic", "evaluation"):
-            for old in dirs[key].iterdir():
-                if old.is_file() and _PRODUCT_PATTERN.match(old.name):
+        for path in dirs.values():
+            for old in path.iterdir():
+                if old.is_file() and is_product(old.relative_to(root)):
                     old.unlink()
                     logger.debug("removed earlier product %s", old)
     return dirs

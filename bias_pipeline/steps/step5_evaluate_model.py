@@ -10,12 +10,16 @@ pixel does not wash out the picture.
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import logging
 import math
 import multiprocessing
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -196,7 +200,10 @@ def draw_plots(plots: Sequence[ImagePlot], workers: int = 1, show_progress: bool
         if workers > 1 and len(plots) > 2 and can_fork:
             context = multiprocessing.get_context("fork")
             pool_executor = ProcessPoolExecutor(
-                max_workers=min(workers, len(plots)), mp_context=context, initializer=_plot_worker_signals
+                max_workers=min(workers, len(plots)),
+                mp_context=context,
+                initializer=_plot_worker_setup,
+                initargs=(os.getpid(),),
             )
             with worker_pool(pool_executor) as pool:
                 return [_advance(progress, path) for path in pool.map(_draw_image, plots)]
@@ -208,11 +215,42 @@ def _advance(progress: tqdm, path: Path) -> Path:
     return path
 
 
-def _plot_worker_signals() -> None:
-    """In a forked drawing process: die quietly on SIGTERM and leave Ctrl-C to the parent
-    (which cancels the pool), instead of inheriting the parent's handler and its traceback."""
+def _plot_worker_setup(parent: int) -> None:
+    """In a forked drawing process: die with the parent, die quietly on SIGTERM and leave Ctrl-C
+    to the parent (which cancels the pool), instead of inheriting the parent's handler and its
+    traceback.
+
+    A parent killed outright (SIGKILL) cannot stop its pool; without this, the workers would
+    wait on their pipe for ever and keep the caller's stdout and stderr open, so a caller
+    waiting for the output (a scheduler, CI) would hang.
+    """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not _die_with_parent():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux to send SIGKILL to this process when its parent ends; whether it could."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    """Where Linux's parent-death signal is not available: end this process once its parent is gone."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def draw_map(figure: object, axes: object, shown: np.ndarray, shape: tuple[int, int], cmap: str, unit: str) -> None:
