@@ -22,9 +22,19 @@ from tqdm import tqdm
 
 from ._version import __version__
 from .combine import COMBINE_METHODS
-from .config import DEFAULT_EXPOSURE_KEYS, DEFAULT_TEMPERATURE_KEYS, PipelineConfig
+from .config import (
+    DEFAULT_BIAS_TYPES,
+    DEFAULT_EXPOSURE_KEYS,
+    DEFAULT_FRAME_TYPE_KEYS,
+    DEFAULT_SET_POINT_KEYS,
+    DEFAULT_TEMPERATURE_KEYS,
+    NO_KEYS,
+    TEMPERATURE_UNITS,
+    PipelineConfig,
+)
 from .config_file import KEYWORDS, NUMBER, blame_file, format_config, merge_config_file
 from .errors import BiasPipelineError, ConfigError
+from .frames import normal_frame_type
 from .interrupts import Terminated, raise_terminated
 from .output_folder import STOPPED_DIR
 from .provenance import LOG_NAME
@@ -77,6 +87,19 @@ def _keys(text: str) -> tuple[str, ...]:
     if not keys:
         raise argparse.ArgumentTypeError("give at least one keyword, e.g. TEMPERATURE,TEMP")
     return keys
+
+
+def _optional_keys(text: str) -> tuple[str, ...]:
+    """Keywords, or ``none`` (or nothing) to switch the look-up off."""
+    keys = tuple(k.strip().upper() for k in text.split(",") if k.strip())
+    return () if keys in ((), (NO_KEYS.upper(),)) else keys
+
+
+def _frame_types(text: str) -> tuple[str, ...]:
+    types = tuple(normal_frame_type(t) for t in text.split(",") if t.strip())
+    if not types:
+        raise argparse.ArgumentTypeError("give at least one frame type, e.g. BIAS,ZERO")
+    return types
 
 
 def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
@@ -160,6 +183,37 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
         default=DEFAULT_EXPOSURE_KEYS,
         metavar="KEY[,KEY...]",
         help=f"header keywords for the exposure in s (default {','.join(DEFAULT_EXPOSURE_KEYS)})",
+    )
+    frames.add_argument(
+        "--temperature-unit",
+        choices=TEMPERATURE_UNITS,
+        default="C",
+        help="unit of the header temperatures: C (default) or K, converted to deg C on reading",
+    )
+    frames.add_argument(
+        "--frame-type-keys",
+        type=_optional_keys,
+        default=DEFAULT_FRAME_TYPE_KEYS,
+        metavar="KEY[,KEY...]",
+        help="header keywords for the frame type, first found wins; a frame whose type is not one of "
+        f"--bias-types is rejected, one without a type is used (default {','.join(DEFAULT_FRAME_TYPE_KEYS)}; "
+        f"{NO_KEYS}: no check)",
+    )
+    frames.add_argument(
+        "--bias-types",
+        type=_frame_types,
+        default=DEFAULT_BIAS_TYPES,
+        metavar="TYPE[,TYPE...]",
+        help="frame types that mean a bias frame, compared without case, blanks or underscores "
+        f"(default {','.join(DEFAULT_BIAS_TYPES)})",
+    )
+    frames.add_argument(
+        "--set-point-keys",
+        type=_optional_keys,
+        default=DEFAULT_SET_POINT_KEYS,
+        metavar="KEY[,KEY...]",
+        help="header keywords for the thermal set point, deg C; when every frame has one, frames are "
+        f"grouped by it (default {','.join(DEFAULT_SET_POINT_KEYS)}; {NO_KEYS}: group by the readings)",
     )
     frames.add_argument(
         "--max-exposure",
@@ -246,6 +300,14 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
         help="reject a frame with more than this fraction of outlier pixels and remake its master (default 0.05)",
     )
     combine.add_argument(
+        "--max-frame-offset",
+        type=_finite_float,
+        default=0.5,
+        metavar="SIGMA",
+        help="reject a frame whose mean level differs from the rest of its group by more than this many "
+        "read-noise sigmas, and significantly, and remake its master (default 0.5; see the README)",
+    )
+    combine.add_argument(
         "--memory-limit",
         type=_finite_float,
         default=512.0,
@@ -306,6 +368,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(
         temperature_keys=args.temperature_keys,
         exposure_keys=args.exposure_keys,
+        temperature_unit=args.temperature_unit,
+        frame_type_keys=args.frame_type_keys,
+        bias_types=args.bias_types,
+        set_point_keys=args.set_point_keys,
         max_exposure=args.max_exposure,
         temp_bin_width=args.temp_bin_width,
         min_frames_per_group=args.min_frames_per_group,
@@ -314,6 +380,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         clip_iters=args.clip_iters,
         outlier_sigma=args.outlier_sigma,
         outlier_fraction=args.outlier_fraction,
+        max_frame_offset=args.max_frame_offset,
         input_bits=args.input_bits,
         scale_factor=args.scale_factor,
         max_zero_fraction=args.max_zero_fraction,
@@ -459,7 +526,7 @@ def _print_summary(result: object) -> None:
 #: Options that choose how one invocation behaves rather than what it computes: not in a --config file.
 COMMAND_LINE_ONLY = ("help", "version", "config", "write_config", "verbose", "quiet", "demo")
 #: Kinds of value a --config file gives for the run command's own argparse types.
-_FILE_KINDS = {_finite_float: NUMBER, _keys: KEYWORDS}
+_FILE_KINDS = {_finite_float: NUMBER, _keys: KEYWORDS, _optional_keys: KEYWORDS, _frame_types: KEYWORDS}
 
 
 def parse_run_args(

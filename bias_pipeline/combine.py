@@ -30,6 +30,7 @@ Two implementations give the same result:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -126,12 +127,38 @@ def _sorted_median_slabs(slabs: Sequence[np.ndarray]) -> np.ndarray:
     return (slabs[n // 2 - 1].astype(np.float32) + slabs[n // 2]) * np.float32(0.5)
 
 
-def typical_noise(noise: np.ndarray) -> np.ndarray:
-    """Median over each row of a ``(rows, columns)`` map, NaN left out, as a ``(rows, 1)`` column.
+#: Pixels a "typical noise" is taken over at least: a frame narrower than this pools that many
+#: rows (see :func:`pool_rows`), so that a row of one or three pixels does not set the floor alone.
+MIN_FLOOR_PIXELS = 64
+
+
+def pool_rows(columns: int) -> int:
+    """Rows whose pixels share one typical noise: 1 for frames of :data:`MIN_FLOOR_PIXELS` columns
+    or more, more for narrower frames. Pools start at multiples of this from the first row, so
+    a block that starts at such a multiple gives every pixel the same floor as the whole frame.
+
+    >>> pool_rows(2048), pool_rows(64), pool_rows(3), pool_rows(1)
+    (1, 1, 22, 64)
+    """
+    return max(1, math.ceil(MIN_FLOOR_PIXELS / max(1, columns)))
+
+
+def typical_noise(noise: np.ndarray, pool: int = 1) -> np.ndarray:
+    """Median over each row (or each ``pool`` rows) of a ``(rows, columns)`` map, NaN left out,
+    as a ``(rows, 1)`` column.
 
     >>> typical_noise(np.array([[1.0, 5.0, 2.0], [np.nan, 4.0, 3.0]])).ravel().tolist()
     [2.0, 3.5]
+    >>> typical_noise(np.array([[1.0], [5.0], [2.0], [7.0]]), pool=3).ravel().tolist()
+    [2.0, 2.0, 2.0, 7.0]
     """
+    if pool > 1:
+        rows = noise.shape[0]
+        out = np.empty((rows, 1), dtype=np.asarray(noise).dtype)
+        for start in range(0, rows, pool):
+            block = np.asarray(noise[start : start + pool]).reshape(1, -1)
+            out[start : start + pool] = typical_noise(block)
+        return out
     # By a sort, not np.median: np.partition slows down several times on the many equal
     # values of quantised data (a MAD map has a dozen distinct values), and np.nanmedian loops
     # over the rows in Python. Sorting puts NaN last, so the median of a row's `count` finite
@@ -186,6 +213,7 @@ def combine_block(
     *,
     clip_sigma: float = 3.0,
     clip_iters: int = 5,
+    pool: int = 1,
 ) -> Combined:
     """Combine ``stack`` (frames along axis 0) into a master with its noise and error.
 
@@ -199,6 +227,8 @@ def combine_block(
         One of :data:`COMBINE_METHODS`.
     clip_sigma, clip_iters
         Threshold (in robust standard deviations) and maximum passes of ``sigma-clip``.
+    pool
+        Rows sharing one clip floor (:func:`pool_rows`); the stack's first row starts a pool.
 
     Returns
     -------
@@ -242,14 +272,16 @@ def combine_block(
     full_lo = np.zeros(median.shape, dtype=np.intp)
     full_hi = np.full(median.shape, n, dtype=np.intp)
     mad = _mad_sigma(last, median, full_lo, full_hi)
-    half = np.float32(NOISE_WINDOW) * typical_noise(mad)
+    half = np.float32(NOISE_WINDOW) * typical_noise(mad, pool)
     lo, hi = _within(last, median, half, full_lo, full_hi)
-    floor = _finite_floor(typical_noise(_range_stats(last, lo, hi)[1]))
+    floor = _finite_floor(typical_noise(_range_stats(last, lo, hi)[1], pool))
     master, noise, kept = clip_pixels(last, floor, method, clip_sigma=clip_sigma, clip_iters=clip_iters)
     return _finish(master, noise, kept, method)
 
 
-def clip_floor(slabs: Sequence[np.ndarray], median: np.ndarray, std: np.ndarray, mad: np.ndarray) -> np.ndarray:
+def clip_floor(
+    slabs: Sequence[np.ndarray], median: np.ndarray, std: np.ndarray, mad: np.ndarray, pool: int = 1
+) -> np.ndarray:
     """The row's typical noise, below which no pixel's clip scale may fall, ``(rows, 1)``.
 
     Per row: the median over its pixels of the standard deviation of the values within
@@ -270,13 +302,15 @@ def clip_floor(slabs: Sequence[np.ndarray], median: np.ndarray, std: np.ndarray,
         within the window).
     mad
         Their per-pixel MAD in sigmas (:func:`mad_sigma_sorted`).
+    pool
+        Rows sharing one floor (:func:`pool_rows`; a narrow frame pools rows).
 
     Returns
     -------
     numpy.ndarray
         float32 ``(rows, 1)``; 0 where a row has no spread at all.
     """
-    half = np.float32(NOISE_WINDOW) * typical_noise(mad)
+    half = np.float32(NOISE_WINDOW) * typical_noise(mad, pool)
     outside = np.flatnonzero((slabs[0] < median - half) | (slabs[-1] > median + half))
     windowed = std.copy()
     half_flat = np.broadcast_to(half, median.shape).reshape(-1)
@@ -285,7 +319,7 @@ def clip_floor(slabs: Sequence[np.ndarray], median: np.ndarray, std: np.ndarray,
         full = np.zeros(sub.shape[0], dtype=np.intp)
         lo, hi = _within(sub, median.reshape(-1).take(chunk), half_flat.take(chunk), full, full + len(slabs))
         windowed.reshape(-1)[chunk] = _range_stats(sub, lo, hi)[1]
-    return _finite_floor(typical_noise(windowed))
+    return _finite_floor(typical_noise(windowed, pool))
 
 
 def _finite_floor(floor: np.ndarray) -> np.ndarray:
@@ -384,6 +418,7 @@ def combine_sorted(
     *,
     clip_sigma: float = 3.0,
     clip_iters: int = 5,
+    pool: int = 1,
 ) -> Combined:
     """Combine frames already sorted along the frames axis; same result as :func:`combine_block`.
 
@@ -396,6 +431,8 @@ def combine_sorted(
         One of :data:`COMBINE_METHODS`.
     clip_sigma, clip_iters
         Threshold and maximum passes of ``sigma-clip``.
+    pool
+        Rows sharing one clip floor (see :func:`combine_block`).
 
     Returns
     -------
@@ -445,7 +482,7 @@ def combine_sorted(
     if n < 3:
         return _finish(median if method == "median" else mean, std, kept, method)
     mad = mad_sigma_sorted(slabs, median)
-    floor = clip_floor(slabs, median, std, mad)
+    floor = clip_floor(slabs, median, std, mad, pool)
     # A pixel whose values all lie within the first pass's window keeps them all: its master
     # is the plain mean (or the median) and its noise the plain standard deviation. The
     # window is computed exactly as clip_pixels computes it, so the two agree bit for bit.

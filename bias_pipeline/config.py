@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .combine import COMBINE_METHODS
 from .errors import ConfigError
+from .frames import normal_frame_type
 
 #: Header keywords looked up, in this order, for the sensor temperature [deg C].
 DEFAULT_TEMPERATURE_KEYS: tuple[str, ...] = (
@@ -21,6 +22,23 @@ DEFAULT_TEMPERATURE_KEYS: tuple[str, ...] = (
 )
 #: Header keywords looked up, in this order, for the exposure time [s].
 DEFAULT_EXPOSURE_KEYS: tuple[str, ...] = ("EXPOSURE", "EXPTIME", "EXPOSURE_TIME", "ITIME")
+#: Header keywords looked up, in this order, for the frame type (a frame without one is used).
+DEFAULT_FRAME_TYPE_KEYS: tuple[str, ...] = ("IMAGETYP", "OBSTYPE", "FRAME")
+#: Frame types that mean a bias frame (compared without case, blanks, dashes or underscores;
+#: ``Bias Frame`` is what MaxIm DL and SBIG cameras write).
+DEFAULT_BIAS_TYPES: tuple[str, ...] = ("BIAS", "ZERO", "BIAS FRAME", "ZERO FRAME", "OFFSET")
+#: Header keywords looked up, in this order, for the thermal set point [deg C].
+DEFAULT_SET_POINT_KEYS: tuple[str, ...] = ("SET-TEMP", "SETTEMP", "TEMPSET", "CCD-SET")
+#: Keyword lists that may be switched off by this value.
+NO_KEYS = "none"
+TEMPERATURE_UNITS: tuple[str, ...] = ("C", "K")
+KELVIN_OFFSET = 273.15
+#: Largest scale factor: 4095 x this must stay within what float32 products hold exactly.
+MAX_SCALE_FACTOR = 65536.0
+#: Smallest memory limit [MiB]: the combine needs a row of every frame, and more is no burden.
+MIN_MEMORY_LIMIT_MB = 1.0
+#: Most worker threads: more than the CPUs of any machine this runs on gains nothing.
+MAX_THREADS = 256
 
 INPUT_BITS_CHOICES: tuple[str, ...] = ("auto", "12", "16")
 
@@ -37,6 +55,17 @@ class PipelineConfig:
     ----------
     temperature_keys, exposure_keys
         Header keywords looked up in order for the temperature [deg C] and exposure [s].
+    temperature_unit
+        ``"C"`` (the headers hold deg C) or ``"K"`` (kelvin, converted to deg C on reading).
+    frame_type_keys
+        Keywords of the frame type, in order; a frame whose type is not one of ``bias_types``
+        is rejected. Empty (``"none"`` on the command line) switches the check off.
+    bias_types
+        Frame types that mean a bias frame.
+    set_point_keys
+        Keywords of the thermal set point; when every frame has one, frames are grouped by set
+        point (the group temperature stays the mean of its frames' readings). Empty
+        (``"none"``) groups by the readings alone.
     max_exposure
         Longest exposure [s] still accepted as a bias frame.
     temp_bin_width
@@ -52,6 +81,9 @@ class PipelineConfig:
         A frame with more than ``outlier_fraction`` of its pixels further than
         ``outlier_sigma`` noise standard deviations from its group's master is rejected and
         the master remade without it.
+    max_frame_offset
+        A frame whose mean level differs from the rest of its group by more than this many
+        read-noise sigmas (and significantly) is rejected and the master remade without it.
     input_bits
         ``"16"``: stored values are already 16-bit ADU (12-bit values x ``scale_factor``);
         ``"12"``: stored values are raw 12-bit and are multiplied by ``scale_factor``;
@@ -97,6 +129,10 @@ class PipelineConfig:
 
     temperature_keys: tuple[str, ...] = DEFAULT_TEMPERATURE_KEYS
     exposure_keys: tuple[str, ...] = DEFAULT_EXPOSURE_KEYS
+    temperature_unit: str = "C"
+    frame_type_keys: tuple[str, ...] = DEFAULT_FRAME_TYPE_KEYS
+    bias_types: tuple[str, ...] = DEFAULT_BIAS_TYPES
+    set_point_keys: tuple[str, ...] = DEFAULT_SET_POINT_KEYS
     max_exposure: float = 0.1
     temp_bin_width: float = 0.1
     min_frames_per_group: int = 3
@@ -105,6 +141,7 @@ class PipelineConfig:
     clip_iters: int = 5
     outlier_sigma: float = 6.0
     outlier_fraction: float = 0.05
+    max_frame_offset: float = 0.5
     input_bits: str = "16"
     scale_factor: float = 16.0
     max_zero_fraction: float = 0.10
@@ -121,6 +158,10 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         self.temperature_keys = _keys(self.temperature_keys, "--temperature-keys")
         self.exposure_keys = _keys(self.exposure_keys, "--exposure-keys")
+        self.frame_type_keys = _keys(self.frame_type_keys, "--frame-type-keys", optional=True)
+        self.set_point_keys = _keys(self.set_point_keys, "--set-point-keys", optional=True)
+        self.bias_types = _bias_types(self.bias_types)
+        self.temperature_unit = str(self.temperature_unit).upper()
         self.input_bits = str(self.input_bits)
         self.temperature_limits = tuple(self.temperature_limits)  # type: ignore[assignment]
         self.validate()
@@ -136,12 +177,27 @@ class PipelineConfig:
         _positive(self.max_exposure, "--max-exposure", allow_zero=True)
         _positive(self.temp_bin_width, "--temp-bin-width")
         _positive(self.scale_factor, "--scale-factor")
+        if float(self.scale_factor) > MAX_SCALE_FACTOR:
+            raise ConfigError(
+                f"--scale-factor must lie in (0, {MAX_SCALE_FACTOR:g}] (12-bit to 16-bit is 16), "
+                f"got {self.scale_factor!r}"
+            )
         _positive(self.memory_limit_mb, "--memory-limit")
+        if float(self.memory_limit_mb) < MIN_MEMORY_LIMIT_MB:
+            raise ConfigError(
+                f"--memory-limit must be at least {MIN_MEMORY_LIMIT_MB:g} MiB (the combine needs a row of every "
+                f"frame), got {self.memory_limit_mb!r}"
+            )
+        _positive(self.max_frame_offset, "--max-frame-offset")
         _positive(self.clip_sigma, "--clip-sigma")
         _positive(self.temperature_tolerance, "--temperature-tolerance")
         _positive(self.outlier_sigma, "--outlier-sigma")
-        if not isinstance(self.threads, int) or self.threads < 0:
-            raise ConfigError(f"--threads must be a whole number >= 0 (0: as many as CPUs), got {self.threads!r}")
+        if not isinstance(self.threads, int) or not 0 <= self.threads <= MAX_THREADS:
+            raise ConfigError(
+                f"--threads must be a whole number from 0 (as many as CPUs) to {MAX_THREADS}, got {self.threads!r}"
+            )
+        if self.temperature_unit not in TEMPERATURE_UNITS:
+            raise ConfigError(f"--temperature-unit must be C or K, got {self.temperature_unit!r}")
         if not isinstance(self.clip_iters, int) or self.clip_iters < 1:
             raise ConfigError(f"--clip-iters must be a whole number >= 1, got {self.clip_iters!r}")
         if not 0.0 < self.outlier_fraction <= 1.0:
@@ -176,7 +232,7 @@ class PipelineConfig:
         return out
 
 
-def _keys(value: object, option: str) -> tuple[str, ...]:
+def _keys(value: object, option: str, *, optional: bool = False) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
     try:
@@ -184,9 +240,26 @@ def _keys(value: object, option: str) -> tuple[str, ...]:
     except TypeError as exc:
         raise ConfigError(f"{option} must be a comma-separated list of keywords") from exc
     keys = tuple(k for k in keys if k)
-    if not keys:
-        raise ConfigError(f"{option} needs at least one header keyword")
+    if optional and keys in ((), (NO_KEYS.upper(),)):
+        return ()
+    if not keys or NO_KEYS.upper() in keys:
+        raise ConfigError(
+            f"{option} needs at least one header keyword" + (f" (or {NO_KEYS} to switch it off)" if optional else "")
+        )
     return keys
+
+
+def _bias_types(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        types = tuple(normal_frame_type(str(v)) for v in value)  # type: ignore[union-attr]
+    except TypeError as exc:
+        raise ConfigError("--bias-types must be a comma-separated list of frame types") from exc
+    types = tuple(t for t in types if t)
+    if not types:
+        raise ConfigError("--bias-types needs at least one frame type (e.g. BIAS,ZERO)")
+    return types
 
 
 def _positive(value: float, option: str, *, allow_zero: bool = False) -> None:

@@ -7,11 +7,13 @@ This is the only module that opens raw FITS frames. A frame is inspected once by
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import re
 import sys
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,11 @@ class FrameRecord:
         Header values [deg C] and [s], when they could be read.
     temperature_key, exposure_key
         The header keyword each value came from.
+    frame_type, frame_type_key
+        The frame type the header states (``BIAS``, ``DARK``...) and its keyword; empty when the
+        header states none.
+    set_point, set_point_key
+        The thermal set point [deg C] the header states, and its keyword; ``None`` when absent.
     shape
         ``(rows, columns)`` of the image.
     group
@@ -109,6 +116,13 @@ class FrameRecord:
     passed_checks
         True once the frame passed every check of step 1 (it may still be rejected later, by
         its group's size or by disagreeing with its master).
+    offset, offset_sigma
+        The frame's mean offset from its group's master (the other frames) [ADU], and that
+        offset in units of its own standard error; ``None`` until step 2 combined it.
+    negative_count, min_value
+        Pixels below zero, and the smallest value (after BZERO/BSCALE).
+    constant
+        Whether every pixel holds the same value (a stuck readout).
     temperature_est, temperature_est_err
         The frame's temperature estimated from its own pixels with the fitted model [deg C].
     flag
@@ -124,6 +138,10 @@ class FrameRecord:
     exposure: float | None = None
     temperature_key: str = ""
     exposure_key: str = ""
+    frame_type: str = ""
+    frame_type_key: str = ""
+    set_point: float | None = None
+    set_point_key: str = ""
     shape: tuple[int, int] | None = None
     group: str = ""
     hdu_index: int = 0
@@ -137,6 +155,11 @@ class FrameRecord:
     saturated_fraction: float = 0.0
     saturated_fraction_12: float = 0.0
     passed_checks: bool = False
+    offset: float | None = None
+    offset_sigma: float | None = None
+    negative_count: int = 0
+    min_value: float = math.nan
+    constant: bool = False
     temperature_est: float | None = None
     temperature_est_err: float | None = None
     flag: str = ""
@@ -166,13 +189,42 @@ def is_fits_name(path: str | Path) -> bool:
     return name.endswith(FITS_SUFFIXES)
 
 
-def lookup_number(headers: Sequence[fits.Header], keys: Sequence[str], quantity: str) -> tuple[float, str]:
+def _cards(header: fits.Header, key: str) -> list[object]:
+    """Values of every card of ``key`` in ``header`` (a keyword may appear more than once)."""
+    try:
+        if key not in header:
+            return []
+        return [header[(key, index)] for index in range(header.count(key))]
+    except Exception:  # astropy raises assorted errors on malformed cards
+        return []
+
+
+def _first_present(headers: Sequence[fits.Header], keys: Sequence[str]) -> tuple[str, list[object]] | None:
+    """The first of ``keys`` present in any of ``headers``, with the values of all its cards."""
+    for key in keys:
+        values = [value for header in headers for value in _cards(header, key)]
+        if values:
+            return key, values
+    return None
+
+
+def _disagreeing(key: str, shown: Sequence[object], quantity: str) -> FrameReadError:
+    listed = " and ".join(repr(v) if isinstance(v, str) else f"{v:g}" for v in shown)
+    return FrameReadError(
+        f"{len(shown)} {key} cards disagree ({listed}); which {quantity} is right cannot be told: fix the header"
+    )
+
+
+def lookup_number(
+    headers: Sequence[fits.Header], keys: Sequence[str], quantity: str, *, required: bool = True
+) -> tuple[float, str] | None:
     """Find the first of ``keys`` present in ``headers`` and return its value as a float.
 
-    The keywords are tried in order; for each keyword the headers are tried in order (the
+    The keywords are tried in order; for each keyword every card in every header counts (the
     image HDU's header first, then the primary header). The first keyword present decides:
     an unusable value there is an error, not a reason to try the next alias, because the
-    first alias is the authoritative one.
+    first alias is the authoritative one. Cards of that keyword that disagree are an error too,
+    never a silent first pick.
 
     Parameters
     ----------
@@ -182,28 +234,67 @@ def lookup_number(headers: Sequence[fits.Header], keys: Sequence[str], quantity:
         Keywords in order of preference (``HIERARCH`` keywords are found by plain name).
     quantity
         What the value is, for the message (``"temperature"``).
+    required
+        When no keyword is present: an error (``True``), or ``None`` returned.
 
     Returns
     -------
     value, keyword
-        The value as a finite float and the keyword it came from.
+        The value as a finite float and the keyword it came from (``None`` when absent and not
+        required).
 
     Raises
     ------
     FrameReadError
-        When no keyword is present or the value is not a finite number. Never any other
-        exception, whatever the header holds.
+        When no keyword is present (and one is required), the value is not a finite number, or
+        cards of the keyword disagree. Never any other exception, whatever the header holds.
     """
+    found = _first_present(headers, keys)
+    if found is None:
+        if not required:
+            return None
+        raise FrameReadError(f"no {quantity} keyword in the header (looked for {', '.join(keys)})")
+    key, values = found
+    numbers = [_as_number(value, key, quantity) for value in values]
+    if len(set(numbers)) > 1:
+        raise _disagreeing(key, numbers, quantity)
+    return numbers[0], key
+
+
+def lookup_text(headers: Sequence[fits.Header], keys: Sequence[str], quantity: str) -> tuple[str, str] | None:
+    """The first of ``keys`` present in ``headers`` with a text value (stripped), or ``None``.
+
+    Cards holding a number do not count (``FRAME = 12`` is a frame counter in some headers, not
+    a frame type).
+
+    Raises
+    ------
+    FrameReadError
+        When text cards of that keyword disagree (compared without case and surrounding blanks).
+    """
+    found = None
     for key in keys:
-        for header in headers:
-            try:
-                if key not in header:
-                    continue
-                raw = header[key]
-            except Exception:  # astropy raises assorted errors on malformed cards
-                continue
-            return _as_number(raw, key, quantity), key
-    raise FrameReadError(f"no {quantity} keyword in the header (looked for {', '.join(keys)})")
+        values = [value for header in headers for value in _cards(header, key) if isinstance(value, str)]
+        if values:
+            found = key, values
+            break
+    if found is None:
+        return None
+    key, values = found
+    texts = [str(value).strip() for value in values]
+    if len({t.upper() for t in texts}) > 1:
+        raise _disagreeing(key, texts, quantity)
+    return texts[0], key
+
+
+def normal_frame_type(text: str) -> str:
+    """A frame type compared without case, blanks, dashes or underscores: ``'Bias Frame'`` ->
+    ``'BIAS FRAME'``, ``'bias_frame'`` -> ``'BIAS FRAME'``.
+
+    >>> normal_frame_type(" bias_frame "), normal_frame_type("ZERO")
+    ('BIAS FRAME', 'ZERO')
+    """
+    return " ".join(re.sub(r"[-_]", " ", text).upper().split())
 
 
 def _as_number(raw: object, key: str, quantity: str) -> float:
@@ -253,10 +344,23 @@ def _is_gzip(path: Path) -> bool:
         return handle.read(2) == _GZIP_MAGIC
 
 
+@dataclass(frozen=True)
+class HeaderKeys:
+    """The header keywords a scan looks up, each list in order of preference."""
+
+    temperature: Sequence[str]
+    exposure: Sequence[str]
+    frame_type: Sequence[str] = ()
+    set_point: Sequence[str] = ()
+
+
 def inspect_frame(
     path: str | Path,
     temperature_keys: Sequence[str],
     exposure_keys: Sequence[str],
+    *,
+    frame_type_keys: Sequence[str] = (),
+    set_point_keys: Sequence[str] = (),
 ) -> FrameRecord:
     """Open one FITS file, read its header values and its pixels, and check them.
 
@@ -265,24 +369,49 @@ def inspect_frame(
     path
         The FITS file.
     temperature_keys, exposure_keys
-        Header keywords to look up, in order.
+        Header keywords to look up, in order (both required).
+    frame_type_keys, set_point_keys
+        Keywords of the frame type and the thermal set point (optional in a header).
 
     Returns
     -------
     FrameRecord
         Status ``"accepted"``, or ``"rejected"`` with its reason. Checks that depend on
-        options or on the whole data set (exposure limit, shape, bit depth) are left to
-        step 1, which has the values they need on the record.
+        options or on the whole data set (exposure limit, frame type, shape, bit depth) are
+        left to step 1, which has the values they need on the record.
     """
     record = FrameRecord(path=Path(path))
+    keys = HeaderKeys(temperature_keys, exposure_keys, frame_type_keys, set_point_keys)
     try:
-        _inspect(record, temperature_keys, exposure_keys)
+        _inspect(record, keys)
     except FrameReadError as exc:
-        record.reject(str(exc))
+        reason = str(exc)
+        if not reason.startswith("truncated") and _gzip_ends_early(record.path):
+            reason = "truncated: the gzip stream ends before its end marker (a transfer cut short?)"
+        record.reject(reason)
     return record
 
 
-def _inspect(record: FrameRecord, temperature_keys: Sequence[str], exposure_keys: Sequence[str]) -> None:
+def _gzip_ends_early(path: Path) -> bool:
+    """Whether ``path`` is a gzip file cut short (its stream ends before the end marker)."""
+    try:
+        if not _is_gzip(path):
+            return False
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except EOFError:
+        return True
+    except (OSError, zlib.error):
+        return False
+    return False
+
+
+# Cards the pixel layout is read from: two that disagree make the pixels ambiguous.
+_LAYOUT_KEYS = ("BITPIX", "NAXIS1", "NAXIS2", "BZERO", "BSCALE", "BLANK")
+
+
+def _inspect(record: FrameRecord, keys: HeaderKeys) -> None:
     path = record.path
     try:
         size = path.stat().st_size
@@ -306,8 +435,18 @@ def _inspect(record: FrameRecord, temperature_keys: Sequence[str], exposure_keys
             headers = [header] if index == 0 else [header, hdul[0].header]
             record.hdu_index = index
             record.shape = (int(shape[0]), int(shape[1]))
-            record.temperature, record.temperature_key = lookup_number(headers, temperature_keys, "temperature")
-            record.exposure, record.exposure_key = lookup_number(headers, exposure_keys, "exposure")
+            for key in _LAYOUT_KEYS:
+                values = _cards(header, key)
+                if len(set(map(str, values))) > 1:
+                    raise _disagreeing(key, values, "pixel layout")
+            record.temperature, record.temperature_key = lookup_number(headers, keys.temperature, "temperature")
+            record.exposure, record.exposure_key = lookup_number(headers, keys.exposure, "exposure")
+            frame_type = lookup_text(headers, keys.frame_type, "frame type") if keys.frame_type else None
+            if frame_type is not None:
+                record.frame_type, record.frame_type_key = frame_type
+            set_point = lookup_number(headers, keys.set_point, "set point", required=False) if keys.set_point else None
+            if set_point is not None:
+                record.set_point, record.set_point_key = set_point
             plain = (
                 not isinstance(hdu, fits.CompImageHDU)
                 and "BLANK" not in header
@@ -428,6 +567,11 @@ def read_row_sample(record: FrameRecord, rows: Sequence[int] | np.ndarray) -> np
     return np.concatenate([read_rows(record, int(row), int(row) + 1) for row in rows])
 
 
+#: Frames of at least this many pixels are checked for one constant value (a stuck readout);
+#: in a smaller one, a few quantised values can all coincide by chance.
+CONSTANT_CHECK_PIXELS = 16
+
+
 def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
     if pixels.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(pixels)))
@@ -440,7 +584,11 @@ def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
         # OR of all values has its low 4 bits clear only when every value is a multiple of 16.
         record.multiple_of_16 = int(np.bitwise_or.reduce(pixels, axis=None)) & 15 == 0
     record.max_value = finite_max
-    zeros = np.count_nonzero(pixels == 0) if pixels.min() <= 0 else 0  # one pass less when none
+    minimum = float(pixels.min())
+    record.min_value = minimum
+    record.negative_count = int(np.count_nonzero(pixels < 0)) if minimum < 0 else 0
+    record.constant = minimum == finite_max and pixels.size >= CONSTANT_CHECK_PIXELS
+    zeros = np.count_nonzero(pixels == 0) if minimum <= 0 else 0  # one pass less when none
     record.zero_fraction = float(zeros) / pixels.size
     _saturation(pixels, finite_max, record)
 

@@ -265,6 +265,6 @@ def test_end_to_end_run_from_a_config_file_and_again_from_its_run_config(tmp_pat
     bad = run_cli("run_pipeline.py", "--config", str(bad_toml), "--output-dir", str(tmp_path / "o"), cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.splitlines() == [
-        "run_pipeline.py: error: --threads must be a whole number >= 0 (0: as many as CPUs), got -1 "
+        "run_pipeline.py: error: --threads must be a whole number from 0 (as many as CPUs) to 256, got -1 "
         f"(set by threads in --config {bad_toml})"
     ]

@@ -206,13 +206,13 @@ def test_large_group_uses_sort_and_thin_blocks(tmp_path):
     limit a large group is combined one row at a time, same result."""
     rng = np.random.default_rng(5)
     n_frames = 90
-    stack = (rng.normal(1500, 3, (n_frames, 6, 10)).round() * 16).astype(np.uint16)
+    stack = (rng.normal(1500, 3, (n_frames, 6, 64)).round() * 16).astype(np.uint16)
     stack[4, 2, 3] = 65000  # a cosmic ray
     for i, frame in enumerate(stack):
         write_frame(tmp_path / f"f{i:03d}.fits", frame, temperature=2.0)
     records, _ = scan_frames(tmp_path, PipelineConfig(show_progress=False))
     whole = combine_block(stack.astype(np.float32), "sigma-clip")
-    assert block_rows(n_frames, 10, 6, 0.001, 2) == 1
+    assert block_rows(n_frames, 64, 6, 0.001, 2) == 1
     thin = combine_records(records, "sigma-clip", memory_limit_mb=0.001, threads=2).combined
     np.testing.assert_array_equal(thin.n_used, whole.n_used)
     np.testing.assert_allclose(thin.master, whole.master, rtol=2e-6)

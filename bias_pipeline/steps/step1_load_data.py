@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
+import stat
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +20,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..config import PipelineConfig
+from ..config import KELVIN_OFFSET, PipelineConfig
 from ..errors import FrameReadError, InputDataError
 from ..frames import (
     STATUS_ACCEPTED,
     FrameRecord,
     inspect_frame,
     is_fits_name,
+    normal_frame_type,
 )
 from ..products import write_text_atomic
 from ..provenance import file_sha256
@@ -44,6 +47,10 @@ MANIFEST_COLUMNS = (
     "group",
     "temperature_key",
     "exposure_key",
+    "frame_type",
+    "set_point",
+    "offset_adu",
+    "offset_sigma",
     "temperature_est",
     "temperature_est_err",
     "flag",
@@ -115,10 +122,13 @@ def find_files(base_path: Path, exclude: Sequence[Path] = ()) -> tuple[list[Path
 def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
     """Apply the option- and data-set-dependent checks to inspected records (in place).
 
-    Checks, in order: exposure (negative, or longer than ``max_exposure``), temperature
-    within ``temperature_limits``, saturated-pixel fraction (more than
-    :data:`MAX_SATURATED_FRACTION` at 65520 ADU or above), zero-pixel fraction, the data set's shape (the most common
-    shape among the remaining frames; ties go to the larger frame), and the bit depth.
+    Temperatures given in kelvin (``temperature_unit``) are converted to deg C first. Checks,
+    in order: the frame type (when the header states one), negative pixels (values of an
+    unsigned camera read as signed), exposure (negative, or longer than ``max_exposure``),
+    temperature within ``temperature_limits``, saturated-pixel fraction (more than
+    :data:`MAX_SATURATED_FRACTION` at 65520 ADU or above), zero-pixel fraction, the data set's
+    shape (the most common shape among the remaining frames; ties go to the larger frame), the
+    bit depth, and one constant value (a stuck readout).
 
     Parameters
     ----------
@@ -137,7 +147,22 @@ def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
         if record.status != STATUS_ACCEPTED:
             continue
         assert record.exposure is not None and record.temperature is not None
-        if record.exposure < 0:
+        if config.temperature_unit == "K":
+            record.temperature -= KELVIN_OFFSET
+            if record.set_point is not None:
+                record.set_point -= KELVIN_OFFSET
+        if (
+            config.frame_type_keys
+            and record.frame_type
+            and normal_frame_type(record.frame_type) not in config.bias_types
+        ):
+            record.reject(
+                f"frame type {record.frame_type!r} ({record.frame_type_key}) is not a bias frame "
+                f"(--bias-types {','.join(config.bias_types)}; --frame-type-keys none skips this check)"
+            )
+        elif record.negative_count:
+            record.reject(_negative_reason(record))
+        elif record.exposure < 0:
             record.reject(f"negative exposure {record.exposure:g} s ({record.exposure_key})")
         elif record.exposure > config.max_exposure:
             record.reject(
@@ -146,7 +171,7 @@ def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
         elif not low <= record.temperature <= high:
             record.reject(
                 f"temperature {record.temperature:g} deg C ({record.temperature_key}) is outside "
-                f"the plausible range {low:g}..{high:g} (--temperature-limits)"
+                f"the plausible range {low:g}..{high:g} (--temperature-limits)" + _kelvin_hint(record, config)
             )
         elif record.saturated_fraction > MAX_SATURATED_FRACTION:
             record.reject(
@@ -182,9 +207,58 @@ def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
                 f"values up to {record.max_value:g} do not fit the 12-bit data declared by "
                 f"--input-bits {config.input_bits}"
             )
+        elif record.constant:  # after the saturation checks, whose reasons say more
+            record.reject(f"every pixel holds {record.max_value:g}: a stuck readout, not a bias frame")
         else:
             record.passed_checks = True
     return bits
+
+
+def _negative_reason(record: FrameRecord) -> str:
+    share = 100.0 * record.negative_count / (record.shape[0] * record.shape[1]) if record.shape else math.nan
+    text = (
+        f"{record.negative_count} pixels ({share:.1f} %) are negative, down to {record.min_value:g}: this "
+        "camera's values are unsigned"
+    )
+    if record.bitpix == 16 and record.bzero == 0.0:
+        return text + (
+            "; the frame is stored as signed 16-bit without BZERO = 32768, so its unsigned values read "
+            "as negative: restore the BZERO card"
+        )
+    return text + "; a frame converted with the wrong sign convention?"
+
+
+def _kelvin_hint(record: FrameRecord, config: PipelineConfig) -> str:
+    """A hint when a rejected temperature is a plausible one in kelvin."""
+    assert record.temperature is not None
+    celsius = record.temperature - KELVIN_OFFSET
+    low, high = config.temperature_limits
+    if config.temperature_unit == "C" and low <= celsius <= high:
+        return f"; it looks like kelvin ({record.temperature:g} K = {celsius:.2f} deg C): give --temperature-unit K"
+    return ""
+
+
+def not_regular(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file (``"a FIFO"``), else ``None``.
+
+    Only regular files are opened: reading a FIFO or a device under a FITS name would wait, or
+    read, for ever. A path that cannot be examined (a broken link) is left to the inspection,
+    which says why.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def scan_frames(
@@ -238,22 +312,38 @@ def scan_frames(
     with worker_pool(ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")) as hasher:
         checksums = {}
         for path in progress:
+            kind = not_regular(path) if is_fits_name(path) else None
             if not is_fits_name(path):
                 record = FrameRecord(path=path)
                 record.ignore(f"not a FITS file name ({path.suffix or 'no extension'})")
+            elif kind is not None:
+                record = FrameRecord(path=path)
+                record.ignore(f"{kind}, not a regular file: only regular files are read")
             else:
                 if checksum:
                     checksums[path] = hasher.submit(_checksum_or_empty, path)
-                record = inspect_frame(path, config.temperature_keys, config.exposure_keys)
+                record = inspect_frame(
+                    path,
+                    config.temperature_keys,
+                    config.exposure_keys,
+                    frame_type_keys=config.frame_type_keys,
+                    set_point_keys=config.set_point_keys,
+                )
             records.append(record)
         records.sort(key=lambda r: str(r.path))
         bits = classify_frames(records, config)
+        first_of: dict[str, FrameRecord] = {}
         for record in records:
             if record.passed_checks and record.path in checksums:
                 record.sha256 = checksums[record.path].result()
                 if not record.sha256:
                     record.passed_checks = False
                     record.reject("cannot be read again for its checksum")
+                    continue
+                first = first_of.setdefault(record.sha256, record)
+                if first is not record:  # a copy under another name: one frame, counted once
+                    record.passed_checks = False
+                    record.ignore(f"byte-identical copy of {first.path} (the same frame under another name); used once")
     for record in records:
         if record.status == STATUS_ACCEPTED:
             logger.debug("accepted %s: %.3f deg C, %g s", record.path, record.temperature, record.exposure)
@@ -308,6 +398,10 @@ def manifest_text(records: Sequence[FrameRecord], base_path: Path | None = None)
                 record.group,
                 record.temperature_key,
                 record.exposure_key,
+                record.frame_type,
+                "" if record.set_point is None else f"{record.set_point:g}",
+                "" if record.offset is None else f"{record.offset:.4f}",
+                "" if record.offset_sigma is None else f"{record.offset_sigma:.2f}",
                 "" if record.temperature_est is None else f"{record.temperature_est:.4f}",
                 "" if record.temperature_est_err is None else f"{record.temperature_est_err:.4f}",
                 record.flag,

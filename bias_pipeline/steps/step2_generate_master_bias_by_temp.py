@@ -29,12 +29,21 @@ from ..combine import (
     bytes_per_frame_pixel,
     combine_block,
     combine_sorted,
+    pool_rows,
     sort_frames,
     typical_noise,
 )
 from ..config import PipelineConfig
 from ..errors import FrameReadError, InputDataError, OutputError
-from ..frames import STATUS_ACCEPTED, STATUS_USED, FrameRecord, plain_uint16, read_rows, read_uint16_rows
+from ..frames import (
+    STATUS_ACCEPTED,
+    STATUS_REJECTED,
+    STATUS_USED,
+    FrameRecord,
+    plain_uint16,
+    read_rows,
+    read_uint16_rows,
+)
 from ..products import TEMPORARY_SUFFIX, product_header, read_image, unique_labels, write_image
 from ..workers import default_threads, worker_pool
 
@@ -176,15 +185,99 @@ def group_by_temperature(
     return dict(zip(keys, members, strict=True))
 
 
+def reading_step(temperatures: Sequence[float], bin_width: float) -> float | None:
+    """The step of a thermometer whose readings come on a lattice coarser than ``bin_width``, or
+    ``None``.
+
+    Some cameras report the sensor temperature in steps (an SBIG camera: 0.415 deg C), so that
+    the readings at one set point flip between neighbouring values further apart than the bins
+    and one set point would become two groups. The readings are taken to come in steps ``q``
+    when all distinct readings lie on one lattice of spacing ``q`` (> ``bin_width``), the same
+    readings recur (at least twice as many frames as distinct values), some neighbouring
+    readings are one step apart (a set point's flips) and some are three or more apart (set
+    points apart). ``q`` is fitted to all the gaps, so rounded header values do not matter.
+
+    >>> readings = [-10.2, -9.79, -10.2, -9.79, -5.22, -4.81, -5.22, 4.75, 5.16, 4.75, 5.16, 5.16]
+    >>> round(reading_step(readings, 0.1), 2)
+    0.42
+    >>> reading_step([-10.02, -9.98, 0.01, 0.03, 9.99, 10.02], 0.1) is None  # ordinary jitter
+    True
+    """
+    values = np.unique(np.round(np.asarray(temperatures, dtype=np.float64), 6))
+    if values.size < 3 or len(temperatures) < 2 * values.size:
+        return None
+    gaps = np.diff(values)
+    step = float(gaps.min())
+    if step <= bin_width + 1e-9:
+        return None
+    for reach in (4.0, 16.0, 64.0, math.inf):  # widen the fit as the step gets known better
+        near = gaps[gaps <= reach * step]
+        multiples = np.rint(near / step)
+        step = float(np.sum(multiples * near) / np.sum(multiples**2))
+    multiples = np.rint(gaps / step)
+    if np.any(np.abs(gaps / step - multiples) > 0.2) or not (np.any(multiples == 1) and np.any(multiples >= 3)):
+        return None
+    return step
+
+
+def grouping_width(temperatures: Sequence[float], bin_width: float) -> float:
+    """The width frames are grouped with: ``bin_width``, or just over the thermometer's step when
+    the readings come in coarser steps (:func:`reading_step`); the log says which."""
+    step = reading_step(temperatures, bin_width)
+    if step is None:
+        return bin_width
+    width = 1.01 * step
+    logger.info(
+        "temperature readings come in steps of %.3f deg C, coarser than --temp-bin-width %g: frames are "
+        "grouped %.3f deg C wide, so that readings flipping between two steps stay in one group",
+        step, bin_width, width,
+    )  # fmt: skip
+    return width
+
+
+#: A frame whose reading lies further than this many grouping widths (and at least
+#: :data:`MIN_SETTLED_DISTANCE`) from its set point's other frames had not reached the set point.
+SETTLED_WIDTHS = 5.0
+MIN_SETTLED_DISTANCE = 1.0  # deg C
+
+
+def _set_point_groups(records: Sequence[FrameRecord], width: float) -> list[list[FrameRecord]]:
+    """Frames grouped by set point, by increasing set point; frames far from the others' readings
+    are rejected (the sensor was not at its set point)."""
+    by_set_point: dict[float, list[FrameRecord]] = {}
+    for record in records:
+        by_set_point.setdefault(round(float(record.set_point), 6), []).append(record)  # type: ignore[arg-type]
+    limit = max(SETTLED_WIDTHS * width, MIN_SETTLED_DISTANCE)
+    groups = []
+    for set_point in sorted(by_set_point):
+        members = by_set_point[set_point]
+        median = float(np.median([r.temperature for r in members]))
+        for record in members:
+            distance = float(record.temperature) - median  # type: ignore[arg-type]
+            if abs(distance) > limit:
+                record.reject(
+                    f"its temperature {record.temperature:g} deg C ({record.temperature_key}) is {distance:+.2f} "
+                    f"deg C from the other frames at set point {set_point:g} ({record.set_point_key}, median "
+                    f"{median:.2f}): the sensor had not settled, or the reading is wrong"
+                )
+        groups.append([r for r in members if r.status == STATUS_ACCEPTED])
+    return [g for g in groups if g]
+
+
 def make_groups(records: Sequence[FrameRecord], config: PipelineConfig) -> list[FrameGroup]:
     """Group the accepted frames; reject those of groups smaller than the minimum (in place).
+
+    Frames are grouped by their thermal set point when every one has a set-point keyword
+    (``set_point_keys``), else by their temperature readings (:func:`temperature_clusters`) at
+    least as coarsely as the thermometer's step (:func:`grouping_width`). Either way a group's
+    temperature is the mean of its frames' readings.
 
     Parameters
     ----------
     records
         All records of the scan; only status ``accepted`` ones are grouped.
     config
-        The run's options (``temp_bin_width``, ``min_frames_per_group``).
+        The run's options (``temp_bin_width``, ``min_frames_per_group``, ``set_point_keys``).
 
     Returns
     -------
@@ -192,9 +285,20 @@ def make_groups(records: Sequence[FrameRecord], config: PipelineConfig) -> list[
         Groups large enough to combine, by increasing temperature, with unique labels.
     """
     accepted = [r for r in records if r.status == STATUS_ACCEPTED]
-    binned = group_by_temperature(accepted, bin_width=config.temp_bin_width)
+    width = grouping_width([float(r.temperature) for r in accepted], config.temp_bin_width)  # type: ignore[arg-type]
+    with_set_point = sum(r.set_point is not None for r in accepted)
+    if accepted and with_set_point == len(accepted):
+        logger.info("grouping %d frames by their set point (%s)", len(accepted), accepted[0].set_point_key)
+        binned = _set_point_groups(accepted, width)
+    else:
+        if with_set_point:
+            logger.info(
+                "%d of %d frames have no set point (%s): grouping all by their temperature readings",
+                len(accepted) - with_set_point, len(accepted), ",".join(config.set_point_keys),
+            )  # fmt: skip
+        binned = list(group_by_temperature(accepted, bin_width=width).values())
     kept: list[list[FrameRecord]] = []
-    for members in binned.values():
+    for members in binned:
         if len(members) < config.min_frames_per_group:
             mean_t = float(np.mean([m.temperature for m in members]))
             for member in members:
@@ -204,6 +308,7 @@ def make_groups(records: Sequence[FrameRecord], config: PipelineConfig) -> list[
                 )
         else:
             kept.append(members)
+    kept.sort(key=lambda g: float(np.mean([m.temperature for m in g])))
     labels = unique_labels(float(np.mean([m.temperature for m in g])) for g in kept)
     groups = [FrameGroup(label, members) for label, members in zip(labels, kept, strict=True)]
     for group in groups:
@@ -274,10 +379,29 @@ def block_rows(
 @dataclass
 class GroupResult:
     """A combined group: the maps of :class:`~bias_pipeline.combine.Combined` for the whole
-    frame, and for each frame the fraction of its pixels far from the master."""
+    frame, and per frame how it compares with the master.
+
+    Attributes
+    ----------
+    combined
+        The master and its maps.
+    outlier_fraction
+        Per frame: the fraction of its pixels further than ``outlier_sigma`` noise from the master.
+    offset, offset_sigma
+        Per frame: its mean difference from the rest of the group over the other pixels [ADU]
+        (from the master, times ``n / (n - 1)`` for a mean-like master, which holds the frame
+        itself), and that offset in units of its standard error; NaN for groups of fewer than
+        three frames.
+    fingerprint
+        Per frame: sums that two frames with identical pixels share exactly (a copy is then
+        confirmed pixel by pixel).
+    """
 
     combined: Combined
     outlier_fraction: np.ndarray
+    offset: np.ndarray
+    offset_sigma: np.ndarray
+    fingerprint: list[tuple[float, float, int]]
 
 
 def _read_block(records: Sequence[FrameRecord], start: int, stop: int, out: np.ndarray, as_uint16: bool) -> None:
@@ -299,23 +423,32 @@ def _read_block(records: Sequence[FrameRecord], start: int, stop: int, out: np.n
             raise
 
 
-def _count_outliers(block: np.ndarray, combined: Combined, outlier_sigma: float, as_uint16: bool) -> np.ndarray:
-    """Per frame, how many of its pixels lie further than ``outlier_sigma`` noise from the master."""
-    # Noise floored at the row's typical value: a pixel whose frames happen to agree exactly
+def _frame_statistics(
+    block: np.ndarray, combined: Combined, outlier_sigma: float, pool: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame of a block: pixels further than ``outlier_sigma`` noise from the master, and the
+    sum, sum of squares and count of the differences from the master of the other pixels."""
+    # Noise floored at the rows' typical value: a pixel whose frames happen to agree exactly
     # must not make every small difference an outlier.
-    noise = np.fmax(combined.noise, typical_noise(combined.noise))
+    noise = np.fmax(combined.noise, typical_noise(combined.noise, pool))
     reach = np.float32(outlier_sigma) * noise
-    high = combined.master + reach
-    low = combined.master - reach
-    if as_uint16:
-        # For whole numbers x: x > high <=> x > floor(high), x < low <=> x < ceil(low); clipped
-        # to the uint16 range, the comparisons run on the raw values without conversion.
-        high = np.clip(np.floor(high), 0, 65535).astype(np.uint16)
-        low = np.clip(np.ceil(low), 0, 65535).astype(np.uint16)
-    counts = np.empty(block.shape[0], dtype=np.int64)
+    n = block.shape[0]
+    outliers = np.empty(n, dtype=np.int64)
+    sums = np.empty(n, dtype=np.float64)
+    squares = np.empty(n, dtype=np.float64)
+    inside = np.empty(n, dtype=np.int64)
+    difference = np.empty(combined.master.shape, dtype=np.float32)
+    far = np.empty(combined.master.shape, dtype=bool)
     for index, frame in enumerate(block):
-        counts[index] = np.count_nonzero(frame > high) + np.count_nonzero(frame < low)
-    return counts
+        np.subtract(frame, combined.master, out=difference, dtype=np.float32)
+        np.greater(np.abs(difference), reach, out=far)
+        outliers[index] = np.count_nonzero(far)
+        difference[far] = 0.0
+        flat = difference.reshape(-1)
+        sums[index] = flat.sum(dtype=np.float64)
+        squares[index] = float(np.dot(flat, flat))
+        inside[index] = flat.size - outliers[index]
+    return outliers, sums, squares, inside
 
 
 def combine_records(
@@ -381,19 +514,31 @@ def combine_records(
     workers = min(threads or default_threads(), rows)
     compressed = any(r.data_offset is None for r in records)
     step = block_rows(n, columns, rows, memory_limit_mb, workers, dtype.itemsize, tall=compressed)
+    # A narrow frame's rows share their noise floor in pools; a block holds whole pools, so
+    # the products do not depend on how the frame is cut into blocks.
+    floor_pool = pool_rows(columns)
+    step = min(rows, max(floor_pool, step // floor_pool * floor_pool))
     needed_mb = workers * step * block_bytes_per_row(n, columns, dtype.itemsize) / 2**20
     if needed_mb > memory_limit_mb:
         logger.warning(
-            "%d frames of %d columns need %.0f MiB per row block, more than --memory-limit %g MiB",
+            "%d frames of %d columns need %.3g MiB per row block, more than --memory-limit %g MiB",
             n, columns, needed_mb, memory_limit_mb,
         )  # fmt: skip
     starts = list(range(0, rows, step))
     workers = min(workers, len(starts))
+    logger.debug(
+        "combining %d frames of %dx%d in %d blocks of up to %d rows on %d threads",
+        n, rows, columns, len(starts), step, workers,
+    )  # fmt: skip
     master = np.empty((rows, columns), dtype=np.float32)
     noise = np.empty_like(master)
     error = np.empty_like(master)
     n_used = np.empty((rows, columns), dtype=np.int32)
-    outliers = np.zeros((workers, n), dtype=np.int64)
+    # Per block, so that the totals are summed in one order whatever the thread count.
+    outliers = np.zeros((len(starts), n), dtype=np.int64)
+    sums = np.zeros((len(starts), n), dtype=np.float64)
+    squares = np.zeros((len(starts), n), dtype=np.float64)
+    inside = np.zeros((len(starts), n), dtype=np.int64)
     failed = threading.Event()
 
     def work(worker: int) -> None:
@@ -406,7 +551,8 @@ def combine_records(
     def combine_blocks(worker: int) -> None:
         raw = np.empty((n, step, columns), dtype=dtype)
         ordered = np.empty_like(raw)
-        for start in starts[worker::workers]:
+        for block_index in range(worker, len(starts), workers):
+            start = starts[block_index]
             if failed.is_set():
                 return
             stop = min(rows, start + step)
@@ -420,13 +566,15 @@ def combine_records(
                 method,
                 clip_sigma=clip_sigma,
                 clip_iters=clip_iters,
+                pool=floor_pool,
             )
             master[start:stop] = combined.master
             noise[start:stop] = combined.noise
             error[start:stop] = combined.error
             n_used[start:stop] = combined.n_used
             if n >= 3:
-                outliers[worker] += _count_outliers(block, combined, outlier_sigma, as_uint16)
+                found = _frame_statistics(block, combined, outlier_sigma, floor_pool)
+                outliers[block_index], sums[block_index], squares[block_index], inside[block_index] = found
             if on_rows is not None:
                 on_rows(height * n)
 
@@ -446,7 +594,21 @@ def combine_records(
         for image in (master, noise, error):
             image *= factor
     combined = Combined(master, noise, error, n_used)
-    return GroupResult(combined, outliers.sum(axis=0) / float(rows * columns))
+    total_sum, total_squares, total_inside = sums.sum(axis=0), squares.sum(axis=0), inside.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total_sum / total_inside
+        spread = np.sqrt(np.maximum(total_squares / total_inside - mean**2, 0.0))
+        sigma = mean / (spread / np.sqrt(total_inside))
+    # The master holds the frame itself: a mean-like master moves 1/n of the way towards it.
+    correction = 1.0 if method == "median" or n < 2 else n / (n - 1.0)
+    offset = np.where(total_inside > 0, mean * correction * float(factor), np.nan) if n >= 3 else np.full(n, np.nan)
+    return GroupResult(
+        combined,
+        outliers.sum(axis=0) / float(rows * columns),
+        offset,
+        np.where(np.isfinite(sigma), sigma, 0.0) if n >= 3 else np.full(n, np.nan),
+        [(float(a), float(b), int(c)) for a, b, c in zip(total_sum, total_squares, total_inside, strict=True)],
+    )
 
 
 def combine_frames(entries: Sequence[object], method: str = "median") -> np.ndarray:
@@ -637,9 +799,17 @@ def _extension(data: np.ndarray, name: str, what: str) -> fits.ImageHDU:
     return hdu
 
 
+#: A frame's mean offset from the rest of its group must be this many of its standard errors
+#: to count as real (with millions of pixels a real shift is hundreds of them; chance, about 1).
+OFFSET_SIGNIFICANCE = 5.0
+
+
 def _combine_group(
     group: FrameGroup, config: PipelineConfig, input_bits: int, on_rows: Callable[[int], None]
 ) -> Combined | None:
+    """Combine a group, rejecting frames that cannot be read, that disagree with the master pixel
+    by pixel, whose whole level is offset from the rest, or that copy another frame's pixels,
+    and combining again without them until none is left to reject."""
     while len(group.records) >= config.min_frames_per_group:
         try:
             result = combine_records(
@@ -659,24 +829,19 @@ def _combine_group(
             bad.reject(f"became unreadable while combining: {exc}")
             group.records = [r for r in group.records if r is not bad]
             continue
-        outlying = [
-            (record, fraction)
-            for record, fraction in zip(group.records, result.outlier_fraction, strict=True)
-            if fraction > config.outlier_fraction
-        ]
-        if not outlying:
+        for record, offset, sigma in zip(group.records, result.offset, result.offset_sigma, strict=True):
+            record.offset = None if np.isnan(offset) else float(offset)
+            record.offset_sigma = None if np.isnan(sigma) else float(sigma)
+        rejected = (
+            _reject_outlying(group, result, config)
+            or _reject_copies(group, result)
+            or _reject_offset(group, result, config)
+        )
+        if not rejected:
             return result.combined
-        for record, fraction in outlying:
-            record.reject(
-                f"disagrees with its group's master: {100 * fraction:.1f} % of pixels beyond "
-                f"{config.outlier_sigma:g} sigma (limit {100 * config.outlier_fraction:g} %; a readout "
-                "glitch, light leak or another gain mode?)"
-            )
-        group.records = [r for r in group.records if r.status != "rejected"]
+        group.records = [r for r in group.records if r.status != STATUS_REJECTED]
         logger.warning(
-            "group %s C: %d frame(s) disagree with the master and were rejected; combining again",
-            group.label,
-            len(outlying),
+            "group %s C: %d frame(s) rejected (%s); combining again", group.label, len(rejected), rejected[0].reason
         )
     for record in group.records:
         record.reject(
@@ -685,6 +850,70 @@ def _combine_group(
         )
     logger.warning("group %s C dropped: too few usable frames", group.label)
     return None
+
+
+def _reject_outlying(group: FrameGroup, result: GroupResult, config: PipelineConfig) -> list[FrameRecord]:
+    """Frames with too many pixels far from the master (a glitch, light, another gain mode)."""
+    outlying = [
+        (record, fraction)
+        for record, fraction in zip(group.records, result.outlier_fraction, strict=True)
+        if fraction > config.outlier_fraction
+    ]
+    for record, fraction in outlying:
+        record.reject(
+            f"disagrees with its group's master: {100 * fraction:.1f} % of pixels beyond "
+            f"{config.outlier_sigma:g} sigma (limit {100 * config.outlier_fraction:g} %; a readout "
+            "glitch, light leak or another gain mode?)"
+        )
+    return [record for record, _ in outlying]
+
+
+def _reject_copies(group: FrameGroup, result: GroupResult) -> list[FrameRecord]:
+    """Frames whose pixels are identical to an earlier frame's of the group (one frame saved twice
+    under different headers): the copies go, the first stays. Candidates share their sums
+    exactly; they are compared pixel by pixel before anything is rejected."""
+    first_with: dict[tuple[float, float, int], FrameRecord] = {}
+    copies = []
+    for record, fingerprint in zip(group.records, result.fingerprint, strict=True):
+        first = first_with.setdefault(fingerprint, record)
+        if first is not record and _same_pixels(first, record):
+            record.reject(f"its pixels are identical to those of {first.path} (one frame saved twice)")
+            copies.append(record)
+    return copies
+
+
+def _same_pixels(one: FrameRecord, other: FrameRecord) -> bool:
+    assert one.shape is not None
+    try:
+        for start in range(0, one.shape[0], MAX_BLOCK_ROWS):
+            stop = min(one.shape[0], start + MAX_BLOCK_ROWS)
+            if not np.array_equal(read_rows(one, start, stop), read_rows(other, start, stop)):
+                return False
+    except FrameReadError:
+        return False
+    return True
+
+
+def _reject_offset(group: FrameGroup, result: GroupResult, config: PipelineConfig) -> list[FrameRecord]:
+    """The frame whose whole level is furthest from the rest of its group, when that offset is
+    both real (:data:`OFFSET_SIGNIFICANCE`) and larger than ``max_frame_offset`` read-noise
+    sigmas. One at a time: a frame far off pulls the master, and so the others' offsets."""
+    typical = float(np.nanmedian(result.combined.noise))
+    tolerance = config.max_frame_offset * typical
+    candidates = [
+        (abs(offset), record, offset, sigma)
+        for record, offset, sigma in zip(group.records, result.offset, result.offset_sigma, strict=True)
+        if np.isfinite(offset) and abs(offset) > tolerance and abs(sigma) > OFFSET_SIGNIFICANCE
+    ]
+    if not candidates or not np.isfinite(tolerance):
+        return []
+    _, record, offset, sigma = max(candidates, key=lambda c: c[0])
+    record.reject(
+        f"its level is offset by {offset:+.2f} ADU from the rest of its group ({offset / typical:+.2f} read-noise "
+        f"sigmas, {abs(sigma):.0f} times its error; limit --max-frame-offset {config.max_frame_offset:g}): taken "
+        "apart in time or while the sensor was not settled?"
+    )
+    return [record]
 
 
 def generate_master_bias_by_temp(
