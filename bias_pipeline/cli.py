@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import re
 import signal
 import sys
 import textwrap
@@ -60,16 +62,27 @@ GENERATE_EXAMPLE = """\
 example:
   python generate_bias.py --a-map results/bias_model/bias_a_map.fits \\
       --b-map results/bias_model/bias_b_map.fits --temperature 12.0 --output synthetic/
+  python generate_bias.py --model results/bias_model/bias_model.fits --temperature 12.0 --output synthetic/
 
-  writes synthetic/synthetic_bias_12.0C.fits and prints its mean and standard deviation.
+  writes synthetic/synthetic_bias_12.0C.fits and prints its mean and standard deviation. --model
+  takes the whole model (any degree); a degree-2 run's a-map is read with its bias_model.fits.
 """
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line naming the option."""
+    """An argument parser whose errors are one line naming the option, and that takes negative
+    numbers in any notation as values (``--temperature -1e-3``, ``-inf``), not as options."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# Every float() spelling of a negative number (argparse alone knows -1 and -1.5, not -1e-3 or -inf).
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
 def _finite_float(text: str) -> float:
@@ -639,19 +652,20 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
     """The argument parser of the one-frame generator."""
     parser = _Parser(
         prog=prog,
-        description="Write one synthetic bias frame a + b*T at a temperature, float32 in 16-bit ADU.",
+        description="Write one synthetic bias frame, the model at a temperature, float32 in 16-bit ADU.",
         epilog=GENERATE_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--a-map",
+    models = parser.add_argument_group("the model (give --model, or --a-map with --b-map)")
+    models.add_argument(
+        "--model",
         type=Path,
-        required=True,
-        metavar="A.fits",
-        help="intercept map (bias_model/bias_a_map.fits)",
+        metavar="MODEL",
+        help="bias_model.fits, its bias_model/ folder or a run's output folder: the whole model, any degree",
     )
-    parser.add_argument(
-        "--b-map", type=Path, required=True, metavar="B.fits", help="slope map (bias_model/bias_b_map.fits)"
+    models.add_argument("--a-map", type=Path, metavar="A.fits", help="intercept map (bias_model/bias_a_map.fits)")
+    models.add_argument(
+        "--b-map", type=Path, metavar="B.fits", help="slope map (default: bias_b_map.fits beside --a-map)"
     )
     parser.add_argument(
         "--temperature", type=_finite_float, required=True, metavar="T", help="sensor temperature in deg C"
@@ -661,24 +675,36 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
         type=str,  # not Path: it would drop the trailing "/" that marks a folder still to be made
         required=True,
         metavar="PATH",
-        help="a folder (gets synthetic_bias_T.TC.fits) or a file name; missing folders are created",
+        help="a folder (gets synthetic_bias_T.TC.fits) or a file name; missing folders are created; an input "
+        "of the command, or a file that is not a synthetic frame, is never overwritten",
     )
     parser.add_argument(
         "--noise",
         action="store_true",
         help="add the sensor's read noise and 12-bit quantisation: a raw-like frame instead of the mean",
     )
-    parser.add_argument("--seed", type=int, metavar="N", help="seed of --noise, for a reproducible frame")
+    parser.add_argument("--seed", type=_seed, metavar="N", help="seed of --noise (0 or more), for a reproducible frame")
     parser.add_argument(
         "--noise-map",
         type=Path,
         metavar="MODEL.fits",
-        help="bias_model.fits (or a FITS read-noise image) for --noise; default: bias_model.fits beside --a-map",
+        help="bias_model.fits (or a FITS read-noise image) for --noise; default: the model's own, or bias_model.fits "
+        "beside --a-map",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
     parser.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
     return parser
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
 
 
 def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -688,32 +714,95 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
     setup_logging(args.verbose, args.quiet)
 
     def body() -> int:
-        from .errors import OutputError
         from .model import MODEL_FILE_NAME, BiasModel, load_read_noise
-        from .steps.step4_generate_synthetic_bias import synthetic_name, write_synthetic
+        from .steps.step4_generate_synthetic_bias import write_synthetic
 
-        model = BiasModel.load(args.a_map, args.b_map)
+        if args.model is not None and (args.a_map is not None or args.b_map is not None):
+            raise ConfigError("--model is the whole model: leave out --a-map and --b-map")
+        if args.model is None and args.a_map is None:
+            raise ConfigError("give the model: --model bias_model/bias_model.fits (or --a-map A.fits --b-map B.fits)")
+        if args.model is not None:
+            model = BiasModel.load(args.model)
+            inputs = {"--model": args.model}
+        else:
+            model = BiasModel.load(args.a_map, args.b_map)
+            inputs = {"--a-map": args.a_map, "--b-map": args.b_map or args.a_map.with_name("bias_b_map.fits")}
         if args.noise:
-            model.read_noise = load_read_noise(args.noise_map or args.a_map.with_name(MODEL_FILE_NAME), model.shape)
+            if args.noise_map is not None or model.read_noise is None:
+                beside = args.model if args.model is not None and args.model.is_file() else args.a_map
+                noise_map = args.noise_map or (beside.with_name(MODEL_FILE_NAME) if beside is not None else None)
+                if noise_map is None:
+                    raise ConfigError("--noise needs a read-noise map: give --noise-map bias_model/bias_model.fits")
+                model.read_noise = load_read_noise(noise_map, model.shape)
+                inputs["--noise-map"] = noise_map
         elif args.seed is not None or args.noise_map is not None:
             raise ConfigError("--seed and --noise-map only apply with --noise")
-        output = Path(args.output)
-        if output.is_dir() or args.output.endswith(("/", "\\")):
-            output = output / synthetic_name(args.temperature)
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"--output: cannot create {output.parent}: {exc.strerror or exc}") from None
+        output = _synthetic_output(args.output, args.temperature, inputs)
         path, frame = write_synthetic(model, args.temperature, output, noise=args.noise, noise_seed=args.seed)
         good = np.isfinite(frame)
+        rows, columns = frame.shape
         print(
             textwrap.dedent(
                 f"""\
-                wrote {path}: synthetic bias at {args.temperature:g} deg C, {frame.shape[0]}x{frame.shape[1]}
+                wrote {path}: synthetic bias at {args.temperature:g} deg C ({model.law}), {rows}x{columns}
                   mean {float(frame[good].mean()):.3f} ADU, std {float(frame[good].std()):.3f} ADU"""
             )
             + (f" ({int((~good).sum())} masked pixels, NaN, left out)" if not good.all() else "")
         )
         return 0
 
-    return _guarded(parser.prog, body)
+    return _guarded(parser.prog, body, lambda exc: "no file was written (a frame is written whole or not at all)")
+
+
+def _synthetic_output(text: str, temperature: float, inputs: dict[str, Path]) -> Path:
+    """The file ``--output`` names (in a folder: ``synthetic_bias_T.TC.fits``), its folder made.
+
+    Raises
+    ------
+    OutputError
+        When the path is one of the command's inputs, an existing file that is not a synthetic
+        frame, or a folder cannot be made there (a file in the way).
+    """
+    from .errors import OutputError
+    from .steps.step4_generate_synthetic_bias import synthetic_name
+
+    output = Path(text)
+    if output.is_dir() or text.endswith(("/", "\\")):
+        output = output / synthetic_name(temperature)
+    for parent in reversed(output.parents):
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"--output {text}: {parent} is a file, not a folder; give a folder or a file name")
+    for option, source in inputs.items():
+        if output.exists() and Path(source).exists() and os.path.samefile(output, source):
+            raise OutputError(f"--output {output} is the command's own input ({option}); give another name")
+    if output.exists():
+        earlier = _synthetic_temperature(output)
+        if earlier is None:
+            raise OutputError(f"--output {output} exists and is not a synthetic frame; give another name or remove it")
+        if round(earlier, 6) != round(temperature, 6):
+            logger.warning(
+                "%s held the frame at %g deg C; it is replaced by the frame at %g", output, earlier, temperature
+            )
+        else:
+            logger.info("replacing %s (the frame at the same temperature)", output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--output: cannot create {output.parent}: {exc.strerror or exc}") from None
+    return output
+
+
+def _synthetic_temperature(path: Path) -> float | None:
+    """The temperature of an existing synthetic frame of this package, or ``None`` when ``path`` is not one."""
+    from astropy.io import fits
+
+    try:
+        header = fits.getheader(path)
+    except Exception:
+        return None
+    if header.get("PRODTYPE") != "SYNTHETIC_BIAS":
+        return None
+    try:
+        return float(header["TEMPERATURE"])
+    except (KeyError, TypeError, ValueError):
+        return math.nan

@@ -140,6 +140,11 @@ class BiasModel:
         return 1 if self.c_map is None else 2
 
     @property
+    def law(self) -> str:
+        """The model as a formula: ``bias(T) = A + B*T`` (``+ C*T^2`` for degree 2)."""
+        return "bias(T) = A + B*T" + (" + C*T^2" if self.c_map is not None else "")
+
+    @property
     def coefficients(self) -> list[np.ndarray]:
         """``[a, b]`` or ``[a, b, c]``."""
         return [self.a_map, self.b_map] + ([] if self.c_map is None else [self.c_map])
@@ -215,7 +220,7 @@ class BiasModel:
     def _metadata(self) -> dict[str, object]:
         cards: dict[str, object] = {
             "NMASKED": (int(self.mask.sum()), "pixels left out of the fit (NaN in the maps)"),
-            "MODEL": ("bias(T) = A + B*T" + (" + C*T^2" if self.c_map is not None else ""), "T in deg C"),
+            "MODEL": (self.law, "T in deg C"),
             "DEGREE": (self.degree, "polynomial degree in temperature"),
         }
         if self.tref is not None:
@@ -422,7 +427,12 @@ class BiasModel:
             a_path = path
         b_path = Path(b_map_path) if b_map_path is not None else a_path.with_name(B_MAP_NAME)
         a_map, a_header = read_image(a_path, "a-map")
-        b_map, _ = read_image(b_path, "b-map")
+        _check_kind(a_path, a_header, "BIAS_A", "a-map")
+        if int(a_header.get("DEGREE", 1)) > 1:
+            return cls._load_whole(a_path, a_header, b_path if b_map_path is not None else None)
+        b_map, b_header = read_image(b_path, "b-map")
+        _check_kind(b_path, b_header, "BIAS_B", "b-map")
+        _check_same_run(a_path, a_header, b_path, b_header)
         if a_map.shape != b_map.shape:
             raise InputDataError(
                 f"a-map {a_path} is {a_map.shape[0]}x{a_map.shape[1]} but b-map {b_path} is "
@@ -456,6 +466,33 @@ class BiasModel:
         model.group_frames = frames
         model.group_leverage = leverage
         model.tref = float(a_header["TREF"]) if "TREF" in a_header else None
+        return model
+
+    @classmethod
+    def _load_whole(cls, a_path: Path, a_header: fits.Header, b_path: Path | None) -> BiasModel:
+        """The model of a degree-2 a-map: its c term is only in the one-file model beside it."""
+        whole = a_path.with_name(MODEL_FILE_NAME)
+        degree = int(a_header["DEGREE"])
+        if not whole.is_file():
+            raise InputDataError(
+                f"a-map {a_path} belongs to a degree-{degree} model (DEGREE = {degree}): a and b alone would give "
+                f"a straight line; its other terms are in {MODEL_FILE_NAME}, which is not beside it: give that "
+                "file (generate: --model)"
+            )
+        model = cls._load_model_file(whole)
+        try:
+            whole_header = fits.getheader(whole)
+        except Exception as exc:
+            raise InputDataError(f"model file {whole} cannot be read: {exc}") from None
+        _check_same_run(a_path, a_header, whole, whole_header)
+        if b_path is not None:
+            b_map, b_header = read_image(b_path, "b-map")
+            _check_kind(b_path, b_header, "BIAS_B", "b-map")
+            if b_map.shape != model.shape or not np.array_equal(b_map, model.b_map, equal_nan=True):
+                raise InputDataError(
+                    f"b-map {b_path} is not the b of a-map {a_path}'s model ({whole}); give maps of one run"
+                )
+        logger.info("a-map %s is of a degree-%d model: loaded the whole model from %s", a_path, degree, whole)
         return model
 
     @classmethod
@@ -499,6 +536,43 @@ class BiasModel:
             read_noise=maps.get("READNOISE"),
             tref=float(header["TREF"]) if "TREF" in header else None,
         )
+
+
+_KIND_NAMES = {
+    "BIAS_A": "an a-map",
+    "BIAS_B": "a b-map",
+    "BIAS_MODEL": "a one-file model",
+    "MASTER_BIAS": "a master bias",
+    "SYNTHETIC_BIAS": "a synthetic bias frame",
+    "MAE": "an error map",
+    "MAPE": "an error map",
+    "HELDOUT_MAE": "an error map",
+}
+
+
+def _check_kind(path: Path, header: fits.Header, expected: str, what: str) -> None:
+    """Refuse a file of this package whose ``PRODTYPE`` says it is something else (swapped maps,
+    a model given as a map); a file without ``PRODTYPE`` (made elsewhere) is taken as given."""
+    kind = header.get("PRODTYPE")
+    if kind is None or kind == expected:
+        return
+    advice = {
+        "BIAS_A": "are the a-map and b-map swapped?",
+        "BIAS_B": "are the a-map and b-map swapped?",
+        "BIAS_MODEL": "give it alone (generate: --model; Python: BiasModel.load(path))",
+    }.get(str(kind), f"give the {what} of a pipeline run (bias_model/)")
+    found = _KIND_NAMES.get(str(kind), f"a {kind} product")
+    raise InputDataError(f"{what} {path} is {found} (PRODTYPE = {kind}), not {_KIND_NAMES[expected]}; {advice}")
+
+
+def _check_same_run(path: Path, header: fits.Header, other: Path, other_header: fits.Header) -> None:
+    """Refuse files of two different runs (told apart by their ``RUNSTART`` or ``INPUTSHA``)."""
+    for key in ("RUNSTART", "INPUTSHA"):
+        if key in header and key in other_header and header[key] != other_header[key]:
+            raise InputDataError(
+                f"{path} and {other} come from different runs ({key} {header[key]} and {other_header[key]}); "
+                "give the files of one run"
+            )
 
 
 def _is_model_file(path: Path) -> bool:

@@ -145,7 +145,11 @@ def product_header(
 
 def add_card(header: fits.Header, keyword: str, value: object, comment: str = "") -> None:
     """Set a card, as HIERARCH when the keyword is longer than 8 characters, shortening the
-    comment so the card fits in 80 characters (astropy would warn and cut it)."""
+    comment so the card fits in 80 characters (astropy would warn and cut it). A number that is
+    not finite (the noise of a one-frame master) has no FITS form: the card is left out."""
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        logger.debug("card %s left out: its value %r is not a finite number", keyword, value)
+        return
     keyword = keyword if len(keyword) <= 8 else f"HIERARCH {keyword}"
     bare = len(fits.Card(keyword, value).image.rstrip())
     room = 80 - bare - 3  # " / " between value and comment

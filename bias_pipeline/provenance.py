@@ -30,7 +30,7 @@ from .products import file_size, write_text_atomic
 RUN_CONFIG_NAME = "run_config.json"
 LOG_NAME = "pipeline.log"
 PACKAGE_LOGGER = "bias_pipeline"
-DEPENDENCIES = ("numpy", "astropy", "matplotlib", "tqdm")
+DEPENDENCIES = ("numpy", "astropy", "matplotlib", "tqdm", "scipy")
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -62,7 +62,8 @@ def input_digest(records: Sequence[FrameRecord], base: Path) -> tuple[int, str]:
     (1, 'd5e9ed0bf384')
     """
     lines = sorted(f"{r.sha256}  {_relative(r.path, base)}\n" for r in records if r.sha256)
-    return len(lines), hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+    # A name that is not UTF-8 (held as surrogates) counts by its own bytes.
+    return len(lines), hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def provenance_cards(count: int, digest: str, started: str = "") -> dict[str, tuple[object, str]]:

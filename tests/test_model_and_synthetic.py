@@ -101,7 +101,8 @@ def test_generate_multiple_synthetic_biases(tmp_path):
     header = fits.getheader(paths[12.0])
     np.testing.assert_allclose(data, A + 30.0)
     assert header["TEMPERATURE"] == 12.0 and header["PRODTYPE"] == "SYNTHETIC_BIAS"
-    assert synthetic_name(-0.04) == "synthetic_bias_0.0C.fits"
+    # A name holds the temperature's own decimals: -0.04 and 0.0 deg C do not share a file.
+    assert synthetic_name(-0.04) == "synthetic_bias_-0.04C.fits" and synthetic_name(-0.0) == "synthetic_bias_0.0C.fits"
 
 
 def test_model_to_one_file_and_subtract_bias_from_a_dark(pipeline_run, sim, tmp_path):

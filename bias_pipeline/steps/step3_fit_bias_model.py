@@ -31,6 +31,11 @@ from ..quality import describe, flag_pixels, robust_outliers
 
 logger = logging.getLogger(__name__)
 
+#: A mask marking more than this fraction of the pixels as hot is suspect (an inverted mask).
+MOSTLY_MASKED = 0.5
+#: More than this fraction of the fitted pixels flagged says the data, not the pixels, are at fault.
+MOSTLY_FLAGGED = 0.5
+
 # |c| / sigma_c beyond this: the quadratic term is warranted at p < 0.001 (two-sided). With
 # the noise known this is the likelihood-ratio (delta chi-square, 1 dof) test of degree 2
 # against degree 1, since delta chi2 = (c / sigma_c)^2 for one added parameter.
@@ -63,6 +68,12 @@ def load_hot_pixel_mask(path: str | Path, shape: tuple[int, int] | None = None) 
         raise InputDataError(f"{exc}; give a 2-D FITS image, non-zero = hot pixel") from None
     mask = check_mask(data, shape, f"--hot-pixel-mask {path}")
     logger.info("hot-pixel mask %s: %d pixels left out of the fit", path, int(mask.sum()))
+    if mask.mean() > MOSTLY_MASKED:
+        logger.warning(
+            "--hot-pixel-mask %s marks %.1f %% of the pixels as hot (%d of %d): is it inverted? "
+            "Non-zero must mean hot; only %d pixels are fitted",
+            path, 100 * mask.mean(), int(mask.sum()), mask.size, int((~mask).sum()),
+        )  # fmt: skip
     return mask
 
 
@@ -416,6 +427,42 @@ def _log_fit(model: BiasModel, what: str) -> None:
         model.tref,
         ", ".join(f"{name} {count}" for name, count in counts.items()),
     )
+    warn_if_implausible(model)
+
+
+def warn_if_implausible(model: BiasModel) -> list[str]:
+    """Warnings about a fitted model that the data, not single pixels, are at fault: most pixels
+    flagged, or a slope the temperatures cannot measure. Logged, and returned.
+
+    Returns
+    -------
+    list of str
+        The warnings (empty for a healthy model).
+    """
+    assert model.dq is not None
+    warnings = []
+    fitted = ~model.mask
+    flagged = fitted & (model.dq != 0)
+    if fitted.any() and flagged.sum() > MOSTLY_FLAGGED * fitted.sum():
+        counts = ", ".join(f"{name} {n}" for name, n in describe(np.where(fitted, model.dq, 0)).items() if n)
+        warnings.append(
+            f"{100 * flagged.sum() / fitted.sum():.1f} % of the fitted pixels carry a flag ({counts}): the "
+            "frames, not the pixels, look wrong (copies of one frame, frames of another camera or mode?)"
+        )
+    if model.covariance is not None and fitted.any():
+        sigma_b = np.sqrt(np.maximum(model.covariance[1, 1][fitted], 0))
+        typical_sigma = float(np.nanmedian(sigma_b))
+        typical_slope = float(np.nanmedian(np.abs(model.b_map[fitted])))
+        if np.isfinite(typical_sigma) and typical_sigma > typical_slope:
+            low, high = model.temperature_range or (float("nan"), float("nan"))
+            warnings.append(
+                f"the slope b is not measured: its typical error {typical_sigma:.3g} ADU/deg C exceeds its typical "
+                f"size {typical_slope:.3g}; the groups span only {high - low:.3g} deg C ({low:g} .. {high:g}): "
+                "take frames over a wider range of temperatures"
+            )
+    for text in warnings:
+        logger.warning("%s", text)
+    return warnings
     if model.c_map is not None and model.covariance is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(model.c_map) / np.sqrt(model.covariance[2, 2])

@@ -59,13 +59,56 @@ def synthetic_header(model: BiasModel, temperature: float, extra: dict[str, obje
         cards["TMIN"] = (low, "[deg C] lowest temperature of the fit")
         cards["TMAX"] = (high, "[deg C] highest temperature of the fit")
         cards["EXTRAPOL"] = (bool(temperature < low or temperature > high), "outside the fit range")
+    cards["MODEL"] = (model.law, "T in deg C")
+    cards["DEGREE"] = (model.degree, "polynomial degree in temperature")
     cards.update(extra or {})
     return product_header(
         "SYNTHETIC_BIAS",
-        "synthetic bias from the linear model a + b*T",
+        f"synthetic bias from the model {model.law}",
         scale_factor=model.scale_factor,
         cards=cards,
     )
+
+
+ABSOLUTE_ZERO = -273.15  # deg C
+ADU_RANGE = (0.0, 65535.0)  # what a 16-bit camera's bias can be
+
+
+def check_synthetic(model: BiasModel, temperature: float, frame: np.ndarray) -> None:
+    """Refuse a synthetic frame no camera could give: a temperature below absolute zero, values
+    beyond float32 (a temperature far beyond the fit), a median outside 0..65535 ADU, or maps
+    whose slope exceeds their level (an a-map and a b-map given the wrong way round).
+
+    Raises
+    ------
+    InputDataError
+        Saying what is wrong and what to give.
+    """
+    if temperature < ABSOLUTE_ZERO:
+        raise InputDataError(f"--temperature {temperature:g} deg C is below absolute zero; give deg C")
+    fitted = ~model.mask
+    where = (
+        f"the model is fitted over {model.temperature_range[0]:g}..{model.temperature_range[1]:g} deg C"
+        if model.temperature_range is not None
+        else "the model's fitted range is not recorded"
+    )
+    if not np.all(np.isfinite(frame[fitted])):
+        raise InputDataError(
+            f"--temperature {temperature:g} deg C gives values beyond what a float32 frame holds (infinite); {where}"
+        )
+    level = float(np.median(np.abs(model.a_map[fitted]))) if fitted.any() else 0.0
+    slope = float(np.median(np.abs(model.b_map[fitted]))) if fitted.any() else 0.0
+    if slope > level:
+        raise InputDataError(
+            f"the b-map's values (median |b| {slope:.4g}) exceed the a-map's (median |a| {level:.4g}): an a-map holds "
+            "the bias level (hundreds to thousands of ADU), a b-map its change per deg C (a few ADU); are they swapped?"
+        )
+    median = float(np.median(frame[fitted])) if fitted.any() else 0.0
+    if not ADU_RANGE[0] <= median <= ADU_RANGE[1]:
+        raise InputDataError(
+            f"at {temperature:g} deg C the frame's median would be {median:.6g} ADU, outside the 16-bit range "
+            f"{ADU_RANGE[0]:g}..{ADU_RANGE[1]:g}; {where}"
+        )
 
 
 def write_synthetic(
@@ -102,6 +145,7 @@ def write_synthetic(
         When ``noise`` is asked of a model without a read-noise map.
     """
     frame = model.predict(float(temperature))
+    check_synthetic(model, float(temperature), frame)
     extra: dict[str, object] = {}
     if noise:
         if model.read_noise is None:
@@ -205,6 +249,18 @@ def add_read_noise(
     return (steps * scale_factor).astype(np.float32)
 
 
+NAME_DECIMALS = 4  # a temperature in a file name: as many decimals as it has, up to this many
+
+
 def synthetic_name(temperature: float) -> str:
-    """File name of a synthetic frame: ``synthetic_bias_12.0C.fits``."""
-    return SYNTHETIC_PATTERN.format(label=temperature_label(temperature))
+    """File name of a synthetic frame: one decimal, more when the temperature has them (so
+    -0.04 and 0.0 deg C get names of their own), up to :data:`NAME_DECIMALS`.
+
+    >>> synthetic_name(12.0), synthetic_name(-0.04), synthetic_name(-0.0), synthetic_name(1e-320)
+    ('synthetic_bias_12.0C.fits', 'synthetic_bias_-0.04C.fits', 'synthetic_bias_0.0C.fits', 'synthetic_bias_0.0C.fits')
+    """
+    decimals = next(
+        (d for d in range(1, NAME_DECIMALS) if abs(round(temperature, d) - temperature) < 0.5 * 10.0**-NAME_DECIMALS),
+        NAME_DECIMALS,
+    )
+    return SYNTHETIC_PATTERN.format(label=temperature_label(temperature, decimals))
