@@ -424,7 +424,11 @@ class _ConsoleHandler(logging.StreamHandler):
 
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     """Send the package's log records to stderr at the level the flags ask for (a run also
-    writes every record, debug included, to ``OUT_DIR/pipeline.log``)."""
+    writes every record, debug included, to ``OUT_DIR/pipeline.log``), and let stdout show a
+    file name that is not UTF-8 with escapes instead of failing on it."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     handler = _ConsoleHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))

@@ -43,3 +43,21 @@ def one_line(exc: BaseException) -> str:
     'bad value at line 3'
     """
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def fits_problem(exc: BaseException) -> str:
+    """What astropy's failure to open a file says, in the user's terms and on one line (its
+    advice to pass ``ignore_missing_simple=True`` means nothing outside Python).
+
+    >>> fits_problem(OSError("No SIMPLE card found, this file does not appear to be a valid FITS file. "
+    ...                      "If this is really a FITS file, try with ignore_missing_simple=True"))
+    'not a FITS file (it does not begin with a SIMPLE card)'
+    >>> fits_problem(OSError("Empty or corrupt FITS file"))
+    'empty or corrupt: no complete FITS header'
+    """
+    text = one_line(exc)
+    if "SIMPLE card" in text or "ignore_missing_simple" in text:
+        return "not a FITS file (it does not begin with a SIMPLE card)"
+    if "Empty or corrupt FITS file" in text:
+        return "empty or corrupt: no complete FITS header"
+    return text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import os
 import re
 import sys
 import warnings
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .errors import FrameReadError
+from .errors import FrameReadError, fits_problem, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -322,9 +323,9 @@ def _open_fits(path: Path) -> fits.HDUList:
     except PermissionError:
         raise FrameReadError("cannot read: permission denied") from None
     except OSError as exc:
-        raise FrameReadError(f"cannot read as FITS: {exc}") from None
+        raise FrameReadError(f"cannot read as FITS: {fits_problem(exc)}") from None
     except Exception as exc:  # astropy raises many kinds on corrupt headers
-        raise FrameReadError(f"cannot read as FITS: {type(exc).__name__}: {exc}") from None
+        raise FrameReadError(f"cannot read as FITS: {type(exc).__name__}: {one_line(exc)}") from None
 
 
 def _find_image(hdul: fits.HDUList) -> int:
@@ -567,9 +568,24 @@ def read_row_sample(record: FrameRecord, rows: Sequence[int] | np.ndarray) -> np
     return np.concatenate([read_rows(record, int(row), int(row) + 1) for row in rows])
 
 
-#: Frames of at least this many pixels are checked for one constant value (a stuck readout);
-#: in a smaller one, a few quantised values can all coincide by chance.
+#: Frames of at least this many pixels are checked for one constant value (a stuck readout)
+#: and for copies of another frame; in a smaller one, a few quantised values can all coincide
+#: by chance.
 CONSTANT_CHECK_PIXELS = 16
+
+
+def is_tiny(record: FrameRecord) -> bool:
+    """Whether a frame has too few pixels for its noise to tell it from a copy or a stuck readout."""
+    return record.shape is not None and record.shape[0] * record.shape[1] < CONSTANT_CHECK_PIXELS
+
+
+def age_order(record: FrameRecord) -> tuple[float, str]:
+    """Sort key putting the oldest file first (then by name): of two copies, the newer one is the copy."""
+    try:
+        modified = os.stat(record.path).st_mtime
+    except OSError:
+        modified = math.inf
+    return modified, str(record.path)
 
 
 def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:

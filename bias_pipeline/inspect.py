@@ -307,7 +307,8 @@ def _stats(values: np.ndarray, good: np.ndarray, unit: str, what: str) -> dict[s
 
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        # File names that are not UTF-8 were written as their own bytes: read them back as such.
+        return path.read_text(encoding="utf-8", errors="surrogateescape")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputDataError(f"{what} {path} cannot be read ({one_line(exc)}); re-run the pipeline") from None
 

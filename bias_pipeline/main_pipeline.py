@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import PipelineConfig, resolve_path
 from .errors import InputDataError, OutputError
-from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord
+from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
 from .interrupts import deferred_interrupts
 from .model import BiasModel
 from .output_folder import StagedRun, keep_stopped_run, output_lock, publish, stage_run
@@ -77,8 +77,13 @@ def _no_usable_frames(records: list[FrameRecord], raw: Path, manifest: Path) -> 
     rejected = [r for r in records if r.status == STATUS_REJECTED]
     ignored = sum(r.status == STATUS_IGNORED for r in records)
     if rejected:
-        reason, count = Counter(r.reason for r in rejected).most_common(1)[0]
-        detail = f"{len(rejected)} rejected (most often, {count}x: {reason})"
+        kinds = Counter(reason_kind(r.reason) for r in rejected)
+        kind, count = kinds.most_common(1)[0]
+        example = next(r.reason for r in rejected if reason_kind(r.reason) == kind)
+        if len(kinds) == 1:
+            detail = f"all {len(rejected)} rejected for one reason, e.g. {example}"
+        else:
+            detail = f"{len(rejected)} rejected; most often ({count} of them): {example}"
     else:
         detail = "none is a FITS frame"
     return InputDataError(

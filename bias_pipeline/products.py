@@ -22,7 +22,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._version import __version__
-from .errors import InputDataError, OutputError
+from .errors import InputDataError, OutputError, fits_problem
 
 logger = logging.getLogger(__name__)
 
@@ -282,13 +282,16 @@ def read_image(path: str | Path, what: str = "image") -> tuple[np.ndarray, fits.
             header = hdul[0].header.copy()
             if data is None and len(hdul) > 1:
                 data, header = hdul[1].data, hdul[1].header.copy()
+                for card in hdul[0].header.cards:  # what the file is (PRODTYPE) is said in the primary
+                    if card.keyword not in header and card.keyword not in ("SIMPLE", "EXTEND", "COMMENT", "HISTORY"):
+                        header.append(card)
             if data is None or np.ndim(data) != 2:
                 raise InputDataError(f"{what} {path} holds no 2-D image")
             return np.asarray(data, dtype=np.float32), header
     except InputDataError:
         raise
     except Exception as exc:
-        raise InputDataError(f"{what} {path} cannot be read as FITS: {exc}") from None
+        raise InputDataError(f"{what} {path} cannot be read as FITS: {fits_problem(exc)}") from None
 
 
 def human_size(size: object) -> str:

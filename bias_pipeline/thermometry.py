@@ -1,10 +1,12 @@
 """The model as a thermometer: a frame's own temperature estimated from its pixels.
 
 For a frame ``y`` and the model ``a + b T (+ c T^2)``, the temperature is the value that
-minimises ``sum ((y - model(T)) / noise)^2`` over unflagged pixels, by Gauss-Newton steps
+minimises ``sum ((y - model(T)) / s)^2`` over unflagged pixels, by Gauss-Newton steps
 (exact in one step for a linear model), with pixels beyond ``clip_sigma`` (cosmic rays)
-dropped and the fit repeated. Its standard error is ``1 / sqrt(sum (dmodel/dT / noise)^2)``:
-with millions of pixels it is a few thousandths of a degree.
+dropped and the fit repeated. ``s^2`` is the pixel's noise squared plus the model's own
+variance at ``T`` (from the fit's covariance: the slope's error matters far from the fitted
+temperatures, and in a frame of a few pixels it is most of the error). The standard error is
+``1 / sqrt(sum (dmodel/dT / s)^2)``: with millions of pixels, a few thousandths of a degree.
 """
 
 from __future__ import annotations
@@ -73,8 +75,12 @@ def estimate_temperature(
     noise = noise[select]
     valid &= np.isfinite(noise) & (noise > 0)
     y = frame[valid].astype(np.float64)
-    weight = 1.0 / noise[valid].astype(np.float64) ** 2
+    noise_variance = noise[valid].astype(np.float64) ** 2
+    weight = 1.0 / noise_variance
     coefficients = [c[select][valid].astype(np.float64) for c in model.coefficients]
+    covariance = None if model.covariance is None else model.covariance[:, :, select][:, :, valid].astype(np.float64)
+    if covariance is not None and not np.all(np.isfinite(covariance)):
+        covariance = None
     if start is None:
         # Robust first guess: the median over pixels of each pixel's own linear estimate.
         usable = np.abs(coefficients[1]) > 1e-6
@@ -83,6 +89,9 @@ def estimate_temperature(
     keep = np.ones(y.size, dtype=bool)
     slope = coefficients[1]
     for iteration in range(iterations):
+        if covariance is not None:
+            powers = temperature ** np.arange(len(coefficients))
+            weight = 1.0 / (noise_variance + np.einsum("p,pqk,q->k", powers, covariance, powers))
         residual = (y - _poly(coefficients, temperature)) * np.sqrt(weight)
         # The clip scale is the noise, or the residuals' robust spread when that is larger
         # (a model without a noise map, a frame noisier than the read noise).

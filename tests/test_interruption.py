@@ -145,8 +145,12 @@ PHASES = {
 
 @pytest.mark.parametrize(
     ("phase", "signum"),
-    [("combining", signal.SIGINT), ("plotting", signal.SIGTERM), ("report", signal.SIGTERM),
-     ("combining", signal.SIGKILL)],  # fmt: skip
+    [
+        ("combining", signal.SIGINT),
+        ("plotting", signal.SIGTERM),
+        ("report", signal.SIGTERM),
+        ("combining", signal.SIGKILL),
+    ],  # fmt: skip
 )
 def test_a_stopped_rerun_leaves_the_earlier_products_as_they_were(raw_small, finished, tmp_path, phase, signum):
     raw = raw_small

@@ -127,9 +127,10 @@ def test_temperatures_from_the_bias(tmp_path):
         assert record.temperature_est_err < 0.1
         assert (record.flag == "temperature_mismatch") == (path == wrong)
     # Two degrees off its set point's other frames, the frame is rejected (not settled) and flagged.
-    assert by_name[wrong.name].status == "rejected" and "from the other frames at set point 15" in by_name[
-        wrong.name
-    ].reason
+    assert (
+        by_name[wrong.name].status == "rejected"
+        and "from the other frames at set point 15" in by_name[wrong.name].reason
+    )
     manifest = (tmp_path / "out" / "frames_manifest.csv").read_text()
     assert "temperature_mismatch" in manifest
     assert (tmp_path / "out" / "evaluation" / "temperature_check.png").stat().st_size > 10000

@@ -4,23 +4,29 @@ number of threads, and a group larger than the open-file limit is combined."""
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from astropy.io import fits
 
 from bias_pipeline import PipelineConfig, run_bias_pipeline
+from bias_pipeline.steps.step1_load_data import scan_frames
+from bias_pipeline.steps.step2_generate_master_bias_by_temp import combine_records
 
 from conftest import REPO, bias_pixels, write_frame
+
+SHAPE = (300, 64)  # 300 rows: several row blocks (at most 128 rows each), so threads share the work
 
 
 def _write_set(raw: Path, order: list[tuple[float, int]]) -> None:
     raw.mkdir(parents=True)
     for temperature, index in order:
-        data = bias_pixels(level=200 + int(temperature), seed=index + int(10 * (temperature + 10)))
+        data = bias_pixels(SHAPE, level=200 + int(temperature), seed=index + int(10 * (temperature + 10)))
         write_frame(raw / f"frame_{temperature:+.1f}_{index}.fits", data, temperature=temperature)
 
 
@@ -32,15 +38,23 @@ def _fits_data(folder: Path) -> dict[str, list[np.ndarray]]:
     return out
 
 
+def _block_lines(out: Path) -> list[str]:
+    """The combine's own account of how it cut the work (``pipeline.log`` holds debug records)."""
+    return re.findall(r"combining \d+ frames of \d+x\d+ in (\d+) blocks of up to \d+ rows on (\d+) threads",
+                      (out / "pipeline.log").read_text())  # fmt: skip
+
+
 def test_products_do_not_depend_on_listing_order_or_threads(tmp_path):
     frames = [(t, i) for t in (-5.0, 5.0, 15.0) for i in range(5)]
     _write_set(tmp_path / "a" / "raw", frames)
     _write_set(tmp_path / "b" / "raw", frames[::-1])  # created, and so listed, in reverse
     results = {}
-    for name, threads in (("a", 1), ("b", 2)):
+    for name, threads in (("a", 1), ("b", 3)):
         config = PipelineConfig(show_progress=False, threads=threads, evaluate=False)
         run_bias_pipeline(tmp_path / name / "raw", tmp_path / name / "out", config=config)
         results[name] = _fits_data(tmp_path / name / "out")
+        cuts = _block_lines(tmp_path / name / "out")
+        assert len(cuts) == 3 and all(int(blocks) == 3 and int(workers) == threads for blocks, workers in cuts), cuts
     assert results["a"].keys() == results["b"].keys() and len(results["a"]) >= 6
     for product, arrays in results["a"].items():
         for mine, theirs in zip(arrays, results["b"][product], strict=True):
@@ -49,6 +63,25 @@ def test_products_do_not_depend_on_listing_order_or_threads(tmp_path):
                     np.testing.assert_array_equal(mine[field], theirs[field], err_msg=f"{product} {field}")
             else:
                 np.testing.assert_array_equal(mine, theirs, err_msg=product)  # bit for bit
+
+
+@pytest.mark.parametrize("method", ["sigma-clip", "median", "mean"])
+def test_a_group_combines_the_same_in_any_frame_order_and_block_cut(tmp_path, method):
+    """The scan sorts files by name, so the pipeline alone never shows another order: here the
+    combine gets the same frames shuffled, cut into other blocks, on other thread counts."""
+    frames = [(5.0, i) for i in range(7)]
+    _write_set(tmp_path / "raw", frames)
+    records, _ = scan_frames(tmp_path / "raw", PipelineConfig(show_progress=False))
+    reference = combine_records(records, method, threads=1)
+    rng = np.random.default_rng(2)
+    for threads, limit in ((2, 512.0), (3, 1.0)):
+        shuffled = [records[k] for k in rng.permutation(len(records))]
+        other = combine_records(shuffled, method, threads=threads, memory_limit_mb=limit)
+        for name in ("master", "noise", "error", "n_used"):
+            np.testing.assert_array_equal(getattr(other.combined, name), getattr(reference.combined, name), name)
+        order = [shuffled.index(r) for r in records]
+        np.testing.assert_array_equal(other.outlier_fraction[order], reference.outlier_fraction)
+        np.testing.assert_array_equal(other.offset[order], reference.offset)
 
 
 def test_group_larger_than_the_open_file_limit(tmp_path):

@@ -25,8 +25,10 @@ from ..errors import FrameReadError, InputDataError
 from ..frames import (
     STATUS_ACCEPTED,
     FrameRecord,
+    age_order,
     inspect_frame,
     is_fits_name,
+    is_tiny,
     normal_frame_type,
 )
 from ..products import write_text_atomic
@@ -332,22 +334,35 @@ def scan_frames(
             records.append(record)
         records.sort(key=lambda r: str(r.path))
         bits = classify_frames(records, config)
-        first_of: dict[str, FrameRecord] = {}
         for record in records:
             if record.passed_checks and record.path in checksums:
                 record.sha256 = checksums[record.path].result()
                 if not record.sha256:
                     record.passed_checks = False
                     record.reject("cannot be read again for its checksum")
-                    continue
-                first = first_of.setdefault(record.sha256, record)
-                if first is not record:  # a copy under another name: one frame, counted once
-                    record.passed_checks = False
-                    record.ignore(f"byte-identical copy of {first.path} (the same frame under another name); used once")
+        _ignore_copies(records)
     for record in records:
         if record.status == STATUS_ACCEPTED:
             logger.debug("accepted %s: %.3f deg C, %g s", record.path, record.temperature, record.exposure)
     return records, bits
+
+
+def _ignore_copies(records: Sequence[FrameRecord]) -> None:
+    """Byte-identical files under other names are one frame: the oldest file (then the first by
+    name) is used, the others are ignored, naming it. Frames too small to be told apart by
+    their noise (:data:`~bias_pipeline.frames.CONSTANT_CHECK_PIXELS`) can coincide by chance
+    and are all kept."""
+    by_digest: dict[str, list[FrameRecord]] = {}
+    for record in records:
+        if record.passed_checks and record.sha256 and not is_tiny(record):
+            by_digest.setdefault(record.sha256, []).append(record)
+    for same in by_digest.values():
+        if len(same) < 2:
+            continue
+        original, *copies = sorted(same, key=age_order)
+        for copy in copies:
+            copy.passed_checks = False
+            copy.ignore(f"byte-identical copy of {original.path} (the same frame under another name); used once")
 
 
 def _checksum_or_empty(path: Path) -> str:

@@ -40,6 +40,8 @@ from ..frames import (
     STATUS_REJECTED,
     STATUS_USED,
     FrameRecord,
+    age_order,
+    is_tiny,
     plain_uint16,
     read_rows,
     read_uint16_rows,
@@ -220,16 +222,21 @@ def reading_step(temperatures: Sequence[float], bin_width: float) -> float | Non
     return step
 
 
+#: Width of the groups, in thermometer steps, when the readings come in steps: one step apart
+#: joins (a header's rounding may widen a step by its last digit), two apart does not.
+STEP_WIDTHS = 1.5
+
+
 def grouping_width(temperatures: Sequence[float], bin_width: float) -> float:
     """The width frames are grouped with: ``bin_width``, or just over the thermometer's step when
     the readings come in coarser steps (:func:`reading_step`); the log says which."""
     step = reading_step(temperatures, bin_width)
     if step is None:
         return bin_width
-    width = 1.01 * step
+    width = STEP_WIDTHS * step
     logger.info(
         "temperature readings come in steps of %.3f deg C, coarser than --temp-bin-width %g: frames are "
-        "grouped %.3f deg C wide, so that readings flipping between two steps stay in one group",
+        "grouped %.3f deg C wide, so that readings flipping between neighbouring steps stay in one group",
         step, bin_width, width,
     )  # fmt: skip
     return width
@@ -562,7 +569,7 @@ def combine_records(
             work_copy = ordered[:, :height]
             np.copyto(work_copy, block)
             combined = combine_sorted(
-                sort_frames(work_copy) if method != "mean" else list(work_copy),
+                sort_frames(work_copy),  # sorted for "mean" too: sums in one order, whatever the files' order
                 method,
                 clip_sigma=clip_sigma,
                 clip_iters=clip_iters,
@@ -595,9 +602,12 @@ def combine_records(
             image *= factor
     combined = Combined(master, noise, error, n_used)
     total_sum, total_squares, total_inside = sums.sum(axis=0), squares.sum(axis=0), inside.sum(axis=0)
+    typical = float(np.nanmedian(noise)) / float(factor) if n >= 3 else math.nan  # in stored units, as the sums
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total_sum / total_inside
-        spread = np.sqrt(np.maximum(total_squares / total_inside - mean**2, 0.0))
+        # The scatter of a frame's differences, at least the typical noise: in a frame of a few
+        # pixels the frame's own scatter says nothing.
+        spread = np.fmax(np.sqrt(np.maximum(total_squares / total_inside - mean**2, 0.0)), typical)
         sigma = mean / (spread / np.sqrt(total_inside))
     # The master holds the frame itself: a mean-like master moves 1/n of the way towards it.
     correction = 1.0 if method == "median" or n < 2 else n / (n - 1.0)
@@ -871,14 +881,19 @@ def _reject_outlying(group: FrameGroup, result: GroupResult, config: PipelineCon
 def _reject_copies(group: FrameGroup, result: GroupResult) -> list[FrameRecord]:
     """Frames whose pixels are identical to an earlier frame's of the group (one frame saved twice
     under different headers): the copies go, the first stays. Candidates share their sums
-    exactly; they are compared pixel by pixel before anything is rejected."""
-    first_with: dict[tuple[float, float, int], FrameRecord] = {}
-    copies = []
+    exactly; they are compared pixel by pixel before anything is rejected. The oldest file of
+    a set stays."""
+    same_sums: dict[tuple[float, float, int], list[FrameRecord]] = {}
     for record, fingerprint in zip(group.records, result.fingerprint, strict=True):
-        first = first_with.setdefault(fingerprint, record)
-        if first is not record and _same_pixels(first, record):
-            record.reject(f"its pixels are identical to those of {first.path} (one frame saved twice)")
-            copies.append(record)
+        if not is_tiny(record):
+            same_sums.setdefault(fingerprint, []).append(record)
+    copies = []
+    for candidates in same_sums.values():
+        original, *others = sorted(candidates, key=age_order)
+        for record in others:
+            if _same_pixels(original, record):
+                record.reject(f"its pixels are identical to those of {original.path} (one frame saved twice)")
+                copies.append(record)
     return copies
 
 
