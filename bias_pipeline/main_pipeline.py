@@ -306,6 +306,7 @@ def _run_steps(
         result.synthetic_paths = write_synthetic_set(
             model, [m.temperature for m in masters], dirs["synthetic"], [m.label for m in masters]
         )
+        logger.info("%d synthetic frames for %s", len(result.synthetic_paths), run.final_path(dirs["synthetic"]))
     # Step 5: evaluation, and the model as a check of each frame's header temperature.
     if config.evaluate:
         result.summary = evaluate(

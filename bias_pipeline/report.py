@@ -174,7 +174,7 @@ def write_report(data: ReportData) -> Path:
     """
     path = data.source / REPORT_NAME
     write_text_atomic(path, render_report(data))
-    logger.info("report: %s", path)
+    logger.info("report: %s", data.output_dir / REPORT_NAME)  # where the user will find it
     return path
 
 

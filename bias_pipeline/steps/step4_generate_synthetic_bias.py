@@ -191,7 +191,7 @@ def write_synthetic_set(
     for temperature, label in zip(temperatures, labels, strict=True):
         path, _ = write_synthetic(model, temperature, output_dir / SYNTHETIC_PATTERN.format(label=label))
         paths.append(path)
-    logger.info("wrote %d synthetic frames in %s", len(paths), output_dir)
+    logger.debug("wrote %d synthetic frames in %s", len(paths), output_dir)
     return paths
 
 
