@@ -768,6 +768,7 @@ def _synthetic_output(text: str, temperature: float, inputs: dict[str, Path]) ->
         frame, or a folder cannot be made there (a file in the way).
     """
     from .errors import OutputError
+    from .steps.step1_load_data import not_regular
     from .steps.step4_generate_synthetic_bias import synthetic_name
 
     output = Path(text)
@@ -779,6 +780,8 @@ def _synthetic_output(text: str, temperature: float, inputs: dict[str, Path]) ->
     for option, source in inputs.items():
         if output.exists() and Path(source).exists() and os.path.samefile(output, source):
             raise OutputError(f"--output {output} is the command's own input ({option}); give another name")
+    if output.exists() and not_regular(output):
+        raise OutputError(f"--output {output} is {not_regular(output)}, not a file; give a file or folder name")
     if output.exists():
         earlier = _synthetic_temperature(output)
         if earlier is None:

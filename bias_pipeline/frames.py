@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-import os
 import re
 import sys
 import warnings
@@ -200,13 +199,24 @@ def _cards(header: fits.Header, key: str) -> list[object]:
         return []
 
 
-def _first_present(headers: Sequence[fits.Header], keys: Sequence[str]) -> tuple[str, list[object]] | None:
-    """The first of ``keys`` present in any of ``headers``, with the values of all its cards."""
+def _first_present(
+    headers: Sequence[fits.Header], keys: Sequence[str], accept: type | tuple[type, ...] = object
+) -> tuple[str, list[object]] | None:
+    """The first of ``keys`` present, in the first of ``headers`` that has it (the image HDU's
+    header before the primary's), with the values of all its cards there of type ``accept``."""
     for key in keys:
-        values = [value for header in headers for value in _cards(header, key)]
-        if values:
-            return key, values
+        for header in headers:
+            values = [value for value in _cards(header, key) if isinstance(value, accept)]
+            if values:
+                return key, values
     return None
+
+
+def _comparable(value: object) -> object:
+    """A card's value as compared with another card's: numbers by value, anything else as text."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return float(value)
+    return str(value)
 
 
 def _disagreeing(key: str, shown: Sequence[object], quantity: str) -> FrameReadError:
@@ -221,11 +231,11 @@ def lookup_number(
 ) -> tuple[float, str] | None:
     """Find the first of ``keys`` present in ``headers`` and return its value as a float.
 
-    The keywords are tried in order; for each keyword every card in every header counts (the
-    image HDU's header first, then the primary header). The first keyword present decides:
-    an unusable value there is an error, not a reason to try the next alias, because the
-    first alias is the authoritative one. Cards of that keyword that disagree are an error too,
-    never a silent first pick.
+    The keywords are tried in order; for each keyword the headers are tried in order (the image
+    HDU's header first, then the primary header). The first keyword present decides: an
+    unusable value there is an error, not a reason to try the next alias, because the first
+    alias is the authoritative one. Cards of that keyword in that header that disagree are an
+    error too, never a silent first pick.
 
     Parameters
     ----------
@@ -273,12 +283,7 @@ def lookup_text(headers: Sequence[fits.Header], keys: Sequence[str], quantity: s
     FrameReadError
         When text cards of that keyword disagree (compared without case and surrounding blanks).
     """
-    found = None
-    for key in keys:
-        values = [value for header in headers for value in _cards(header, key) if isinstance(value, str)]
-        if values:
-            found = key, values
-            break
+    found = _first_present(headers, keys, str)
     if found is None:
         return None
     key, values = found
@@ -438,7 +443,7 @@ def _inspect(record: FrameRecord, keys: HeaderKeys) -> None:
             record.shape = (int(shape[0]), int(shape[1]))
             for key in _LAYOUT_KEYS:
                 values = _cards(header, key)
-                if len(set(map(str, values))) > 1:
+                if len({_comparable(v) for v in values}) > 1:  # BZERO = 32768 and 32768.0 agree
                     raise _disagreeing(key, values, "pixel layout")
             record.temperature, record.temperature_key = lookup_number(headers, keys.temperature, "temperature")
             record.exposure, record.exposure_key = lookup_number(headers, keys.exposure, "exposure")
@@ -577,15 +582,6 @@ CONSTANT_CHECK_PIXELS = 16
 def is_tiny(record: FrameRecord) -> bool:
     """Whether a frame has too few pixels for its noise to tell it from a copy or a stuck readout."""
     return record.shape is not None and record.shape[0] * record.shape[1] < CONSTANT_CHECK_PIXELS
-
-
-def age_order(record: FrameRecord) -> tuple[float, str]:
-    """Sort key putting the oldest file first (then by name): of two copies, the newer one is the copy."""
-    try:
-        modified = os.stat(record.path).st_mtime
-    except OSError:
-        modified = math.inf
-    return modified, str(record.path)
 
 
 def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:

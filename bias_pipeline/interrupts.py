@@ -33,7 +33,8 @@ def deferred_interrupts() -> Iterator[None]:
     Only the main thread receives signals in Python; elsewhere the block runs unguarded. A
     signal that arrived meanwhile is raised again once the earlier handlers are back, so
     Ctrl-C still raises ``KeyboardInterrupt`` (and SIGTERM whatever its handler does), right
-    after the block.
+    after the block; SIGTERM when both came. When the block itself raises, its exception
+    goes on and the held signal is dropped (the run stops either way).
 
     >>> with deferred_interrupts():
     ...     pass
@@ -46,11 +47,18 @@ def deferred_interrupts() -> Iterator[None]:
     def hold(signum: int, frame: object) -> None:
         received.append(signum)
 
-    previous = {signum: signal.signal(signum, hold) for signum in HELD_SIGNALS}
+    previous: dict[int, object] = {}
+    failed = False
     try:
+        for signum in HELD_SIGNALS:  # inside the try: a signal landing between two is not lost either
+            previous[signum] = signal.signal(signum, hold)
         yield
+    except BaseException:
+        failed = True  # the block's own error is what the caller must see; a held signal adds nothing
+        raise
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if received:
-            signal.raise_signal(received[0])
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        if received and not failed:
+            # SIGTERM first: a scheduler's stop outranks a Ctrl-C that came with it.
+            signal.raise_signal(signal.SIGTERM if signal.SIGTERM in received else received[0])

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ SUBDIRS: dict[str, str] = {
     "evaluation": "evaluation",
 }
 LOCK_NAME = ".bias_pipeline.lock"
+LOCK_ATTEMPTS = 10
+LOCK_RETRY_S = 0.05
 STAGING_NAME = ".staging" + TEMPORARY_SUFFIX  # products of the run in progress
 PREVIOUS_NAME = ".previous" + TEMPORARY_SUFFIX  # the earlier run's products while publishing
 PUBLISHING_NAME = ".publishing"  # in the staging folder: the set is complete, being published
@@ -115,8 +118,9 @@ def output_lock(out_dir: Path) -> Iterator[Path]:
     fd = _take_lock(path, out_dir)
     try:
         holder = f"pid {os.getpid()} on {socket.gethostname()}, started {_now()}"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode("utf-8") + b"\n", 0)
+        with contextlib.suppress(OSError):  # a read-only lock file still locks; it just cannot say who
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode("utf-8") + b"\n", 0)
         yield path
     finally:
         # Removed while still held: a run that opens the name now gets a new file, and one that
@@ -128,9 +132,16 @@ def output_lock(out_dir: Path) -> Iterator[Path]:
 
 def _take_lock(path: Path, out_dir: Path) -> int:
     """Open and lock ``path``; the descriptor holding the lock."""
-    for _attempt in range(10):
+    for attempt in range(LOCK_ATTEMPTS):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:
+            try:  # a lock file another user's killed run left: flock works on it read-only
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                raise OutputError(
+                    f"--output-dir: cannot create {path}: {exc.strerror or exc}; choose a writable folder"
+                ) from None
         except OSError as exc:
             raise OutputError(
                 f"--output-dir: cannot create {path}: {exc.strerror or exc}; choose a writable folder"
@@ -140,11 +151,16 @@ def _take_lock(path: Path, out_dir: Path) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
             os.close(fd)
+            if not holder and attempt < LOCK_ATTEMPTS - 1:
+                # A holder that wrote nothing: `inspect` looking for a minute, or a run that is
+                # just starting; a moment later it is clear which.
+                time.sleep(LOCK_RETRY_S)
+                continue
             raise OutputError(
-                f"--output-dir {out_dir}: another run is writing there ({holder}); wait for it to end or "
-                "choose another --output-dir"
+                f"--output-dir {out_dir}: another run is writing there ({holder or 'another process'}); wait for "
+                "it to end or choose another --output-dir"
             ) from None
         except OSError as exc:  # a file system without locks (some network mounts)
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
@@ -296,12 +312,26 @@ def stage_run(out_dir: Path) -> StagedRun:
             if stale.is_file() and TEMPORARY_PATTERN.match(stale.name):
                 stale.unlink()
                 logger.info("removed %s, left by an interrupted run", stale)
+    _check_names_free(out_dir)
     try:
         for path in run.dirs.values():
             path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"--output-dir: cannot create {run.staging}: {exc.strerror or exc}") from None
     return run
+
+
+def _check_names_free(out_dir: Path) -> None:
+    """Refuse, before any work, an output folder where a product folder's name is taken by a
+    file, or a run file's name by a folder (publishing would fail after all the work)."""
+    for name in SUBDIRS.values():
+        path = out_dir / name
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"--output-dir: {path} is in the way of the product folder {name}/; remove it")
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir():
+            raise OutputError(f"--output-dir: a folder {path} is in the way of {name}; remove it")
 
 
 def publish(run: StagedRun) -> None:
@@ -331,9 +361,14 @@ def publish(run: StagedRun) -> None:
         placed: list[Path] = []
         try:
             for name in SUBDIRS.values():
-                (run.final / name).mkdir(exist_ok=True)
-            if (run.final / RUN_CONFIG_NAME).exists():  # from here on the folder is no finished run
-                _move(run.final / RUN_CONFIG_NAME, previous / RUN_CONFIG_NAME)
+                try:
+                    (run.final / name).mkdir(exist_ok=True)
+                except OSError as exc:
+                    raise _MoveError(run.final / name, exc.strerror or str(exc)) from None
+            # After a kill part-way, the run_config.json in place may already be this run's.
+            config_placed = Path(RUN_CONFIG_NAME) in listed and not (run.staging / RUN_CONFIG_NAME).exists()
+            if (run.final / RUN_CONFIG_NAME).exists() and not config_placed:
+                _move(run.final / RUN_CONFIG_NAME, previous / RUN_CONFIG_NAME)  # from here on: no finished run
             for rel in _earlier_products(run.final):
                 # An earlier product; a listed name already gone from staging is this run's, placed.
                 if is_product(rel) and (rel not in listed or (run.staging / rel).exists()):
@@ -342,14 +377,14 @@ def publish(run: StagedRun) -> None:
                 if (run.staging / rel).exists():
                     _move(run.staging / rel, run.final / rel)
                     placed.append(rel)
-        except OSError as exc:
-            target = exc.filename or run.final
+        except _MoveError as exc:
             for rel in reversed(placed):
                 _move(run.final / rel, run.staging / rel)
             for rel in _walk(previous):
                 _move(previous / rel, run.final / rel)
             marker.unlink(missing_ok=True)
-            raise OutputError(f"cannot write {target}: {exc.strerror or exc}; remove what is in the way") from None
+            raise OutputError(f"cannot write {exc.target}: {exc.reason}; remove what is in the way") from None
+        marker.unlink()  # published: a staging folder left by a kill from here on is only leftovers
         _remove_tree(previous)
         _remove_tree(run.staging)
         with contextlib.suppress(OSError):  # a finished run makes a stopped one's files stale
@@ -375,8 +410,10 @@ def keep_stopped_run(run: StagedRun, note: str = "") -> Path | None:
     """
     kept = [run.staging / name for name in (MANIFEST_NAME, LOG_NAME) if (run.staging / name).is_file()]
     with deferred_interrupts():
-        if kept:
-            _remove_tree(run.stopped_dir)  # only the last stopped run's files: never a mix of two
+        if kept:  # only the last stopped run's files: never a mix of two (a user's own files there stay)
+            for name in (MANIFEST_NAME, LOG_NAME):
+                with contextlib.suppress(OSError):
+                    (run.stopped_dir / name).unlink()
         for source in kept:
             try:
                 run.stopped_dir.mkdir(exist_ok=True)
@@ -390,9 +427,36 @@ def keep_stopped_run(run: StagedRun, note: str = "") -> Path | None:
     return run.stopped_dir if kept else None
 
 
+class _MoveError(Exception):
+    """A file could not be moved to ``target`` (a folder in the way, no permission)."""
+
+    def __init__(self, target: Path, reason: str) -> None:
+        super().__init__(f"{target}: {reason}")
+        self.target, self.reason = target, reason
+
+
 def _move(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
+    """Move a file, by a rename; to a product folder that is a link to another file system, by a
+    copy beside the target renamed into place.
+
+    Raises
+    ------
+    _MoveError
+        Naming the target, whatever the cause.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            temporary = target.with_name(f".{target.name}.moving{TEMPORARY_SUFFIX}")
+            shutil.copy2(source, temporary)
+            os.replace(temporary, target)
+            os.unlink(source)
+    except OSError as exc:
+        raise _MoveError(target, exc.strerror or str(exc)) from None
 
 
 def _remove_tree(path: Path) -> None:

@@ -241,7 +241,7 @@ def test_a_group_of_identical_frames_and_groups_too_close_to_tell_apart(tmp_path
             write_frame(close / f"f{k}_{i}.fits", bias_pixels(level=200, seed=50 + 3 * k + i), temperature=t)
     done = run(close, tmp_path / "out2", "-q", "--no-evaluation", "--temp-bin-width", "1e-9")
     assert done.returncode == 0
-    assert "the slope b is not measured" in done.stderr and "span only 1e-08 deg C" in done.stderr
+    assert "the slope is not measured" in done.stderr and "span only 1e-08 deg C" in done.stderr
 
 
 def _sbig_like_set(raw: Path, *, set_point_key: str | None, shifted: bool) -> None:
@@ -294,7 +294,11 @@ def test_frames_whose_level_is_shifted_are_rejected(tmp_path):
         else:
             assert row["status"] == "used", row
             assert abs(float(row["offset_adu"])) < 3.2 and row["offset_sigma"]  # recorded for every used frame
-    assert "offset by -" in rows["sbig_-5_0.fits"]["reason"] and "offset by +" in rows["sbig_-10_0.fits"]["reason"]
+    assert "offset by -4." in rows["sbig_-5_0.fits"]["reason"] and "offset by +4." in rows["sbig_-10_0.fits"]["reason"]
+    # One combination more per group with shifted frames, both of the -5 deg C group's at once.
+    log = (tmp_path / "out" / "pipeline.log").read_text()
+    assert log.count("combining 8 frames of") == 4 and log.count("combining 6 frames of") == 1
+    assert log.count("combining 7 frames of") == 1
 
 
 def test_when_most_frames_disagree_the_model_is_named(tmp_path):
@@ -335,7 +339,7 @@ def test_options_refused_before_any_work(tmp_path, options, fragment):
 @pytest.mark.parametrize("options", [["--nonlinear-pvalue", "1e-16"], ["--min-frames-per-group", "1"]])
 def test_options_at_their_limits_run(tmp_path, options):
     raw = tmp_path / "raw"
-    two_temperature_set(raw)
+    two_temperature_set(raw, temperatures=(0.0, 10.0, 20.0))  # three groups: the chi-square test has a dof
     header_frame(raw / "alone.fits", bias_pixels(level=230, seed=40), [("TEMPERATURE", 30.0), ("EXPOSURE", 0.0)])
     done = run(raw, tmp_path / "out", "-q", "--no-evaluation", *options)
     assert done.returncode == 0, done.stderr
@@ -450,3 +454,53 @@ def test_generate_never_overwrites_what_it_must_not(linear_run, tmp_path):
     assert generate("--model", whole, "--temperature", "5", "--output", fixed).returncode == 0
     reused = generate("--model", whole, "--temperature", "7", "--output", fixed)
     assert reused.returncode == 0 and "held the frame at 5 deg C; it is replaced by the frame at 7" in reused.stderr
+
+
+# ------------------------------------------------------------------ grouping: what must not merge
+def test_set_points_that_each_read_one_value_stay_apart(tmp_path):
+    """Evenly spaced set points of a well-regulated sensor, each read as one value, are not a
+    thermometer's steps: four groups, not fewer."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for t in (0.0, 5.0, 10.0, 25.0):
+        for i in range(3):
+            write_frame(raw / f"f_{t:+.0f}_{i}.fits", bias_pixels(level=200 + int(t), seed=60 + int(t) + i),
+                        temperature=t)  # fmt: skip
+    done = run(raw, tmp_path / "out", "-q", "--no-evaluation")
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in (tmp_path / "out" / "bias_grouped_by_temp").iterdir())
+    assert names == ["master_bias_0.0C.fits", "master_bias_10.0C.fits", "master_bias_25.0C.fits",
+                     "master_bias_5.0C.fits"]  # fmt: skip
+
+
+def test_one_set_point_on_every_frame_does_not_decide_the_groups(tmp_path):
+    """A sweep with the cooler off writes the same SET-TEMP on every frame: the readings group."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for t in (0.0, 10.0, 20.0):
+        for i in range(3):
+            header_frame(raw / f"f_{t:+.0f}_{i}.fits", bias_pixels(level=200 + int(t), seed=70 + int(t) + i),
+                         [("TEMPERATURE", t), ("EXPOSURE", 0.0), ("SET-TEMP", -10.0)])  # fmt: skip
+    done = run(raw, tmp_path / "out", "--no-evaluation")
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "out" / "bias_grouped_by_temp").iterdir())) == 3
+    assert "do not separate the frames' temperatures" in (tmp_path / "out" / "pipeline.log").read_text()
+
+
+def test_frames_of_a_drifting_group_are_not_taken_for_shifted_ones(tmp_path):
+    """Readings that drift by +-0.8 deg C at one set point with a steep sensor (20 ADU/deg C):
+    the frames differ by +-16 ADU, half the read noise, because of their temperatures."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(13)
+    for set_point in (0.0, 10.0, 20.0):
+        for i, drift in enumerate(np.linspace(-0.8, 0.8, 7)):
+            reading = set_point + drift
+            data = np.rint(3000 + 20.0 * reading + rng.normal(0, 32.0, (48, 64))).astype(np.uint16)
+            header_frame(raw / f"f_{set_point:+.0f}_{i}.fits", data,
+                         [("TEMPERATURE", round(reading, 3)), ("EXPOSURE", 0.0), ("SET-TEMP", set_point)])  # fmt: skip
+    done = run(raw, tmp_path / "out", "-q", "--no-evaluation")
+    assert done.returncode == 0, done.stderr
+    rows = manifest(tmp_path / "out")
+    assert all(r["status"] == "used" for r in rows.values()), {k: r["reason"] for k, r in rows.items() if r["reason"]}
+    assert all(abs(float(r["offset_adu"])) < 5 for r in rows.values())  # the slope is taken out

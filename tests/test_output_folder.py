@@ -146,3 +146,23 @@ def test_the_lock_keeps_a_second_run_out_and_names_the_first(tmp_path):
 def test_product_names():
     assert is_product(Path("stopped_run/pipeline.log")) and is_product(Path("evaluation/heldout_mae_-5.0C.fits"))
     assert not is_product(Path("bias_model/my_notes.fits")) and not is_product(Path("raw/bias_0.fits"))
+
+
+def test_a_publish_killed_while_clearing_up_keeps_the_new_run_config(earlier_run, monkeypatch):
+    """Killed after the last rename, while the earlier set is being removed: the next run's start
+    must not take the new run_config.json for an earlier one."""
+    import shutil
+
+    run = stage_run(earlier_run)
+    _write(run.staging, NEW)
+
+    def killed(*args, **kwargs):
+        raise _Killed
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(_Killed):
+        publish(run)
+    monkeypatch.undo()
+    assert _read(earlier_run) == {**NEW, **USER}
+    stage_run(earlier_run)
+    assert _read(earlier_run) == {**NEW, **USER}

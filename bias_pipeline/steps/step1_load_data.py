@@ -25,7 +25,6 @@ from ..errors import FrameReadError, InputDataError
 from ..frames import (
     STATUS_ACCEPTED,
     FrameRecord,
-    age_order,
     inspect_frame,
     is_fits_name,
     is_tiny,
@@ -348,8 +347,8 @@ def scan_frames(
 
 
 def _ignore_copies(records: Sequence[FrameRecord]) -> None:
-    """Byte-identical files under other names are one frame: the oldest file (then the first by
-    name) is used, the others are ignored, naming it. Frames too small to be told apart by
+    """Byte-identical files under other names are one frame: the first by name is used (whatever
+    order or times the files were copied in), the others are ignored, naming it. Frames too small to be told apart by
     their noise (:data:`~bias_pipeline.frames.CONSTANT_CHECK_PIXELS`) can coincide by chance
     and are all kept."""
     by_digest: dict[str, list[FrameRecord]] = {}
@@ -359,7 +358,7 @@ def _ignore_copies(records: Sequence[FrameRecord]) -> None:
     for same in by_digest.values():
         if len(same) < 2:
             continue
-        original, *copies = sorted(same, key=age_order)
+        original, *copies = sorted(same, key=lambda r: str(r.path))
         for copy in copies:
             copy.passed_checks = False
             copy.ignore(f"byte-identical copy of {original.path} (the same frame under another name); used once")

@@ -40,7 +40,6 @@ from ..frames import (
     STATUS_REJECTED,
     STATUS_USED,
     FrameRecord,
-    age_order,
     is_tiny,
     plain_uint16,
     read_rows,
@@ -187,53 +186,74 @@ def group_by_temperature(
     return dict(zip(keys, members, strict=True))
 
 
-def reading_step(temperatures: Sequence[float], bin_width: float) -> float | None:
-    """The step of a thermometer whose readings come on a lattice coarser than ``bin_width``, or
-    ``None``.
+#: No thermometer quantises coarser than this [deg C]: set points this far apart are set points.
+MAX_READING_STEP = 1.0
+
+
+def reading_step(temperatures: Sequence[float], bin_width: float) -> tuple[float, int] | None:
+    """The step of a thermometer whose readings come on a lattice coarser than ``bin_width``,
+    and the most neighbouring steps one set point's readings take; ``None`` when the readings
+    show no such steps.
 
     Some cameras report the sensor temperature in steps (an SBIG camera: 0.415 deg C), so that
     the readings at one set point flip between neighbouring values further apart than the bins
     and one set point would become two groups. The readings are taken to come in steps ``q``
-    when all distinct readings lie on one lattice of spacing ``q`` (> ``bin_width``), the same
-    readings recur (at least twice as many frames as distinct values), some neighbouring
-    readings are one step apart (a set point's flips) and some are three or more apart (set
-    points apart). ``q`` is fitted to all the gaps, so rounded header values do not matter.
+    (``bin_width`` < ``q`` <= :data:`MAX_READING_STEP`) when all distinct readings lie on one
+    lattice of spacing ``q`` (fitted to all the gaps, so rounded header values do not matter),
+    the same readings recur (at least twice as many frames as distinct values), and the
+    readings form runs of neighbouring steps that look like a thermometer flipping about a set
+    point: more than half the runs hold two or three values, none more, both values of some
+    two-value run recur, the middle value of a three-value run is the most frequent of the
+    three, and runs lie three or more steps apart (set points apart). Set points that each read
+    as one value, evenly spaced, do not pass.
 
     >>> readings = [-10.2, -9.79, -10.2, -9.79, -5.22, -4.81, -5.22, 4.75, 5.16, 4.75, 5.16, 5.16]
-    >>> round(reading_step(readings, 0.1), 2)
-    0.42
+    >>> step, widest = reading_step(readings, 0.1)
+    >>> round(step, 2), widest
+    (0.42, 2)
     >>> reading_step([-10.02, -9.98, 0.01, 0.03, 9.99, 10.02], 0.1) is None  # ordinary jitter
     True
+    >>> reading_step([0.0] * 5 + [1.0] * 5 + [2.0] * 5 + [5.0] * 5, 0.1) is None  # set points 1 deg C apart
+    True
     """
-    values = np.unique(np.round(np.asarray(temperatures, dtype=np.float64), 6))
+    values, counts = np.unique(np.round(np.asarray(temperatures, dtype=np.float64), 6), return_counts=True)
     if values.size < 3 or len(temperatures) < 2 * values.size:
         return None
     gaps = np.diff(values)
     step = float(gaps.min())
-    if step <= bin_width + 1e-9:
+    if not bin_width + 1e-9 < step <= MAX_READING_STEP:
         return None
     for reach in (4.0, 16.0, 64.0, math.inf):  # widen the fit as the step gets known better
         near = gaps[gaps <= reach * step]
         multiples = np.rint(near / step)
         step = float(np.sum(multiples * near) / np.sum(multiples**2))
     multiples = np.rint(gaps / step)
-    if np.any(np.abs(gaps / step - multiples) > 0.2) or not (np.any(multiples == 1) and np.any(multiples >= 3)):
+    if np.any(np.abs(gaps / step - multiples) > 0.2) or not np.any(multiples >= 3):
         return None
-    return step
-
-
-#: Width of the groups, in thermometer steps, when the readings come in steps: one step apart
-#: joins (a header's rounding may widen a step by its last digit), two apart does not.
-STEP_WIDTHS = 1.5
+    # Runs of readings one step apart: where a reading is two or more steps from the previous one,
+    # a new run begins.
+    runs = np.split(np.arange(values.size), np.flatnonzero(multiples > 1) + 1)
+    sizes = [len(run) for run in runs]
+    if max(sizes) > 3 or sum(size >= 2 for size in sizes) * 2 <= len(runs):
+        return None
+    if not any(len(run) == 2 and counts[run].min() >= 2 for run in runs):
+        return None
+    if any(len(run) == 3 and counts[run[1]] <= max(counts[run[0]], counts[run[2]]) for run in runs):
+        return None
+    return step, max(sizes)
 
 
 def grouping_width(temperatures: Sequence[float], bin_width: float) -> float:
-    """The width frames are grouped with: ``bin_width``, or just over the thermometer's step when
-    the readings come in coarser steps (:func:`reading_step`); the log says which."""
-    step = reading_step(temperatures, bin_width)
-    if step is None:
+    """The width frames are grouped with: ``bin_width``, or, when the readings come in coarser
+    steps (:func:`reading_step`), half a step more than one set point's readings span (1.5 steps
+    for readings flipping between two values, 2.5 for three), so that a header's rounding of
+    the last digit does not split them and the next set point, three or more steps away, stays
+    apart; the log says which."""
+    found = reading_step(temperatures, bin_width)
+    if found is None:
         return bin_width
-    width = STEP_WIDTHS * step
+    step, widest = found
+    width = (widest - 0.5) * step
     logger.info(
         "temperature readings come in steps of %.3f deg C, coarser than --temp-bin-width %g: frames are "
         "grouped %.3f deg C wide, so that readings flipping between neighbouring steps stay in one group",
@@ -248,27 +268,41 @@ SETTLED_WIDTHS = 5.0
 MIN_SETTLED_DISTANCE = 1.0  # deg C
 
 
-def _set_point_groups(records: Sequence[FrameRecord], width: float) -> list[list[FrameRecord]]:
-    """Frames grouped by set point, by increasing set point; frames far from the others' readings
-    are rejected (the sensor was not at its set point)."""
+def _set_point_groups(
+    records: Sequence[FrameRecord], width: float
+) -> tuple[list[list[FrameRecord]], list[tuple[FrameRecord, str]]] | None:
+    """Frames grouped by set point, by increasing set point, and the frames whose readings lie
+    far from their set point's other frames (the sensor was not at its set point), with the
+    reason to reject them; ``None`` when the set points do not separate the readings: a single
+    set point (a sweep with the cooler off writes the same one on every frame), or a set point
+    whose frames mostly lie far from their own median (two temperatures under one set point)."""
     by_set_point: dict[float, list[FrameRecord]] = {}
     for record in records:
         by_set_point.setdefault(round(float(record.set_point), 6), []).append(record)  # type: ignore[arg-type]
+    if len(by_set_point) < 2:
+        return None
     limit = max(SETTLED_WIDTHS * width, MIN_SETTLED_DISTANCE)
-    groups = []
+    groups, far = [], []
     for set_point in sorted(by_set_point):
         members = by_set_point[set_point]
         median = float(np.median([r.temperature for r in members]))
+        away = []
         for record in members:
             distance = float(record.temperature) - median  # type: ignore[arg-type]
             if abs(distance) > limit:
-                record.reject(
-                    f"its temperature {record.temperature:g} deg C ({record.temperature_key}) is {distance:+.2f} "
-                    f"deg C from the other frames at set point {set_point:g} ({record.set_point_key}, median "
-                    f"{median:.2f}): the sensor had not settled, or the reading is wrong"
+                away.append(
+                    (
+                        record,
+                        f"its temperature {record.temperature:g} deg C ({record.temperature_key}) is {distance:+.2f} "
+                        f"deg C from the other frames at set point {set_point:g} ({record.set_point_key}, median "
+                        f"{median:.2f}): the sensor had not settled, or the reading is wrong",
+                    )
                 )
-        groups.append([r for r in members if r.status == STATUS_ACCEPTED])
-    return [g for g in groups if g]
+        if 2 * len(away) >= len(members):
+            return None
+        far += away
+        groups.append([r for r in members if all(r is not a for a, _ in away)])
+    return groups, far
 
 
 def make_groups(records: Sequence[FrameRecord], config: PipelineConfig) -> list[FrameGroup]:
@@ -294,11 +328,20 @@ def make_groups(records: Sequence[FrameRecord], config: PipelineConfig) -> list[
     accepted = [r for r in records if r.status == STATUS_ACCEPTED]
     width = grouping_width([float(r.temperature) for r in accepted], config.temp_bin_width)  # type: ignore[arg-type]
     with_set_point = sum(r.set_point is not None for r in accepted)
-    if accepted and with_set_point == len(accepted):
+    by_set_point = _set_point_groups(accepted, width) if accepted and with_set_point == len(accepted) else None
+    if by_set_point is not None:
         logger.info("grouping %d frames by their set point (%s)", len(accepted), accepted[0].set_point_key)
-        binned = _set_point_groups(accepted, width)
+        binned, far = by_set_point
+        for record, reason in far:
+            record.reject(reason)
     else:
-        if with_set_point:
+        if with_set_point == len(accepted) and accepted:
+            logger.info(
+                "the set points (%s) do not separate the frames' temperatures (one set point, or most frames of "
+                "one far from each other): grouping by the readings",
+                accepted[0].set_point_key,
+            )
+        elif with_set_point:
             logger.info(
                 "%d of %d frames have no set point (%s): grouping all by their temperature readings",
                 len(accepted) - with_set_point, len(accepted), ",".join(config.set_point_keys),
@@ -394,11 +437,12 @@ class GroupResult:
         The master and its maps.
     outlier_fraction
         Per frame: the fraction of its pixels further than ``outlier_sigma`` noise from the master.
-    offset, offset_sigma
-        Per frame: its mean difference from the rest of the group over the other pixels [ADU]
-        (from the master, times ``n / (n - 1)`` for a mean-like master, which holds the frame
-        itself), and that offset in units of its standard error; NaN for groups of fewer than
-        three frames.
+    offset, offset_error
+        Per frame: its mean difference from the master over the pixels within ``outlier_sigma``
+        of it [ADU], and the standard error of that mean (the scatter of the differences, at
+        least the typical noise, over the square root of their number); NaN for groups of
+        fewer than three frames. :func:`level_offsets` turns them into offsets from the rest
+        of the group.
     fingerprint
         Per frame: sums that two frames with identical pixels share exactly (a copy is then
         confirmed pixel by pixel).
@@ -407,7 +451,7 @@ class GroupResult:
     combined: Combined
     outlier_fraction: np.ndarray
     offset: np.ndarray
-    offset_sigma: np.ndarray
+    offset_error: np.ndarray
     fingerprint: list[tuple[float, float, int]]
 
 
@@ -608,15 +652,13 @@ def combine_records(
         # The scatter of a frame's differences, at least the typical noise: in a frame of a few
         # pixels the frame's own scatter says nothing.
         spread = np.fmax(np.sqrt(np.maximum(total_squares / total_inside - mean**2, 0.0)), typical)
-        sigma = mean / (spread / np.sqrt(total_inside))
-    # The master holds the frame itself: a mean-like master moves 1/n of the way towards it.
-    correction = 1.0 if method == "median" or n < 2 else n / (n - 1.0)
-    offset = np.where(total_inside > 0, mean * correction * float(factor), np.nan) if n >= 3 else np.full(n, np.nan)
+        error = spread / np.sqrt(total_inside)
+    unknown = np.full(n, np.nan)
     return GroupResult(
         combined,
         outliers.sum(axis=0) / float(rows * columns),
-        offset,
-        np.where(np.isfinite(sigma), sigma, 0.0) if n >= 3 else np.full(n, np.nan),
+        mean * float(factor) if n >= 3 else unknown,
+        error * float(factor) if n >= 3 else unknown,
         [(float(a), float(b), int(c)) for a, b, c in zip(total_sum, total_squares, total_inside, strict=True)],
     )
 
@@ -839,13 +881,14 @@ def _combine_group(
             bad.reject(f"became unreadable while combining: {exc}")
             group.records = [r for r in group.records if r is not bad]
             continue
-        for record, offset, sigma in zip(group.records, result.offset, result.offset_sigma, strict=True):
+        offsets, sigmas = level_offsets(group.records, result)
+        for record, offset, sigma in zip(group.records, offsets, sigmas, strict=True):
             record.offset = None if np.isnan(offset) else float(offset)
             record.offset_sigma = None if np.isnan(sigma) else float(sigma)
         rejected = (
             _reject_outlying(group, result, config)
             or _reject_copies(group, result)
-            or _reject_offset(group, result, config)
+            or _reject_offset(group, result.combined, config)
         )
         if not rejected:
             return result.combined
@@ -881,15 +924,16 @@ def _reject_outlying(group: FrameGroup, result: GroupResult, config: PipelineCon
 def _reject_copies(group: FrameGroup, result: GroupResult) -> list[FrameRecord]:
     """Frames whose pixels are identical to an earlier frame's of the group (one frame saved twice
     under different headers): the copies go, the first stays. Candidates share their sums
-    exactly; they are compared pixel by pixel before anything is rejected. The oldest file of
-    a set stays."""
+    exactly; they are compared pixel by pixel before anything is rejected. The first by name
+    stays. Only frames of one group are compared: a copy under another temperature lands in
+    another group, where the temperature check flags its header."""
     same_sums: dict[tuple[float, float, int], list[FrameRecord]] = {}
     for record, fingerprint in zip(group.records, result.fingerprint, strict=True):
         if not is_tiny(record):
             same_sums.setdefault(fingerprint, []).append(record)
     copies = []
     for candidates in same_sums.values():
-        original, *others = sorted(candidates, key=age_order)
+        original, *others = sorted(candidates, key=lambda r: str(r.path))
         for record in others:
             if _same_pixels(original, record):
                 record.reject(f"its pixels are identical to those of {original.path} (one frame saved twice)")
@@ -909,26 +953,86 @@ def _same_pixels(one: FrameRecord, other: FrameRecord) -> bool:
     return True
 
 
-def _reject_offset(group: FrameGroup, result: GroupResult, config: PipelineConfig) -> list[FrameRecord]:
-    """The frame whose whole level is furthest from the rest of its group, when that offset is
-    both real (:data:`OFFSET_SIGNIFICANCE`) and larger than ``max_frame_offset`` read-noise
-    sigmas. One at a time: a frame far off pulls the master, and so the others' offsets."""
-    typical = float(np.nanmedian(result.combined.noise))
-    tolerance = config.max_frame_offset * typical
-    candidates = [
-        (abs(offset), record, offset, sigma)
-        for record, offset, sigma in zip(group.records, result.offset, result.offset_sigma, strict=True)
-        if np.isfinite(offset) and abs(offset) > tolerance and abs(sigma) > OFFSET_SIGNIFICANCE
-    ]
-    if not candidates or not np.isfinite(tolerance):
+def level_offsets(records: Sequence[FrameRecord], result: GroupResult) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's level against the rest of its group [ADU], and that in units of its error.
+
+    The differences from the master share the master's own pull (a frame far off moves a mean
+    master towards it), and frames of a group taken at slightly different temperatures differ
+    by the slope times that difference. Both are taken out by a robust line through the
+    differences against the frames' readings: the median slope over pairs of frames
+    (Theil-Sen; pairs half a group apart in a large group), zero when all read alike, and the
+    median of what is left. A set point whose thermometer flips between two steps gives no
+    slope (its frames are at one temperature), a drifting group the sensor's.
+
+    Returns
+    -------
+    offset, significance
+        NaN for groups of fewer than three frames.
+    """
+    raw = np.asarray(result.offset, dtype=np.float64)
+    error = np.asarray(result.offset_error, dtype=np.float64)
+    if raw.size < 3 or not np.all(np.isfinite(raw)):
+        return np.full(raw.size, np.nan), np.full(raw.size, np.nan)
+    readings = np.array([float(r.temperature) for r in records])  # type: ignore[arg-type]
+    x = readings - readings.mean()
+    slope = _median_slope(x, raw)
+    offset = raw - slope * x
+    offset -= np.median(offset)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        significance = np.where(error > 0, offset / error, 0.0)
+    return offset, significance
+
+
+def _median_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Theil-Sen slope of ``y`` against ``x`` (0 when ``x`` does not vary); above 200 points, over
+    the pairs half the sorted points apart, so the cost stays linear."""
+    if np.ptp(x) == 0:
+        return 0.0
+    if x.size <= 200:
+        i, j = np.triu_indices(x.size, k=1)
+    else:
+        order = np.argsort(x, kind="stable")
+        half = x.size // 2
+        i, j = order[:half], order[half : 2 * half]
+    dx = x[j] - x[i]
+    keep = dx != 0
+    return float(np.median((y[j] - y[i])[keep] / dx[keep])) if keep.any() else 0.0
+
+
+def _reject_offset(group: FrameGroup, combined: Combined, config: PipelineConfig) -> list[FrameRecord]:
+    """Frames whose whole level is off the rest of their group, both really (more than
+    :data:`OFFSET_SIGNIFICANCE` errors) and by more than ``max_frame_offset`` read-noise sigmas,
+    all in one pass (the offsets are from the group's median frame, which a minority cannot
+    pull). When more than half the group would go, no frame is the odd one: none is rejected,
+    and a warning says so."""
+    records = group.records
+    offsets = np.array([np.nan if r.offset is None else r.offset for r in records])
+    sigmas = np.array([np.nan if r.offset_sigma is None else r.offset_sigma for r in records])
+    finite_noise = combined.noise[np.isfinite(combined.noise)]
+    if not np.any(np.isfinite(offsets)) or finite_noise.size == 0:
         return []
-    _, record, offset, sigma = max(candidates, key=lambda c: c[0])
-    record.reject(
-        f"its level is offset by {offset:+.2f} ADU from the rest of its group ({offset / typical:+.2f} read-noise "
-        f"sigmas, {abs(sigma):.0f} times its error; limit --max-frame-offset {config.max_frame_offset:g}): taken "
-        "apart in time or while the sensor was not settled?"
-    )
-    return [record]
+    typical = float(np.median(finite_noise))
+    tolerance = config.max_frame_offset * typical
+    off = np.isfinite(offsets) & (np.abs(offsets) > tolerance) & (np.abs(sigmas) > OFFSET_SIGNIFICANCE)
+    if not off.any():
+        return []
+    if 2 * off.sum() > len(records):
+        logger.warning(
+            "group %s C: %d of %d frames differ in level by more than --max-frame-offset %g read-noise sigmas: "
+            "no level is typical (frames of several epochs or states?); none rejected",
+            group.label, int(off.sum()), len(records), config.max_frame_offset,
+        )  # fmt: skip
+        return []
+    rejected = []
+    for record, offset, sigma in zip(records, offsets, sigmas, strict=True):
+        if np.isfinite(offset) and abs(offset) > tolerance and abs(sigma) > OFFSET_SIGNIFICANCE:
+            record.reject(
+                f"its level is offset by {offset:+.2f} ADU from the rest of its group ({offset / typical:+.2f} "
+                f"read-noise sigmas, {abs(sigma):.0f} times its error; limit --max-frame-offset "
+                f"{config.max_frame_offset:g}): taken apart in time or while the sensor was not settled?"
+            )
+            rejected.append(record)
+    return rejected
 
 
 def generate_master_bias_by_temp(

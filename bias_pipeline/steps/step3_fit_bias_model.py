@@ -450,13 +450,19 @@ def warn_if_implausible(model: BiasModel) -> list[str]:
             "frames, not the pixels, look wrong (copies of one frame, frames of another camera or mode?)"
         )
     if model.covariance is not None and fitted.any():
-        sigma_b = np.sqrt(np.maximum(model.covariance[1, 1][fitted], 0))
-        typical_sigma = float(np.nanmedian(sigma_b))
-        typical_slope = float(np.nanmedian(np.abs(model.b_map[fitted])))
+        # The slope at the fit's reference temperature: b + 2 c TREF for degree 2, whose b alone
+        # (the slope at 0 deg C) may lie far outside the data.
+        t = float(model.tref or 0.0)
+        gradient = np.array([0.0, 1.0, 2.0 * t][: model.degree + 1])
+        covariance = model.covariance[:, :, fitted].astype(np.float64)
+        sigma_slope = np.sqrt(np.maximum(np.einsum("p,pqk,q->k", gradient, covariance, gradient), 0))
+        slope = model.b_map[fitted] + (2.0 * t * model.c_map[fitted] if model.c_map is not None else 0.0)
+        typical_sigma = float(np.nanmedian(sigma_slope))
+        typical_slope = float(np.nanmedian(np.abs(slope)))
         if np.isfinite(typical_sigma) and typical_sigma > typical_slope:
             low, high = model.temperature_range or (float("nan"), float("nan"))
             warnings.append(
-                f"the slope b is not measured: its typical error {typical_sigma:.3g} ADU/deg C exceeds its typical "
+                f"the slope is not measured: its typical error {typical_sigma:.3g} ADU/deg C exceeds its typical "
                 f"size {typical_slope:.3g}; the groups span only {high - low:.3g} deg C ({low:g} .. {high:g}): "
                 "take frames over a wider range of temperatures"
             )
