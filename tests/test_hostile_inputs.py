@@ -83,7 +83,7 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory):
                  [("TEMPERATURE", 0.0), ("EXPOSURE", 0.0), ("EXPOSURE", 30.0)])  # fmt: skip
     # 10: a stuck readout, a byte-identical copy, and the same pixels under another header.
     write_frame(raw / "stuck.fits", np.full((48, 64), 3200, dtype=np.uint16), temperature=0.0)
-    shutil.copy(raw / "good_+0.0_1.fits", raw / "copy_of_good.fits")
+    shutil.copy(raw / "good_+0.0_1.fits", raw / "good_+0.0_1_copy.fits")
     same_pixels = fits.getdata(raw / "good_+10.0_2.fits")
     header_frame(raw / "renamed_header.fits", same_pixels,
                  [("TEMPERATURE", 10.0), ("EXPOSURE", 0.0), ("FRAMENUM", 99)])  # fmt: skip
@@ -119,7 +119,7 @@ HOSTILE_FRAMES = [
     ("same_twice.fits", "used", ""),
     ("two_exposures.fits", "rejected", "2 EXPOSURE cards disagree (0 and 30)"),
     ("stuck.fits", "rejected", "every pixel holds 3200: a stuck readout"),
-    ("copy_of_good.fits", "ignored", "byte-identical copy of"),
+    ("good_+0.0_1_copy.fits", "ignored", "byte-identical copy of"),
     ("renamed_header.fits", "rejected", "its pixels are identical to those of"),
     ("dark_zero_s.fits", "rejected", "frame type 'DARK' (IMAGETYP) is not a bias frame"),
     ("flat.fits", "rejected", "frame type 'FLAT' (OBSTYPE) is not a bias frame"),
@@ -134,8 +134,8 @@ def test_the_hostile_folder_runs_to_the_end(hostile_run):
     done, rows, out = hostile_run
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    assert rows["copy_of_good.fits"]["reason"].endswith("used once")
-    assert "good_+0.0_1.fits" in rows["copy_of_good.fits"]["reason"]
+    assert rows["good_+0.0_1_copy.fits"]["reason"].endswith("used once")
+    assert "good_+0.0_1.fits" in rows["good_+0.0_1_copy.fits"]["reason"]
     assert "good_+10.0_2.fits" in rows["renamed_header.fits"]["reason"]
 
 
