@@ -3,7 +3,7 @@
 
 import sys
 
-from bias_pipeline.cli import generate_main
+from bias_pipeline.entry import generate
 
 if __name__ == "__main__":
-    sys.exit(generate_main(prog="generate_bias.py"))
+    sys.exit(generate(prog="generate_bias.py"))

@@ -3,7 +3,7 @@
 
 import sys
 
-from bias_pipeline.cli import run_main
+from bias_pipeline.entry import run
 
 if __name__ == "__main__":
-    sys.exit(run_main(prog="run_pipeline.py"))
+    sys.exit(run(prog="run_pipeline.py"))

@@ -78,7 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         The command's exit code; 2 for an unknown command.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
+    from .entry import starting
+
+    with starting(PROG):
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+
+
+def _dispatch(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         sys.stdout.write(usage())
         return 0

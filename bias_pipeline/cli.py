@@ -447,20 +447,22 @@ def _guarded(prog: str, body: Callable[[], int], interrupted: Callable[[Keyboard
     """Run a command's ``body``: errors the user can cause become one line and their exit code,
     Ctrl-C and SIGTERM one line saying what was left (``interrupted(exc)``, or that nothing was
     half-written), a bug one line asking for a report."""
-    previous = None
+    previous = previous_int = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, raise_terminated)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored (nohup, `&`): left so
+            previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
     try:
         return body()
     except BiasPipelineError as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-        left = interrupted(exc) if interrupted is not None else "no file was left half-written"
-        sys.stderr.write(f"{prog}: {what}; {left}\n")
-        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        return _stopped(prog, exc, interrupted)
     except Exception as exc:  # a bug: one line, the traceback only with -v
+        interrupt = _interrupt_inside(exc)
+        if interrupt is not None:  # Ctrl-C or SIGTERM that Python wrapped (in an import's __set_name__)
+            return _stopped(prog, interrupt, interrupted)
         logger.debug("internal error", exc_info=True)
         sys.stderr.write(
             f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with -v for details and report it)\n"
@@ -469,6 +471,28 @@ def _guarded(prog: str, body: Callable[[], int], interrupted: Callable[[Keyboard
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def _stopped(prog: str, exc: KeyboardInterrupt, interrupted: Callable[[KeyboardInterrupt], str] | None) -> int:
+    """The one line of a command stopped by Ctrl-C or SIGTERM, and its exit code."""
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    left = interrupted(exc) if interrupted is not None else "no file was left half-written"
+    sys.stderr.write(f"{prog}: {what}; {left}\n")
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _interrupt_inside(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM an exception was raised from (its cause or context), if any."""
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _run_demo(out_dir: Path, config: PipelineConfig, hot_pixel_mask: Path | None, save_eval_fits: bool) -> int:
@@ -726,6 +750,7 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
         if args.model is None and args.a_map is None:
             raise ConfigError("give the model: --model bias_model/bias_model.fits (or --a-map A.fits --b-map B.fits)")
         if args.model is not None:
+            _check_is_model(args.model)
             model = BiasModel.load(args.model)
             inputs = {"--model": args.model}
         else:
@@ -758,6 +783,26 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
     return _guarded(parser.prog, body, lambda exc: "no file was written (a frame is written whole or not at all)")
 
 
+def _check_is_model(path: Path) -> None:
+    """Refuse a ``--model`` file that is no model of this package (a raw frame, a master) before
+    it is read as an a-map looking for its b-map."""
+    from astropy.io import fits
+
+    from .errors import InputDataError
+
+    if not path.is_file():
+        return  # a folder, or missing: BiasModel.load says which
+    try:
+        kind = fits.getheader(path).get("PRODTYPE")
+    except Exception:
+        kind = None
+    if kind not in ("BIAS_MODEL", "BIAS_A"):
+        what = f"a {kind} product" if kind else "not a product of this package (no PRODTYPE)"
+        raise InputDataError(
+            f"--model {path} is {what}; give bias_model.fits, its bias_model/ folder or a run's output folder"
+        )
+
+
 def _synthetic_output(text: str, temperature: float, inputs: dict[str, Path]) -> Path:
     """The file ``--output`` names (in a folder: ``synthetic_bias_T.TC.fits``), its folder made.
 
@@ -771,6 +816,10 @@ def _synthetic_output(text: str, temperature: float, inputs: dict[str, Path]) ->
     from .steps.step1_load_data import not_regular
     from .steps.step4_generate_synthetic_bias import synthetic_name
 
+    if not text.strip() or text == "-":
+        raise OutputError(
+            f"--output {text!r}: give a file or folder name (the frame is not written to standard output)"
+        )
     output = Path(text)
     if output.is_dir() or text.endswith(("/", "\\")):
         output = output / synthetic_name(temperature)

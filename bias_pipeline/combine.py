@@ -132,6 +132,18 @@ def _sorted_median_slabs(slabs: Sequence[np.ndarray]) -> np.ndarray:
 MIN_FLOOR_PIXELS = 64
 
 
+def quantisation_floor(quantum: float) -> np.float32:
+    """The noise of rounding to steps of ``quantum``, ``quantum / sqrt(12)``: the least a noise
+    estimate can mean. In a frame of a few pixels the row's typical noise is that of the pixel
+    itself, and five quantised values that happen to coincide would make a one-step difference
+    infinitely many sigmas.
+
+    >>> round(float(quantisation_floor(16)), 3), float(quantisation_floor(0))
+    (4.619, 0.0)
+    """
+    return np.float32(quantum / math.sqrt(12.0))
+
+
 def pool_rows(columns: int) -> int:
     """Rows whose pixels share one typical noise: 1 for frames of :data:`MIN_FLOOR_PIXELS` columns
     or more, more for narrower frames. Pools start at multiples of this from the first row, so
@@ -214,6 +226,7 @@ def combine_block(
     clip_sigma: float = 3.0,
     clip_iters: int = 5,
     pool: int = 1,
+    quantum: float = 0.0,
 ) -> Combined:
     """Combine ``stack`` (frames along axis 0) into a master with its noise and error.
 
@@ -229,6 +242,10 @@ def combine_block(
         Threshold (in robust standard deviations) and maximum passes of ``sigma-clip``.
     pool
         Rows sharing one clip floor (:func:`pool_rows`); the stack's first row starts a pool.
+    quantum
+        The values' quantisation step (16 for 12-bit values stored x16, 1 for integers, 0 for
+        floats): no clip scale falls below its noise, ``quantum / sqrt(12)`` (see
+        :func:`quantisation_floor`).
 
     Returns
     -------
@@ -274,7 +291,7 @@ def combine_block(
     mad = _mad_sigma(last, median, full_lo, full_hi)
     half = np.float32(NOISE_WINDOW) * typical_noise(mad, pool)
     lo, hi = _within(last, median, half, full_lo, full_hi)
-    floor = _finite_floor(typical_noise(_range_stats(last, lo, hi)[1], pool))
+    floor = np.maximum(_finite_floor(typical_noise(_range_stats(last, lo, hi)[1], pool)), quantisation_floor(quantum))
     master, noise, kept = clip_pixels(last, floor, method, clip_sigma=clip_sigma, clip_iters=clip_iters)
     return _finish(master, noise, kept, method)
 
@@ -419,6 +436,7 @@ def combine_sorted(
     clip_sigma: float = 3.0,
     clip_iters: int = 5,
     pool: int = 1,
+    quantum: float = 0.0,
 ) -> Combined:
     """Combine frames already sorted along the frames axis; same result as :func:`combine_block`.
 
@@ -431,8 +449,8 @@ def combine_sorted(
         One of :data:`COMBINE_METHODS`.
     clip_sigma, clip_iters
         Threshold and maximum passes of ``sigma-clip``.
-    pool
-        Rows sharing one clip floor (see :func:`combine_block`).
+    pool, quantum
+        Rows sharing one clip floor, and the values' quantisation step (see :func:`combine_block`).
 
     Returns
     -------
@@ -482,7 +500,7 @@ def combine_sorted(
     if n < 3:
         return _finish(median if method == "median" else mean, std, kept, method)
     mad = mad_sigma_sorted(slabs, median)
-    floor = clip_floor(slabs, median, std, mad, pool)
+    floor = np.maximum(clip_floor(slabs, median, std, mad, pool), quantisation_floor(quantum))
     # A pixel whose values all lie within the first pass's window keeps them all: its master
     # is the plain mean (or the median) and its noise the plain standard deviation. The
     # window is computed exactly as clip_pixels computes it, so the two agree bit for bit.

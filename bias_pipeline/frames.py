@@ -47,6 +47,8 @@ STATUS_ACCEPTED = "accepted"  # passed step 1; becomes used (or rejected) in ste
 STATUS_REJECTED = "rejected"
 STATUS_IGNORED = "ignored"
 
+# A value quoted in a reason (a header's text), which differs from file to file.
+_QUOTED = re.compile(r"'[^']*'")
 # A number in a reason (not inside a word or an option name such as 12-bit or --max-exposure).
 _NUMBER = re.compile(r"(?<![A-Za-z_\d])(?<!\d\.)[-+]?\d+(?:\.\d+)?(?![A-Za-z_\d]|-[A-Za-z])")
 
@@ -63,12 +65,14 @@ def reason_kind(reason: str | None) -> str:
     'exposure N s is longer than a bias frame (--max-exposure N s)'
     >>> reason_kind("values up to 65520 do not fit the 12-bit data declared by --input-bits 12")
     'values up to N do not fit the 12-bit data declared by --input-bits N'
+    >>> reason_kind("temperature keyword TEMP holds '0.008C', not a number")
+    "temperature keyword TEMP holds '...', not a number"
     """
     text = (reason or "no reason recorded").strip()
     head, sep, _ = text.partition(":")
     if sep and len(head) <= 60:
         text = head
-    return _NUMBER.sub("N", text)
+    return _NUMBER.sub("N", _QUOTED.sub("'...'", text))
 
 
 @dataclass
@@ -108,6 +112,8 @@ class FrameRecord:
         Largest stored pixel value (after BZERO/BSCALE), for the bit-depth check.
     multiple_of_16
         Whether every pixel value is a multiple of 16 (12-bit data stored x16).
+    integer_valued
+        Whether every pixel value is a whole number (the quantisation step is then at least 1).
     saturated_fraction, saturated_fraction_12
         Fraction of pixels at the ADC maximum as stored x16 (65520 and above), and as raw
         12-bit values (4095; which applies is decided with the data set's bit depth).
@@ -151,6 +157,7 @@ class FrameRecord:
     bscale: float = 1.0
     max_value: float = math.nan
     multiple_of_16: bool = False
+    integer_valued: bool = False
     zero_fraction: float = math.nan
     saturated_fraction: float = 0.0
     saturated_fraction_12: float = 0.0
@@ -573,15 +580,16 @@ def read_row_sample(record: FrameRecord, rows: Sequence[int] | np.ndarray) -> np
     return np.concatenate([read_rows(record, int(row), int(row) + 1) for row in rows])
 
 
-#: Frames of at least this many pixels are checked for one constant value (a stuck readout)
-#: and for copies of another frame; in a smaller one, a few quantised values can all coincide
-#: by chance.
-CONSTANT_CHECK_PIXELS = 16
+#: Frames of fewer pixels than this are too small to be judged by their noise: a few quantised
+#: values can all coincide by chance, and a noise estimated from them means little. They are
+#: not checked for one constant value (a stuck readout), for copies of another frame, or
+#: against their group's master (outliers, level).
+SMALL_FRAME_PIXELS = 16
 
 
 def is_tiny(record: FrameRecord) -> bool:
     """Whether a frame has too few pixels for its noise to tell it from a copy or a stuck readout."""
-    return record.shape is not None and record.shape[0] * record.shape[1] < CONSTANT_CHECK_PIXELS
+    return record.shape is not None and record.shape[0] * record.shape[1] < SMALL_FRAME_PIXELS
 
 
 def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
@@ -591,15 +599,17 @@ def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
             raise FrameReadError(f"{bad} pixels are NaN or infinite")
         finite_max = float(pixels.max())
         record.multiple_of_16 = bool(np.all(np.mod(pixels, 16) == 0))
+        record.integer_valued = record.multiple_of_16 or bool(np.all(np.mod(pixels, 1) == 0))
     else:
         finite_max = float(pixels.max())
         # OR of all values has its low 4 bits clear only when every value is a multiple of 16.
         record.multiple_of_16 = int(np.bitwise_or.reduce(pixels, axis=None)) & 15 == 0
+        record.integer_valued = True
     record.max_value = finite_max
     minimum = float(pixels.min())
     record.min_value = minimum
     record.negative_count = int(np.count_nonzero(pixels < 0)) if minimum < 0 else 0
-    record.constant = minimum == finite_max and pixels.size >= CONSTANT_CHECK_PIXELS
+    record.constant = minimum == finite_max and pixels.size >= SMALL_FRAME_PIXELS
     zeros = np.count_nonzero(pixels == 0) if minimum <= 0 else 0  # one pass less when none
     record.zero_fraction = float(zeros) / pixels.size
     _saturation(pixels, finite_max, record)

@@ -55,6 +55,7 @@ SUBDIRS: dict[str, str] = {
 }
 LOCK_NAME = ".bias_pipeline.lock"
 LOCK_ATTEMPTS = 10
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 LOCK_RETRY_S = 0.05
 STAGING_NAME = ".staging" + TEMPORARY_SUFFIX  # products of the run in progress
 PREVIOUS_NAME = ".previous" + TEMPORARY_SUFFIX  # the earlier run's products while publishing
@@ -133,14 +134,17 @@ def output_lock(out_dir: Path) -> Iterator[Path]:
 def _take_lock(path: Path, out_dir: Path) -> int:
     """Open and lock ``path``; the descriptor holding the lock."""
     for attempt in range(LOCK_ATTEMPTS):
+        if path.is_symlink():  # never follow the name to another file, which would be written
+            path.unlink()
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
         except PermissionError:
             try:  # a lock file another user's killed run left: flock works on it read-only
-                fd = os.open(path, os.O_RDONLY)
-            except OSError as exc:
+                fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+            except OSError:
                 raise OutputError(
-                    f"--output-dir: cannot create {path}: {exc.strerror or exc}; choose a writable folder"
+                    f"--output-dir {out_dir}: the lock file {path} belongs to another user and cannot be opened; "
+                    "if no run is writing there, remove it"
                 ) from None
         except OSError as exc:
             raise OutputError(
@@ -300,7 +304,7 @@ def stage_run(out_dir: Path) -> StagedRun:
     out_dir = Path(out_dir)
     run = StagedRun(out_dir, out_dir / STAGING_NAME)
     if run.staging.is_dir():
-        if (run.staging / PUBLISHING_NAME).is_file():
+        if _read_marker(run) is not None:
             logger.warning("%s: completing the publishing of a run that was killed while publishing", out_dir)
             publish(run)
         else:
@@ -324,10 +328,13 @@ def stage_run(out_dir: Path) -> StagedRun:
 def _check_names_free(out_dir: Path) -> None:
     """Refuse, before any work, an output folder where a product folder's name is taken by a
     file, or a run file's name by a folder (publishing would fail after all the work)."""
-    for name in SUBDIRS.values():
+    for name in (*SUBDIRS.values(), STOPPED_DIR):
         path = out_dir / name
         if path.exists() and not path.is_dir():
             raise OutputError(f"--output-dir: {path} is in the way of the product folder {name}/; remove it")
+        if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+            raise OutputError(f"--output-dir: {path} is not writable: its products could not be replaced; fix its "
+                              "permissions or choose another --output-dir")  # fmt: skip
     for name in RUN_FILES:
         path = out_dir / name
         if path.is_dir():
@@ -352,11 +359,12 @@ def publish(run: StagedRun) -> None:
     previous = run.final / PREVIOUS_NAME
     marker = run.staging / PUBLISHING_NAME
     with deferred_interrupts():
-        if marker.is_file():  # a publishing cut short: its list is the one to finish
-            staged = [Path(p) for p in json.loads(marker.read_text(encoding="utf-8", errors="surrogateescape"))]
+        resumed = _read_marker(run)  # a publishing cut short: its list is the one to finish
+        if resumed is not None:
+            staged = resumed
         else:
             staged = sorted(_walk(run.staging), key=lambda rel: rel.name == RUN_CONFIG_NAME)
-            write_text_atomic(marker, json.dumps([str(p) for p in staged]))
+            _write_marker(marker, [str(p) for p in staged])
         listed = set(staged)
         placed: list[Path] = []
         try:
@@ -364,7 +372,7 @@ def publish(run: StagedRun) -> None:
                 try:
                     (run.final / name).mkdir(exist_ok=True)
                 except OSError as exc:
-                    raise _MoveError(run.final / name, exc.strerror or str(exc)) from None
+                    raise _MoveError(run.final / name, exc) from None
             # After a kill part-way, the run_config.json in place may already be this run's.
             config_placed = Path(RUN_CONFIG_NAME) in listed and not (run.staging / RUN_CONFIG_NAME).exists()
             if (run.final / RUN_CONFIG_NAME).exists() and not config_placed:
@@ -383,12 +391,53 @@ def publish(run: StagedRun) -> None:
             for rel in _walk(previous):
                 _move(previous / rel, run.final / rel)
             marker.unlink(missing_ok=True)
-            raise OutputError(f"cannot write {exc.target}: {exc.reason}; remove what is in the way") from None
+            raise OutputError(f"cannot write {_shown(run, exc.target)}: {exc.reason}; {exc.advice}") from None
         marker.unlink()  # published: a staging folder left by a kill from here on is only leftovers
         _remove_tree(previous)
         _remove_tree(run.staging)
         with contextlib.suppress(OSError):  # a finished run makes a stopped one's files stale
             (run.final / STOPPED_DIR).rmdir()
+
+
+def _shown(run: StagedRun, path: Path) -> Path:
+    """A path as the user knows it: inside the hidden folders, where it is in the output folder."""
+    for hidden in (run.staging, run.final / PREVIOUS_NAME):
+        try:
+            return run.final / Path(path).relative_to(hidden)
+        except ValueError:
+            continue
+    return Path(path)
+
+
+def _read_marker(run: StagedRun) -> list[Path] | None:
+    """The list of files a publish in progress moves, or ``None`` when there is no valid one (no
+    marker, or one a crash or a hand left unreadable, empty, without ``run_config.json``, or
+    naming a path outside the staging folder: such a staging folder is not a complete run)."""
+    marker = run.staging / PUBLISHING_NAME
+    if not marker.is_file():
+        return None
+    try:
+        names = json.loads(marker.read_text(encoding="utf-8", errors="surrogateescape"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        return None
+    paths = [Path(n) for n in names]
+    if Path(RUN_CONFIG_NAME) not in paths or any(p.is_absolute() or ".." in p.parts for p in paths):
+        return None
+    return paths
+
+
+def _write_marker(marker: Path, names: list[str]) -> None:
+    """Write the publish list for good (synced), so that a power cut cannot leave half of it."""
+    write_text_atomic(marker, json.dumps(names))
+    for path in (marker, marker.parent):
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def keep_stopped_run(run: StagedRun, note: str = "") -> Path | None:
@@ -430,9 +479,16 @@ def keep_stopped_run(run: StagedRun, note: str = "") -> Path | None:
 class _MoveError(Exception):
     """A file could not be moved to ``target`` (a folder in the way, no permission)."""
 
-    def __init__(self, target: Path, reason: str) -> None:
-        super().__init__(f"{target}: {reason}")
-        self.target, self.reason = target, reason
+    def __init__(self, target: Path, error: OSError) -> None:
+        super().__init__(f"{target}: {error.strerror or error}")
+        self.target, self.reason = target, error.strerror or str(error)
+        self.advice = {
+            errno.EACCES: "check the permissions of its folder",
+            errno.EPERM: "check the permissions of its folder",
+            errno.EROFS: "the file system is read-only; choose another --output-dir",
+            errno.ENOSPC: "free some space or choose another --output-dir",
+            errno.EDQUOT: "free some space or choose another --output-dir",
+        }.get(error.errno or 0, "remove what is in the way")
 
 
 def _move(source: Path, target: Path) -> None:
@@ -456,7 +512,7 @@ def _move(source: Path, target: Path) -> None:
             os.replace(temporary, target)
             os.unlink(source)
     except OSError as exc:
-        raise _MoveError(target, exc.strerror or str(exc)) from None
+        raise _MoveError(target, exc) from None
 
 
 def _remove_tree(path: Path) -> None:

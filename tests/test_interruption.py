@@ -250,3 +250,94 @@ def test_killed_while_plotting_leaves_no_process_behind(raw_small, tmp_path):
         time.sleep(0.05)
     else:
         pytest.fail("plot workers outlived the killed run")
+
+
+DRIVER = """
+import os, signal, sys
+import concurrent.futures.process as pool_module
+spawn, fired = pool_module.ProcessPoolExecutor._spawn_process, []
+def spawn_then_signal(self):
+    spawn(self)
+    if not fired:  # the signal lands in the parent while its plot workers start
+        fired.append(1)
+        os.kill(os.getpid(), signal.{signame})
+pool_module.ProcessPoolExecutor._spawn_process = spawn_then_signal
+from bias_pipeline.cli import run_main
+sys.exit(run_main(sys.argv[1:], prog="run_pipeline.py"))
+"""
+
+
+@pytest.mark.parametrize(("signame", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_while_the_plot_workers_start_ends_the_run(tmp_path, signame, code):
+    from conftest import two_temperature_set
+
+    two_temperature_set(tmp_path / "raw", temperatures=(0.0, 10.0, 20.0))
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.replace("{signame}", signame))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(driver), "--basepath", str(tmp_path / "raw"), "--output-dir", str(tmp_path / "out"),
+         "-q", "--threads", "2"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr
+    assert time.monotonic() - started < 60  # not a worker waiting on its queue for ever
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    from conftest import two_temperature_set
+
+    two_temperature_set(tmp_path / "raw")
+    for delay in (0.3, 0.8):  # during the imports, and about when the run begins
+        process = _start(tmp_path / "raw", tmp_path / f"out_{delay}")
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        if process.returncode == 0:
+            continue  # finished first on a fast machine: nothing to check
+        assert process.returncode == 130, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_interrupt_wrapped_by_python_is_still_an_interrupt():
+    """Python wraps an exception raised inside a class body's __set_name__ (matplotlib's, while
+    it is imported) in a RuntimeError: a SIGTERM there must still read as a SIGTERM."""
+    from bias_pipeline.cli import _guarded
+    from bias_pipeline.interrupts import Terminated
+
+    def body() -> int:
+        try:
+            raise Terminated
+        except Terminated as exc:
+            raise RuntimeError("Error calling __set_name__ on 'x' instance 'locs'") from exc
+
+    assert _guarded("run_pipeline.py", body) == 143
+
+
+def test_product_folders_that_cannot_be_written_are_refused_at_the_start(tmp_path):
+    """A read-only product folder (or stopped_run/) is found before any work, and named; the
+    earlier products stay. As root, the command runs without the capabilities that bypass
+    file permissions (setpriv), as an ordinary user would."""
+    from conftest import two_temperature_set
+
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: permissions cannot be made to count")
+    two_temperature_set(tmp_path / "raw")
+    out = tmp_path / "out"
+    assert run_cli("run_pipeline.py", "--basepath", str(tmp_path / "raw"), "--output-dir", str(out), "-q",
+                   "--no-evaluation").returncode == 0  # fmt: skip
+    before = _files(out)
+    (out / "bias_model").chmod(0o555)
+    try:
+        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"] if os.geteuid() == 0 else []
+        done = subprocess.run(
+            [*prefix, sys.executable, str(REPO / "run_pipeline.py"), "--basepath", str(tmp_path / "raw"),
+             "--output-dir", str(out), "-q", "--no-evaluation"],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+        )  # fmt: skip
+    finally:
+        (out / "bias_model").chmod(0o755)
+    assert done.returncode == 4, done.stderr
+    assert "bias_model is not writable" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert _files(out) == before

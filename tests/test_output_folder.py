@@ -166,3 +166,45 @@ def test_a_publish_killed_while_clearing_up_keeps_the_new_run_config(earlier_run
     assert _read(earlier_run) == {**NEW, **USER}
     stage_run(earlier_run)
     assert _read(earlier_run) == {**NEW, **USER}
+
+
+@pytest.mark.parametrize("marker", ["", "[]", "not json", '["../../outside.txt", "run_config.json"]'])
+def test_a_leftover_staging_folder_with_a_bad_marker_is_not_published(earlier_run, marker):
+    (earlier_run.parent / "outside.txt").write_text("keep me")
+    staging = earlier_run / STAGING_NAME
+    (staging / "bias_model").mkdir(parents=True)
+    (staging / "bias_model" / "bias_a_map.fits").write_text("junk")
+    (staging / ".publishing").write_text(marker)
+    run = stage_run(earlier_run)
+    assert _read(earlier_run) == {**EARLIER, **USER}
+    assert (earlier_run.parent / "outside.txt").read_text() == "keep me"
+    _write(run.staging, NEW)
+    publish(run)
+    assert _read(earlier_run) == {**NEW, **USER}
+
+
+def test_the_lock_never_writes_through_a_link(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".bias_pipeline.lock").symlink_to(precious)
+    with output_lock(out):
+        pass
+    assert precious.read_text() == "precious"
+
+
+def test_a_lock_file_that_cannot_be_opened_is_named(tmp_path, monkeypatch):
+    lock = tmp_path / ".bias_pipeline.lock"
+    lock.write_text("")
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path) == str(lock):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(OutputError, match="belongs to another user and cannot be opened; if no run is writing"):
+        with output_lock(tmp_path):
+            pass

@@ -349,7 +349,7 @@ def scan_frames(
 def _ignore_copies(records: Sequence[FrameRecord]) -> None:
     """Byte-identical files under other names are one frame: the first by name is used (whatever
     order or times the files were copied in), the others are ignored, naming it. Frames too small to be told apart by
-    their noise (:data:`~bias_pipeline.frames.CONSTANT_CHECK_PIXELS`) can coincide by chance
+    their noise (:data:`~bias_pipeline.frames.SMALL_FRAME_PIXELS`) can coincide by chance
     and are all kept."""
     by_digest: dict[str, list[FrameRecord]] = {}
     for record in records:

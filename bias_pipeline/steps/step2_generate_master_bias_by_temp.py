@@ -30,6 +30,7 @@ from ..combine import (
     combine_block,
     combine_sorted,
     pool_rows,
+    quantisation_floor,
     sort_frames,
     typical_noise,
 )
@@ -475,13 +476,13 @@ def _read_block(records: Sequence[FrameRecord], start: int, stop: int, out: np.n
 
 
 def _frame_statistics(
-    block: np.ndarray, combined: Combined, outlier_sigma: float, pool: int
+    block: np.ndarray, combined: Combined, outlier_sigma: float, pool: int, quantum: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per frame of a block: pixels further than ``outlier_sigma`` noise from the master, and the
     sum, sum of squares and count of the differences from the master of the other pixels."""
-    # Noise floored at the rows' typical value: a pixel whose frames happen to agree exactly
-    # must not make every small difference an outlier.
-    noise = np.fmax(combined.noise, typical_noise(combined.noise, pool))
+    # Noise floored at the rows' typical value and at the quantisation noise: a pixel whose
+    # frames happen to agree exactly must not make every small difference an outlier.
+    noise = np.fmax(np.fmax(combined.noise, typical_noise(combined.noise, pool)), quantisation_floor(quantum))
     reach = np.float32(outlier_sigma) * noise
     n = block.shape[0]
     outliers = np.empty(n, dtype=np.int64)
@@ -500,6 +501,14 @@ def _frame_statistics(
         squares[index] = float(np.dot(flat, flat))
         inside[index] = flat.size - outliers[index]
     return outliers, sums, squares, inside
+
+
+def value_step(records: Sequence[FrameRecord]) -> float:
+    """The quantisation step of the frames' stored values: 16 when every value of every frame is a
+    multiple of 16 (12-bit values stored x16), 1 when all are whole numbers, else 0."""
+    if all(r.multiple_of_16 for r in records):
+        return 16.0
+    return 1.0 if all(r.integer_valued for r in records) else 0.0
 
 
 def combine_records(
@@ -569,6 +578,8 @@ def combine_records(
     # the products do not depend on how the frame is cut into blocks.
     floor_pool = pool_rows(columns)
     step = min(rows, max(floor_pool, step // floor_pool * floor_pool))
+    quantum = value_step(records)
+    judged = n >= 3 and not is_tiny(records[0])  # frames are judged against the master
     needed_mb = workers * step * block_bytes_per_row(n, columns, dtype.itemsize) / 2**20
     if needed_mb > memory_limit_mb:
         logger.warning(
@@ -618,13 +629,14 @@ def combine_records(
                 clip_sigma=clip_sigma,
                 clip_iters=clip_iters,
                 pool=floor_pool,
+                quantum=quantum,
             )
             master[start:stop] = combined.master
             noise[start:stop] = combined.noise
             error[start:stop] = combined.error
             n_used[start:stop] = combined.n_used
-            if n >= 3:
-                found = _frame_statistics(block, combined, outlier_sigma, floor_pool)
+            if judged:
+                found = _frame_statistics(block, combined, outlier_sigma, floor_pool, quantum)
                 outliers[block_index], sums[block_index], squares[block_index], inside[block_index] = found
             if on_rows is not None:
                 on_rows(height * n)
@@ -646,7 +658,7 @@ def combine_records(
             image *= factor
     combined = Combined(master, noise, error, n_used)
     total_sum, total_squares, total_inside = sums.sum(axis=0), squares.sum(axis=0), inside.sum(axis=0)
-    typical = float(np.nanmedian(noise)) / float(factor) if n >= 3 else math.nan  # in stored units, as the sums
+    typical = float(np.nanmedian(noise)) / float(factor) if judged else math.nan  # in stored units, as the sums
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total_sum / total_inside
         # The scatter of a frame's differences, at least the typical noise: in a frame of a few
@@ -657,8 +669,8 @@ def combine_records(
     return GroupResult(
         combined,
         outliers.sum(axis=0) / float(rows * columns),
-        mean * float(factor) if n >= 3 else unknown,
-        error * float(factor) if n >= 3 else unknown,
+        mean * float(factor) if judged else unknown,
+        error * float(factor) if judged else unknown,
         [(float(a), float(b), int(c)) for a, b, c in zip(total_sum, total_squares, total_inside, strict=True)],
     )
 
@@ -792,6 +804,11 @@ def _combine_all(
     progress: tqdm,
     masters: list[MasterFrame],
 ) -> None:
+    if groups and is_tiny(groups[0].records[0]):
+        logger.warning(
+            "frames of %d pixels are too few to judge one frame against its group: none is rejected for "
+            "disagreeing with its master", groups[0].records[0].shape[0] * groups[0].records[0].shape[1],  # type: ignore[index]
+        )  # fmt: skip
     with progress:
         for group in groups:
             height = float(group.records[0].shape[0])  # type: ignore[index]

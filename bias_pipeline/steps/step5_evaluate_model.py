@@ -9,6 +9,7 @@ pixel does not wash out the picture.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import io
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,16 +200,43 @@ def draw_plots(plots: Sequence[ImagePlot], workers: int = 1, show_progress: bool
     progress = tqdm(total=len(plots), desc="plotting", unit="map", disable=None if show_progress else True, leave=False)
     with progress:
         if workers > 1 and len(plots) > 2 and can_fork:
-            context = multiprocessing.get_context("fork")
-            pool_executor = ProcessPoolExecutor(
-                max_workers=min(workers, len(plots)),
-                mp_context=context,
-                initializer=_plot_worker_setup,
-                initargs=(os.getpid(),),
-            )
-            with worker_pool(pool_executor) as pool:
-                return [_advance(progress, path) for path in pool.map(_draw_image, plots)]
+            return _draw_in_processes(plots, min(workers, len(plots)), progress)
         return [_advance(progress, _draw_image(plot)) for plot in plots]
+
+
+def _draw_in_processes(plots: Sequence[ImagePlot], workers: int, progress: tqdm) -> list[Path]:
+    """Draw in forked worker processes; the plots a dead worker left (the kernel's OOM killer) are
+    drawn here instead. On any exception (Ctrl-C, SIGTERM) the workers are killed, not waited
+    for: a worker forked just as the signal came would otherwise wait on its queue for ever,
+    and the exit with it."""
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_plot_worker_setup,
+        initargs=(os.getpid(),),
+    )
+    drawn: list[Path] = []
+    try:
+        for path in pool.map(_draw_image, plots):
+            drawn.append(_advance(progress, path))
+    except BrokenProcessPool:
+        logger.warning(
+            "a plotting process died (out of memory?); the %d maps left are drawn here", len(plots) - len(drawn)
+        )
+        drawn += [_advance(progress, _draw_image(plot)) for plot in plots[len(drawn) :]]
+    except BaseException:
+        _kill_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return drawn
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool's worker processes now (the pool keeps them in ``_processes``, its only record)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.kill()
 
 
 def _advance(progress: tqdm, path: Path) -> Path:
