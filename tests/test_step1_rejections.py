@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from bias_pipeline import PipelineConfig, run_bias_pipeline
 from bias_pipeline.frames import read_rows
 from bias_pipeline.steps.step1_load_data import scan_frames
 
-from conftest import bias_pixels, two_temperature_set, write_frame
+from conftest import REPO, bias_pixels, two_temperature_set, write_frame
 
 QUIET = PipelineConfig(show_progress=False)
 
@@ -168,10 +171,27 @@ def test_links_counted_once_and_loops_survived(tmp_path):
     assert sum(r.status == "accepted" for r in found.values()) == 6
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
 def test_unreadable_permission(tmp_path):
+    """A file without read permission. Root reads anything, so as root the scan runs in a child
+    without the capabilities that bypass file permissions (setpriv), as a user's would."""
     write_frame(tmp_path / "locked.fits").chmod(0)
-    assert scan(tmp_path)["locked.fits"].reason == "cannot read: permission denied"
+    if os.geteuid() != 0:
+        assert scan(tmp_path)["locked.fits"].reason == "cannot read: permission denied"
+        return
+    if not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: permissions cannot be made to count")
+    code = (
+        "import sys; from bias_pipeline import PipelineConfig; from bias_pipeline.steps.step1_load_data import "
+        "scan_frames; records, _ = scan_frames(sys.argv[1], PipelineConfig(show_progress=False)); "
+        "print({r.path.name: r.reason for r in records}['locked.fits'])"
+    )
+    done = subprocess.run(
+        ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", sys.executable, "-c", code,
+         str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cannot read: permission denied"
 
 
 def test_manifest_of_a_messy_folder(tmp_path):
