@@ -105,3 +105,30 @@ def run_cli(script: str, *args: str, cwd: Path | None = None) -> subprocess.Comp
         env=env,
         timeout=300,
     )
+
+
+def snapshot(out: Path, *, stopped: bool = True) -> dict[str, bytes]:
+    """Every file of an output folder under a final name (relative path -> bytes): hidden names
+    (the lock, a staging folder) left out, and ``stopped_run/`` too unless ``stopped``."""
+    files = {}
+    for path in sorted(out.rglob("*")):
+        parts = path.relative_to(out).parts
+        if (
+            path.is_file()
+            and not any(part.startswith(".") for part in parts)
+            and (stopped or parts[0] != "stopped_run")
+        ):
+            files[str(path.relative_to(out))] = path.read_bytes()
+    return files
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+    """Assert that a command failed with ``code`` and one line on stderr (warnings and info aside)
+    holding every fragment; return the line."""
+    assert done.returncode == code, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if not line.startswith(("WARNING", "INFO"))]
+    assert len(lines) == 1 and "error:" in lines[0], done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from conftest import REPO, bias_pixels, run_cli, two_temperature_set, write_frame
+from conftest import REPO, bias_pixels, one_line_error, run_cli, snapshot, two_temperature_set, write_frame
 
 
 def build_messy_folder(raw: Path) -> None:
@@ -105,24 +105,6 @@ def test_frame_fault(messy_run, name, status, reason):
     assert row["status"] == status, row
     assert reason in row["reason"], row["reason"]
     assert (row["reason"] == "") == (status == "used")
-
-
-def snapshot(out: Path) -> dict[str, bytes]:
-    """Every file of an output folder (relative path -> bytes); hidden names left out."""
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
-    }
-
-
-def one_line_error(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
-    assert done.returncode == code, (done.returncode, done.stderr)
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if not line.startswith("WARNING")]
-    assert len(lines) == 1 and "error:" in lines[0], done.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_disk_fills_up_while_writing(tmp_path):

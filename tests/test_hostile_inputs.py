@@ -23,22 +23,12 @@ from astropy.io import fits
 from bias_pipeline import BiasModel
 from bias_pipeline.simulate import SimulationSpec, simulate_dataset
 
-from conftest import REPO, bias_pixels, run_cli, two_temperature_set, write_frame
+from conftest import REPO, bias_pixels, one_line_error, run_cli, two_temperature_set, write_frame
 
 
 def manifest(out: Path) -> dict[str, dict[str, str]]:
     with open(out / "frames_manifest.csv", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         return {row["path"]: row for row in csv.DictReader(handle)}
-
-
-def one_line_error(done: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
-    assert done.returncode == code, (done.returncode, done.stderr)
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if not line.startswith(("WARNING", "INFO"))]
-    assert len(lines) == 1 and "error:" in lines[0], done.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def run(raw: Path, out: Path, *options: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

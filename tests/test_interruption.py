@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from conftest import REPO, run_cli, write_frame
+from conftest import REPO, run_cli, snapshot, two_temperature_set, write_frame
 
 GROUPS = 8
 SHAPE = (1024, 1024)  # large enough that combining 8 groups takes a good fraction of a second
@@ -63,17 +63,6 @@ def _products(out: Path) -> dict[str, np.ndarray]:
         with fits.open(path) as hdul:  # every file under its final name is whole
             arrays[str(path.relative_to(out))] = np.array(hdul[0].data)
     return arrays
-
-
-def _files(out: Path) -> dict[str, bytes]:
-    """Every file under a final (not hidden) name, and its bytes; ``stopped_run/`` left out."""
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(out).parts)
-        and p.relative_to(out).parts[0] != "stopped_run"
-    }
 
 
 def _wait_for(process: subprocess.Popen[str], folder: Path, pattern: str) -> None:
@@ -156,14 +145,14 @@ def test_a_stopped_rerun_leaves_the_earlier_products_as_they_were(raw_small, fin
     raw = raw_small
     out = tmp_path / "out"
     shutil.copytree(finished, out)
-    before = _files(out)
+    before = snapshot(out, stopped=False)
     # Other options, so that every product of the rerun would differ from the earlier ones.
     process = _start(raw, out, "--combine-method", "median", "--generate-set", "--save-eval-fits")
     _wait_for(process, out, PHASES[phase])
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode != 0, "the rerun finished before it could be stopped"
-    assert _files(out) == before, "the earlier products changed"
+    assert snapshot(out, stopped=False) == before, "the earlier products changed"
     if signum != signal.SIGKILL:
         assert f"{out} holds the earlier run's products as they were" in err, err
         inspected = subprocess.run(
@@ -181,13 +170,11 @@ def test_a_stopped_rerun_leaves_the_earlier_products_as_they_were(raw_small, fin
 
 
 def test_a_full_disk_at_the_report_fails_the_run_and_keeps_the_earlier_one(tmp_path):
-    from conftest import two_temperature_set
-
     raw = tmp_path / "raw"
     two_temperature_set(raw)
     out = tmp_path / "out"
     assert run_cli("run_pipeline.py", "--basepath", str(raw), "--output-dir", str(out), "-q").returncode == 0
-    before = _files(out)
+    before = snapshot(out, stopped=False)
     largest_other = max(len(data) for name, data in before.items() if name != "report.html")
     assert len(before["report.html"]) > largest_other  # so a file-size limit between them hits the report
 
@@ -200,7 +187,7 @@ def test_a_full_disk_at_the_report_fails_the_run_and_keeps_the_earlier_one(tmp_p
     _, err = process.communicate(timeout=300)
     assert process.returncode == 4, err
     assert "cannot write" in err and "report.html" in err and "free some space" in err, err
-    assert _files(out) == before
+    assert snapshot(out, stopped=False) == before
 
 
 def test_two_runs_into_one_folder(raw, tmp_path):
@@ -269,8 +256,6 @@ sys.exit(run_main(sys.argv[1:], prog="run_pipeline.py"))
 
 @pytest.mark.parametrize(("signame", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_while_the_plot_workers_start_ends_the_run(tmp_path, signame, code):
-    from conftest import two_temperature_set
-
     two_temperature_set(tmp_path / "raw", temperatures=(0.0, 10.0, 20.0))
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.replace("{signame}", signame))
@@ -286,8 +271,6 @@ def test_a_signal_while_the_plot_workers_start_ends_the_run(tmp_path, signame, c
 
 
 def test_ctrl_c_while_starting_is_one_line(tmp_path):
-    from conftest import two_temperature_set
-
     two_temperature_set(tmp_path / "raw")
     for delay in (0.3, 0.8):  # during the imports, and about when the run begins
         process = _start(tmp_path / "raw", tmp_path / f"out_{delay}")
@@ -319,15 +302,13 @@ def test_product_folders_that_cannot_be_written_are_refused_at_the_start(tmp_pat
     """A read-only product folder (or stopped_run/) is found before any work, and named; the
     earlier products stay. As root, the command runs without the capabilities that bypass
     file permissions (setpriv), as an ordinary user would."""
-    from conftest import two_temperature_set
-
     if os.geteuid() == 0 and not shutil.which("setpriv"):
         pytest.skip("root without setpriv: permissions cannot be made to count")
     two_temperature_set(tmp_path / "raw")
     out = tmp_path / "out"
     assert run_cli("run_pipeline.py", "--basepath", str(tmp_path / "raw"), "--output-dir", str(out), "-q",
                    "--no-evaluation").returncode == 0  # fmt: skip
-    before = _files(out)
+    before = snapshot(out, stopped=False)
     (out / "bias_model").chmod(0o555)
     try:
         prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"] if os.geteuid() == 0 else []
@@ -340,4 +321,4 @@ def test_product_folders_that_cannot_be_written_are_refused_at_the_start(tmp_pat
         (out / "bias_model").chmod(0o755)
     assert done.returncode == 4, done.stderr
     assert "bias_model is not writable" in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert _files(out) == before
+    assert snapshot(out, stopped=False) == before

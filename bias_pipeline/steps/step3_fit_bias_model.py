@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 MOSTLY_MASKED = 0.5
 #: More than this fraction of the fitted pixels flagged says the data, not the pixels, are at fault.
 MOSTLY_FLAGGED = 0.5
+#: Pixels whose slope and its error give the typical values of :func:`warn_if_implausible`.
+SLOPE_SAMPLE = 100_000
 
 # |c| / sigma_c beyond this: the quadratic term is warranted at p < 0.001 (two-sided). With
 # the noise known this is the likelihood-ratio (delta chi-square, 1 dof) test of degree 2
@@ -451,12 +453,16 @@ def warn_if_implausible(model: BiasModel) -> list[str]:
         )
     if model.covariance is not None and fitted.any():
         # The slope at the fit's reference temperature: b + 2 c TREF for degree 2, whose b alone
-        # (the slope at 0 deg C) may lie far outside the data.
+        # (the slope at 0 deg C) may lie far outside the data. Typical values: a sample of pixels
+        # is enough, and a full float64 copy of the covariance would cost 128 MB at 2048 x 2048.
         t = float(model.tref or 0.0)
         gradient = np.array([0.0, 1.0, 2.0 * t][: model.degree + 1])
-        covariance = model.covariance[:, :, fitted].astype(np.float64)
+        sample = np.flatnonzero(fitted.ravel())[:: max(1, int(fitted.sum()) // SLOPE_SAMPLE)]
+        covariance = model.covariance.reshape(*model.covariance.shape[:2], -1)[:, :, sample].astype(np.float64)
         sigma_slope = np.sqrt(np.maximum(np.einsum("p,pqk,q->k", gradient, covariance, gradient), 0))
-        slope = model.b_map[fitted] + (2.0 * t * model.c_map[fitted] if model.c_map is not None else 0.0)
+        slope = model.b_map.ravel()[sample] + (
+            2.0 * t * model.c_map.ravel()[sample] if model.c_map is not None else 0.0
+        )
         typical_sigma = float(np.nanmedian(sigma_slope))
         typical_slope = float(np.nanmedian(np.abs(slope)))
         if np.isfinite(typical_sigma) and typical_sigma > typical_slope:
