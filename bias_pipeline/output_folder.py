@@ -386,10 +386,14 @@ def publish(run: StagedRun) -> None:
                     _move(run.staging / rel, run.final / rel)
                     placed.append(rel)
         except _MoveError as exc:
-            for rel in reversed(placed):
-                _move(run.final / rel, run.staging / rel)
-            for rel in _walk(previous):
-                _move(previous / rel, run.final / rel)
+            # Back as it was: this run's files to staging, the earlier ones to their places. Each
+            # move on its own, so that one that fails (the cause may persist) does not stop the rest.
+            for source, target in [*((run.final / rel, run.staging / rel) for rel in reversed(placed)),
+                                   *((previous / rel, run.final / rel) for rel in _walk(previous))]:  # fmt: skip
+                try:
+                    _move(source, target)
+                except _MoveError as again:
+                    logger.warning("could not move %s back: %s", _shown(run, again.target), again.reason)
             marker.unlink(missing_ok=True)
             raise OutputError(f"cannot write {_shown(run, exc.target)}: {exc.reason}; {exc.advice}") from None
         marker.unlink()  # published: a staging folder left by a kill from here on is only leftovers
