@@ -609,7 +609,7 @@ def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
     minimum = float(pixels.min())
     record.min_value = minimum
     record.negative_count = int(np.count_nonzero(pixels < 0)) if minimum < 0 else 0
-    record.constant = minimum == finite_max and pixels.size >= SMALL_FRAME_PIXELS
+    record.constant = minimum == finite_max and not is_tiny(record)
     zeros = np.count_nonzero(pixels == 0) if minimum <= 0 else 0  # one pass less when none
     record.zero_fraction = float(zeros) / pixels.size
     _saturation(pixels, finite_max, record)

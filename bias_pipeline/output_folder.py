@@ -19,7 +19,6 @@ publishes leaves the earlier products exactly as they were, and its own manifest
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import errno
 import json
 import logging
@@ -35,7 +34,7 @@ from pathlib import Path
 from .errors import OutputError
 from .interrupts import deferred_interrupts
 from .products import TEMPORARY_SUFFIX, write_text_atomic
-from .provenance import LOG_NAME, RUN_CONFIG_NAME
+from .provenance import LOG_NAME, RUN_CONFIG_NAME, now_utc
 from .report import REPORT_NAME
 from .steps.step1_load_data import MANIFEST_NAME
 
@@ -118,7 +117,7 @@ def output_lock(out_dir: Path) -> Iterator[Path]:
     path = out_dir / LOCK_NAME
     fd = _take_lock(path, out_dir)
     try:
-        holder = f"pid {os.getpid()} on {socket.gethostname()}, started {_now()}"
+        holder = f"pid {os.getpid()} on {socket.gethostname()}, started {now_utc()}"
         with contextlib.suppress(OSError):  # a read-only lock file still locks; it just cannot say who
             os.ftruncate(fd, 0)
             os.pwrite(fd, holder.encode("utf-8") + b"\n", 0)
@@ -201,10 +200,6 @@ def locked_by(out_dir: Path) -> str | None:
         return None
     finally:
         os.close(fd)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ------------------------------------------------------------------------------- staging
@@ -309,13 +304,10 @@ def stage_run(out_dir: Path) -> StagedRun:
             publish(run)
         else:
             logger.info("%s: removing the unfinished products of a run that was killed", out_dir)
-            keep_stopped_run(run, note=f"{_now()} run killed before it finished (found by the next run)")
+            keep_stopped_run(run, note=f"{now_utc()} run killed before it finished (found by the next run)")
     _remove_tree(out_dir / PREVIOUS_NAME)
     for folder in (out_dir, *(out_dir / name for name in SUBDIRS.values())):
-        for stale in folder.glob(f".*{TEMPORARY_SUFFIX}") if folder.is_dir() else ():
-            if stale.is_file() and TEMPORARY_PATTERN.match(stale.name):
-                stale.unlink()
-                logger.info("removed %s, left by an interrupted run", stale)
+        remove_temporary_files(folder)
     _check_names_free(out_dir)
     try:
         for path in run.dirs.values():
@@ -323,6 +315,17 @@ def stage_run(out_dir: Path) -> StagedRun:
     except OSError as exc:
         raise OutputError(f"--output-dir: cannot create {run.staging}: {exc.strerror or exc}") from None
     return run
+
+
+def remove_temporary_files(folder: Path) -> None:
+    """Remove this package's temporary files in ``folder`` (names matching
+    :data:`TEMPORARY_PATTERN`), which a run killed outright (SIGKILL, power loss) never renamed."""
+    if not folder.is_dir():
+        return
+    for stale in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        if stale.is_file() and TEMPORARY_PATTERN.match(stale.name):
+            stale.unlink()
+            logger.info("removed %s, left by an interrupted run", stale)
 
 
 def _check_names_free(out_dir: Path) -> None:

@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 
 from ..errors import OutputError
-from ..output_folder import SUBDIRS, TEMPORARY_PATTERN, is_product
-from ..products import TEMPORARY_SUFFIX
+from ..output_folder import SUBDIRS, is_product, remove_temporary_files
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +78,7 @@ def create_directories(output_dir: str | Path, *, clear_old_products: bool = Tru
     for path in dirs.values():
         make_output_folder(path)
     for path in dirs.values():
-        # Temporary files of a run killed outright (SIGKILL, power loss) never got renamed.
-        for stale in path.glob(f".*{TEMPORARY_SUFFIX}"):
-            if stale.is_file() and TEMPORARY_PATTERN.match(stale.name):
-                stale.unlink()
-                logger.info("removed %s, left by an interrupted run", stale)
+        remove_temporary_files(path)
     if clear_old_products:
         for path in dirs.values():
             for old in path.iterdir():

@@ -360,8 +360,9 @@ def make_groups(records: Sequence[FrameRecord], config: PipelineConfig) -> list[
         else:
             kept.append(members)
     kept.sort(key=lambda g: float(np.mean([m.temperature for m in g])))
-    labels = unique_labels(float(np.mean([m.temperature for m in g])) for g in kept)
-    groups = [FrameGroup(label, members) for label, members in zip(labels, kept, strict=True)]
+    groups = [FrameGroup("", members) for members in kept]
+    for group, label in zip(groups, unique_labels(g.temperature for g in groups), strict=True):
+        group.label = label
     for group in groups:
         for member in group.records:
             member.group = group.label
@@ -664,13 +665,13 @@ def combine_records(
         # The scatter of a frame's differences, at least the typical noise: in a frame of a few
         # pixels the frame's own scatter says nothing.
         spread = np.fmax(np.sqrt(np.maximum(total_squares / total_inside - mean**2, 0.0)), typical)
-        error = spread / np.sqrt(total_inside)
+        mean_error = spread / np.sqrt(total_inside)
     unknown = np.full(n, np.nan)
     return GroupResult(
         combined,
         outliers.sum(axis=0) / float(rows * columns),
         mean * float(factor) if judged else unknown,
-        error * float(factor) if judged else unknown,
+        mean_error * float(factor) if judged else unknown,
         [(float(a), float(b), int(c)) for a, b, c in zip(total_sum, total_squares, total_inside, strict=True)],
     )
 
@@ -905,7 +906,7 @@ def _combine_group(
         rejected = (
             _reject_outlying(group, result, config)
             or _reject_copies(group, result)
-            or _reject_offset(group, result.combined, config)
+            or _reject_offset(group, offsets, sigmas, result.combined, config)
         )
         if not rejected:
             return result.combined
@@ -939,11 +940,11 @@ def _reject_outlying(group: FrameGroup, result: GroupResult, config: PipelineCon
 
 
 def _reject_copies(group: FrameGroup, result: GroupResult) -> list[FrameRecord]:
-    """Frames whose pixels are identical to an earlier frame's of the group (one frame saved twice
-    under different headers): the copies go, the first stays. Candidates share their sums
-    exactly; they are compared pixel by pixel before anything is rejected. The first by name
-    stays. Only frames of one group are compared: a copy under another temperature lands in
-    another group, where the temperature check flags its header."""
+    """Frames whose pixels are identical to another frame's of the group (one frame saved twice
+    under different headers): the copies go, the first by name stays. Candidates share their
+    sums exactly; they are compared pixel by pixel before anything is rejected. Only frames of
+    one group are compared: a copy under another temperature lands in another group, where the
+    temperature check flags its header."""
     same_sums: dict[tuple[float, float, int], list[FrameRecord]] = {}
     for record, fingerprint in zip(group.records, result.fingerprint, strict=True):
         if not is_tiny(record):
@@ -1016,15 +1017,15 @@ def _median_slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.median((y[j] - y[i])[keep] / dx[keep])) if keep.any() else 0.0
 
 
-def _reject_offset(group: FrameGroup, combined: Combined, config: PipelineConfig) -> list[FrameRecord]:
+def _reject_offset(
+    group: FrameGroup, offsets: np.ndarray, sigmas: np.ndarray, combined: Combined, config: PipelineConfig
+) -> list[FrameRecord]:
     """Frames whose whole level is off the rest of their group, both really (more than
     :data:`OFFSET_SIGNIFICANCE` errors) and by more than ``max_frame_offset`` read-noise sigmas,
     all in one pass (the offsets are from the group's median frame, which a minority cannot
-    pull). When more than half the group would go, no frame is the odd one: none is rejected,
-    and a warning says so."""
+    pull; :func:`level_offsets`). When more than half the group would go, no frame is the odd
+    one: none is rejected, and a warning says so."""
     records = group.records
-    offsets = np.array([np.nan if r.offset is None else r.offset for r in records])
-    sigmas = np.array([np.nan if r.offset_sigma is None else r.offset_sigma for r in records])
     finite_noise = combined.noise[np.isfinite(combined.noise)]
     if not np.any(np.isfinite(offsets)) or finite_noise.size == 0:
         return []
@@ -1041,8 +1042,8 @@ def _reject_offset(group: FrameGroup, combined: Combined, config: PipelineConfig
         )  # fmt: skip
         return []
     rejected = []
-    for record, offset, sigma in zip(records, offsets, sigmas, strict=True):
-        if np.isfinite(offset) and abs(offset) > tolerance and abs(sigma) > OFFSET_SIGNIFICANCE:
+    for record, offset, sigma, is_off in zip(records, offsets, sigmas, off, strict=True):
+        if is_off:
             record.reject(
                 f"its level is offset by {offset:+.2f} ADU from the rest of its group ({offset / typical:+.2f} "
                 f"read-noise sigmas, {abs(sigma):.0f} times its error; limit --max-frame-offset "
