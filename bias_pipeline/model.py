@@ -27,13 +27,11 @@ from astropy.io import fits
 from .errors import InputDataError
 from .products import add_card, product_header, read_image, write_fits_atomic, write_image
 from .quality import DQ_BITS, HOT_MASK
+from .registry import A_MAP_NAME, B_MAP_NAME, MODEL_FILE_NAME
+from .registry import MODEL_DIR as MODEL_DIR_NAME
 
 logger = logging.getLogger(__name__)
 
-A_MAP_NAME = "bias_a_map.fits"
-B_MAP_NAME = "bias_b_map.fits"
-MODEL_FILE_NAME = "bias_model.fits"
-MODEL_DIR_NAME = "bias_model"
 COEFFICIENT_NAMES = ("A", "B", "C")
 
 

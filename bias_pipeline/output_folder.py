@@ -34,9 +34,8 @@ from pathlib import Path
 from .errors import OutputError
 from .interrupts import deferred_interrupts
 from .products import TEMPORARY_SUFFIX, write_text_atomic
-from .provenance import LOG_NAME, RUN_CONFIG_NAME, now_utc
-from .report import REPORT_NAME
-from .steps.step1_load_data import MANIFEST_NAME
+from .provenance import now_utc
+from .registry import LOG_NAME, MANIFEST_NAME, RUN_CONFIG_NAME, RUN_FILES, STOPPED_DIR, SUBDIRS, is_product
 
 try:  # advisory locks: POSIX only; elsewhere runs are not guarded against each other
     import fcntl
@@ -45,13 +44,6 @@ except ImportError:  # pragma: no cover - not on Linux or macOS
 
 logger = logging.getLogger(__name__)
 
-#: Key of a run's folders -> sub-folder of the output folder.
-SUBDIRS: dict[str, str] = {
-    "masters": "bias_grouped_by_temp",
-    "model": "bias_model",
-    "synthetic": "bias_masks_by_temp",
-    "evaluation": "evaluation",
-}
 LOCK_NAME = ".bias_pipeline.lock"
 LOCK_ATTEMPTS = 10
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -59,36 +51,8 @@ LOCK_RETRY_S = 0.05
 STAGING_NAME = ".staging" + TEMPORARY_SUFFIX  # products of the run in progress
 PREVIOUS_NAME = ".previous" + TEMPORARY_SUFFIX  # the earlier run's products while publishing
 PUBLISHING_NAME = ".publishing"  # in the staging folder: the set is complete, being published
-STOPPED_DIR = "stopped_run"  # the manifest and log of the last run that stopped before publishing
-#: Files a run writes at the top of the output folder (``run_config.json`` last).
-RUN_FILES = (MANIFEST_NAME, LOG_NAME, REPORT_NAME, RUN_CONFIG_NAME)
-# Files a run writes under a temperature label in its sub-folders (and the fixed names there).
-_LABELLED = re.compile(
-    r"^(master_bias|synthetic_bias|real_bias|heldout_mae|mae|mape)_-?\d+(\.\d+)?(_\d+)?C\.(fits|png)$"
-)
-_FIXED = {
-    "bias_model": ("bias_a_map.fits", "bias_b_map.fits", "bias_model.fits"),
-    "evaluation": ("evaluation_summary.csv", "evaluation_summary.png", "temperature_check.png"),
-}
 # Temporary and staged files of this package (see products.TEMPORARY_SUFFIX), nothing else.
 TEMPORARY_PATTERN = re.compile(r"^\..+" + re.escape(TEMPORARY_SUFFIX) + "$")
-
-
-def is_product(relative: Path) -> bool:
-    """Whether a path inside the output folder is a product name of this package (a user's own
-    files there are never moved or removed).
-
-    >>> is_product(Path("bias_model/bias_a_map.fits")), is_product(Path("evaluation/mae_-5.0C.png"))
-    (True, True)
-    >>> is_product(Path("evaluation/notes.txt")), is_product(Path("demo_data/raw/a.fits"))
-    (False, False)
-    """
-    parts = relative.parts
-    if len(parts) == 1:
-        return parts[0] in RUN_FILES
-    if len(parts) == 2 and parts[0] in SUBDIRS.values():
-        return bool(_LABELLED.match(parts[1])) or parts[1] in _FIXED.get(parts[0], ())
-    return len(parts) == 2 and parts[0] == STOPPED_DIR
 
 
 # ------------------------------------------------------------------------------- the lock

@@ -27,3 +27,68 @@ def test_ruff_clean():
     pytest.importorskip("ruff")
     done = subprocess.run([sys.executable, "-m", "ruff", "check", str(REPO)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _package_imports() -> dict[str, list[tuple[str, str, bool]]]:
+    """``{module: [(imported module, imported name, at module level), ...]}`` of the package's own
+    imports, read from the source (nothing is imported)."""
+    import ast
+
+    root = REPO / "bias_pipeline"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    imports: dict[str, list[tuple[str, str, bool]]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        top_level = {id(node) for node in tree.body}
+        found = []
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + (node.module.split(".") if node.module else []))
+            if not target.startswith("bias_pipeline"):
+                continue
+            for alias in node.names:
+                full = f"{target}.{alias.name}"
+                found.append((full if full in modules else target, alias.name, id(node) in top_level))
+        imports[name] = found
+    return imports
+
+
+def test_no_module_imports_a_private_name_of_another():
+    private = [
+        f"{module} imports {name} from {target}"
+        for module, found in _package_imports().items()
+        for target, name, _ in found
+        if name.startswith("_") and not name.startswith("__") and target != module
+    ]
+    assert private == []
+
+
+def test_no_import_cycle():
+    """Not even through imports inside functions: each module's dependencies form a tree a reader
+    can follow from the entry points down to the leaves."""
+    graph = {
+        module: {target for target, _, _ in found if target != module}
+        for module, found in _package_imports().items()
+    }
+    graph["bias_pipeline"] = set()  # the package's lazy re-exports are its public face, not a dependency
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph.get(module, ())):
+            if target in path:
+                cycles.append(" -> ".join(path[path.index(target) :] + [target]))
+            elif target not in done:
+                visit(target, [*path, target])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert cycles == []

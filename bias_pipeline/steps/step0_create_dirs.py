@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from ..errors import OutputError
-from ..output_folder import SUBDIRS, is_product, remove_temporary_files
+from ..output_folder import remove_temporary_files
+from ..registry import SUBDIRS, is_product
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,12 @@ import numpy as np
 from ..errors import InputDataError
 from ..model import BiasModel
 from ..products import product_header, temperature_label, unique_labels, write_image
+from ..registry import SYNTHETIC, labelled_name
+from ..units import quantise_to_adc
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC_PATTERN = "synthetic_bias_{label}C.fits"
+SYNTHETIC_PATTERN = labelled_name(SYNTHETIC, "{label}")  # older callers format it
 
 
 def generate_synthetic_bias(
@@ -189,7 +191,7 @@ def write_synthetic_set(
     labels = list(labels) if labels is not None else unique_labels(temperatures)
     paths = []
     for temperature, label in zip(temperatures, labels, strict=True):
-        path, _ = write_synthetic(model, temperature, output_dir / SYNTHETIC_PATTERN.format(label=label))
+        path, _ = write_synthetic(model, temperature, output_dir / labelled_name(SYNTHETIC, label))
         paths.append(path)
     logger.debug("wrote %d synthetic frames in %s", len(paths), output_dir)
     return paths
@@ -245,8 +247,7 @@ def add_read_noise(
     (True, 'float32')
     """
     noisy = frame.astype(np.float64) + rng.normal(0.0, 1.0, frame.shape) * read_noise
-    steps = np.clip(np.rint(noisy / scale_factor), 0, 4095)
-    return (steps * scale_factor).astype(np.float32)
+    return quantise_to_adc(noisy, scale_factor)
 
 
 NAME_DECIMALS = 4  # a temperature in a file name: as many decimals as it has, up to this many
@@ -263,4 +264,4 @@ def synthetic_name(temperature: float) -> str:
         (d for d in range(1, NAME_DECIMALS) if abs(round(temperature, d) - temperature) < 0.5 * 10.0**-NAME_DECIMALS),
         NAME_DECIMALS,
     )
-    return SYNTHETIC_PATTERN.format(label=temperature_label(temperature, decimals))
+    return labelled_name(SYNTHETIC, temperature_label(temperature, decimals))

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ..frames import FrameRecord, read_frame
+from ..units import TWELVE_BIT_MAX, to_adu16
 
 logger = logging.getLogger(__name__)
 
-TWELVE_BIT_MAX = 4095
+__all__ = ["TWELVE_BIT_MAX", "decide_input_bits", "load_fits_as_adu16", "looks_twelve_bit", "scale_to_adu16"]
 
 
 def looks_twelve_bit(record: FrameRecord) -> bool:
@@ -72,17 +73,14 @@ def decide_input_bits(records: Sequence[FrameRecord], input_bits: str) -> int:
 
 
 def scale_to_adu16(data: np.ndarray, input_bits: int, scale_factor: float = 16.0) -> np.ndarray:
-    """Return ``data`` in 16-bit ADU as float32.
+    """Return ``data`` in 16-bit ADU as float32 (the older name of :func:`bias_pipeline.units.to_adu16`).
 
     >>> scale_to_adu16(np.array([[1, 2]]), 12).tolist()
     [[16.0, 32.0]]
     >>> scale_to_adu16(np.array([[16, 32]]), 16).tolist()
     [[16.0, 32.0]]
     """
-    out = np.asarray(data, dtype=np.float32)
-    if input_bits == 12:
-        out = out * np.float32(scale_factor)
-    return out
+    return to_adu16(data, input_bits, scale_factor)
 
 
 def load_fits_as_adu16(path: str | Path, input_bits: int = 16, scale_factor: float = 16.0) -> np.ndarray:
