@@ -73,8 +73,7 @@ def test_no_import_cycle():
     """Not even through imports inside functions: each module's dependencies form a tree a reader
     can follow from the entry points down to the leaves."""
     graph = {
-        module: {target for target, _, _ in found if target != module}
-        for module, found in _package_imports().items()
+        module: {target for target, _, _ in found if target != module} for module, found in _package_imports().items()
     }
     graph["bias_pipeline"] = set()  # the package's lazy re-exports are its public face, not a dependency
     cycles = []
