@@ -104,20 +104,10 @@ def evaluate(
     masters
         Objects with ``label``, ``temperature``, ``n_frames`` and ``load()``
         (:class:`~.step2_generate_master_bias_by_temp.MasterFrame`).
-    evaluation_dir
-        Output folder (created if missing).
-    save_fits
-        Also write ``synthetic_bias_XX.XC.fits``, ``mae_XX.XC.fits``, ``mape_XX.XC.fits``,
-        ``heldout_mae_XX.XC.fits``.
-    plots
-        Draw the PNGs.
-    show_progress
-        tqdm bar on a terminal.
+    evaluation_dir, save_fits, plots, show_progress, threads
+        As :func:`~bias_pipeline.evaluation.write_evaluation`.
     heldout_model
-        The masters fit whose leverages give the held-out errors (default ``model``; a
-        model fitted on frames has none, and its held-out columns then come from this one).
-    threads
-        Processes drawing the maps (0: as many as CPUs, at most 8).
+        As :func:`~bias_pipeline.evaluation.evaluate_masters`.
 
     Returns
     -------
