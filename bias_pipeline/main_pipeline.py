@@ -15,6 +15,7 @@ from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, r
 from .interrupts import deferred_interrupts
 from .model import BiasModel
 from .output_folder import StagedRun, keep_stopped_run, output_lock, publish, stage_run
+from .plots import plot_temperature_check
 from .products import run_cards
 from .provenance import input_digest, now_utc, provenance_cards, run_config_document, run_log, write_run_config
 from .report import report_data, write_report
@@ -23,12 +24,8 @@ from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
 from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, make_groups
 from .steps.step3_fit_bias_model import fit_model, fit_model_on_frames, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set
-from .steps.step5_evaluate_model import (
-    TEMPERATURE_PLOT,
-    check_frame_temperatures,
-    evaluate,
-    plot_temperature_check,
-)
+from .steps.step5_evaluate_model import evaluate
+from .temperature_check import TEMPERATURE_PLOT, check_frame_temperatures, with_temperature_checks
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +225,7 @@ def _run_logged(
     document = run_config_document(options=options, records=records, base=raw, started=started,
                                    command_line=command_line, extra=facts)  # fmt: skip
     write_run_config(run.staging, document)
-    data = report_data(result, document)
+    data = report_data(result, document, temperature_tolerance=config.temperature_tolerance)
     data.files_dir = run.staging
     data.files = run.files_after_publish(exclude=[raw])
     try:
@@ -318,7 +315,7 @@ def _run_steps(
             heldout_model=masters_model,
             threads=config.threads,
         )
-        check_frame_temperatures(
+        checks = check_frame_temperatures(
             model,
             records,
             input_bits=input_bits,
@@ -327,6 +324,7 @@ def _run_steps(
             show_progress=config.show_progress,
             threads=config.threads,
         )
+        result.records = records = with_temperature_checks(records, checks)
         plot_temperature_check(records, dirs["evaluation"] / TEMPERATURE_PLOT, config.temperature_tolerance)
         write_manifest(records, manifest, raw)
     return result

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import math
@@ -30,9 +29,9 @@ import numpy as np
 from ._version import __version__
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
 from .model import BiasModel
+from .plots import MapStats, figure_png, map_histogram_png, summary_figure, temperature_check_figure
 from .products import TEMPORARY_SUFFIX, human_size, write_text_atomic
 from .quality import DQ_BITS
-from .steps.step5_evaluate_model import SUMMARY_PNG, TEMPERATURE_PLOT, downsample, draw_map
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +80,9 @@ class ReportData:
     files
         ``(path relative to output_dir, file holding it now)`` of every file the folder will
         hold, for the list of products; the folder is walked when ``None``.
+    temperature_tolerance
+        ``--temperature-tolerance`` of the run [deg C], for the temperature-check figure (not
+        drawn when ``None``).
     """
 
     output_dir: Path
@@ -93,6 +95,7 @@ class ReportData:
     exclude: Sequence[Path] = ()
     files_dir: Path | None = None
     files: Sequence[tuple[Path, Path]] | None = None
+    temperature_tolerance: float | None = None
 
     @property
     def source(self) -> Path:
@@ -100,7 +103,9 @@ class ReportData:
         return self.files_dir or self.output_dir
 
 
-def report_data(result: object, run_info: Mapping[str, object] | None = None) -> ReportData:
+def report_data(
+    result: object, run_info: Mapping[str, object] | None = None, *, temperature_tolerance: float | None = None
+) -> ReportData:
     """The report's content for a :class:`~bias_pipeline.main_pipeline.PipelineResult`.
 
     Parameters
@@ -109,6 +114,8 @@ def report_data(result: object, run_info: Mapping[str, object] | None = None) ->
         The finished run.
     run_info
         ``run_config.json`` of the run (read from the output folder when ``None``).
+    temperature_tolerance
+        ``--temperature-tolerance`` of the run [deg C] (default: from ``run_info``'s options).
 
     Returns
     -------
@@ -121,7 +128,12 @@ def report_data(result: object, run_info: Mapping[str, object] | None = None) ->
         GroupRow(m.label, float(m.temperature), int(m.n_frames), Path(m.path), tuple(m.temperature_span))
         for m in result.masters  # type: ignore[attr-defined]
     ]
-    raw = run_info.get("options", {}).get("basepath") if isinstance(run_info.get("options"), dict) else None
+    found = run_info.get("options")
+    options: Mapping[str, object] = found if isinstance(found, dict) else {}
+    raw = options.get("basepath")
+    given = options.get("temperature_tolerance")
+    if temperature_tolerance is None and isinstance(given, (int, float)):
+        temperature_tolerance = float(given)
     return ReportData(
         output_dir=out,
         records=list(result.records),  # type: ignore[attr-defined]
@@ -131,6 +143,7 @@ def report_data(result: object, run_info: Mapping[str, object] | None = None) ->
         summary=list(result.summary),  # type: ignore[attr-defined]
         run_info=run_info,
         exclude=[Path(raw)] if raw else [],
+        temperature_tolerance=temperature_tolerance,
     )
 
 
@@ -316,7 +329,7 @@ def _model_section(model: BiasModel) -> str:
     formula = "bias(T) = a + b T" + (" + c T^2" if model.c_map is not None else "")
     body = f"<p>Per pixel, {_esc(formula)}, T in deg C, values in 16-bit ADU.</p>"
     valid = ~flagged
-    stats = [_MapStats.of(image, valid) for _, image, _, _ in maps]
+    stats = [MapStats.of(image, valid) for _, image, _, _ in maps]
     rows = [
         (title, unit, f"{st.median:.4g}", f"{st.spread:.3g}", f"{st.minimum:.4g}", f"{st.maximum:.4g}")
         for (title, _, unit, _), st in zip(maps, stats, strict=True)
@@ -325,7 +338,7 @@ def _model_section(model: BiasModel) -> str:
     body += _table(("map", "unit", "median", "spread (half 16-84 %)", "min", "max"), rows, css="maps")
     body += '<p class="note">Statistics and histograms leave out masked and flagged pixels.</p>'
     for (title, image, unit, cmap), st in zip(maps, stats, strict=True):
-        png, factor = _map_figure(image, flagged, st, title, unit, cmap)
+        png, factor = map_histogram_png(image, flagged, st, title, unit, cmap)
         shown = f"shown as the mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel shown"
         body += _figure_html(png, f"{title} [{unit}]: map ({shown}) and histogram")
     return _section("Model", body)
@@ -385,13 +398,13 @@ def _evaluation_section(data: ReportData) -> str:
         escape=False,
         css="errors",
     )
-    for name, caption in (
-        (SUMMARY_PNG, "Model error against temperature"),
-        (TEMPERATURE_PLOT, "Header temperature against the temperature each frame's bias shows"),
-    ):
-        png = data.source / "evaluation" / name
-        if png.is_file():
-            body += _figure_html(png.read_bytes(), caption)
+    # Drawn here from the rows and records in memory (the same figures step 5 saved as PNGs).
+    body += _figure_html(figure_png(summary_figure(data.summary)), "Model error against temperature")
+    if data.temperature_tolerance is not None and any(r.temperature_est is not None for r in data.records):
+        body += _figure_html(
+            figure_png(temperature_check_figure(data.records, data.temperature_tolerance)),
+            "Header temperature against the temperature each frame's bias shows",
+        )
     return _section("Model error", body)
 
 
@@ -482,69 +495,6 @@ def _products(root: Path, exclude: Iterable[Path]) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- figures
-
-
-@dataclass
-class _MapStats:
-    """Order statistics of a map's unflagged finite pixels, from one partition."""
-
-    values: np.ndarray
-    low: float = math.nan  # 0.1 %: the histogram's range
-    p16: float = math.nan
-    median: float = math.nan
-    p84: float = math.nan
-    high: float = math.nan  # 99.9 %
-    minimum: float = math.nan
-    maximum: float = math.nan
-
-    @classmethod
-    def of(cls, image: np.ndarray, valid: np.ndarray) -> _MapStats:
-        values = image[valid & np.isfinite(image)]
-        if not values.size:
-            return cls(values)
-        quantiles = np.percentile(values, [0.0, 0.1, 16.0, 50.0, 84.0, 99.9, 100.0])
-        low_end, low, p16, median, p84, high, high_end = (float(q) for q in quantiles)
-        return cls(values, low, p16, median, p84, high, low_end, high_end)
-
-    @property
-    def count(self) -> int:
-        return int(self.values.size)
-
-    @property
-    def spread(self) -> float:
-        """Half the 16-84 % range: the standard deviation of a normal distribution, robustly."""
-        return (self.p84 - self.p16) / 2
-
-
-def _map_figure(
-    image: np.ndarray, flagged: np.ndarray, stats: _MapStats, title: str, unit: str, cmap: str
-) -> tuple[bytes, int]:
-    """A map (block-averaged for display, robust colour limits) beside the histogram of its
-    unflagged pixels: PNG bytes and the block-averaging factor."""
-    from matplotlib.figure import Figure
-
-    rows, cols = image.shape
-    shown, factor = downsample(np.where(flagged, np.float32(np.nan), image).astype(np.float32))
-    figure = Figure(figsize=(10.0, 4.2), dpi=90)
-    map_axes, hist_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": (1.25, 1.0)})
-    draw_map(figure, map_axes, shown, (rows, cols), cmap, unit)
-    shown_how = f"mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel"
-    map_axes.set_title(f"{title} ({rows}x{cols}; {shown_how})", fontsize=9)
-    if stats.count:
-        lo, hi = (stats.low, stats.high) if stats.high > stats.low else (stats.low - 0.5, stats.high + 0.5)
-        counts, edges = np.histogram(stats.values, bins=100, range=(lo, hi))
-        hist_axes.stairs(counts, edges, fill=True, color="C0")
-        hist_axes.set_yscale("log")
-        outside = stats.count - int(counts.sum())
-        hist_axes.set_title(
-            f"histogram of {stats.count} unflagged pixels\n({outside} beyond the 0.1-99.9 % range shown)", fontsize=9
-        )
-    hist_axes.set_xlabel(unit)
-    hist_axes.set_ylabel("pixels")
-    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.88, wspace=0.3)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 6})
-    return buffer.getvalue(), factor
 
 
 def _figure_html(png: bytes, caption: str) -> str:

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.stats import mad_std
 
 from .model import BiasModel
 
@@ -95,7 +96,7 @@ def estimate_temperature(
         residual = (y - _poly(coefficients, temperature)) * np.sqrt(weight)
         # The clip scale is the noise, or the residuals' robust spread when that is larger
         # (a model without a noise map, a frame noisier than the read noise).
-        spread = max(1.0, 1.4826 * float(np.median(np.abs(residual - np.median(residual)))))
+        spread = max(1.0, float(mad_std(residual)))
         new_keep = np.abs(residual - np.median(residual)) <= clip_sigma * spread
         if iteration > 0 and np.array_equal(new_keep, keep):
             break

@@ -297,3 +297,36 @@ def test_a_rerun_without_evaluation_drops_the_earlier_evaluation(tmp_path: Path)
         (evaluation / name).write_text("earlier run")
     create_directories(tmp_path)
     assert [p.name for p in evaluation.iterdir()] == ["notes.txt"]  # the user's own file stays
+
+
+def test_error_figures_are_drawn_from_memory_not_read_back_from_disk(tmp_path: Path) -> None:
+    """The summary rows and the checked records are enough: no evaluation PNG exists anywhere,
+    and the figures are still there (the report used to read them back from evaluation/)."""
+    from bias_pipeline.frames import FrameRecord
+    from bias_pipeline.plots import figure_png, summary_figure
+
+    rng = np.random.default_rng(0)
+    model = BiasModel.from_maps(rng.normal(3200, 10, (48, 64)), rng.normal(3, 0.3, (48, 64)), temperature_range=(0, 20))
+    nan = float("nan")
+    rows = [
+        {"temperature": t, "label": f"{t:.1f}", "n_frames": 5, "n_flagged": 0, "mae_mean": 1.0 + t / 100,
+         "mae_median": 0.9, "mae_p95": 2.0, "mape_mean": 0.03, "mape_p95": 0.07, "heldout_mae_mean": 1.2,
+         "heldout_mae_p95": 2.4, "heldout_mape_mean": 0.04, "heldout_mape_p95": 0.08, "mae_per_read_noise": nan,
+         "heldout_mae_per_read_noise": nan}
+        for t in (0.0, 10.0, 20.0)
+    ]  # fmt: skip
+    records = [
+        FrameRecord(path=tmp_path / f"f{i}.fits", status="used", temperature=t, temperature_est=t + 0.01 * i,
+                    temperature_est_err=0.02, flag="temperature_mismatch" if i == 2 else "")
+        for i, t in enumerate((0.0, 10.0, 20.0, 20.0))
+    ]  # fmt: skip
+    data = ReportData(output_dir=tmp_path / "nowhere", records=records, groups=[], model=model, summary=rows,
+                      temperature_tolerance=0.5)  # fmt: skip
+    page = _Page()
+    page.feed(render_report(data))
+    figures = {image["alt"]: image["src"] for image in page.images}
+    summary = figures["Model error against temperature"]
+    assert base64.b64decode(summary.split(",", 1)[1]) == figure_png(summary_figure(rows))  # what step 5 saves
+    check = figures["Header temperature against the temperature each frame's bias shows"]
+    assert base64.b64decode(check.split(",", 1)[1]).startswith(PNG_SIGNATURE)
+    assert not list(tmp_path.rglob("*.png"))

@@ -1,17 +1,23 @@
-"""Step 5: error maps, statistics and plots."""
+"""Step 5: error maps, statistics and plots; the pure comparison, the writer, the held-out errors
+and the legacy call form."""
 
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
+from bias_pipeline import BiasModel, PipelineConfig
+from bias_pipeline.steps.step3_fit_bias_model import fit_model
 from bias_pipeline.steps.step5_evaluate_model import (
     SUMMARY_COLUMNS,
     downsample,
     error_maps,
+    evaluate,
+    evaluate_masters,
     evaluate_model,
     robust_limits,
     summarize,
@@ -87,3 +93,81 @@ def test_maps_drawn_in_parallel_processes_are_written(tmp_path):
     assert written == [p.path for p in plots]
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Master:
+    """A master in memory, as step 3 and step 5 read one (no noise map: weights by frames)."""
+
+    method = "mean"
+
+    def __init__(self, temperature: float, data: np.ndarray, n_frames: int = 4) -> None:
+        self.label, self.temperature, self.n_frames, self.data = f"{temperature:.1f}", temperature, n_frames, data
+        self.loads = 0
+
+    def load(self) -> np.ndarray:
+        self.loads += 1
+        return self.data.astype(np.float32)
+
+    def load_extension(self, name: str) -> None:
+        return None
+
+
+TEMPERATURES = (-10.0, 0.0, 10.0, 20.0, 30.0)
+MASTER_NOISE = 2.0  # [ADU]
+
+
+def _masters(seed: int = 3) -> tuple[list[_Master], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(3000, 20, (48, 64))
+    b = rng.normal(3.0, 0.2, (48, 64))
+    masters = [_Master(t, a + b * t + rng.normal(0, MASTER_NOISE, a.shape)) for t in TEMPERATURES]
+    return masters, a, b
+
+
+def test_evaluate_masters_is_pure_and_reads_one_master_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    masters, a, b = _masters()
+    model = BiasModel.from_maps(a, b)
+    results = evaluate_masters(model, masters)
+    assert [m.loads for m in masters] == [0] * 5  # nothing read before it is asked for
+    first = next(results)
+    assert [m.loads for m in masters] == [1, 0, 0, 0, 0]
+    assert first.row["label"] == "-10.0" and first.mae.shape == (48, 64)
+    np.testing.assert_allclose(first.predicted, a - 10.0 * b, rtol=1e-6)
+    np.testing.assert_allclose(first.mae, np.abs(first.real - first.predicted), rtol=1e-6)
+    rest = list(results)
+    assert [m.loads for m in masters] == [1] * 5 and len(rest) == 4
+    assert list(tmp_path.iterdir()) == []  # no file written
+
+
+def test_heldout_errors_come_from_the_masters_fit_and_match_a_refit_without_the_master(tmp_path):
+    """A model fitted without a master predicts it with the error the noise allows: the master's
+    noise plus the prediction's, sigma^2 (1 + 1/(n-1) + (T - mean T)^2 / Sxx) over the others.
+    The held-out columns are filled from the masters fit given as ``heldout_model``; a model
+    without leverages (from maps, or fitted on frames) alone leaves them NaN."""
+    masters, _, _ = _masters()
+    fit = fit_model(masters, config=PipelineConfig(show_progress=False))
+    plain = BiasModel.from_maps(fit.a_map, fit.b_map)  # the same maps, no leverages
+    alone = evaluate(plain, masters, tmp_path / "alone", plots=False, show_progress=False)
+    columns = [c for c in SUMMARY_COLUMNS if c.startswith("heldout_")]
+    for row in alone:
+        assert math.isfinite(row["mae_mean"])
+        assert all(math.isnan(row[c]) for c in columns), row
+    rows = evaluate(plain, masters, tmp_path / "out", plots=False, show_progress=False, heldout_model=fit)
+    temps = np.array(TEMPERATURES)
+    for k, row in enumerate(rows):
+        assert all(math.isfinite(row[c]) for c in columns if "read_noise" not in c), row
+        others = [m for j, m in enumerate(masters) if j != k]
+        refit = fit_model(others, config=PipelineConfig(show_progress=False))
+        real = masters[k].load()
+        refit_mae = np.abs(real - refit.predict(masters[k].temperature)).astype(np.float64).mean()
+        assert row["heldout_mae_mean"] == pytest.approx(refit_mae, rel=1e-3)  # leave-one-out, exactly
+        rest = np.delete(temps, k)
+        spread = 1 + 1 / rest.size + (temps[k] - rest.mean()) ** 2 / np.sum((rest - rest.mean()) ** 2)
+        expected = math.sqrt(2 / math.pi) * MASTER_NOISE * math.sqrt(spread)  # mean of |N(0, s)|
+        assert row["heldout_mae_mean"] == pytest.approx(expected, rel=0.05)
+        assert row["heldout_mae_mean"] > row["mae_mean"]
+    # The masters fit itself gives the same held-out numbers through its own leverages.
+    own = evaluate(fit, masters, tmp_path / "own", plots=False, show_progress=False)
+    for mine, theirs in zip(own, rows, strict=True):
+        assert mine["heldout_mae_mean"] == pytest.approx(theirs["heldout_mae_mean"], rel=1e-4)

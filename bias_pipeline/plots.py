@@ -1,0 +1,440 @@
+"""Every figure of the package: step 5's maps and plots, and the report's figures.
+
+Maps are drawn from a block-averaged copy when the frame is larger than :data:`PLOT_MAX_PIXELS`
+on a side (the factor is in the title), with colour limits from the 0.5 and 99.5 percentiles so
+one hot pixel does not wash out the picture. Each figure is built by a ``*_figure`` function
+from arrays or rows in memory; step 5 saves it as a PNG (``plot_*``), the report embeds its
+bytes (:func:`figure_png`), so the report never reads a PNG back from disk.
+
+matplotlib is imported on first use, because importing it costs a quarter of a second that a
+run without plots should not pay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .frames import FrameRecord
+from .products import write_png_atomic
+from .temperature_check import FLAG_TEMPERATURE, TemperatureCheck, with_temperature_checks
+
+logger = logging.getLogger(__name__)
+
+PLOT_MAX_PIXELS = 512
+PNG_COMPRESS_LEVEL = 1  # as write_png_atomic: the report embeds the same bytes step 5 writes
+
+
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure (matplotlib imported here, on first use)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def figure_png(figure: Any, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """A figure as PNG bytes (for the report, which embeds its images)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", pil_kwargs={"compress_level": compress_level})
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- maps
+
+
+def downsample(image: np.ndarray, max_pixels: int = PLOT_MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """Block-average ``image`` by the smallest integer factor that fits ``max_pixels`` a side.
+
+    NaN pixels are left out of each block's mean. Returns the image and the factor.
+
+    >>> small, factor = downsample(np.ones((48, 64)), 16)
+    >>> small.shape, factor
+    ((12, 16), 4)
+    """
+    factor = max(1, math.ceil(max(image.shape) / max_pixels))
+    if factor == 1:
+        return image, 1
+    rows = image.shape[0] // factor * factor
+    cols = image.shape[1] // factor * factor
+    blocks = image[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
+    if image.dtype == np.float32 and np.isfinite(image).all():
+        # Quicker path for the usual map without NaN or inf; the float64 sum keeps it exact.
+        return (blocks.sum(axis=(1, 3), dtype=np.float64) / (factor * factor)).astype(np.float32), factor
+    finite = np.isfinite(blocks)
+    counts = finite.sum(axis=(1, 3))
+    sums = np.where(finite, blocks, 0).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts).astype(np.float32), factor
+
+
+def robust_limits(image: np.ndarray) -> tuple[float, float]:
+    """Colour limits from the 0.5 and 99.5 percentiles of the finite pixels."""
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, [0.5, 99.5])
+    if high <= low:
+        high = low + 1.0
+    return float(low), float(high)
+
+
+@dataclass
+class ImagePlot:
+    """One map to draw: the downsampled image and what the figure says about it (small enough
+    to keep for every temperature and to hand to another process)."""
+
+    shown: np.ndarray
+    factor: int
+    shape: tuple[int, int]
+    path: Path
+    title: str
+    unit: str
+    cmap: str = "viridis"
+
+    @classmethod
+    def of(cls, image: np.ndarray, path: str | Path, title: str, unit: str, cmap: str = "viridis") -> ImagePlot:
+        """Downsample ``image`` (see :func:`downsample`) for a plot at ``path``."""
+        shown, factor = downsample(image)
+        return cls(shown, factor, (int(image.shape[0]), int(image.shape[1])), Path(path), title, unit, cmap)
+
+    def draw(self) -> Path:
+        """Write the PNG."""
+        return _draw_image(self)
+
+
+def plot_image(image: np.ndarray, path: str | Path, title: str, unit: str, cmap: str = "viridis") -> Path:
+    """Draw one map as a PNG with robust limits, a labelled colour bar and pixel axes."""
+    return ImagePlot.of(image, path, title, unit, cmap).draw()
+
+
+def draw_map(figure: Any, axes: Any, shown: np.ndarray, shape: tuple[int, int], cmap: str, unit: str) -> None:
+    """Draw a (block-averaged) map on ``axes`` in the full frame's pixel coordinates, with
+    robust colour limits (:func:`robust_limits`) and a colour bar labelled ``unit``."""
+    rows, cols = shape
+    low, high = robust_limits(shown)
+    artist = axes.imshow(
+        shown,
+        origin="lower",
+        cmap=cmap,
+        vmin=low,
+        vmax=high,
+        extent=(-0.5, cols - 0.5, -0.5, rows - 0.5),
+        interpolation="nearest",
+        aspect="equal",
+    )
+    axes.set_xlabel("column (pixel)")
+    axes.set_ylabel("row (pixel)")
+    figure.colorbar(artist, ax=axes).set_label(unit)
+
+
+def _draw_image(plot: ImagePlot) -> Path:
+    title = plot.title
+    if plot.factor > 1:
+        title = f"{title}\n(mean of {plot.factor}x{plot.factor} pixel blocks)"
+    figure = _figure(figsize=(7.0, 5.6), dpi=100)
+    axes = figure.add_subplot()
+    draw_map(figure, axes, plot.shown, plot.shape, plot.cmap, plot.unit)
+    axes.set_title(title, fontsize=10)
+    # Fixed margins: tight_layout measures every text and costs more than drawing the map.
+    figure.subplots_adjust(left=0.1, right=0.92, bottom=0.1, top=0.9)
+    return write_png_atomic(plot.path, figure)
+
+
+# --------------------------------------------------------------------------- drawing in processes
+
+
+def draw_plots(plots: Sequence[ImagePlot], workers: int = 1, show_progress: bool = False) -> list[Path]:
+    """Draw maps, in ``workers`` forked processes when there are several (matplotlib holds the
+    interpreter lock while drawing, so threads would not help); in order, same files either way.
+
+    Parameters
+    ----------
+    plots
+        The maps.
+    workers
+        Processes; 1 draws here. Forking is used only where the platform supports it.
+    show_progress
+        tqdm bar on a terminal.
+
+    Returns
+    -------
+    list of Path
+        The PNGs written.
+    """
+    # Fork only from a single-threaded process: forking while other threads hold locks (a
+    # caller's own threads, tqdm's monitor) can deadlock the child.
+    can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    progress = tqdm(total=len(plots), desc="plotting", unit="map", disable=None if show_progress else True, leave=False)
+    with progress:
+        if workers > 1 and len(plots) > 2 and can_fork:
+            return _draw_in_processes(plots, min(workers, len(plots)), progress)
+        return [_advance(progress, _draw_image(plot)) for plot in plots]
+
+
+def _draw_in_processes(plots: Sequence[ImagePlot], workers: int, progress: tqdm) -> list[Path]:
+    """Draw in forked worker processes; the plots a dead worker left (the kernel's OOM killer) are
+    drawn here instead. On any exception (Ctrl-C, SIGTERM) the workers are killed, not waited
+    for: a worker forked just as the signal came would otherwise wait on its queue for ever,
+    and the exit with it."""
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_plot_worker_setup,
+        initargs=(os.getpid(),),
+    )
+    drawn: list[Path] = []
+    try:
+        for path in pool.map(_draw_image, plots):
+            drawn.append(_advance(progress, path))
+    except BrokenProcessPool:
+        logger.warning(
+            "a plotting process died (out of memory?); the %d maps left are drawn here", len(plots) - len(drawn)
+        )
+        drawn += [_advance(progress, _draw_image(plot)) for plot in plots[len(drawn) :]]
+    except BaseException:
+        _kill_workers(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return drawn
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool's worker processes now (the pool keeps them in ``_processes``, its only record)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.kill()
+
+
+def _advance(progress: tqdm, path: Path) -> Path:
+    progress.update()
+    return path
+
+
+def _plot_worker_setup(parent: int) -> None:
+    """In a forked drawing process: die with the parent, die quietly on SIGTERM and leave Ctrl-C
+    to the parent (which cancels the pool), instead of inheriting the parent's handler and its
+    traceback.
+
+    A parent killed outright (SIGKILL) cannot stop its pool; without this, the workers would
+    wait on their pipe for ever and keep the caller's stdout and stderr open, so a caller
+    waiting for the output (a scheduler, CI) would hang.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not _die_with_parent():
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> bool:
+    """Ask Linux to send SIGKILL to this process when its parent ends; whether it could."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    """Where Linux's parent-death signal is not available: end this process once its parent is gone."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+# --------------------------------------------------------------------------- step 5's plots
+
+
+def summary_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """MAE [ADU], MAPE [%] and MAE in read-noise units against temperature, each on its own
+    axes, in-sample (fitted with the master) beside held-out (fitted without it).
+
+    Parameters
+    ----------
+    rows
+        Step 5's summary rows (keys of ``SUMMARY_COLUMNS``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    temps = [r["temperature"] for r in rows]
+    figure = _figure(figsize=(7.0, 8.0), dpi=100)
+    panels = figure.subplots(3, 1, sharex=True)
+    for axes, key, unit in zip(panels, ("mae", "mape"), ("MAE (ADU)", "MAPE (%)"), strict=False):
+        axes.plot(temps, [r[f"{key}_mean"] for r in rows], "o-", color="C0", label="in-sample mean")
+        axes.plot(temps, [r[f"{key}_p95"] for r in rows], "^:", color="C0", label="in-sample 95th pct")
+        axes.plot(temps, [r[f"heldout_{key}_mean"] for r in rows], "s-", color="C3", label="held-out mean")
+        axes.plot(temps, [r[f"heldout_{key}_p95"] for r in rows], "v:", color="C3", label="held-out 95th pct")
+        axes.set_ylabel(unit)
+    axes = panels[2]
+    axes.plot(temps, [r["mae_per_read_noise"] for r in rows], "o-", color="C0", label="in-sample")
+    axes.plot(temps, [r["heldout_mae_per_read_noise"] for r in rows], "s-", color="C3", label="held-out")
+    axes.set_ylabel("MAE / read noise")
+    for axes in panels:
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7, ncol=2)
+    flagged = int(rows[0]["n_flagged"]) if rows else 0
+    panels[0].set_title(
+        f"Model error per master bias (held-out: refitted without it; {flagged} flagged pixels left out)",
+        fontsize=9,
+    )
+    panels[2].set_xlabel("sensor temperature (deg C)")
+    figure.tight_layout()
+    return figure
+
+
+def plot_summary(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write :func:`summary_figure` of ``rows`` as a PNG at ``path``."""
+    return write_png_atomic(path, summary_figure(rows))
+
+
+def temperature_check_figure(
+    records: Sequence[FrameRecord], tolerance: float, checks: Mapping[Path, TemperatureCheck] | None = None
+) -> Any:
+    """Header temperature against the temperature estimated from each frame's bias.
+
+    Parameters
+    ----------
+    records
+        The frames; those without an estimate are left out.
+    tolerance
+        ``--temperature-tolerance`` [deg C], shaded around zero difference.
+    checks
+        The check's results by record path (:func:`~bias_pipeline.temperature_check.check_frame_temperatures`);
+        when ``None``, the records' own ``temperature_est`` and ``flag`` are shown.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if checks is not None:
+        records = with_temperature_checks(records, checks)
+    done = [r for r in records if r.temperature_est is not None]
+    header = np.array([r.temperature for r in done], dtype=float)
+    estimated = np.array([r.temperature_est for r in done], dtype=float)
+    bad = np.array([r.flag == FLAG_TEMPERATURE for r in done], dtype=bool)
+    figure = _figure(figsize=(7.0, 6.5), dpi=100)
+    top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    top.plot(header[~bad], estimated[~bad], "o", ms=4, label="frames")
+    if bad.any():
+        top.plot(header[bad], estimated[bad], "x", color="C3", ms=8, label=f"beyond {tolerance:g} deg C")
+    if header.size:
+        line = [min(header.min(), estimated.min()), max(header.max(), estimated.max())]
+        top.plot(line, line, "k-", lw=0.8, label="equal")
+    top.set_ylabel("estimated from the bias (deg C)")
+    top.set_title(f"Housekeeping check: {int(bad.sum())} of {len(done)} frames beyond {tolerance:g} deg C")
+    top.legend(fontsize=8)
+    bottom.plot(header, estimated - header, "o", ms=4)
+    bottom.axhspan(-tolerance, tolerance, color="0.9")
+    bottom.set_xlabel("header temperature (deg C)")
+    bottom.set_ylabel("estimated - header (deg C)")
+    for axes in (top, bottom):
+        axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_temperature_check(
+    records: Sequence[FrameRecord],
+    path: str | Path,
+    tolerance: float,
+    checks: Mapping[Path, TemperatureCheck] | None = None,
+) -> Path:
+    """Write :func:`temperature_check_figure` as a PNG at ``path``."""
+    return write_png_atomic(path, temperature_check_figure(records, tolerance, checks))
+
+
+# --------------------------------------------------------------------------- the report's maps
+
+
+@dataclass
+class MapStats:
+    """Order statistics of a map's unflagged finite pixels, from one partition."""
+
+    values: np.ndarray
+    low: float = math.nan  # 0.1 %: the histogram's range
+    p16: float = math.nan
+    median: float = math.nan
+    p84: float = math.nan
+    high: float = math.nan  # 99.9 %
+    minimum: float = math.nan
+    maximum: float = math.nan
+
+    @classmethod
+    def of(cls, image: np.ndarray, valid: np.ndarray) -> MapStats:
+        """The statistics of ``image`` over ``valid`` finite pixels."""
+        values = image[valid & np.isfinite(image)]
+        if not values.size:
+            return cls(values)
+        quantiles = np.percentile(values, [0.0, 0.1, 16.0, 50.0, 84.0, 99.9, 100.0])
+        low_end, low, p16, median, p84, high, high_end = (float(q) for q in quantiles)
+        return cls(values, low, p16, median, p84, high, low_end, high_end)
+
+    @property
+    def count(self) -> int:
+        """Pixels counted."""
+        return int(self.values.size)
+
+    @property
+    def spread(self) -> float:
+        """Half the 16-84 % range: the standard deviation of a normal distribution, robustly."""
+        return (self.p84 - self.p16) / 2
+
+
+def map_histogram_png(
+    image: np.ndarray, flagged: np.ndarray, stats: MapStats, title: str, unit: str, cmap: str
+) -> tuple[bytes, int]:
+    """A map (block-averaged for display, robust colour limits) beside the histogram of its
+    unflagged pixels.
+
+    Returns
+    -------
+    tuple of (bytes, int)
+        The PNG and the block-averaging factor.
+    """
+    rows, cols = image.shape
+    shown, factor = downsample(np.where(flagged, np.float32(np.nan), image).astype(np.float32))
+    figure = _figure(figsize=(10.0, 4.2), dpi=90)
+    map_axes, hist_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": (1.25, 1.0)})
+    draw_map(figure, map_axes, shown, (rows, cols), cmap, unit)
+    shown_how = f"mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel"
+    map_axes.set_title(f"{title} ({rows}x{cols}; {shown_how})", fontsize=9)
+    if stats.count:
+        lo, hi = (stats.low, stats.high) if stats.high > stats.low else (stats.low - 0.5, stats.high + 0.5)
+        counts, edges = np.histogram(stats.values, bins=100, range=(lo, hi))
+        hist_axes.stairs(counts, edges, fill=True, color="C0")
+        hist_axes.set_yscale("log")
+        outside = stats.count - int(counts.sum())
+        hist_axes.set_title(
+            f"histogram of {stats.count} unflagged pixels\n({outside} beyond the 0.1-99.9 % range shown)", fontsize=9
+        )
+    hist_axes.set_xlabel(unit)
+    hist_axes.set_ylabel("pixels")
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.88, wspace=0.3)
+    return figure_png(figure, compress_level=6), factor
