@@ -29,13 +29,12 @@ from tqdm import tqdm
 from .model import BiasModel
 from .plots import ImagePlot, draw_plots, plot_summary
 from .products import product_header, write_image, write_text_atomic
+from .registry import HELDOUT_MAE, MAE, MAPE, REAL_PLOT, SUMMARY_CSV, SUMMARY_PNG, SYNTHETIC, labelled_name
 from .workers import default_threads
 
 logger = logging.getLogger(__name__)
 
 STATISTICS = ("mean", "median", "std", "p95")
-SUMMARY_CSV = "evaluation_summary.csv"
-SUMMARY_PNG = "evaluation_summary.png"
 SUMMARY_COLUMNS = (
     "temperature",
     "label",
@@ -256,10 +255,10 @@ def summary_csv_text(rows: Sequence[Mapping[str, object]]) -> str:
 def _fits_products(evaluation: MasterEvaluation) -> list[tuple[str, np.ndarray, str, str, str]]:
     """``(file stem, data, kind, what, unit)`` of the FITS ``--save-eval-fits`` writes."""
     return [
-        ("synthetic_bias", evaluation.predicted, "SYNTHETIC_BIAS", "model bias at the master's temperature", "adu"),
-        ("mae", evaluation.mae, "MAE", "absolute error |real - model| per pixel", "adu"),
-        ("mape", evaluation.mape, "MAPE", "100 |real - model| / |real| per pixel", "%"),
-        ("heldout_mae", evaluation.heldout_mae, "HELDOUT_MAE", "|real - model fitted without this master|", "adu"),
+        (SYNTHETIC, evaluation.predicted, "SYNTHETIC_BIAS", "model bias at the master's temperature", "adu"),
+        (MAE, evaluation.mae, "MAE", "absolute error |real - model| per pixel", "adu"),
+        (MAPE, evaluation.mape, "MAPE", "100 |real - model| / |real| per pixel", "%"),
+        (HELDOUT_MAE, evaluation.heldout_mae, "HELDOUT_MAE", "|real - model fitted without this master|", "adu"),
     ]
 
 
@@ -267,13 +266,15 @@ def _map_plots(evaluation: MasterEvaluation, out: Path) -> list[ImagePlot]:
     """The four maps of one master, downsampled (see :func:`~bias_pipeline.plots.downsample`)."""
     label, n_frames = evaluation.label, evaluation.row["n_frames"]
     where = f"{label} deg C, {n_frames} frames"
+
+    def png(stem: str) -> Path:
+        return out / labelled_name(stem, label, ".png")
+
     return [
-        ImagePlot.of(evaluation.real, out / f"real_bias_{label}C.png", f"Real master bias, {where}", "bias (ADU)"),
-        ImagePlot.of(evaluation.predicted, out / f"synthetic_bias_{label}C.png", f"Model bias, {where}", "bias (ADU)"),
-        ImagePlot.of(evaluation.mae, out / f"mae_{label}C.png", f"|real - model|, {where}", "MAE (ADU)", "magma"),
-        ImagePlot.of(
-            evaluation.mape, out / f"mape_{label}C.png", f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma"
-        ),
+        ImagePlot.of(evaluation.real, png(REAL_PLOT), f"Real master bias, {where}", "bias (ADU)"),
+        ImagePlot.of(evaluation.predicted, png(SYNTHETIC), f"Model bias, {where}", "bias (ADU)"),
+        ImagePlot.of(evaluation.mae, png(MAE), f"|real - model|, {where}", "MAE (ADU)", "magma"),
+        ImagePlot.of(evaluation.mape, png(MAPE), f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma"),
     ]
 
 
@@ -342,7 +343,7 @@ def write_evaluation(
                 }
                 for stem, data, kind, what, unit in _fits_products(evaluation):
                     write_image(
-                        out / f"{stem}_{evaluation.label}C.fits",
+                        out / labelled_name(stem, evaluation.label),
                         data,
                         product_header(kind, what, bunit=unit, scale_factor=scale_factor, cards=cards),
                     )

@@ -32,10 +32,10 @@ from .model import BiasModel
 from .plots import MapStats, figure_png, map_histogram_png, summary_figure, temperature_check_figure
 from .products import TEMPORARY_SUFFIX, human_size, write_text_atomic
 from .quality import DQ_BITS
+from .registry import EVALUATION_DIR, MAE, MANIFEST_NAME, REPORT_NAME, RUN_CONFIG_NAME, labelled_name
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
 WORST_PIXELS = 20  # rows of the worst-pixel table
 LISTED_FILES = 200  # rejected/ignored files listed one by one; the manifest has them all
 LISTED_PRODUCTS = 2000  # files of the output folder linked one by one
@@ -162,7 +162,7 @@ def read_run_info(output_dir: Path) -> dict[str, object]:
         rest).
     """
     try:
-        return json.loads((output_dir / "run_config.json").read_text(encoding="utf-8"))
+        return json.loads((output_dir / RUN_CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -247,8 +247,9 @@ def _run_section(data: ReportData) -> str:
         shown = ("combine_method", "clip_sigma", "temp_bin_width", "max_exposure", "degree", "fit_on")
         facts.append(("options", ", ".join(f"{k} = {options[k]}" for k in shown if k in options)))
     body = _facts(facts)
-    if (data.source / "run_config.json").is_file():
-        body += '<p class="note">Every option and input checksum: <a href="run_config.json">run_config.json</a>.</p>'
+    if (data.source / RUN_CONFIG_NAME).is_file():
+        link = f'<a href="{RUN_CONFIG_NAME}">{RUN_CONFIG_NAME}</a>'
+        body += f'<p class="note">Every option and input checksum: {link}.</p>'
     return _section("Run", body)
 
 
@@ -289,7 +290,7 @@ def _frames_section(records: Sequence[FrameRecord]) -> str:
             + _table(("file", "reason"), listed, escape=False)
             + "</details>"
         )
-    body += '<p class="note">Every file and its decision: <a href="frames_manifest.csv">frames_manifest.csv</a>.</p>'
+    body += f'<p class="note">Every file and its decision: <a href="{MANIFEST_NAME}">{MANIFEST_NAME}</a>.</p>'
     return _section("Frames", body)
 
 
@@ -360,7 +361,7 @@ def _flags_section(model: BiasModel) -> str:
 
 
 def _evaluation_section(data: ReportData) -> str:
-    evaluation = data.output_dir / "evaluation"
+    evaluation = data.output_dir / EVALUATION_DIR
     if not data.summary:
         return _section("Model error", "<p>The evaluation was not run (--no-evaluation).</p>")
     rows = []
@@ -375,7 +376,7 @@ def _evaluation_section(data: ReportData) -> str:
                 _num(r["heldout_mae_mean"], 3, "f"),
                 _num(r["mape_mean"], 4, "f"),
                 _num(r["mae_per_read_noise"], 3, "f"),
-                _link(data.output_dir, evaluation / f"mae_{r['label']}C.png", "map"),
+                _link(data.output_dir, evaluation / labelled_name(MAE, str(r["label"]), ".png"), "map"),
             )
         )
     body = (

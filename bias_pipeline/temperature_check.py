@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from .frames import FrameRecord, read_row_sample
 from .model import BiasModel
+from .registry import TEMPERATURE_PLOT
 from .thermometry import TemperatureEstimate, estimate_temperature
 from .workers import default_threads, worker_pool
 
 logger = logging.getLogger(__name__)
 
-TEMPERATURE_PLOT = "temperature_check.png"
 FLAG_TEMPERATURE = "temperature_mismatch"
 THERMOMETRY_PIXELS = 2**17  # pixels per frame used to estimate its temperature
 MISMATCH_SIGMAS = 3.0  # a header-bias difference must exceed this many of the estimate's errors
