@@ -13,8 +13,9 @@ Pixels of the hot-pixel mask (non-zero = hot) are left out and hold NaN in both 
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,25 @@ from ..combine import MEDIAN_EFFICIENCY
 from ..config import PipelineConfig
 from ..errors import InputDataError
 from ..fitting import PolynomialFit, fit_polynomial
-from ..frames import FrameRecord, read_frame
+from ..frames import FrameRecord, read_frame, reading
+from ..master_writer import Master
 from ..model import BiasModel
 from ..products import read_image
 from ..quality import describe, flag_pixels, robust_outliers
 
 logger = logging.getLogger(__name__)
+
+#: The legacy call forms, defined in :mod:`bias_pipeline.legacy` and found here by name.
+LEGACY_NAMES = ("fit_bias_model", "fit_linear", "save_bias_model")
+
+
+def __getattr__(name: str) -> object:
+    # PEP 562: the legacy forms are looked up on first use. legacy.py imports this module (for
+    # check_mask), so importing it here would be a cycle.
+    if name in LEGACY_NAMES:
+        return getattr(importlib.import_module("bias_pipeline.legacy"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: A mask marking more than this fraction of the pixels as hot is suspect (an inverted mask).
 MOSTLY_MASKED = 0.5
@@ -44,7 +58,7 @@ SLOPE_SAMPLE = 100_000
 QUADRATIC_Z = 3.2905
 
 
-def load_hot_pixel_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+def load_hot_pixel_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read a hot-pixel mask FITS (non-zero = hot) as a boolean array.
 
     Parameters
@@ -79,7 +93,7 @@ def load_hot_pixel_mask(path: str | Path, shape: tuple[int, int] | None = None) 
     return mask
 
 
-def check_mask(mask: np.ndarray, shape: tuple[int, int] | None, name: str = "hot-pixel mask") -> np.ndarray:
+def check_mask(mask: np.ndarray, shape: tuple[int, ...] | None, name: str = "hot-pixel mask") -> np.ndarray:
     """Return ``mask`` as bool (non-zero and NaN = hot) after checking its shape."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -97,51 +111,7 @@ def check_mask(mask: np.ndarray, shape: tuple[int, int] | None, name: str = "hot
     return hot
 
 
-def fit_linear(
-    temperatures: Sequence[float],
-    weights: Sequence[float],
-    load: Callable[[int], np.ndarray],
-    mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted per-pixel linear fit over frames read one at a time.
-
-    Parameters
-    ----------
-    temperatures
-        Temperature of each frame [deg C]; at least two distinct values.
-    weights
-        Weight of each frame (> 0).
-    load
-        ``load(k)`` returns frame ``k`` as a 2-D array.
-    mask
-        True where a pixel is left out (NaN in the result).
-
-    Returns
-    -------
-    a_map, b_map
-        float32 intercept at 0 deg C and slope per deg C.
-
-    Raises
-    ------
-    InputDataError
-        With fewer than two distinct temperatures.
-
-    Examples
-    --------
-    >>> frames = [np.full((1, 2), 100.0 + 2.0 * t) for t in (0.0, 10.0, 20.0)]
-    >>> a, b = fit_linear([0.0, 10.0, 20.0], [1, 1, 1], frames.__getitem__)
-    >>> a.tolist(), b.tolist()
-    ([[100.0, 100.0]], [[2.0, 2.0]])
-    """
-    fit = fit_polynomial(temperatures, weights, load, degree=1)
-    a_map, b_map = (c.astype(np.float32) for c in fit.coefficients)
-    if mask is not None:
-        a_map[mask] = np.nan
-        b_map[mask] = np.nan
-    return a_map, b_map
-
-
-def pooled_read_noise(masters: Sequence[object]) -> tuple[np.ndarray | None, int]:
+def pooled_read_noise(masters: Sequence[Master]) -> tuple[np.ndarray | None, int]:
     """Per-pixel read noise pooled over the masters' ``NOISE`` maps, and its degrees of freedom.
 
     ``sqrt(sum (n_k - 1) s_k^2 / sum (n_k - 1))``: the pooled variance is unbiased, whereas a
@@ -151,8 +121,8 @@ def pooled_read_noise(masters: Sequence[object]) -> tuple[np.ndarray | None, int
     total: np.ndarray | None = None
     dof = 0
     for master in masters:
-        noise = master.load_extension("NOISE")  # type: ignore[attr-defined]
-        n = int(master.n_frames)  # type: ignore[attr-defined]
+        noise = master.load_extension("NOISE")
+        n = int(master.n_frames)
         if noise is None or n < 2:
             continue
         noise = np.nan_to_num(noise, nan=0.0)  # a copy: the caller's array stays as it was
@@ -190,7 +160,7 @@ def shrink_noise(noise: np.ndarray, dof: int, valid: np.ndarray) -> np.ndarray:
 
 
 def fit_model(
-    masters: Sequence[object],
+    masters: Sequence[Master],
     hot_pixel_mask: np.ndarray | None = None,
     config: PipelineConfig | None = None,
     *,
@@ -206,7 +176,7 @@ def fit_model(
     Parameters
     ----------
     masters
-        :class:`~.step2_generate_master_bias_by_temp.MasterFrame` objects (``temperature``,
+        The masters of step 2 (:class:`~bias_pipeline.master_writer.Master`: ``temperature``,
         ``n_frames``, ``method``, ``load()``, ``load_extension()``).
     hot_pixel_mask
         True (or non-zero) where a pixel is left out.
@@ -226,19 +196,19 @@ def fit_model(
     """
     config = config or PipelineConfig()
     scale = config.scale_factor if scale_factor is None else scale_factor
-    temps = [float(m.temperature) for m in masters]  # type: ignore[attr-defined]
-    frames = [int(m.n_frames) for m in masters]  # type: ignore[attr-defined]
-    efficiency = [MEDIAN_EFFICIENCY if getattr(m, "method", "") == "median" else 1.0 for m in masters]
+    temps = [float(m.temperature) for m in masters]
+    frames = [int(m.n_frames) for m in masters]
+    efficiency = [MEDIAN_EFFICIENCY if m.method == "median" else 1.0 for m in masters]
     weights = [n / e**2 for n, e in zip(frames, efficiency, strict=True)]
     noise, noise_dof = pooled_read_noise(masters)
-    shape = masters[0].load().shape if noise is None else noise.shape  # type: ignore[attr-defined]
+    shape = masters[0].load().shape if noise is None else noise.shape
     mask = _as_mask(hot_pixel_mask, shape)
     saturation = _SaturationTracker(4095 * scale * 0.9999)
     with _fit_progress(len(masters), "master", config) as progress:
         fit = fit_polynomial(
             temps,
             weights,
-            _counted(lambda k: saturation.see(masters[k].load()), progress),  # type: ignore[attr-defined]
+            _counted(lambda k: saturation.see(masters[k].load()), progress),
             degree=config.degree,
             noise=_fit_noise(noise, noise_dof, mask),
         )
@@ -253,7 +223,7 @@ def fit_model(
 
 def fit_model_on_frames(
     frames: Sequence[FrameRecord],
-    masters: Sequence[object],
+    masters: Sequence[Master],
     hot_pixel_mask: np.ndarray | None = None,
     config: PipelineConfig | None = None,
     *,
@@ -288,7 +258,7 @@ def fit_model_on_frames(
     """
     config = config or PipelineConfig()
     ordered = sorted(frames, key=lambda r: (r.group, str(r.path)))  # one master load per group
-    by_label = {m.label: m for m in masters}  # type: ignore[attr-defined]
+    by_label = {m.label: m for m in masters}
     noise, noise_dof = pooled_read_noise(masters)
     if noise is None:
         raise InputDataError("--fit-on frames needs groups of two or more frames to measure the read noise")
@@ -311,17 +281,17 @@ def fit_model_on_frames(
 
     with _fit_progress(len(ordered), "frame", config) as progress:
         fit = fit_polynomial(
-            [float(r.temperature) for r in ordered],  # type: ignore[arg-type]
+            [reading(r) for r in ordered],
             [1.0] * len(ordered),
             _counted(load, progress),
             degree=config.degree,
             noise=_fit_noise(noise, noise_dof, mask),
         )
-    counts = [int(m.n_frames) for m in masters]  # type: ignore[attr-defined]
+    counts = [int(m.n_frames) for m in masters]
     model = _assemble(fit, mask, noise, _clipped_fraction(masters, counts), saturation.map, config, config.scale_factor)
-    model.group_temperatures = tuple(float(m.temperature) for m in masters)  # type: ignore[attr-defined]
+    model.group_temperatures = tuple(float(m.temperature) for m in masters)
     model.group_frames = tuple(counts)
-    temps = [float(r.temperature) for r in ordered]  # type: ignore[arg-type]
+    temps = [reading(r) for r in ordered]
     model.temperature_range = (min(temps), max(temps))
     _log_fit(model, f"{len(ordered)} frames at their own temperatures")
     return model
@@ -350,7 +320,7 @@ def _counted(load: Callable[[int], np.ndarray], progress: tqdm) -> Callable[[int
 def _as_mask(hot_pixel_mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     if hot_pixel_mask is None:
         return np.zeros(shape, dtype=bool)
-    return check_mask(hot_pixel_mask, shape)  # type: ignore[arg-type]
+    return check_mask(hot_pixel_mask, shape)
 
 
 class _SaturationTracker:
@@ -487,62 +457,16 @@ def warn_if_implausible(model: BiasModel) -> list[str]:
         )
 
 
-def _clipped_fraction(masters: Sequence[object], frames: Sequence[int]) -> np.ndarray | None:
+def _clipped_fraction(masters: Sequence[Master], frames: Sequence[int]) -> np.ndarray | None:
     """Fraction of each pixel's frame values the combine left out (sigma-clip only)."""
     used_total: np.ndarray | None = None
     for master in masters:
-        if getattr(master, "method", "") != "sigma-clip":
+        if master.method != "sigma-clip":
             return None
-        used = master.load_extension("NUSED")  # type: ignore[attr-defined]
+        used = master.load_extension("NUSED")
         if used is None:
             return None
         used_total = used.astype(np.float64) if used_total is None else used_total + used
     if used_total is None:
         return None
     return 1.0 - used_total / float(sum(frames))
-
-
-def fit_bias_model(
-    master_bias_dict: Mapping[float, np.ndarray],
-    hot_pixel_mask: np.ndarray | None = None,
-    *,
-    frames_per_master: Mapping[float, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fit ``a`` and ``b`` maps to a dict of masters.
-
-    Parameters
-    ----------
-    master_bias_dict
-        Temperature [deg C] -> master array.
-    hot_pixel_mask
-        Non-zero where a pixel is left out (NaN in both maps).
-    frames_per_master
-        Temperature -> number of frames, used as weights; equal weights when ``None``.
-
-    Returns
-    -------
-    a_map, b_map
-        float32 arrays: bias at 0 deg C and slope per deg C.
-
-    Raises
-    ------
-    InputDataError
-        With fewer than two distinct temperatures or a mask of another shape.
-    """
-    temps = sorted(master_bias_dict)
-    if not temps:
-        raise InputDataError("no masters to fit")
-    shape = np.shape(master_bias_dict[temps[0]])
-    mask = None if hot_pixel_mask is None else check_mask(hot_pixel_mask, shape)  # type: ignore[arg-type]
-    weights = [1 if frames_per_master is None else frames_per_master[t] for t in temps]
-    return fit_linear(temps, weights, lambda k: master_bias_dict[temps[k]], mask)
-
-
-def save_bias_model(a_map: np.ndarray, b_map: np.ndarray, output_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``bias_a_map.fits`` and ``bias_b_map.fits`` into ``output_dir``.
-
-    Returns
-    -------
-    a_path, b_path
-    """
-    return BiasModel.from_maps(a_map, b_map).save(output_dir)
