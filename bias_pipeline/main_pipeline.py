@@ -269,7 +269,7 @@ def _run_logged(context: RunContext) -> PipelineResult:
         "files_ignored": result.count(STATUS_IGNORED),
         "masters": [{"label": m.label, "temperature": m.temperature, "frames": m.n_frames} for m in result.masters],
     }
-    document = run_config_document(options=options, records=records, base=raw, started=started,
+    document = run_config_document(options=options, records=result.records, base=raw, started=started,
                                    command_line=context.command_line, extra=facts)  # fmt: skip
     write_run_config(run.staging, document)
     data = report_data(result, document)

@@ -94,6 +94,7 @@ __all__ = [  # the step, and the names other code imports from this module
     "staged_name",
     "temperature_clusters",
     "value_step",
+    *("combine_frames", "combine_stack", "generate_master_bias_by_temp", "group_by_temperature"),  # LEGACY_NAMES
 ]
 
 logger = logging.getLogger(__name__)

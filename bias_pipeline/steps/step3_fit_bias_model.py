@@ -1,14 +1,18 @@
-"""Step 3: fit ``bias(T) = a + b * T`` to every pixel across the masters.
+"""Step 3: fit ``bias(T) = a + b T`` (``+ c T^2`` with ``--degree 2``) to every pixel.
 
-The fit is weighted least squares with each master weighted by its number of frames (a
-master of n frames has 1/n the variance of one frame). Because every pixel shares the same
-temperatures and weights, the fit has a closed form in two running sums per pixel, so the
-masters are visited one at a time and never stacked:
+:func:`fit_model` fits the masters of step 2 (:class:`~bias_pipeline.master_writer.Master`);
+:func:`fit_model_on_frames` (``--fit-on frames``) fits every used frame at its own temperature.
+The fit (:func:`~bias_pipeline.fitting.fit_polynomial`) is weighted least squares with a
+closed form per pixel, so the inputs are read one at a time (twice: sums, then residuals) and
+never stacked. A master of ``n`` frames weighs ``n / e^2`` (``e`` the combine's efficiency: 1.2533
+for a median, 1 otherwise) over the read noise squared; the read noise is pooled over the
+groups' ``NOISE`` maps and shrunk towards its typical value (:func:`shrink_noise`), and gives the
+chi-square of each pixel. The model carries the covariance of the coefficients, the fit
+statistics and DQ flags (:mod:`bias_pipeline.quality`: HOT_MASK, NONLINEAR, NOISY, DEAD,
+SATURATED). Pixels of the hot-pixel mask (non-zero = hot) are left out and hold NaN.
 
-    T0 = sum(w T) / sum(w),  Sxx = sum(w (T - T0)^2)
-    b  = sum(w (T - T0) y) / Sxx,   a = sum(w y) / sum(w) - b * T0
-
-Pixels of the hot-pixel mask (non-zero = hot) are left out and hold NaN in both maps.
+The legacy call forms (``fit_bias_model``, ``fit_linear``, ``save_bias_model``) live in
+:mod:`bias_pipeline.legacy` and are found here too.
 """
 
 from __future__ import annotations
@@ -35,6 +39,20 @@ logger = logging.getLogger(__name__)
 
 #: The legacy call forms, defined in :mod:`bias_pipeline.legacy` and found here by name.
 LEGACY_NAMES = ("fit_bias_model", "fit_linear", "save_bias_model")
+__all__ = [
+    "MOSTLY_FLAGGED",
+    "MOSTLY_MASKED",
+    "QUADRATIC_Z",
+    "SLOPE_SAMPLE",
+    "check_mask",
+    "fit_model",
+    "fit_model_on_frames",
+    "load_hot_pixel_mask",
+    "pooled_read_noise",
+    "shrink_noise",
+    "warn_if_implausible",
+    *LEGACY_NAMES,
+]
 
 
 def __getattr__(name: str) -> object:
@@ -399,6 +417,15 @@ def _log_fit(model: BiasModel, what: str) -> None:
         model.tref,
         ", ".join(f"{name} {count}" for name, count in counts.items()),
     )
+    if model.c_map is not None and model.covariance is not None:  # was unreachable code after a return
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(model.c_map) / np.sqrt(model.covariance[2, 2])
+        logger.info(
+            "quadratic term warranted (|c| / sigma_c > %.2f, p < 0.001) in %d of %d fitted pixels",
+            QUADRATIC_Z,
+            int(np.count_nonzero(z > QUADRATIC_Z)),
+            int((~model.mask).sum()),
+        )
     warn_if_implausible(model)
 
 
@@ -445,16 +472,6 @@ def warn_if_implausible(model: BiasModel) -> list[str]:
     for text in warnings:
         logger.warning("%s", text)
     return warnings
-    if model.c_map is not None and model.covariance is not None:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs(model.c_map) / np.sqrt(model.covariance[2, 2])
-        warranted = np.count_nonzero(z > QUADRATIC_Z)
-        logger.info(
-            "quadratic term warranted (|c| / sigma_c > %.2f, p < 0.001) in %d of %d fitted pixels",
-            QUADRATIC_Z,
-            warranted,
-            int((~model.mask).sum()),
-        )
 
 
 def _clipped_fraction(masters: Sequence[Master], frames: Sequence[int]) -> np.ndarray | None:
