@@ -14,7 +14,6 @@ The legacy call forms (``group_by_temperature``, ``combine_frames``, ``combine_s
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -52,6 +51,7 @@ from ..grouping import (
     reading_step,
     temperature_clusters,
 )
+from ..lazy import forward
 from ..master_writer import (
     MASTER_PATTERN,
     STAGED_SUFFIX,
@@ -64,6 +64,8 @@ from ..master_writer import (
     write_master,
 )
 
+#: The legacy call forms, defined in :mod:`bias_pipeline.legacy` and found here by name.
+LEGACY_NAMES = ("combine_frames", "combine_stack", "generate_master_bias_by_temp", "group_by_temperature")
 __all__ = [  # the step, and the names other code imports from this module
     "MASTER_PATTERN",
     "MAX_BLOCK_ROWS",
@@ -94,21 +96,15 @@ __all__ = [  # the step, and the names other code imports from this module
     "staged_name",
     "temperature_clusters",
     "value_step",
-    *("combine_frames", "combine_stack", "generate_master_bias_by_temp", "group_by_temperature"),  # LEGACY_NAMES
+    *LEGACY_NAMES,
 ]
 
 logger = logging.getLogger(__name__)
 
-#: The legacy call forms, defined in :mod:`bias_pipeline.legacy` and found here by name.
-LEGACY_NAMES = ("combine_frames", "combine_stack", "generate_master_bias_by_temp", "group_by_temperature")
 
-
-def __getattr__(name: str) -> object:
-    # PEP 562: the legacy forms are looked up on first use. legacy.py imports this module (its
-    # generate_master_bias_by_temp calls build_masters), so importing it here would be a cycle.
-    if name in LEGACY_NAMES:
-        return getattr(importlib.import_module("bias_pipeline.legacy"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# PEP 562: the legacy forms are looked up on first use. legacy.py imports this module, so
+# importing it here at the top would be an import cycle.
+__getattr__ = forward(__name__, LEGACY_NAMES, "bias_pipeline.legacy")
 
 
 @dataclass

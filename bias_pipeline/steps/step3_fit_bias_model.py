@@ -17,7 +17,6 @@ The legacy call forms (``fit_bias_model``, ``fit_linear``, ``save_bias_model``) 
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..config import PipelineConfig
 from ..errors import InputDataError
 from ..fitting import PolynomialFit, fit_polynomial
 from ..frames import FrameRecord, read_frame, reading
+from ..lazy import forward
 from ..master_writer import Master
 from ..model import BiasModel
 from ..products import read_image
@@ -55,12 +55,9 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # PEP 562: the legacy forms are looked up on first use. legacy.py imports this module (for
-    # check_mask), so importing it here would be a cycle.
-    if name in LEGACY_NAMES:
-        return getattr(importlib.import_module("bias_pipeline.legacy"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# PEP 562: the legacy forms are looked up on first use. legacy.py imports this module, so
+# importing it here at the top would be an import cycle.
+__getattr__ = forward(__name__, LEGACY_NAMES, "bias_pipeline.legacy")
 
 
 #: A mask marking more than this fraction of the pixels as hot is suspect (an inverted mask).
