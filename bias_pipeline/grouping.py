@@ -24,7 +24,7 @@ from .products import unique_labels
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FrameGroup:
     """Frames whose temperatures fall in one bin.
 
@@ -209,7 +209,7 @@ def clusters(entries: Sequence[object], temperatures: Sequence[float], width: fl
     return [[e for e, g in zip(entries, labels, strict=True) if g == k] for k in range(labels.max() + 1)]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Grouping:
     """What grouping decided: the groups to combine, and the frames it rejected.
 

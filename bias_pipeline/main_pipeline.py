@@ -322,8 +322,9 @@ def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResul
         mask = None if context.hot_pixel_mask_path is None else load_hot_pixel_mask(context.hot_pixel_mask_path, shape)
         made = build_masters(grouping, dirs["masters"], config, input_bits=input_bits)
         masters = made.masters
-        # The one place the final records are composed (the temperature check of step 5 adds to
-        # them below, in place, until it returns its flags).
+        # The one place the records are composed: step 1's records with step 2's decisions, for
+        # steps 3 to 5 and the manifest. (Step 5's temperature check still writes its estimates
+        # into these records in place; once it returns them, they join step 2's decisions here.)
         decided = final = apply_decisions(records, made.decisions)
         if len(masters) < 2:
             raise InputDataError(
@@ -359,7 +360,7 @@ def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResul
     except BaseException as exc:
         _write_manifest_on_the_way_out(context, decided, exc)
         raise
-    write_manifest(result.records, context.manifest, raw)
+    write_manifest(result.records, context.manifest, raw)  # once, from the final records
     return result
 
 

@@ -107,7 +107,7 @@ logger = logging.getLogger(__name__)
 __getattr__ = forward(__name__, LEGACY_NAMES, "bias_pipeline.legacy")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MasterSet:
     """What step 2 made: the masters, and what it decided about each frame.
 
@@ -125,7 +125,7 @@ class MasterSet:
     decisions: dict[Path, FrameDecision] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GroupOutcome:
     """One group combined (:func:`combine_group`).
 
