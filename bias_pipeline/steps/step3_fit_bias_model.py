@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -227,11 +228,16 @@ def fit_model(
             degree=config.degree,
             noise=_fit_noise(noise, noise_dof, mask),
         )
-    model = _assemble(fit, mask, noise, _clipped_fraction(masters, frames), saturation.map, config, scale)
-    model.group_temperatures = tuple(temps)
-    model.group_frames = tuple(frames)
-    model.group_leverage = tuple(float(h) for h in fit.leverage)
-    model.temperature_range = (min(temps), max(temps))
+    model = _assemble(
+        fit,
+        mask,
+        noise,
+        _clipped_fraction(masters, frames),
+        saturation.map,
+        config,
+        scale,
+        inputs=FitInputs(tuple(temps), tuple(frames), (min(temps), max(temps)), tuple(float(h) for h in fit.leverage)),
+    )
     _log_fit(model, f"{len(temps)} masters ({sum(frames)} frames)")
     return model
 
@@ -303,11 +309,17 @@ def fit_model_on_frames(
             noise=_fit_noise(noise, noise_dof, mask),
         )
     counts = [int(m.n_frames) for m in masters]
-    model = _assemble(fit, mask, noise, _clipped_fraction(masters, counts), saturation.map, config, config.scale_factor)
-    model.group_temperatures = tuple(float(m.temperature) for m in masters)
-    model.group_frames = tuple(counts)
     temps = [reading(r) for r in ordered]
-    model.temperature_range = (min(temps), max(temps))
+    model = _assemble(
+        fit,
+        mask,
+        noise,
+        _clipped_fraction(masters, counts),
+        saturation.map,
+        config,
+        config.scale_factor,
+        inputs=FitInputs(tuple(float(m.temperature) for m in masters), tuple(counts), (min(temps), max(temps))),
+    )
     _log_fit(model, f"{len(ordered)} frames at their own temperatures")
     return model
 
@@ -359,6 +371,18 @@ def _fit_noise(noise: np.ndarray | None, dof: int, mask: np.ndarray) -> np.ndarr
     return shrink_noise(noise, dof, ~(mask | high | low))
 
 
+@dataclass(frozen=True)
+class FitInputs:
+    """What a fit was made from, for the model (:class:`~bias_pipeline.model.BiasModel`'s fields
+    of the same names): the masters' temperatures and frame counts, the temperatures spanned
+    and, for a fit on the masters, each master's leverage (empty for a fit on frames)."""
+
+    group_temperatures: tuple[float, ...]
+    group_frames: tuple[int, ...]
+    temperature_range: tuple[float, float]
+    group_leverage: tuple[float, ...] = ()
+
+
 def _assemble(
     fit: PolynomialFit,
     mask: np.ndarray,
@@ -367,8 +391,11 @@ def _assemble(
     saturated: np.ndarray | None,
     config: PipelineConfig,
     scale: float,
+    *,
+    inputs: FitInputs,
 ) -> BiasModel:
-    """A :class:`BiasModel` from a fit: NaN at masked pixels, statistics and DQ flags."""
+    """A :class:`BiasModel` from a fit: NaN at masked pixels, statistics and DQ flags, and what
+    the fit was made from (``inputs``), all given to the constructor."""
     covariance = fit.covariance()
     coefficients = fit.coefficients.astype(np.float32)
     coefficients[:, mask] = np.nan
@@ -400,6 +427,10 @@ def _assemble(
         dq=dq,
         read_noise=noise,
         tref=fit.tref,
+        temperature_range=inputs.temperature_range,
+        group_temperatures=inputs.group_temperatures,
+        group_frames=inputs.group_frames,
+        group_leverage=inputs.group_leverage,
     )
 
 
