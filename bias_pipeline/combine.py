@@ -36,6 +36,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The MAD to a normal's sigma, as the combine has always scaled it. The combine keeps its own
+# float32 kernels on frames already sorted (mad_sigma_sorted, _mad_sigma) instead of
+# astropy.stats.mad_std: they pick the k-th deviation from the sorted slabs without another
+# sort or a float64 copy of every block, which is the combine's fast path; and mad_std's factor,
+# 1 / Phi^-1(3/4) = 1.482602..., would change the masters' noise maps in their last bits.
 MAD_TO_SIGMA = 1.4826
 MEDIAN_EFFICIENCY = 1.2533  # sqrt(pi / 2): error of a median relative to a mean, large n
 NOISE_WINDOW = 5.0  # robust sigmas around the centre within which the noise is measured

@@ -7,6 +7,7 @@ This is the only module that opens raw FITS frames. A frame is inspected once by
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import math
@@ -14,7 +15,7 @@ import re
 import sys
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,6 +189,75 @@ class FrameRecord:
     def accepted(self) -> bool:
         """True while the frame is (still) a candidate for a master."""
         return self.status in (STATUS_ACCEPTED, STATUS_USED)
+
+
+def reading(record: FrameRecord) -> float:
+    """The frame's temperature reading [deg C]; every frame that passed step 1 has one.
+
+    Raises
+    ------
+    ValueError
+        For a record without a temperature (one step 1 did not accept).
+    """
+    if record.temperature is None:
+        raise ValueError(f"{record.path} has no temperature reading")
+    return float(record.temperature)
+
+
+@dataclass(frozen=True)
+class FrameDecision:
+    """What a step decided about one frame, for the chaining code to apply to its record
+    (:func:`apply_decisions`): a step returns decisions and never edits the records it was given.
+
+    Attributes
+    ----------
+    status
+        ``"used"`` (in a master) or ``"rejected"``.
+    reason
+        Why the frame was rejected; empty for used frames.
+    group
+        Label of the temperature group the frame was combined in (empty when it was rejected
+        before it joined one).
+    offset, offset_sigma
+        The frame's level offset from the rest of its group [ADU] and that in units of its
+        error; ``None`` when not measured.
+    """
+
+    status: str
+    reason: str = ""
+    group: str = ""
+    offset: float | None = None
+    offset_sigma: float | None = None
+
+    @classmethod
+    def rejected(
+        cls,
+        record: FrameRecord,
+        reason: str,
+        *,
+        group: str = "",
+        offset: float | None = None,
+        offset_sigma: float | None = None,
+    ) -> FrameDecision:
+        """A rejection of ``record`` with ``reason`` (logged, as :meth:`FrameRecord.reject` does)."""
+        logger.debug("rejected %s: %s", record.path, reason)
+        return cls(STATUS_REJECTED, reason, group, offset, offset_sigma)
+
+
+def apply_decisions(records: Sequence[FrameRecord], decisions: Mapping[Path, FrameDecision]) -> list[FrameRecord]:
+    """New records with the decisions (keyed by the record's path) applied; records without a
+    decision are returned as they are. The records given are not changed.
+
+    >>> record = FrameRecord(path=Path("a.fits"), temperature=1.0)
+    >>> (done,) = apply_decisions([record], {Path("a.fits"): FrameDecision("used", group="1.0")})
+    >>> done.status, done.group, record.status, record.group
+    ('used', '1.0', 'accepted', '')
+    """
+    out = []
+    for record in records:
+        decision = decisions.get(record.path)
+        out.append(record if decision is None else dataclasses.replace(record, **dataclasses.asdict(decision)))
+    return out
 
 
 def is_fits_name(path: str | Path) -> bool:

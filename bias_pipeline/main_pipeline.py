@@ -10,9 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import PipelineConfig, resolve_path
-from .errors import InputDataError, OutputError
-from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
+from .errors import BiasPipelineError, InputDataError, OutputError
+from .frames import (
+    STATUS_ACCEPTED,
+    STATUS_IGNORED,
+    STATUS_REJECTED,
+    STATUS_USED,
+    FrameRecord,
+    apply_decisions,
+    reason_kind,
+)
+from .grouping import make_groups
 from .interrupts import deferred_interrupts
+from .master_writer import MasterFrame
 from .model import BiasModel
 from .output_folder import StagedRun, keep_stopped_run, output_lock, publish, stage_run
 from .plots import plot_temperature_check
@@ -20,12 +30,12 @@ from .products import run_cards
 from .provenance import input_digest, now_utc, provenance_cards, run_config_document, run_log, write_run_config
 from .report import report_data, write_report
 from .steps.step0_create_dirs import make_output_folder
-from .steps.step1_load_data import MANIFEST_NAME, scan_frames, write_manifest
-from .steps.step2_generate_master_bias_by_temp import MasterFrame, build_masters, make_groups
+from .steps.step1_load_data import MANIFEST_NAME, check_raw_folder, scan_frames, write_manifest
+from .steps.step2_generate_master_bias_by_temp import build_masters
 from .steps.step3_fit_bias_model import fit_model, fit_model_on_frames, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set
 from .steps.step5_evaluate_model import evaluate
-from .temperature_check import TEMPERATURE_PLOT, check_frame_temperatures, with_temperature_checks
+from .temperature_check import TEMPERATURE_PLOT, TemperatureCheck, check_frame_temperatures, with_temperature_checks
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +170,14 @@ def run_bias_pipeline(
         raise InputDataError(f"--output-dir {out} is the raw folder itself; give a separate folder for the products")
     if hot_pixel_mask_path is not None and not Path(hot_pixel_mask_path).is_file():
         raise InputDataError(f"--hot-pixel-mask {hot_pixel_mask_path} does not exist; give a FITS mask file")
-    if not raw.is_dir():
-        raise InputDataError(
-            f"--basepath {raw} {'is not a folder' if raw.exists() else 'does not exist'}; "
-            "give the folder of raw FITS frames"
-        )
+    check_raw_folder(raw)
     make_output_folder(out)
     with output_lock(out):
         run = stage_run(out)
         try:
             with run_log(run.staging):
-                result = _run_logged(raw, run, hot_pixel_mask_path, generate_set, eval_save_fits, config, command_line)
+                context = RunContext(raw, run, config, hot_pixel_mask_path, generate_set, eval_save_fits, command_line)
+                result = _run_logged(context)
         except BaseException:
             keep_stopped_run(run)
             raise
@@ -189,23 +196,60 @@ def run_bias_pipeline(
     return result
 
 
-def _run_logged(
-    raw: Path,
-    run: StagedRun,
-    hot_pixel_mask_path: str | Path | None,
-    generate_set: bool,
-    eval_save_fits: bool,
-    config: PipelineConfig,
-    command_line: Sequence[str] | None,
-) -> PipelineResult:
+@dataclass(frozen=True)
+class RunContext:
+    """What one run works with, fixed before the steps start (step 1 adds ``input_bits``).
+
+    Attributes
+    ----------
+    raw
+        The raw folder (resolved).
+    run
+        The staged run: products go to ``run.staging`` until published to ``run.final``.
+    config
+        Every option.
+    hot_pixel_mask_path
+        The mask file, or ``None``.
+    generate_set, eval_save_fits
+        The switches of :func:`run_bias_pipeline`.
+    command_line
+        The command as typed (``None``: ``sys.argv``).
+    input_bits
+        Bit depth the input was read as, decided by step 1.
+    """
+
+    raw: Path
+    run: StagedRun
+    config: PipelineConfig
+    hot_pixel_mask_path: str | Path | None = None
+    generate_set: bool = True
+    eval_save_fits: bool = False
+    command_line: Sequence[str] | None = None
+    input_bits: int = 16
+
+    @property
+    def manifest(self) -> Path:
+        """Where the run writes ``frames_manifest.csv`` (the staging folder)."""
+        return self.run.staging / MANIFEST_NAME
+
+
+def _run_logged(context: RunContext) -> PipelineResult:
     """Steps 1 to 5, run_config.json and the report, all into the staging folder (see
     :func:`run_bias_pipeline`); the result names the files where they will be once published."""
+    raw, run, config = context.raw, context.run, context.config
+    # The names the options of run_config.json are read from below.
+    hot_pixel_mask_path, generate_set, eval_save_fits = (
+        context.hot_pixel_mask_path,
+        context.generate_set,
+        context.eval_save_fits,
+    )
     logger.debug("raw frames: %s; products: %s (staged in %s until complete)", raw, run.final, run.staging)
     # Step 1: every file, accepted or with its reason, and the checksums of those accepted.
     started = now_utc()
     records, input_bits = scan_frames(raw, config, exclude=[run.final], checksum=True)
+    context = dataclasses.replace(context, input_bits=input_bits)
     with run_cards(provenance_cards(*input_digest(records, raw), started)):
-        staged = _run_steps(records, input_bits, raw, run, hot_pixel_mask_path, generate_set, eval_save_fits, config)
+        staged = _run_steps(context, records)
     result = _as_published(staged, run)
     options = {
         **config.as_dict(),
@@ -222,8 +266,8 @@ def _run_logged(
         "files_ignored": result.count(STATUS_IGNORED),
         "masters": [{"label": m.label, "temperature": m.temperature, "frames": m.n_frames} for m in result.masters],
     }
-    document = run_config_document(options=options, records=records, base=raw, started=started,
-                                   command_line=command_line, extra=facts)  # fmt: skip
+    document = run_config_document(options=options, records=result.records, base=raw, started=started,
+                                   command_line=context.command_line, extra=facts)  # fmt: skip
     write_run_config(run.staging, document)
     data = report_data(result, document, temperature_tolerance=config.temperature_tolerance)
     data.files_dir = run.staging
@@ -248,83 +292,123 @@ def _as_published(result: PipelineResult, run: StagedRun) -> PipelineResult:
     )
 
 
-def _run_steps(
-    records: list[FrameRecord],
-    input_bits: int,
-    raw: Path,
-    run: StagedRun,
-    hot_pixel_mask_path: str | Path | None,
-    generate_set: bool,
-    eval_save_fits: bool,
-    config: PipelineConfig,
-) -> PipelineResult:
-    """Steps 2 to 5 into the staging folder (see :func:`run_bias_pipeline`)."""
-    dirs = run.dirs
-    manifest = run.staging / MANIFEST_NAME
-    stopped_manifest = run.stopped_dir / MANIFEST_NAME  # where the user finds it if the run stops
-    # Step 2: groups and masters.
-    groups = make_groups(records, config)
-    if not groups:
-        write_manifest(records, manifest, raw)
-        raise _no_usable_frames(records, raw, stopped_manifest)
-    if len(groups) < 2:
-        write_manifest(records, manifest, raw)
-        only = groups[0]
-        raise InputDataError(
-            f"--basepath {raw}: all usable frames are at one temperature ({only.label} deg C, "
-            f"{len(only.records)} frames); the fit needs two or more temperature groups "
-            f"(--temp-bin-width {config.temp_bin_width:g})"
+def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResult:
+    """Steps 2 to 5 into the staging folder (see :func:`run_bias_pipeline`).
+
+    Each step takes its inputs and returns its results; the records are composed here, from
+    step 1's records and step 2's decisions, and ``frames_manifest.csv`` is written once from
+    the final ones, or, when the run stops, once on the way out, saying so for the frames not
+    decided."""
+    raw, config, input_bits, dirs = context.raw, context.config, context.input_bits, context.run.dirs
+    stopped_manifest = context.run.stopped_dir / MANIFEST_NAME  # where the user finds it if the run stops
+    decided = records  # the records with every decision made so far: the manifest if the run stops
+    try:
+        # Step 2: groups and masters.
+        grouping = make_groups(records, config)
+        decided = apply_decisions(records, grouping.decisions)
+        if not grouping.groups:
+            raise _no_usable_frames(decided, raw, stopped_manifest)
+        if len(grouping.groups) < 2:
+            only = grouping.groups[0]
+            raise InputDataError(
+                f"--basepath {raw}: all usable frames are at one temperature ({only.label} deg C, "
+                f"{len(only.records)} frames); the fit needs two or more temperature groups "
+                f"(--temp-bin-width {config.temp_bin_width:g})"
+            )
+        shape = grouping.groups[0].records[0].shape
+        mask = None if context.hot_pixel_mask_path is None else load_hot_pixel_mask(context.hot_pixel_mask_path, shape)
+        made = build_masters(grouping, dirs["masters"], config, input_bits=input_bits)
+        masters = made.masters
+        # Step 1's records with step 2's decisions: the records steps 3 to 5 see; step 5's
+        # temperature checks join them below, and the manifest is written from the result.
+        decided = final = apply_decisions(records, made.decisions)
+        if len(masters) < 2:
+            raise InputDataError(
+                f"--basepath {raw}: fewer than two temperature groups could be combined; see {stopped_manifest}"
+            )
+        logger.info(
+            "%d frames used in %d masters, %d rejected, %d ignored",
+            sum(r.status == STATUS_USED for r in final),
+            len(masters),
+            sum(r.status == STATUS_REJECTED for r in final),
+            sum(r.status == STATUS_IGNORED for r in final),
         )
-    shape = groups[0].records[0].shape
-    mask = None if hot_pixel_mask_path is None else load_hot_pixel_mask(hot_pixel_mask_path, shape)
-    masters = build_masters(groups, dirs["masters"], config, input_bits=input_bits)
-    write_manifest(records, manifest, raw)
-    if len(masters) < 2:
-        raise InputDataError(
-            f"--basepath {raw}: fewer than two temperature groups could be combined; see {stopped_manifest}"
-        )
-    logger.info(
-        "%d frames used in %d masters, %d rejected, %d ignored",
-        sum(r.status == STATUS_USED for r in records),
-        len(masters),
-        sum(r.status == STATUS_REJECTED for r in records),
-        sum(r.status == STATUS_IGNORED for r in records),
-    )
-    # Step 3: the model.
-    masters_model = fit_model(masters, mask, config)
-    model = masters_model
-    if config.fit_on == "frames":
-        used = [r for r in records if r.status == STATUS_USED]
-        model = fit_model_on_frames(used, masters, mask, config, input_bits=input_bits)
-    model.save(dirs["model"], cards={"INBITS": (input_bits, "bit depth of the input values")})
-    result = PipelineResult(run.staging, records, masters, model, input_bits)
-    # Step 4: synthetic frames at the masters' temperatures.
-    if generate_set:
-        result.synthetic_paths = write_synthetic_set(
-            model, [m.temperature for m in masters], dirs["synthetic"], [m.label for m in masters]
-        )
-        logger.info("%d synthetic frames for %s", len(result.synthetic_paths), run.final_path(dirs["synthetic"]))
-    # Step 5: evaluation, and the model as a check of each frame's header temperature.
-    if config.evaluate:
-        result.summary = evaluate(
-            model,
-            masters,
-            dirs["evaluation"],
-            save_fits=eval_save_fits,
-            show_progress=config.show_progress,
-            heldout_model=masters_model,
-            threads=config.threads,
-        )
-        checks = check_frame_temperatures(
-            model,
-            records,
-            input_bits=input_bits,
-            scale_factor=config.scale_factor,
-            tolerance=config.temperature_tolerance,
-            show_progress=config.show_progress,
-            threads=config.threads,
-        )
-        result.records = records = with_temperature_checks(records, checks)
-        plot_temperature_check(records, dirs["evaluation"] / TEMPERATURE_PLOT, config.temperature_tolerance)
-        write_manifest(records, manifest, raw)
+        # Step 3: the model. The fit on the masters also serves step 5's held-out check, so with
+        # --fit-on frames it is made only when the evaluation runs.
+        masters_model = fit_model(masters, mask, config) if config.fit_on == "masters" or config.evaluate else None
+        if config.fit_on == "frames":
+            used = [r for r in final if r.status == STATUS_USED]
+            model = fit_model_on_frames(used, masters, mask, config, input_bits=input_bits)
+        else:
+            assert masters_model is not None
+            model = masters_model
+        model.save(dirs["model"], cards={"INBITS": (input_bits, "bit depth of the input values")})
+        result = PipelineResult(context.run.staging, final, masters, model, input_bits)
+        # Step 4: synthetic frames at the masters' temperatures.
+        if context.generate_set:
+            result.synthetic_paths = write_synthetic_set(
+                model, [m.temperature for m in masters], dirs["synthetic"], [m.label for m in masters]
+            )
+            logger.info(
+                "%d synthetic frames for %s", len(result.synthetic_paths), context.run.final_path(dirs["synthetic"])
+            )
+        if config.evaluate:
+            result.summary, checks = _evaluate(context, model, masters, final, masters_model)
+            result.records = decided = with_temperature_checks(final, checks)
+            plot_temperature_check(result.records, dirs["evaluation"] / TEMPERATURE_PLOT, config.temperature_tolerance)
+    except BaseException as exc:
+        _write_manifest_on_the_way_out(context, decided, exc)
+        raise
+    write_manifest(result.records, context.manifest, raw)  # once, from the final records
     return result
+
+
+def _evaluate(
+    context: RunContext,
+    model: BiasModel,
+    masters: Sequence[MasterFrame],
+    records: Sequence[FrameRecord],
+    masters_model: BiasModel | None,
+) -> tuple[list[dict[str, object]], dict[Path, TemperatureCheck]]:
+    """Step 5: the evaluation's summary rows, and the model as a check of each frame's header
+    temperature (by path)."""
+    config, dirs = context.config, context.run.dirs
+    summary = evaluate(
+        model,
+        masters,
+        dirs["evaluation"],
+        save_fits=context.eval_save_fits,
+        show_progress=config.show_progress,
+        heldout_model=masters_model,
+        threads=config.threads,
+    )
+    checks = check_frame_temperatures(
+        model,
+        records,
+        input_bits=context.input_bits,
+        scale_factor=config.scale_factor,
+        tolerance=config.temperature_tolerance,
+        show_progress=config.show_progress,
+        threads=config.threads,
+    )
+    return summary, checks
+
+
+def _write_manifest_on_the_way_out(context: RunContext, records: Sequence[FrameRecord], exc: BaseException) -> None:
+    """The manifest of a run that stopped: every decision made, and for each frame still
+    undecided that it was not combined and why the run stopped. A failure to write it is only
+    logged: the error that stopped the run is the one to report."""
+    if isinstance(exc, KeyboardInterrupt):
+        why = "interrupted (Ctrl-C)"
+    elif isinstance(exc, BiasPipelineError):
+        why = str(exc)
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    note = f"not combined: the run stopped: {why}"
+    final = [
+        dataclasses.replace(r, reason=note) if r.status == STATUS_ACCEPTED and not r.reason else r for r in records
+    ]
+    try:
+        write_manifest(final, context.manifest, context.raw)
+    except (OSError, BiasPipelineError) as error:
+        logger.warning("frames_manifest.csv of the stopped run not written: %s", error)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.stats import mad_std
 
 from .fitting import chi2_threshold
 
@@ -38,13 +39,13 @@ DQ_BITS: tuple[DQBit, ...] = (HOT_MASK, NONLINEAR, NOISY, DEAD, SATURATED)
 
 def robust_outliers(values: np.ndarray, valid: np.ndarray, n_sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Pixels above / below the median of ``values[valid]`` by more than ``n_sigma`` robust
-    standard deviations (1.4826 MAD)."""
+    standard deviations (:func:`astropy.stats.mad_std`: the MAD scaled to a normal's sigma)."""
     selected = values[valid & np.isfinite(values)]
     if selected.size == 0:
         empty = np.zeros(values.shape, dtype=bool)
         return empty, empty
     centre = float(np.median(selected))
-    spread = 1.4826 * float(np.median(np.abs(selected - centre)))
+    spread = float(mad_std(selected))
     with np.errstate(invalid="ignore"):
         return values > centre + n_sigma * spread, values < centre - n_sigma * spread
 

@@ -98,3 +98,21 @@ def test_every_output_name(pipeline_run, sim):
     assert list(rows[0])[:6] == ["path", "status", "reason", "temperature", "exposure", "group"]
     assert len(rows) == len(sim.frame_paths) and {r["status"] for r in rows} == {"used"}
     assert {r["group"] for r in rows} == set(labels)
+
+
+def test_legacy_forms_live_in_one_module():
+    """Each step module shows one path: its legacy call forms are bias_pipeline.legacy's,
+    found under the old import paths."""
+    from bias_pipeline import legacy
+
+    for module, names in (
+        (
+            step2_generate_master_bias_by_temp,
+            ["group_by_temperature", "combine_frames", "generate_master_bias_by_temp"],
+        ),
+        (step3_fit_bias_model, ["fit_bias_model", "save_bias_model"]),
+    ):
+        for name in names:
+            assert getattr(module, name) is getattr(legacy, name), name
+            assert name not in vars(module), name  # not defined in the step module itself
+            assert name in module.__all__

@@ -3,6 +3,7 @@ number of threads, and a group larger than the open-file limit is combined."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import resource
@@ -16,7 +17,7 @@ from astropy.io import fits
 
 from bias_pipeline import PipelineConfig, run_bias_pipeline
 from bias_pipeline.steps.step1_load_data import scan_frames
-from bias_pipeline.steps.step2_generate_master_bias_by_temp import combine_records
+from bias_pipeline.steps.step2_generate_master_bias_by_temp import build_masters, combine_records, make_groups
 
 from conftest import REPO, bias_pixels, write_frame
 
@@ -121,3 +122,32 @@ def test_group_larger_than_the_open_file_limit(tmp_path):
     assert manifest.count(",used,") == 2 * per_group
     with fits.open(out / "bias_grouped_by_temp" / "master_bias_0.0C.fits") as hdul:
         assert hdul[0].header["NCOMBINE"] == per_group
+
+
+def test_step2_makes_the_same_masters_and_decisions_from_frames_in_any_order(tmp_path, caplog):
+    """The scan sorts files by name, so the pipeline alone never shows step 2 another order:
+    here step 2 itself (grouping, combining, judging, writing) gets the frames shuffled, cut
+    into other blocks on other thread counts, and makes the same masters bit for bit and the
+    same decision about every frame."""
+    _write_set(tmp_path / "raw", [(t, i) for t in (-5.0, 5.0) for i in range(5)])
+    records, bits = scan_frames(tmp_path / "raw", PipelineConfig(show_progress=False))
+    rng = np.random.default_rng(4)
+    made = {}
+    for name, threads, limit in (("sorted", 1, 512.0), ("shuffled", 3, 1.0)):
+        config = PipelineConfig(show_progress=False, threads=threads, memory_limit_mb=limit)
+        order = records if name == "sorted" else [records[k] for k in rng.permutation(len(records))]
+        assert name == "sorted" or [r.path for r in order] != [r.path for r in records]
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="bias_pipeline"):
+            made[name] = build_masters(make_groups(order, config), tmp_path / name, config, input_bits=bits)
+        cuts = re.findall(r"in (\d+) blocks of up to \d+ rows on (\d+) threads", caplog.text)
+        assert len(cuts) == 2, caplog.text
+        if name == "shuffled":  # really several blocks, shared by several threads
+            assert all(int(blocks) >= 3 and int(workers) == 3 for blocks, workers in cuts), cuts
+    reference, other = made["sorted"], made["shuffled"]
+    assert other.decisions == reference.decisions and len(reference.decisions) == len(records)
+    assert [m.label for m in other.masters] == [m.label for m in reference.masters] == ["-5.0", "5.0"]
+    for mine, theirs in zip(other.masters, reference.masters, strict=True):
+        with fits.open(mine.path) as a, fits.open(theirs.path) as b:
+            for hdu_a, hdu_b in zip(a, b, strict=True):
+                np.testing.assert_array_equal(hdu_a.data, hdu_b.data, err_msg=f"{mine.path.name} {hdu_a.name}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -52,18 +54,25 @@ def test_group_by_temperature_legacy_form():
 
 def test_make_groups_uses_mean_temperature_and_rejects_small_groups():
     records = records_at(-5.02, -4.98, -5.03, 10.0, 10.01)
-    groups = make_groups(records, QUIET)
+    before = [dataclasses.asdict(r) for r in records]
+    grouping = make_groups(records, QUIET)
+    groups = grouping.groups
     assert [g.label for g in groups] == ["-5.0"]
     assert groups[0].temperature == pytest.approx(np.mean([-5.02, -4.98, -5.03]))
-    assert [r.group for r in records[:3]] == ["-5.0"] * 3
-    assert all(r.status == "rejected" and "--min-frames-per-group 3" in r.reason for r in records[3:])
+    assert groups[0].records == records[:3]
+    assert set(grouping.decisions) == {r.path for r in records[3:]}
+    assert all(
+        d.status == "rejected" and "--min-frames-per-group 3" in d.reason and d.group == ""
+        for d in grouping.decisions.values()
+    )
+    assert [dataclasses.asdict(r) for r in records] == before  # the step decides, the records stay
 
 
 def test_wide_groups_are_named_by_their_mean():
     config = PipelineConfig(temp_bin_width=1.0, min_frames_per_group=1, show_progress=False)
-    groups = make_groups(records_at(5.0, 5.44, 5.46, 6.48), config)  # a drift cut after 1 deg C
+    groups = make_groups(records_at(5.0, 5.44, 5.46, 6.48), config).groups  # a drift cut after 1 deg C
     assert [g.label for g in groups] == ["5.3", "6.5"]
-    groups = make_groups(records_at(5.44, 5.46, 7.0, 7.06), config)
+    groups = make_groups(records_at(5.44, 5.46, 7.0, 7.06), config).groups
     assert [g.label for g in groups] == ["5.5", "7.0"]
 
 
@@ -143,8 +152,9 @@ def test_master_files_and_headers(tmp_path):
     for i, t in enumerate([4.98, 5.0, 5.03]):
         write_frame(raw / f"f{i}.fits", bias_pixels(seed=i), temperature=t)
     records, bits = scan_frames(raw, QUIET)
-    masters = build_masters(make_groups(records, QUIET), tmp_path / "m", QUIET, input_bits=bits)
-    (master,) = masters
+    before = [dataclasses.asdict(r) for r in records]
+    made = build_masters(make_groups(records, QUIET), tmp_path / "m", QUIET, input_bits=bits)
+    (master,) = made.masters
     assert master.path.name == "master_bias_5.0C.fits"
     header = fits.getheader(master.path)
     assert header["NCOMBINE"] == 3 and header["COMBMETH"] == "sigma-clip" and header["BUNIT"] == "adu"
@@ -158,7 +168,9 @@ def test_master_files_and_headers(tmp_path):
     assert header["TEMPERATURE"] == pytest.approx(np.mean([4.98, 5.0, 5.03]))
     assert header["SCALEFAC"] == 16 and "BPVERS" in header and "DATE" in header
     assert fits.getdata(master.path).dtype == np.dtype(">f4")
-    assert all(r.status == "used" for r in records)
+    assert set(made.decisions) == {r.path for r in records}
+    assert all(d.status == "used" and d.group == "5.0" and d.reason == "" for d in made.decisions.values())
+    assert [dataclasses.asdict(r) for r in records] == before  # step 2 returned decisions, changed no record
 
 
 def test_generate_master_bias_by_temp_returns_dict(tmp_path):
@@ -181,12 +193,15 @@ def test_frame_unreadable_at_combine_is_rejected_and_group_remade(tmp_path):
     for i in range(4):
         write_frame(raw / f"f{i}.fits", bias_pixels(seed=i), temperature=0.0)
     records, _ = scan_frames(raw, QUIET)
-    groups = make_groups(records, QUIET)
+    grouping = make_groups(records, QUIET)
     (raw / "f1.fits").write_bytes((raw / "f1.fits").read_bytes()[:3000])  # cut after the scan
-    (master,) = build_masters(groups, tmp_path / "m", QUIET)
+    made = build_masters(grouping, tmp_path / "m", QUIET)
+    (master,) = made.masters
     assert master.n_frames == 3
-    bad = next(r for r in records if r.path.name == "f1.fits")
+    bad = made.decisions[raw / "f1.fits"]
     assert bad.status == "rejected" and "unreadable while combining" in bad.reason
+    assert [r.path.name for r in grouping.groups[0].records] == [f"f{i}.fits" for i in range(4)]  # group as given
+    assert all(r.status == "accepted" for r in records)
 
 
 @pytest.mark.parametrize("shape", [(5, 2048), (7, 2047), (3, 1), (4, 2)])

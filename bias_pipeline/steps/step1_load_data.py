@@ -186,8 +186,8 @@ def classify_frames(records: list[FrameRecord], config: PipelineConfig) -> int:
             )
     candidates = [r for r in records if r.status == STATUS_ACCEPTED]
     if candidates:
-        counts = Counter(r.shape for r in candidates)
-        shape = max(counts, key=lambda s: (counts[s], s[0] * s[1], s))  # type: ignore[index]
+        counts = Counter(r.shape for r in candidates if r.shape is not None)  # every inspected frame has one
+        shape = max(counts, key=lambda s: (counts[s], s[0] * s[1], s))
         for record in candidates:
             if record.shape != shape:
                 assert record.shape is not None
@@ -262,6 +262,23 @@ def not_regular(path: Path) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
+def check_raw_folder(base_path: str | Path) -> Path:
+    """The raw folder, checked to be an existing folder (the one place that says so).
+
+    Raises
+    ------
+    InputDataError
+        When ``base_path`` does not exist or is not a folder.
+    """
+    base = Path(base_path)
+    if not base.is_dir():
+        raise InputDataError(
+            f"--basepath {base} {'is not a folder' if base.exists() else 'does not exist'}; "
+            "give the folder of raw FITS frames"
+        )
+    return base
+
+
 def scan_frames(
     base_path: str | Path,
     config: PipelineConfig | None = None,
@@ -293,11 +310,7 @@ def scan_frames(
         When ``base_path`` is not a folder or holds no file at all.
     """
     config = config or PipelineConfig()
-    base = Path(base_path)
-    if not base.exists():
-        raise InputDataError(f"--basepath {base} does not exist; give the folder of raw FITS frames")
-    if not base.is_dir():
-        raise InputDataError(f"--basepath {base} is not a folder; give the folder of raw FITS frames")
+    base = check_raw_folder(base_path)
     files, records = find_files(base, exclude)
     if not files and not records:
         raise InputDataError(f"--basepath {base} holds no files; give the folder of raw FITS frames")

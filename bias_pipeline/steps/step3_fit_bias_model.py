@@ -1,20 +1,25 @@
-"""Step 3: fit ``bias(T) = a + b * T`` to every pixel across the masters.
+"""Step 3: fit ``bias(T) = a + b T`` (``+ c T^2`` with ``--degree 2``) to every pixel.
 
-The fit is weighted least squares with each master weighted by its number of frames (a
-master of n frames has 1/n the variance of one frame). Because every pixel shares the same
-temperatures and weights, the fit has a closed form in two running sums per pixel, so the
-masters are visited one at a time and never stacked:
+:func:`fit_model` fits the masters of step 2 (:class:`~bias_pipeline.master_writer.Master`);
+:func:`fit_model_on_frames` (``--fit-on frames``) fits every used frame at its own temperature.
+The fit (:func:`~bias_pipeline.fitting.fit_polynomial`) is weighted least squares with a
+closed form per pixel, so the inputs are read one at a time (twice: sums, then residuals) and
+never stacked. A master of ``n`` frames weighs ``n / e^2`` (``e`` the combine's efficiency: 1.2533
+for a median, 1 otherwise) over the read noise squared; the read noise is pooled over the
+groups' ``NOISE`` maps and shrunk towards its typical value (:func:`shrink_noise`), and gives the
+chi-square of each pixel. The model carries the covariance of the coefficients, the fit
+statistics and DQ flags (:mod:`bias_pipeline.quality`: HOT_MASK, NONLINEAR, NOISY, DEAD,
+SATURATED). Pixels of the hot-pixel mask (non-zero = hot) are left out and hold NaN.
 
-    T0 = sum(w T) / sum(w),  Sxx = sum(w (T - T0)^2)
-    b  = sum(w (T - T0) y) / Sxx,   a = sum(w y) / sum(w) - b * T0
-
-Pixels of the hot-pixel mask (non-zero = hot) are left out and hold NaN in both maps.
+The legacy call forms (``fit_bias_model``, ``fit_linear``, ``save_bias_model``) live in
+:mod:`bias_pipeline.legacy` and are found here too.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +29,37 @@ from ..combine import MEDIAN_EFFICIENCY
 from ..config import PipelineConfig
 from ..errors import InputDataError
 from ..fitting import PolynomialFit, fit_polynomial
-from ..frames import FrameRecord, read_frame
+from ..frames import FrameRecord, read_frame, reading
+from ..lazy import forward
+from ..master_writer import Master
 from ..model import BiasModel
 from ..products import read_image
 from ..quality import describe, flag_pixels, robust_outliers
 
 logger = logging.getLogger(__name__)
+
+#: The legacy call forms, defined in :mod:`bias_pipeline.legacy` and found here by name.
+LEGACY_NAMES = ("fit_bias_model", "fit_linear", "save_bias_model")
+__all__ = [
+    "MOSTLY_FLAGGED",
+    "MOSTLY_MASKED",
+    "QUADRATIC_Z",
+    "SLOPE_SAMPLE",
+    "check_mask",
+    "fit_model",
+    "fit_model_on_frames",
+    "load_hot_pixel_mask",
+    "pooled_read_noise",
+    "shrink_noise",
+    "warn_if_implausible",
+    *LEGACY_NAMES,
+]
+
+
+# PEP 562: the legacy forms are looked up on first use. legacy.py imports this module, so
+# importing it here at the top would be an import cycle.
+__getattr__ = forward(__name__, LEGACY_NAMES, "bias_pipeline.legacy")
+
 
 #: A mask marking more than this fraction of the pixels as hot is suspect (an inverted mask).
 MOSTLY_MASKED = 0.5
@@ -44,7 +74,7 @@ SLOPE_SAMPLE = 100_000
 QUADRATIC_Z = 3.2905
 
 
-def load_hot_pixel_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+def load_hot_pixel_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Read a hot-pixel mask FITS (non-zero = hot) as a boolean array.
 
     Parameters
@@ -79,7 +109,7 @@ def load_hot_pixel_mask(path: str | Path, shape: tuple[int, int] | None = None) 
     return mask
 
 
-def check_mask(mask: np.ndarray, shape: tuple[int, int] | None, name: str = "hot-pixel mask") -> np.ndarray:
+def check_mask(mask: np.ndarray, shape: tuple[int, ...] | None, name: str = "hot-pixel mask") -> np.ndarray:
     """Return ``mask`` as bool (non-zero and NaN = hot) after checking its shape."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -97,51 +127,7 @@ def check_mask(mask: np.ndarray, shape: tuple[int, int] | None, name: str = "hot
     return hot
 
 
-def fit_linear(
-    temperatures: Sequence[float],
-    weights: Sequence[float],
-    load: Callable[[int], np.ndarray],
-    mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted per-pixel linear fit over frames read one at a time.
-
-    Parameters
-    ----------
-    temperatures
-        Temperature of each frame [deg C]; at least two distinct values.
-    weights
-        Weight of each frame (> 0).
-    load
-        ``load(k)`` returns frame ``k`` as a 2-D array.
-    mask
-        True where a pixel is left out (NaN in the result).
-
-    Returns
-    -------
-    a_map, b_map
-        float32 intercept at 0 deg C and slope per deg C.
-
-    Raises
-    ------
-    InputDataError
-        With fewer than two distinct temperatures.
-
-    Examples
-    --------
-    >>> frames = [np.full((1, 2), 100.0 + 2.0 * t) for t in (0.0, 10.0, 20.0)]
-    >>> a, b = fit_linear([0.0, 10.0, 20.0], [1, 1, 1], frames.__getitem__)
-    >>> a.tolist(), b.tolist()
-    ([[100.0, 100.0]], [[2.0, 2.0]])
-    """
-    fit = fit_polynomial(temperatures, weights, load, degree=1)
-    a_map, b_map = (c.astype(np.float32) for c in fit.coefficients)
-    if mask is not None:
-        a_map[mask] = np.nan
-        b_map[mask] = np.nan
-    return a_map, b_map
-
-
-def pooled_read_noise(masters: Sequence[object]) -> tuple[np.ndarray | None, int]:
+def pooled_read_noise(masters: Sequence[Master]) -> tuple[np.ndarray | None, int]:
     """Per-pixel read noise pooled over the masters' ``NOISE`` maps, and its degrees of freedom.
 
     ``sqrt(sum (n_k - 1) s_k^2 / sum (n_k - 1))``: the pooled variance is unbiased, whereas a
@@ -151,8 +137,8 @@ def pooled_read_noise(masters: Sequence[object]) -> tuple[np.ndarray | None, int
     total: np.ndarray | None = None
     dof = 0
     for master in masters:
-        noise = master.load_extension("NOISE")  # type: ignore[attr-defined]
-        n = int(master.n_frames)  # type: ignore[attr-defined]
+        noise = master.load_extension("NOISE")
+        n = int(master.n_frames)
         if noise is None or n < 2:
             continue
         noise = np.nan_to_num(noise, nan=0.0)  # a copy: the caller's array stays as it was
@@ -190,7 +176,7 @@ def shrink_noise(noise: np.ndarray, dof: int, valid: np.ndarray) -> np.ndarray:
 
 
 def fit_model(
-    masters: Sequence[object],
+    masters: Sequence[Master],
     hot_pixel_mask: np.ndarray | None = None,
     config: PipelineConfig | None = None,
     *,
@@ -206,7 +192,7 @@ def fit_model(
     Parameters
     ----------
     masters
-        :class:`~.step2_generate_master_bias_by_temp.MasterFrame` objects (``temperature``,
+        The masters of step 2 (:class:`~bias_pipeline.master_writer.Master`: ``temperature``,
         ``n_frames``, ``method``, ``load()``, ``load_extension()``).
     hot_pixel_mask
         True (or non-zero) where a pixel is left out.
@@ -226,34 +212,39 @@ def fit_model(
     """
     config = config or PipelineConfig()
     scale = config.scale_factor if scale_factor is None else scale_factor
-    temps = [float(m.temperature) for m in masters]  # type: ignore[attr-defined]
-    frames = [int(m.n_frames) for m in masters]  # type: ignore[attr-defined]
-    efficiency = [MEDIAN_EFFICIENCY if getattr(m, "method", "") == "median" else 1.0 for m in masters]
+    temps = [float(m.temperature) for m in masters]
+    frames = [int(m.n_frames) for m in masters]
+    efficiency = [MEDIAN_EFFICIENCY if m.method == "median" else 1.0 for m in masters]
     weights = [n / e**2 for n, e in zip(frames, efficiency, strict=True)]
     noise, noise_dof = pooled_read_noise(masters)
-    shape = masters[0].load().shape if noise is None else noise.shape  # type: ignore[attr-defined]
+    shape = masters[0].load().shape if noise is None else noise.shape
     mask = _as_mask(hot_pixel_mask, shape)
     saturation = _SaturationTracker(4095 * scale * 0.9999)
     with _fit_progress(len(masters), "master", config) as progress:
         fit = fit_polynomial(
             temps,
             weights,
-            _counted(lambda k: saturation.see(masters[k].load()), progress),  # type: ignore[attr-defined]
+            _counted(lambda k: saturation.see(masters[k].load()), progress),
             degree=config.degree,
             noise=_fit_noise(noise, noise_dof, mask),
         )
-    model = _assemble(fit, mask, noise, _clipped_fraction(masters, frames), saturation.map, config, scale)
-    model.group_temperatures = tuple(temps)
-    model.group_frames = tuple(frames)
-    model.group_leverage = tuple(float(h) for h in fit.leverage)
-    model.temperature_range = (min(temps), max(temps))
+    model = _assemble(
+        fit,
+        mask,
+        noise,
+        _clipped_fraction(masters, frames),
+        saturation.map,
+        config,
+        scale,
+        inputs=FitInputs(tuple(temps), tuple(frames), (min(temps), max(temps)), tuple(float(h) for h in fit.leverage)),
+    )
     _log_fit(model, f"{len(temps)} masters ({sum(frames)} frames)")
     return model
 
 
 def fit_model_on_frames(
     frames: Sequence[FrameRecord],
-    masters: Sequence[object],
+    masters: Sequence[Master],
     hot_pixel_mask: np.ndarray | None = None,
     config: PipelineConfig | None = None,
     *,
@@ -288,7 +279,7 @@ def fit_model_on_frames(
     """
     config = config or PipelineConfig()
     ordered = sorted(frames, key=lambda r: (r.group, str(r.path)))  # one master load per group
-    by_label = {m.label: m for m in masters}  # type: ignore[attr-defined]
+    by_label = {m.label: m for m in masters}
     noise, noise_dof = pooled_read_noise(masters)
     if noise is None:
         raise InputDataError("--fit-on frames needs groups of two or more frames to measure the read noise")
@@ -311,18 +302,24 @@ def fit_model_on_frames(
 
     with _fit_progress(len(ordered), "frame", config) as progress:
         fit = fit_polynomial(
-            [float(r.temperature) for r in ordered],  # type: ignore[arg-type]
+            [reading(r) for r in ordered],
             [1.0] * len(ordered),
             _counted(load, progress),
             degree=config.degree,
             noise=_fit_noise(noise, noise_dof, mask),
         )
-    counts = [int(m.n_frames) for m in masters]  # type: ignore[attr-defined]
-    model = _assemble(fit, mask, noise, _clipped_fraction(masters, counts), saturation.map, config, config.scale_factor)
-    model.group_temperatures = tuple(float(m.temperature) for m in masters)  # type: ignore[attr-defined]
-    model.group_frames = tuple(counts)
-    temps = [float(r.temperature) for r in ordered]  # type: ignore[arg-type]
-    model.temperature_range = (min(temps), max(temps))
+    counts = [int(m.n_frames) for m in masters]
+    temps = [reading(r) for r in ordered]
+    model = _assemble(
+        fit,
+        mask,
+        noise,
+        _clipped_fraction(masters, counts),
+        saturation.map,
+        config,
+        config.scale_factor,
+        inputs=FitInputs(tuple(float(m.temperature) for m in masters), tuple(counts), (min(temps), max(temps))),
+    )
     _log_fit(model, f"{len(ordered)} frames at their own temperatures")
     return model
 
@@ -350,7 +347,7 @@ def _counted(load: Callable[[int], np.ndarray], progress: tqdm) -> Callable[[int
 def _as_mask(hot_pixel_mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     if hot_pixel_mask is None:
         return np.zeros(shape, dtype=bool)
-    return check_mask(hot_pixel_mask, shape)  # type: ignore[arg-type]
+    return check_mask(hot_pixel_mask, shape)
 
 
 class _SaturationTracker:
@@ -374,6 +371,18 @@ def _fit_noise(noise: np.ndarray | None, dof: int, mask: np.ndarray) -> np.ndarr
     return shrink_noise(noise, dof, ~(mask | high | low))
 
 
+@dataclass(frozen=True)
+class FitInputs:
+    """What a fit was made from, for the model (:class:`~bias_pipeline.model.BiasModel`'s fields
+    of the same names): the masters' temperatures and frame counts, the temperatures spanned
+    and, for a fit on the masters, each master's leverage (empty for a fit on frames)."""
+
+    group_temperatures: tuple[float, ...]
+    group_frames: tuple[int, ...]
+    temperature_range: tuple[float, float]
+    group_leverage: tuple[float, ...] = ()
+
+
 def _assemble(
     fit: PolynomialFit,
     mask: np.ndarray,
@@ -382,8 +391,11 @@ def _assemble(
     saturated: np.ndarray | None,
     config: PipelineConfig,
     scale: float,
+    *,
+    inputs: FitInputs,
 ) -> BiasModel:
-    """A :class:`BiasModel` from a fit: NaN at masked pixels, statistics and DQ flags."""
+    """A :class:`BiasModel` from a fit: NaN at masked pixels, statistics and DQ flags, and what
+    the fit was made from (``inputs``), all given to the constructor."""
     covariance = fit.covariance()
     coefficients = fit.coefficients.astype(np.float32)
     coefficients[:, mask] = np.nan
@@ -415,6 +427,10 @@ def _assemble(
         dq=dq,
         read_noise=noise,
         tref=fit.tref,
+        temperature_range=inputs.temperature_range,
+        group_temperatures=inputs.group_temperatures,
+        group_frames=inputs.group_frames,
+        group_leverage=inputs.group_leverage,
     )
 
 
@@ -429,6 +445,15 @@ def _log_fit(model: BiasModel, what: str) -> None:
         model.tref,
         ", ".join(f"{name} {count}" for name, count in counts.items()),
     )
+    if model.c_map is not None and model.covariance is not None:  # was unreachable code after a return
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(model.c_map) / np.sqrt(model.covariance[2, 2])
+        logger.info(
+            "quadratic term warranted (|c| / sigma_c > %.2f, p < 0.001) in %d of %d fitted pixels",
+            QUADRATIC_Z,
+            int(np.count_nonzero(z > QUADRATIC_Z)),
+            int((~model.mask).sum()),
+        )
     warn_if_implausible(model)
 
 
@@ -475,74 +500,18 @@ def warn_if_implausible(model: BiasModel) -> list[str]:
     for text in warnings:
         logger.warning("%s", text)
     return warnings
-    if model.c_map is not None and model.covariance is not None:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs(model.c_map) / np.sqrt(model.covariance[2, 2])
-        warranted = np.count_nonzero(z > QUADRATIC_Z)
-        logger.info(
-            "quadratic term warranted (|c| / sigma_c > %.2f, p < 0.001) in %d of %d fitted pixels",
-            QUADRATIC_Z,
-            warranted,
-            int((~model.mask).sum()),
-        )
 
 
-def _clipped_fraction(masters: Sequence[object], frames: Sequence[int]) -> np.ndarray | None:
+def _clipped_fraction(masters: Sequence[Master], frames: Sequence[int]) -> np.ndarray | None:
     """Fraction of each pixel's frame values the combine left out (sigma-clip only)."""
     used_total: np.ndarray | None = None
     for master in masters:
-        if getattr(master, "method", "") != "sigma-clip":
+        if master.method != "sigma-clip":
             return None
-        used = master.load_extension("NUSED")  # type: ignore[attr-defined]
+        used = master.load_extension("NUSED")
         if used is None:
             return None
         used_total = used.astype(np.float64) if used_total is None else used_total + used
     if used_total is None:
         return None
     return 1.0 - used_total / float(sum(frames))
-
-
-def fit_bias_model(
-    master_bias_dict: Mapping[float, np.ndarray],
-    hot_pixel_mask: np.ndarray | None = None,
-    *,
-    frames_per_master: Mapping[float, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fit ``a`` and ``b`` maps to a dict of masters.
-
-    Parameters
-    ----------
-    master_bias_dict
-        Temperature [deg C] -> master array.
-    hot_pixel_mask
-        Non-zero where a pixel is left out (NaN in both maps).
-    frames_per_master
-        Temperature -> number of frames, used as weights; equal weights when ``None``.
-
-    Returns
-    -------
-    a_map, b_map
-        float32 arrays: bias at 0 deg C and slope per deg C.
-
-    Raises
-    ------
-    InputDataError
-        With fewer than two distinct temperatures or a mask of another shape.
-    """
-    temps = sorted(master_bias_dict)
-    if not temps:
-        raise InputDataError("no masters to fit")
-    shape = np.shape(master_bias_dict[temps[0]])
-    mask = None if hot_pixel_mask is None else check_mask(hot_pixel_mask, shape)  # type: ignore[arg-type]
-    weights = [1 if frames_per_master is None else frames_per_master[t] for t in temps]
-    return fit_linear(temps, weights, lambda k: master_bias_dict[temps[k]], mask)
-
-
-def save_bias_model(a_map: np.ndarray, b_map: np.ndarray, output_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``bias_a_map.fits`` and ``bias_b_map.fits`` into ``output_dir``.
-
-    Returns
-    -------
-    a_path, b_path
-    """
-    return BiasModel.from_maps(a_map, b_map).save(output_dir)

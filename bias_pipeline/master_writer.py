@@ -1,0 +1,194 @@
+"""The staged master writer: a combined group written as ``master_bias_XX.XC.fits`` with its
+``ERR``, ``NOISE`` and ``NUSED`` extensions under a hidden staging name, and the staged set
+published (renamed to the final names, all or none) or discarded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from astropy.io import fits
+
+from .combine import Combined
+from .config import PipelineConfig
+from .errors import OutputError
+from .grouping import FrameGroup
+from .products import TEMPORARY_SUFFIX, product_header, read_image, write_image
+
+logger = logging.getLogger(__name__)
+
+MASTER_PATTERN = "master_bias_{label}C.fits"
+STAGED_SUFFIX = ".staged" + TEMPORARY_SUFFIX  # step 0 removes those a killed run left
+
+
+class Master(Protocol):
+    """What steps 3 and 5 need of a master bias (:class:`MasterFrame` is one)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def n_frames(self) -> int: ...
+    @property
+    def method(self) -> str: ...
+
+    def load(self) -> np.ndarray: ...
+    def load_extension(self, name: str) -> np.ndarray | None: ...
+
+
+@dataclass(frozen=True)
+class MasterFrame:
+    """A master bias written to disk, with what downstream steps need to know about it.
+
+    The pixels are read back on demand with :meth:`load`, so steps 3 and 5 hold one master in
+    memory at a time however many groups there are.
+    """
+
+    label: str
+    temperature: float
+    n_frames: int
+    path: Path
+    temperature_span: tuple[float, float] = (math.nan, math.nan)
+    method: str = "median"
+    noise_median: float = math.nan
+
+    def load(self) -> np.ndarray:
+        """The master's pixels, float32 16-bit ADU."""
+        data, _ = read_image(self.path, "master bias")
+        return data
+
+    def load_extension(self, name: str) -> np.ndarray | None:
+        """An extension of the master file (``ERR``, ``NOISE``, ``NUSED``), or ``None``."""
+        with fits.open(self.path, memmap=False) as hdul:
+            if name not in [h.name for h in hdul]:
+                return None
+            return np.asarray(hdul[name].data, dtype=np.float32)
+
+
+def staged_name(final: Path) -> Path:
+    """The hidden name a master has until every group is combined."""
+    return final.with_name(f".{final.name}{STAGED_SUFFIX}")
+
+
+def write_master(
+    group: FrameGroup, combined: Combined, masters_dir: Path, config: PipelineConfig, input_bits: int
+) -> MasterFrame:
+    """Write ``group``'s master with its extensions under its staging name (:func:`staged_name`).
+
+    Parameters
+    ----------
+    group
+        The group as finally combined (the frames used).
+    combined
+        Its master and maps.
+    masters_dir
+        Folder of the masters.
+    config
+        The run's options (``combine_method``, ``scale_factor``).
+    input_bits
+        The data set's bit depth, for the header.
+
+    Returns
+    -------
+    MasterFrame
+        The master under its staging name.
+    """
+    low, high = group.temperature_span
+    noise_median = float(np.nanmedian(combined.noise)) if len(group.records) > 1 else math.nan
+    header = product_header(
+        "MASTER_BIAS",
+        f"master bias, {config.combine_method} of {len(group.records)} frames",
+        scale_factor=config.scale_factor,
+        cards={
+            "TEMPERATURE": (group.temperature, "[deg C] mean temperature of the frames"),
+            "TEMPMIN": (low, "[deg C] lowest frame temperature"),
+            "TEMPMAX": (high, "[deg C] highest frame temperature"),
+            "NCOMBINE": (len(group.records), "number of frames combined"),
+            "COMBMETH": (config.combine_method, "how the frames were combined"),
+            "INBITS": (input_bits, "bit depth of the input values"),
+            "NOISEMED": (noise_median, "[adu] median temporal noise of one frame"),
+        },
+    )
+    extensions = [
+        _extension(combined.error, "ERR", "standard error of the master [adu]"),
+        _extension(combined.noise, "NOISE", "temporal noise of one frame (read noise) [adu]"),
+        fits.ImageHDU(combined.n_used.astype(np.int16), name="NUSED"),
+    ]
+    final = masters_dir / MASTER_PATTERN.format(label=group.label)
+    path = write_image(staged_name(final), combined.master, header, extensions)
+    logger.info(
+        "master %s: %d frames at %.3f deg C, noise %.2f ADU",
+        final.name,
+        len(group.records),
+        group.temperature,
+        noise_median,
+    )
+    return MasterFrame(
+        group.label,
+        group.temperature,
+        len(group.records),
+        path,
+        (low, high),
+        method=config.combine_method,
+        noise_median=noise_median,
+    )
+
+
+def _extension(data: np.ndarray, name: str, what: str) -> fits.ImageHDU:
+    hdu = fits.ImageHDU(np.asarray(data, dtype=np.float32), name=name)
+    hdu.header["BUNIT"] = "adu"
+    hdu.header["CONTENT"] = what[:68]
+    return hdu
+
+
+def publish_masters(masters: Sequence[MasterFrame]) -> list[MasterFrame]:
+    """Give staged masters their final names (all of them, or none and the staged files gone).
+
+    Returns
+    -------
+    list of MasterFrame
+        The masters under their final names.
+
+    Raises
+    ------
+    OutputError
+        When a final name cannot be taken (a folder in the way, a full disk).
+    """
+    done: list[MasterFrame] = []
+    try:
+        for master in masters:
+            final = master.path.with_name(master.path.name.removeprefix(".").removesuffix(STAGED_SUFFIX))
+            if final != master.path:
+                os.replace(master.path, final)
+            done.append(dataclasses.replace(master, path=final))
+    except OSError as exc:
+        # All or none: the ones already renamed go too, so no partial set is left.
+        for master in done:
+            master.path.unlink(missing_ok=True)
+        discard_masters(masters)
+        raise OutputError(f"cannot write {final}: {exc.strerror or exc}; remove what is in the way") from None
+    return done
+
+
+def discard_masters(masters: Sequence[MasterFrame]) -> None:
+    """Remove masters still under their staging names (a run that stops before publishing)."""
+    for master in masters:
+        if master.path.name.endswith(STAGED_SUFFIX):
+            master.path.unlink(missing_ok=True)
+
+
+def discard_staged_files(masters_dir: Path) -> None:
+    """Remove every staged master in ``masters_dir``, listed or not: a signal can land after a
+    staged file got its name and before its master was listed (step 0 cleared older runs'
+    staged files, so all of these are this run's)."""
+    for leftover in masters_dir.glob(f".master_bias_*{STAGED_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
