@@ -32,6 +32,7 @@ from .combine import (
 from .config import PipelineConfig
 from .errors import FrameReadError, InputDataError
 from .frames import FrameRecord, is_tiny, plain_uint16, read_rows, read_uint16_rows, reading
+from .units import input_factor
 from .workers import default_threads, worker_pool
 
 logger = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ def combine_records(
             except BaseException:
                 failed.set()
                 raise
-    factor = np.float32(scale_factor if input_bits == 12 else 1.0)
+    factor = input_factor(input_bits, scale_factor)
     if factor != 1:
         for image in (master, noise, error):
             image *= factor

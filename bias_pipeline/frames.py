@@ -23,6 +23,7 @@ import numpy as np
 from astropy.io import fits
 
 from .errors import FrameReadError, fits_problem, one_line
+from .units import DEFAULT_SCALE_FACTOR, TWELVE_BIT_MAX, adc_maximum
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ FITS_SUFFIXES: tuple[str, ...] = (
 )
 
 # Big-endian pixel types of the FITS BITPIX values, for positioned reads of plain files.
-SATURATION_ADU = 4095 * 16  # the ADC's maximum in 16-bit ADU (12-bit values x16)
 _BITPIX_DTYPES: dict[int, str] = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -116,8 +116,9 @@ class FrameRecord:
     integer_valued
         Whether every pixel value is a whole number (the quantisation step is then at least 1).
     saturated_fraction, saturated_fraction_12
-        Fraction of pixels at the ADC maximum as stored x16 (65520 and above), and as raw
-        12-bit values (4095; which applies is decided with the data set's bit depth).
+        Fraction of pixels at the ADC maximum as stored x the scale factor (65520 and above
+        with the default 16), and as raw 12-bit values (4095; which applies is decided with the
+        data set's bit depth).
     zero_fraction
         Fraction of pixels that are exactly zero (a readout dropout of this camera).
     passed_checks
@@ -444,6 +445,7 @@ def inspect_frame(
     *,
     frame_type_keys: Sequence[str] = (),
     set_point_keys: Sequence[str] = (),
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
 ) -> FrameRecord:
     """Open one FITS file, read its header values and its pixels, and check them.
 
@@ -455,6 +457,9 @@ def inspect_frame(
         Header keywords to look up, in order (both required).
     frame_type_keys, set_point_keys
         Keywords of the frame type and the thermal set point (optional in a header).
+    scale_factor
+        The 12-bit to 16-bit factor: the ADC's maximum is 4095 stored as it is or as
+        4095 x this (see :func:`bias_pipeline.units.adc_maximum`).
 
     Returns
     -------
@@ -466,7 +471,7 @@ def inspect_frame(
     record = FrameRecord(path=Path(path))
     keys = HeaderKeys(temperature_keys, exposure_keys, frame_type_keys, set_point_keys)
     try:
-        _inspect(record, keys)
+        _inspect(record, keys, scale_factor)
     except FrameReadError as exc:
         reason = str(exc)
         if not reason.startswith("truncated") and _gzip_ends_early(record.path):
@@ -494,7 +499,7 @@ def _gzip_ends_early(path: Path) -> bool:
 _LAYOUT_KEYS = ("BITPIX", "NAXIS1", "NAXIS2", "BZERO", "BSCALE", "BLANK")
 
 
-def _inspect(record: FrameRecord, keys: HeaderKeys) -> None:
+def _inspect(record: FrameRecord, keys: HeaderKeys, scale_factor: float) -> None:
     path = record.path
     try:
         size = path.stat().st_size
@@ -566,7 +571,7 @@ def _inspect(record: FrameRecord, keys: HeaderKeys) -> None:
         pixels = read_uint16_rows(record, 0, record.shape[0])
     if pixels.shape != record.shape:
         raise FrameReadError(f"truncated: pixel array {pixels.shape} is not {record.shape}")
-    _check_pixels(pixels, record)
+    _check_pixels(pixels, record, scale_factor)
 
 
 def plain_uint16(record: FrameRecord) -> bool:
@@ -662,7 +667,7 @@ def is_tiny(record: FrameRecord) -> bool:
     return record.shape is not None and record.shape[0] * record.shape[1] < SMALL_FRAME_PIXELS
 
 
-def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
+def _check_pixels(pixels: np.ndarray, record: FrameRecord, scale_factor: float) -> None:
     if pixels.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(pixels)))
         if bad:
@@ -682,13 +687,14 @@ def _check_pixels(pixels: np.ndarray, record: FrameRecord) -> None:
     record.constant = minimum == finite_max and not is_tiny(record)
     zeros = np.count_nonzero(pixels == 0) if minimum <= 0 else 0  # one pass less when none
     record.zero_fraction = float(zeros) / pixels.size
-    _saturation(pixels, finite_max, record)
+    _saturation(pixels, finite_max, record, adc_maximum(scale_factor))
 
 
-def _saturation(pixels: np.ndarray, maximum: float, record: FrameRecord) -> None:
-    if maximum >= SATURATION_ADU:
-        record.saturated_fraction = float(np.count_nonzero(pixels >= SATURATION_ADU)) / pixels.size
-    elif maximum == SATURATION_ADU // 16:
+def _saturation(pixels: np.ndarray, maximum: float, record: FrameRecord, saturation: float) -> None:
+    # Which of the two applies is decided with the data set's bit depth (step 1).
+    if maximum >= saturation:
+        record.saturated_fraction = float(np.count_nonzero(pixels >= saturation)) / pixels.size
+    elif maximum == TWELVE_BIT_MAX:
         record.saturated_fraction_12 = float(np.count_nonzero(pixels == maximum)) / pixels.size
 
 

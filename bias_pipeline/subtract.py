@@ -11,6 +11,7 @@ from .config import DEFAULT_TEMPERATURE_KEYS
 from .errors import FrameReadError, InputDataError
 from .frames import inspect_frame, read_frame
 from .model import BiasModel
+from .units import to_adu16
 
 
 def subtract_bias(
@@ -73,7 +74,6 @@ def subtract_bias(
         raise InputDataError(
             f"frame is {frame.shape[0]}x{frame.shape[1]} but the model is {model.shape[0]}x{model.shape[1]}"
         )
-    if input_bits == 12:
-        frame = frame * np.float32(model.scale_factor)
+    frame = to_adu16(frame, input_bits, model.scale_factor)
     bias = model.predict(float(temperature))
-    return (np.asarray(frame, dtype=np.float32) - bias).astype(np.float32)
+    return (frame - bias).astype(np.float32)

@@ -24,6 +24,7 @@ from .frames import FrameRecord, read_row_sample
 from .model import BiasModel
 from .registry import TEMPERATURE_PLOT
 from .thermometry import TemperatureEstimate, estimate_temperature
+from .units import input_factor
 from .workers import default_threads, worker_pool
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def check_frame_temperatures(
         One entry per frame estimated, keyed by ``record.path``, in the order of ``records``.
     """
     used = [r for r in records if r.passed_checks]
-    factor = np.float32(scale_factor if input_bits == 12 else 1.0)
+    factor = input_factor(input_bits, scale_factor)
     # Evenly spaced rows holding about THERMOMETRY_PIXELS pixels: the estimate's statistical
     # error (read noise / (slope sqrt(pixels)), ~0.02 deg C here) stays far below any useful
     # tolerance, and only those rows are read.

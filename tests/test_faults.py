@@ -206,3 +206,19 @@ def test_twelve_bit_saturated_frame(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = {row["path"]: row for row in csv.DictReader(open(tmp_path / "out" / "frames_manifest.csv"))}
     assert rows["saturated12.fits"]["reason"].startswith("100.0 % of pixels are saturated (4095")
+
+
+def test_saturation_honours_the_scale_factor(tmp_path):
+    """With --scale-factor 4 the ADC's maximum is stored as 4095 x 4 = 16380: a frame full of it
+    is saturated (the check used to know only 4095 x 16)."""
+    from bias_pipeline import PipelineConfig
+    from bias_pipeline.steps.step1_load_data import scan_frames
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_frame(raw / "good.fits", (bias_pixels() // 16) * 4, temperature=0.0)
+    write_frame(raw / "saturated.fits", np.full((48, 64), 4095 * 4, dtype=np.uint16), temperature=0.0)
+    records, _ = scan_frames(raw, PipelineConfig(scale_factor=4.0, show_progress=False))
+    reasons = {r.path.name: r.reason for r in records}
+    assert reasons["good.fits"] == ""
+    assert reasons["saturated.fits"].startswith("100.0 % of pixels are saturated"), reasons

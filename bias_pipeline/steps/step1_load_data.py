@@ -342,6 +342,7 @@ def scan_frames(
                     config.exposure_keys,
                     frame_type_keys=config.frame_type_keys,
                     set_point_keys=config.set_point_keys,
+                    scale_factor=config.scale_factor,
                 )
             records.append(record)
         records.sort(key=lambda r: str(r.path))

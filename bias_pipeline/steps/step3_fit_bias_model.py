@@ -35,6 +35,7 @@ from ..master_writer import Master
 from ..model import BiasModel
 from ..products import read_image
 from ..quality import describe, flag_pixels, robust_outliers
+from ..units import adc_maximum, input_factor
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def fit_model(
     noise, noise_dof = pooled_read_noise(masters)
     shape = masters[0].load().shape if noise is None else noise.shape
     mask = _as_mask(hot_pixel_mask, shape)
-    saturation = _SaturationTracker(4095 * scale * 0.9999)
+    saturation = _SaturationTracker(adc_maximum(scale) * 0.9999)
     with _fit_progress(len(masters), "master", config) as progress:
         fit = fit_polynomial(
             temps,
@@ -285,8 +286,8 @@ def fit_model_on_frames(
         raise InputDataError("--fit-on frames needs groups of two or more frames to measure the read noise")
     mask = np.zeros(noise.shape, dtype=bool) if hot_pixel_mask is None else check_mask(hot_pixel_mask, noise.shape)
     floor = np.fmax(noise, float(np.nanmedian(noise)))
-    factor = np.float32(config.scale_factor if input_bits == 12 else 1.0)
-    saturation = _SaturationTracker(4095 * config.scale_factor * 0.9999)
+    factor = input_factor(input_bits, config.scale_factor)
+    saturation = _SaturationTracker(adc_maximum(config.scale_factor) * 0.9999)
     cached: dict[str, np.ndarray] = {}
 
     def load(k: int) -> np.ndarray:
