@@ -28,9 +28,10 @@ from .output_folder import StagedRun, keep_stopped_run, output_lock, publish, st
 from .plots import plot_temperature_check
 from .products import run_cards
 from .provenance import input_digest, now_utc, provenance_cards, run_config_document, run_log, write_run_config
+from .registry import MANIFEST_NAME
 from .report import report_data, write_report
 from .steps.step0_create_dirs import make_output_folder
-from .steps.step1_load_data import MANIFEST_NAME, check_raw_folder, scan_frames, write_manifest
+from .steps.step1_load_data import check_raw_folder, scan_frames, write_manifest
 from .steps.step2_generate_master_bias_by_temp import build_masters
 from .steps.step3_fit_bias_model import fit_model, fit_model_on_frames, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set

@@ -22,10 +22,11 @@ from .config import PipelineConfig
 from .errors import OutputError
 from .grouping import FrameGroup
 from .products import TEMPORARY_SUFFIX, product_header, read_image, write_image
+from .registry import MASTER, labelled_name
 
 logger = logging.getLogger(__name__)
 
-MASTER_PATTERN = "master_bias_{label}C.fits"
+MASTER_PATTERN = labelled_name(MASTER, "{label}")  # older callers format it
 STAGED_SUFFIX = ".staged" + TEMPORARY_SUFFIX  # step 0 removes those a killed run left
 
 
@@ -123,7 +124,7 @@ def write_master(
         _extension(combined.noise, "NOISE", "temporal noise of one frame (read noise) [adu]"),
         fits.ImageHDU(combined.n_used.astype(np.int16), name="NUSED"),
     ]
-    final = masters_dir / MASTER_PATTERN.format(label=group.label)
+    final = masters_dir / labelled_name(MASTER, group.label)
     path = write_image(staged_name(final), combined.master, header, extensions)
     logger.info(
         "master %s: %d frames at %.3f deg C, noise %.2f ADU",

@@ -37,7 +37,6 @@ from .utils_scaling import TWELVE_BIT_MAX, decide_input_bits
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "frames_manifest.csv"
 MAX_SATURATED_FRACTION = 0.10  # more saturated pixels than this and a frame is no bias frame
 MANIFEST_COLUMNS = (
     "path",
