@@ -288,7 +288,8 @@ def merge_run_args(args: argparse.Namespace) -> dict[str, str]:
     file_values: dict[str, object] = {}
     keys: dict[str, str] = {}
     if args.config is not None:
-        flags = {key: flags for key, (flags, _) in COMMAND_LINE_ONLY.items()} | {"help": ("-h", "--help")}
+        flags = {key: flags for key, (flags, _) in COMMAND_LINE_ONLY.items()}
+        flags |= {"help": ("-h", "--help"), "version": ("--version",)}
         file_values, keys = load_config_file(args.config, command_line_only=flags)
         if args.demo and "basepath" in file_values and "basepath" not in given:
             logger.info("--demo makes its own data: basepath of --config %s is not used", args.config)

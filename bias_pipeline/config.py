@@ -5,6 +5,7 @@ Adding an option is one field here (see :func:`option`) plus its row in the READ
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -317,7 +318,7 @@ _CONVERT: dict[str, Callable[[object, str], object]] = {
 }
 
 
-@dataclass(init=False)
+@dataclass(kw_only=True)
 class PipelineConfig:
     """All options of a pipeline run.
 
@@ -674,24 +675,11 @@ class PipelineConfig:
     # Not an option of its own: the command line sets it from -q (and from whether stderr is a terminal).
     show_progress: bool = True
 
-    def __init__(self, **values: object) -> None:
-        for old, new in DEPRECATED_NAMES.items():
-            if old in values:
-                warnings.warn(
-                    f"PipelineConfig({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=2
-                )
-                if new in values:
-                    raise TypeError(f"PipelineConfig got both {old} and {new}; give {new} only")
-                values[new] = values.pop(old)
-        known = {f.name: f for f in fields(self)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise TypeError(f"PipelineConfig got unexpected keyword argument {unknown[0]!r}")
-        for name, f in known.items():
-            value = values[name] if name in values else f.default
-            if name in _CONVERT:
-                value = _CONVERT[name](value, f.metadata["option"].flag)
-            setattr(self, name, value)
+    def __post_init__(self) -> None:
+        # A caller may give "K1,K2" or a list for keywords, a str for a path, 12 for "12".
+        for f in fields(self):
+            if f.name in _CONVERT:
+                setattr(self, f.name, _CONVERT[f.name](getattr(self, f.name), f.metadata["option"].flag))
         self.validate()
 
     # The names before the option schema, kept for callers (deprecated).
@@ -737,6 +725,24 @@ class PipelineConfig:
         """The options (every schema field, by name, in schema order) as JSON-friendly values:
         the ``options`` of ``run_config.json``, which ``--config`` reads back."""
         return {name: _plain(getattr(self, name)) for name in options()}
+
+
+_dataclass_init = PipelineConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_with_deprecated_names(self: PipelineConfig, **values: Any) -> None:
+    for old, new in DEPRECATED_NAMES.items():
+        if old in values:
+            warnings.warn(f"PipelineConfig({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=2)
+            if new in values:
+                raise TypeError(f"PipelineConfig got both {old} and {new}; give {new} only")
+            values[new] = values.pop(old)
+    _dataclass_init(self, **values)
+
+
+# The dataclass's own __init__ (its signature shown by help()), taking the earlier names too.
+PipelineConfig.__init__ = _init_with_deprecated_names  # type: ignore[method-assign]
 
 
 def _plain(value: object) -> object:
