@@ -34,7 +34,7 @@ def _simulate(argv: list[str], prog: str) -> int:
 
 
 def _inspect(argv: list[str], prog: str) -> int:
-    from .inspect import main
+    from .inspection import main
 
     return main(argv, prog=prog)
 

@@ -11,11 +11,8 @@ import argparse
 import logging
 import math
 import os
-import re
-import signal
 import sys
 import textwrap
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,29 +20,56 @@ import numpy as np
 from tqdm import tqdm
 
 from ._version import __version__
-from .combine import COMBINE_METHODS
-from .config import (
-    DEFAULT_BIAS_TYPES,
-    DEFAULT_EXPOSURE_KEYS,
-    DEFAULT_FRAME_TYPE_KEYS,
-    DEFAULT_SET_POINT_KEYS,
-    DEFAULT_TEMPERATURE_KEYS,
-    NO_KEYS,
-    TEMPERATURE_UNITS,
-    PipelineConfig,
+from .command import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    ConsoleHandler,
+    OneLineParser,
+    finite_float,
+    guarded,
+    setup_logging,
 )
-from .config_file import KEYWORDS, NUMBER, blame_file, format_config, merge_config_file
+from .config import (
+    CHOICE,
+    GROUP_IO,
+    GROUPS,
+    INTEGER,
+    KEYWORDS,
+    NUMBER,
+    PATH,
+    SWITCH,
+    Option,
+    PipelineConfig,
+    help_text,
+    option_defaults,
+    options,
+)
+from .config_file import blame_file, format_config, load_config_file
 from .errors import BiasPipelineError, ConfigError
-from .frames import normal_frame_type
-from .interrupts import Terminated, raise_terminated
 from .output_folder import STOPPED_DIR
 from .provenance import LOG_NAME
 
-logger = logging.getLogger("bias_pipeline.cli")
+__all__ = [
+    "COMMAND_LINE_ONLY",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+    "ConsoleHandler",
+    "OneLineParser",
+    "build_generate_parser",
+    "build_run_parser",
+    "config_from_args",
+    "finite_float",
+    "generate_main",
+    "guarded",
+    "merge_run_args",
+    "parse_run_args",
+    "run_main",
+    "setup_logging",
+]
 
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
-EXIT_INTERNAL = 70
+logger = logging.getLogger("bias_pipeline.cli")
 
 RUN_EXAMPLE = """\
 example:
@@ -69,55 +93,73 @@ example:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line naming the option, and that takes negative
-    numbers in any notation as values (``--temperature -1e-3``, ``-inf``), not as options."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._negative_number_matcher = _NEGATIVE_NUMBER
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-# Every float() spelling of a negative number (argparse alone knows -1 and -1.5, not -1e-3 or -inf).
-_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def _keys(text: str) -> tuple[str, ...]:
-    keys = tuple(k.strip().upper() for k in text.split(",") if k.strip())
-    if not keys:
-        raise argparse.ArgumentTypeError("give at least one keyword, e.g. TEMPERATURE,TEMP")
-    return keys
-
-
-def _optional_keys(text: str) -> tuple[str, ...]:
-    """Keywords, or ``none`` (or nothing) to switch the look-up off."""
-    keys = tuple(k.strip().upper() for k in text.split(",") if k.strip())
-    return () if keys in ((), (NO_KEYS.upper(),)) else keys
+#: Options that choose how one invocation behaves rather than what it computes: declared here
+#: once, not in the schema, and refused in a --config file. ``{key: (flags, argparse keywords)}``.
+COMMAND_LINE_ONLY: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
+    "config": (
+        ("--config",),
+        {
+            "type": Path,
+            "metavar": "FILE",
+            "help": "take options from a TOML file: keys are the long options without the dashes "
+            '(basepath = "raw/", temperature-limits = [-60, 80], generate-set = true); relative paths '
+            "in it are relative to the file's folder; flags on the command line win over the file. A "
+            "finished run's OUT_DIR/run_config.json is accepted too, to repeat that run. -v, -q, --demo "
+            "are command-line only",
+        },
+    ),
+    "write-config": (
+        ("--write-config",),
+        {
+            "action": "store_true",
+            "help": "print the options in effect (defaults, --config file, flags) as TOML and exit without running",
+        },
+    ),
+    "demo": (
+        ("--demo",),
+        {"action": "store_true", "help": "simulate a small PhotSat data set in OUT_DIR/demo_data and run on it"},
+    ),
+    "verbose": (("-v", "--verbose"), {"action": "store_true", "help": "show every file's decision"}),
+    "quiet": (("-q", "--quiet"), {"action": "store_true", "help": "only warnings and errors; no progress bars"}),
+}
+#: Their groups in --help (the schema's groups come between the first and the last).
+_COMMAND_LINE_GROUPS = {
+    "configuration file": ("config", "write-config"),
+    GROUP_IO: ("demo",),
+    "messages": ("verbose", "quiet"),
+}
 
 
-def _frame_types(text: str) -> tuple[str, ...]:
-    types = tuple(normal_frame_type(t) for t in text.split(",") if t.strip())
-    if not types:
-        raise argparse.ArgumentTypeError("give at least one frame type, e.g. BIAS,ZERO")
-    return types
+def _argparse_type(opt: Option) -> Callable[[str], object] | None:
+    """The argparse ``type`` of a schema option's kind."""
+    if opt.kind == NUMBER:
+        return finite_float
+    if opt.kind == INTEGER:
+        return int
+    if opt.kind == PATH:
+        return Path
+    if opt.kind == KEYWORDS:
+        parse = opt.parse
+        assert parse is not None
+
+        def keywords(text: str) -> object:
+            try:
+                return parse(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        return keywords
+    return None  # a choice (argparse checks it) or a switch
 
 
 def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
-    """The argument parser of the pipeline command."""
-    parser = _Parser(
+    """The argument parser of the pipeline command, made from the option schema.
+
+    Every schema option's default is :data:`argparse.SUPPRESS`: the parsed namespace holds
+    exactly the options given on the command line, which :func:`merge_run_args` lays over the
+    ``--config`` file and the defaults.
+    """
+    parser = OneLineParser(
         prog=prog,
         description=(
             "Model the temperature dependence of a CMOS camera's bias: scan raw FITS bias "
@@ -127,378 +169,37 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
         epilog=RUN_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    files = parser.add_argument_group("configuration file")
-    files.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="take options from a TOML file: keys are the long options without the dashes "
-        '(basepath = "raw/", temperature-limits = [-60, 80], generate-set = true); relative paths '
-        "in it are relative to the file's folder; flags on the command line win over the file. A "
-        "finished run's OUT_DIR/run_config.json is accepted too, to repeat that run. -v, -q, --demo "
-        "are command-line only",
-    )
-    files.add_argument(
-        "--write-config",
-        action="store_true",
-        help="print the options in effect (defaults, --config file, flags) as TOML and exit without running",
-    )
-
-    io_group = parser.add_argument_group("input and output")
-    io_group.add_argument(
-        "--basepath",
-        type=Path,
-        metavar="RAW_DIR",
-        help="folder of raw FITS bias frames, searched recursively",
-    )
-    io_group.add_argument(
-        "--output-dir",
-        type=Path,
-        metavar="OUT_DIR",
-        help="folder for the products (created; re-runs replace them); required, here or in --config",
-    )
-    io_group.add_argument(
-        "--hot-pixel-mask",
-        type=Path,
-        metavar="MASK.fits",
-        help="FITS mask, non-zero = hot pixel, left out of the fit (NaN in the a/b maps)",
-    )
-    io_group.add_argument(
-        "--generate-set",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="write a synthetic frame for every master temperature in bias_masks_by_temp/",
-    )
-    io_group.add_argument(
-        "--save-eval-fits",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="also write synthetic, MAE and MAPE FITS in evaluation/",
-    )
-    io_group.add_argument(
-        "--demo",
-        action="store_true",
-        help="simulate a small PhotSat data set in OUT_DIR/demo_data and run on it",
-    )
-
-    frames = parser.add_argument_group("frame selection")
-    frames.add_argument(
-        "--temperature-keys",
-        type=_keys,
-        default=DEFAULT_TEMPERATURE_KEYS,
-        metavar="KEY[,KEY...]",
-        help="header keywords for the temperature in deg C, first found wins "
-        f"(default {','.join(DEFAULT_TEMPERATURE_KEYS)})",
-    )
-    frames.add_argument(
-        "--exposure-keys",
-        type=_keys,
-        default=DEFAULT_EXPOSURE_KEYS,
-        metavar="KEY[,KEY...]",
-        help=f"header keywords for the exposure in s (default {','.join(DEFAULT_EXPOSURE_KEYS)})",
-    )
-    frames.add_argument(
-        "--temperature-unit",
-        choices=TEMPERATURE_UNITS,
-        default="C",
-        help="unit of the header temperatures: C (default) or K, converted to deg C on reading",
-    )
-    frames.add_argument(
-        "--frame-type-keys",
-        type=_optional_keys,
-        default=DEFAULT_FRAME_TYPE_KEYS,
-        metavar="KEY[,KEY...]",
-        help="header keywords for the frame type, first found wins; a frame whose type is not one of "
-        f"--bias-types is rejected, one without a type is used (default {','.join(DEFAULT_FRAME_TYPE_KEYS)}; "
-        f"{NO_KEYS}: no check)",
-    )
-    frames.add_argument(
-        "--bias-types",
-        type=_frame_types,
-        default=DEFAULT_BIAS_TYPES,
-        metavar="TYPE[,TYPE...]",
-        help="frame types that mean a bias frame, compared without case, blanks or underscores "
-        f"(default {','.join(DEFAULT_BIAS_TYPES)})",
-    )
-    frames.add_argument(
-        "--set-point-keys",
-        type=_optional_keys,
-        default=DEFAULT_SET_POINT_KEYS,
-        metavar="KEY[,KEY...]",
-        help="header keywords for the thermal set point, deg C; when every frame has one, frames are "
-        f"grouped by it (default {','.join(DEFAULT_SET_POINT_KEYS)}; {NO_KEYS}: group by the readings)",
-    )
-    frames.add_argument(
-        "--max-exposure",
-        type=_finite_float,
-        default=0.1,
-        metavar="S",
-        help="longest exposure kept as a bias frame, seconds (default 0.1)",
-    )
-    frames.add_argument(
-        "--max-zero-fraction",
-        type=_finite_float,
-        default=0.10,
-        metavar="F",
-        help="reject frames with more than this fraction of zero pixels, a readout dropout (default 0.10)",
-    )
-    frames.add_argument(
-        "--temperature-limits",
-        type=_finite_float,
-        nargs=2,
-        default=(-60.0, 80.0),
-        metavar=("LOW", "HIGH"),
-        help="reject frames whose temperature is outside LOW..HIGH deg C (default -60 80)",
-    )
-    frames.add_argument(
-        "--input-bits",
-        choices=("auto", "12", "16"),
-        default="16",
-        help="16: values are 12-bit x16 already (default); 12: raw 12-bit, multiplied by "
-        "--scale-factor; auto: decide from the data (12 when most frames have values < 4096 "
-        "that are not multiples of 16)",
-    )
-    frames.add_argument(
-        "--scale-factor",
-        type=_finite_float,
-        default=16.0,
-        metavar="F",
-        help="12-bit to 16-bit factor (default 16)",
-    )
-
-    combine = parser.add_argument_group("grouping, combining and evaluation")
-    combine.add_argument(
-        "--temp-bin-width",
-        type=_finite_float,
-        default=0.1,
-        metavar="C",
-        help="width of the temperature bins, deg C (default 0.1)",
-    )
-    combine.add_argument(
-        "--min-frames-per-group",
-        type=int,
-        default=3,
-        metavar="N",
-        help="groups with fewer frames are not combined (default 3)",
-    )
-    combine.add_argument(
-        "--combine-method",
-        choices=COMBINE_METHODS,
-        default="sigma-clip",
-        help="how a group becomes a master: sigma-clipped mean (default; the smallest error on "
-        "simulated data with cosmic rays), median or mean",
-    )
-    combine.add_argument(
-        "--clip-sigma",
-        type=_finite_float,
-        default=3.0,
-        metavar="K",
-        help="sigma-clip: drop values more than K robust standard deviations from the median (default 3)",
-    )
-    combine.add_argument(
-        "--clip-iters", type=int, default=5, metavar="N", help="sigma-clip: at most N passes (default 5)"
-    )
-    combine.add_argument(
-        "--outlier-sigma",
-        type=_finite_float,
-        default=6.0,
-        metavar="K",
-        help="a frame pixel further than K noise sigmas from its master is an outlier (default 6)",
-    )
-    combine.add_argument(
-        "--outlier-fraction",
-        type=_finite_float,
-        default=0.05,
-        metavar="F",
-        help="reject a frame with more than this fraction of outlier pixels and remake its master (default 0.05)",
-    )
-    combine.add_argument(
-        "--max-frame-offset",
-        type=_finite_float,
-        default=0.5,
-        metavar="SIGMA",
-        help="reject a frame whose mean level differs from the rest of its group by more than this many "
-        "read-noise sigmas, and significantly, and remake its master (default 0.5; see the README)",
-    )
-    combine.add_argument(
-        "--memory-limit",
-        type=_finite_float,
-        default=512.0,
-        metavar="MIB",
-        help="memory for the combine's pixel buffers, MiB (default 512)",
-    )
-    combine.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        metavar="N",
-        help="worker threads for combining (default 0: as many as CPUs, at most 8); results do not depend on it",
-    )
-    combine.add_argument(
-        "--degree",
-        type=int,
-        choices=(1, 2),
-        default=1,
-        help="1: bias = a + b*T (default); 2: adds c*T^2, and the log says in how many pixels it is warranted",
-    )
-    combine.add_argument(
-        "--fit-on",
-        choices=("masters", "frames"),
-        default="masters",
-        help="fit the masters (default) or every frame at its own temperature in one streaming pass",
-    )
-    combine.add_argument(
-        "--nonlinear-pvalue",
-        type=_finite_float,
-        default=1e-4,
-        metavar="P",
-        help="flag a pixel NONLINEAR when its fit chi-square is this improbable (default 1e-4)",
-    )
-    combine.add_argument(
-        "--temperature-tolerance",
-        type=_finite_float,
-        default=0.5,
-        metavar="C",
-        help="flag frames whose header temperature differs from the one their bias shows by more "
-        "than C deg C (default 0.5)",
-    )
-    combine.add_argument(
-        "--evaluation",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run step 5, the evaluation and plots; --no-evaluation skips it",
-    )
-
-    general = parser.add_argument_group("messages")
-    general.add_argument("-v", "--verbose", action="store_true", help="show every file's decision")
-    general.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
-    general.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
+    titles = ["configuration file", *GROUPS, "messages"]
+    groups = {title: parser.add_argument_group(title) for title in titles}
+    for name, opt in options().items():
+        kwargs: dict[str, object] = {"default": argparse.SUPPRESS, "dest": name, "help": help_text(name)}
+        if opt.kind == SWITCH:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=_argparse_type(opt), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
+            if opt.kind == CHOICE or (opt.choices is not None and opt.metavar is None):
+                del kwargs["metavar"]
+        groups[opt.group].add_argument(opt.flag, **kwargs)  # type: ignore[arg-type]
+    for title, keys in _COMMAND_LINE_GROUPS.items():
+        for key in keys:
+            flags, kwargs = COMMAND_LINE_ONLY[key]
+            groups[title].add_argument(*flags, **kwargs)  # type: ignore[arg-type]
+    groups["messages"].add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """The :class:`PipelineConfig` for parsed command-line arguments."""
-    return PipelineConfig(
-        temperature_keys=args.temperature_keys,
-        exposure_keys=args.exposure_keys,
-        temperature_unit=args.temperature_unit,
-        frame_type_keys=args.frame_type_keys,
-        bias_types=args.bias_types,
-        set_point_keys=args.set_point_keys,
-        max_exposure=args.max_exposure,
-        temp_bin_width=args.temp_bin_width,
-        min_frames_per_group=args.min_frames_per_group,
-        combine_method=args.combine_method,
-        clip_sigma=args.clip_sigma,
-        clip_iters=args.clip_iters,
-        outlier_sigma=args.outlier_sigma,
-        outlier_fraction=args.outlier_fraction,
-        max_frame_offset=args.max_frame_offset,
-        input_bits=args.input_bits,
-        scale_factor=args.scale_factor,
-        max_zero_fraction=args.max_zero_fraction,
-        temperature_limits=tuple(args.temperature_limits),
-        memory_limit_mb=args.memory_limit,
-        threads=args.threads,
-        degree=args.degree,
-        fit_on=args.fit_on,
-        nonlinear_pvalue=args.nonlinear_pvalue,
-        temperature_tolerance=args.temperature_tolerance,
-        evaluate=args.evaluation,
-        show_progress=not args.quiet,
-    )
+    """The :class:`PipelineConfig` for merged command-line arguments (:func:`parse_run_args`)."""
+    return PipelineConfig(**{name: getattr(args, name) for name in options()}, show_progress=not args.quiet)
 
 
-class _ConsoleHandler(logging.StreamHandler):
-    """stderr, written through tqdm so that a message does not tear a progress bar apart."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=self.stream)
-        except Exception:
-            self.handleError(record)
-
-
-def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
-    """Send the package's log records to stderr at the level the flags ask for (a run also
-    writes every record, debug included, to ``OUT_DIR/pipeline.log``), and let stdout show a
-    file name that is not UTF-8 with escapes instead of failing on it."""
-    reconfigure = getattr(sys.stdout, "reconfigure", None)
-    if reconfigure is not None:
-        reconfigure(errors="backslashreplace")
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = _ConsoleHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    root = logging.getLogger("bias_pipeline")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    logging.captureWarnings(True)
-    warnings_logger = logging.getLogger("py.warnings")
-    warnings_logger.handlers[:] = [handler]
-    warnings_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
-    warnings_logger.propagate = False
-
-
-def _guarded(prog: str, body: Callable[[], int], interrupted: Callable[[KeyboardInterrupt], str] | None = None) -> int:
-    """Run a command's ``body``: errors the user can cause become one line and their exit code,
-    Ctrl-C and SIGTERM one line saying what was left (``interrupted(exc)``, or that nothing was
-    half-written), a bug one line asking for a report."""
-    previous = previous_int = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
-        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored (nohup, `&`): left so
-            previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
-    try:
-        return body()
-    except BiasPipelineError as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
-        return exc.exit_code
-    except KeyboardInterrupt as exc:
-        return _stopped(prog, exc, interrupted)
-    except Exception as exc:  # a bug: one line, the traceback only with -v
-        interrupt = _interrupt_inside(exc)
-        if interrupt is not None:  # Ctrl-C or SIGTERM that Python wrapped (in an import's __set_name__)
-            return _stopped(prog, interrupt, interrupted)
-        logger.debug("internal error", exc_info=True)
-        sys.stderr.write(
-            f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with -v for details and report it)\n"
-        )
-        return EXIT_INTERNAL
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if previous_int is not None:
-            signal.signal(signal.SIGINT, previous_int)
-
-
-def _stopped(prog: str, exc: KeyboardInterrupt, interrupted: Callable[[KeyboardInterrupt], str] | None) -> int:
-    """The one line of a command stopped by Ctrl-C or SIGTERM, and its exit code."""
-    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-    left = interrupted(exc) if interrupted is not None else "no file was left half-written"
-    sys.stderr.write(f"{prog}: {what}; {left}\n")
-    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
-
-
-def _interrupt_inside(exc: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM an exception was raised from (its cause or context), if any."""
-    seen = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _run_demo(out_dir: Path, config: PipelineConfig, hot_pixel_mask: Path | None, save_eval_fits: bool) -> int:
+def _run_demo(config: PipelineConfig) -> int:
+    """``--demo``: simulate a data set in ``OUT_DIR/demo_data``, run on it, compare with its truth."""
     from .main_pipeline import run_bias_pipeline
     from .simulate import SimulationSpec, simulate_dataset
 
+    assert config.output_dir is not None
+    out_dir = config.output_dir
     demo_dir = out_dir / "demo_data"
     spec = SimulationSpec(
         shape=(256, 320),
@@ -514,9 +215,9 @@ def _run_demo(out_dir: Path, config: PipelineConfig, hot_pixel_mask: Path | None
     )
     truth = simulate_dataset(demo_dir, spec, faults=True)
     assert truth.raw_dir is not None and truth.truth_dir is not None
-    mask = hot_pixel_mask or truth.truth_dir / "hot_pixel_mask.fits"
+    mask = config.hot_pixel_mask or truth.truth_dir / "hot_pixel_mask.fits"
     result = run_bias_pipeline(
-        truth.raw_dir, out_dir, mask, generate_set=True, eval_save_fits=save_eval_fits, config=config
+        truth.raw_dir, out_dir, mask, generate_set=True, eval_save_fits=config.save_eval_fits, config=config
     )
     _print_summary(result)
     good = ~result.model.flagged  # masked and flagged pixels are not part of the model's promise
@@ -564,10 +265,43 @@ def _print_summary(result: object) -> None:
     print("\n".join(lines))
 
 
-#: Options that choose how one invocation behaves rather than what it computes: not in a --config file.
-COMMAND_LINE_ONLY = ("help", "version", "config", "write_config", "verbose", "quiet", "demo")
-#: Kinds of value a --config file gives for the run command's own argparse types.
-_FILE_KINDS = {_finite_float: NUMBER, _keys: KEYWORDS, _optional_keys: KEYWORDS, _frame_types: KEYWORDS}
+def merge_run_args(args: argparse.Namespace) -> dict[str, str]:
+    """Lay the given flags over the ``--config`` file's values over the defaults, in ``args``.
+
+    Parameters
+    ----------
+    args
+        :func:`build_run_parser`'s parse of the command line (holding only the options given);
+        every option of the schema is set in it on return.
+
+    Returns
+    -------
+    dict
+        ``{field name: key as written in the file}`` of the values the file supplied.
+
+    Raises
+    ------
+    ConfigError
+        For a bad ``--config`` file (naming it and the key) and a missing ``--output-dir``.
+    """
+    given = {name: getattr(args, name) for name in options() if hasattr(args, name)}
+    file_values: dict[str, object] = {}
+    keys: dict[str, str] = {}
+    if args.config is not None:
+        flags = {key: flags for key, (flags, _) in COMMAND_LINE_ONLY.items()}
+        flags |= {"help": ("-h", "--help"), "version": ("--version",)}
+        file_values, keys = load_config_file(args.config, command_line_only=flags)
+        if args.demo and "basepath" in file_values and "basepath" not in given:
+            logger.info("--demo makes its own data: basepath of --config %s is not used", args.config)
+            del file_values["basepath"], keys["basepath"]
+    merged = {**option_defaults(), **file_values, **given}
+    for name, value in merged.items():
+        setattr(args, name, value)
+    if args.output_dir is None and not args.write_config:
+        raise ConfigError(
+            "--output-dir OUT_DIR is required: give it on the command line or as output-dir in a --config file"
+        )
+    return {name: key for name, key in keys.items() if name not in given}
 
 
 def parse_run_args(
@@ -576,21 +310,22 @@ def parse_run_args(
     """The run command's arguments: the command line merged with its ``--config`` file.
 
     Flags on the command line win over the file, the file wins over the defaults (see
-    :mod:`bias_pipeline.config_file`).
+    :mod:`bias_pipeline.config_file`). The command line is parsed once.
 
     Parameters
     ----------
     parser
-        :func:`build_run_parser`'s parser (its defaults are changed to the file's values).
+        :func:`build_run_parser`'s parser.
     argv
         The arguments (default ``sys.argv[1:]``).
 
     Returns
     -------
     args : argparse.Namespace
-        The merged arguments; :func:`config_from_args` makes the :class:`PipelineConfig`.
+        Every option by its field name, and the command-line-only ones;
+        :func:`config_from_args` makes the :class:`PipelineConfig`.
     from_file : dict
-        ``{dest: key as written in the file}`` of the values the file supplied.
+        ``{field name: key as written in the file}`` of the values the file supplied.
 
     Raises
     ------
@@ -598,19 +333,7 @@ def parse_run_args(
         For a bad ``--config`` file (naming it and the key) and a missing ``--output-dir``.
     """
     args = parser.parse_args(argv)
-    from_file: dict[str, str] = {}
-    if args.config is not None:
-        args, from_file = merge_config_file(
-            parser, argv, args.config, kinds=_FILE_KINDS, command_line_only=COMMAND_LINE_ONLY
-        )
-        if args.demo and from_file.pop("basepath", None):
-            logger.info("--demo makes its own data: basepath of --config %s is not used", args.config)
-            args.basepath = None
-    if args.output_dir is None and not args.write_config:
-        raise ConfigError(
-            "--output-dir OUT_DIR is required: give it on the command line or as output-dir in a --config file"
-        )
-    return args, from_file
+    return args, merge_run_args(args)
 
 
 def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -621,14 +344,15 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     # tqdm's monitor thread only retunes refresh rates; without it the process stays
     # single-threaded between steps, so the plots can be drawn in forked processes.
     tqdm.monitor_interval = 0
+    from_file: dict[str, str] = {}
 
     def body() -> int:
-        nonlocal args
-        args, from_file = parse_run_args(parser, argv)
+        nonlocal from_file
+        from_file = merge_run_args(args)
         try:
             return run()
         except BiasPipelineError as exc:
-            blame_file(exc, parser, from_file, args.config)
+            blame_file(exc, from_file, args.config)
             raise
 
     def run() -> int:
@@ -642,20 +366,20 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 f"bias_pipeline {__version__}: options of {parser.prog}, for {parser.prog} --config FILE.",
                 "Flags on the command line win over these values; relative paths are relative to this file's folder.",
             )
-            sys.stdout.write(format_config(parser, args, exclude=COMMAND_LINE_ONLY, header=header))
+            sys.stdout.write(format_config(config, header=header))
             return 0
         if args.demo:
-            if args.basepath is not None:
+            if config.basepath is not None:
                 raise ConfigError("--demo makes its own data; leave out --basepath")
-            return _run_demo(args.output_dir, config, args.hot_pixel_mask, args.save_eval_fits)
-        if args.basepath is None:
+            return _run_demo(config)
+        if config.basepath is None:
             raise ConfigError("--basepath RAW_DIR is required (or --demo to try simulated data)")
         result = run_bias_pipeline(
-            args.basepath,
-            args.output_dir,
-            args.hot_pixel_mask,
-            generate_set=args.generate_set,
-            eval_save_fits=args.save_eval_fits,
+            config.basepath,
+            config.output_dir,  # type: ignore[arg-type]  # checked by merge_run_args
+            config.hot_pixel_mask,
+            generate_set=config.generate_set,
+            eval_save_fits=config.save_eval_fits,
             config=config,
             command_line=[prog or Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
         )
@@ -673,12 +397,16 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             f"(this run's log: {Path(out) / STOPPED_DIR / LOG_NAME}); run it again to complete"
         )
 
-    return _guarded(parser.prog, body, interrupted)
+    return guarded(parser.prog, body, interrupted)
+
+
+# The name before it was public (tests/test_interruption.py imports it).
+_guarded = guarded
 
 
 def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentParser:
     """The argument parser of the one-frame generator."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog=prog,
         description="Write one synthetic bias frame, the model at a temperature, float32 in 16-bit ADU.",
         epilog=GENERATE_EXAMPLE,
@@ -696,7 +424,7 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
         "--b-map", type=Path, metavar="B.fits", help="slope map (default: bias_b_map.fits beside --a-map)"
     )
     parser.add_argument(
-        "--temperature", type=_finite_float, required=True, metavar="T", help="sensor temperature in deg C"
+        "--temperature", type=finite_float, required=True, metavar="T", help="sensor temperature in deg C"
     )
     parser.add_argument(
         "--output",
@@ -780,20 +508,19 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
         )
         return 0
 
-    return _guarded(parser.prog, body, lambda exc: "no file was written (a frame is written whole or not at all)")
+    return guarded(parser.prog, body, lambda exc: "no file was written (a frame is written whole or not at all)")
 
 
 def _check_is_model(path: Path) -> None:
     """Refuse a ``--model`` file that is no model of this package (a raw frame, a master) before
     it is read as an a-map looking for its b-map."""
-    from astropy.io import fits
-
     from .errors import InputDataError
+    from .model import read_model_header
 
     if not path.is_file():
         return  # a folder, or missing: BiasModel.load says which
     try:
-        kind = fits.getheader(path).get("PRODTYPE")
+        kind = read_model_header(path)[0].get("PRODTYPE")
     except Exception:
         kind = None
     if kind not in ("BIAS_MODEL", "BIAS_A"):

@@ -3,7 +3,8 @@
 ``run_pipeline.py --config FILE`` takes options from a TOML file, or from the ``run_config.json``
 a finished run wrote (its recorded ``options``), so that a run can be repeated.
 ``--write-config`` prints the effective options as TOML that ``--config`` reads back to the same
-configuration.
+configuration. Everything here is made from the option schema of
+:class:`~bias_pipeline.config.PipelineConfig`; nothing reads argparse.
 
 The rules:
 
@@ -16,8 +17,8 @@ The rules:
 - Precedence: a flag on the command line wins over the file, the file wins over the defaults.
 - Options that choose how one invocation behaves rather than what is computed (``-v``, ``-q``,
   ``--demo``, ``--config``, ``--write-config``) are command-line only.
-- Every value passes the checks of the command line: the option's argparse ``type`` and
-  ``choices`` here, :class:`~bias_pipeline.config.PipelineConfig` afterwards. A bad file, an
+- Every value passes the checks of the command line: its kind and choices in the option schema
+  (:mod:`bias_pipeline.config`) here, :class:`~bias_pipeline.config.PipelineConfig` afterwards. A bad file, an
   unknown key or a wrong type is a :class:`~bias_pipeline.errors.ConfigError` naming the file
   and the key.
 
@@ -27,7 +28,6 @@ The reader is :mod:`tomllib` (Python 3.11+) or its backport ``tomli``; the write
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import logging
@@ -36,38 +36,37 @@ import numbers
 import os
 import re
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from .config import (
+    CHOICE,
+    DEPRECATED_NAMES,
+    GROUPS,
+    INTEGER,
+    KEYWORDS,
+    NUMBER,
+    PATH,
+    RECORDED_NOT_OPTIONS,
+    SWITCH,
+    Option,
+    PipelineConfig,
+    option_defaults,
+    options,
+)
 from .errors import BiasPipelineError, ConfigError, one_line
 
 logger = logging.getLogger(__name__)
 
-BOOLEAN = "boolean"
-INTEGER = "integer"
-NUMBER = "number"
-STRING = "string"
-PATH = "path"
-KEYWORDS = "keywords"
-
-#: The kind of value a file gives for an option, by the option's argparse ``type``; a command
-#: adds its own type functions (see :func:`merge_config_file`). Unknown types read a string.
-BASE_KINDS: dict[object, str] = {None: STRING, str: STRING, int: INTEGER, float: NUMBER, Path: PATH}
-
 _EXPECTED = {
-    BOOLEAN: ("true or false", "true or false"),
+    SWITCH: ("true or false", "true or false"),
     INTEGER: ("a whole number", "whole numbers"),
     NUMBER: ("a number", "numbers"),
-    STRING: ("a string", "strings"),
+    CHOICE: ("a string", "strings"),
     PATH: ("a path (a string)", "paths"),
     KEYWORDS: ("a list of header keywords", "keyword lists"),
 }
-
-#: Names in ``run_config.json``'s ``options`` that differ from the option names ...
-RUN_CONFIG_RENAMED: dict[str, str] = {"memory_limit_mb": "memory-limit", "evaluate": "evaluation"}
-#: ... and recorded values that are not options of a file (set by ``-q``).
-RUN_CONFIG_SKIPPED: frozenset[str] = frozenset({"show_progress"})
 
 _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
@@ -76,7 +75,7 @@ def read_config_file(path: str | Path) -> dict[str, object]:
     """The key/value pairs of a TOML configuration file or of a run's ``run_config.json``.
 
     A file whose name ends in ``.json`` is read as the ``run_config.json`` of a finished run:
-    its ``options`` are taken (renamed to option names where they differ, unset values left
+    its ``options`` are taken (the names of an earlier version under their present ones, unset values left
     out). Any other file is TOML.
 
     Parameters
@@ -140,53 +139,49 @@ def _run_config_options(text: str, where: str) -> dict[str, object]:
         raise ConfigError(
             f"{where}: not valid JSON: {one_line(exc)}; give a run's run_config.json as written"
         ) from None
-    options = document.get("options") if isinstance(document, dict) else None
-    if not isinstance(options, dict):
+    options_ = document.get("options") if isinstance(document, dict) else None
+    if not isinstance(options_, dict):
         raise ConfigError(
             f'{where}: is not a run_config.json (no "options" object); give the run_config.json of a finished run '
             "or a TOML file (a name not ending in .json)"
         )
+    # A record of an earlier version may hold the earlier names of two options and show_progress.
     return {
-        RUN_CONFIG_RENAMED.get(key, key): value
-        for key, value in options.items()
-        if key not in RUN_CONFIG_SKIPPED and value is not None
+        DEPRECATED_NAMES.get(key, key): value
+        for key, value in options_.items()
+        if key not in RECORDED_NOT_OPTIONS and value is not None
     }
 
 
-def merge_config_file(
-    parser: argparse.ArgumentParser,
-    argv: Sequence[str] | None,
-    path: str | Path,
-    *,
-    kinds: Mapping[object, str] | None = None,
-    command_line_only: Collection[str] = (),
-) -> tuple[argparse.Namespace, dict[str, str]]:
-    """Parse ``argv`` with the options of a configuration file as defaults.
+def _by_key() -> dict[str, tuple[str, bool]]:
+    """``{key: (field name, negated)}``: every key a file may use for an option (``no-KEY`` for a switch)."""
+    keys: dict[str, tuple[str, bool]] = {}
+    for name, opt in options().items():
+        keys[opt.key] = (name, False)
+        if opt.kind == SWITCH:
+            keys["no-" + opt.key] = (name, True)
+    return keys
 
-    The file's values are checked one by one with their option's argparse ``type`` and
-    ``choices``, become the parser's defaults (``parser`` is changed), and ``argv`` is parsed
-    again: a flag on the command line wins over the file, the file over the built-in defaults.
+
+def load_config_file(
+    path: str | Path, *, command_line_only: Mapping[str, Sequence[str]] = {}
+) -> tuple[dict[str, object], dict[str, str]]:
+    """The options a configuration file sets, checked by their schema entries.
 
     Parameters
     ----------
-    parser
-        The command's parser.
-    argv
-        The command line (``None``: ``sys.argv[1:]``).
     path
-        The configuration file (see :func:`read_config_file`).
-    kinds
-        Kinds of value (``NUMBER``, ``KEYWORDS``, ...) of the command's own argparse type
-        functions, added to :data:`BASE_KINDS`.
+        A TOML file or a run's ``run_config.json`` (see :func:`read_config_file`).
     command_line_only
-        Destinations of options a file may not set (``verbose``, ``config``, ...).
+        ``{key: flags}`` of options a file may not set (``{"quiet": ("-q", "--quiet")}``).
 
     Returns
     -------
-    args : argparse.Namespace
-        The merged arguments.
-    from_file : dict
-        ``{dest: key as written}`` of the options whose value came from the file.
+    values : dict
+        ``{field name: value}`` as the command line would give it (relative paths joined to the
+        file's folder).
+    keys : dict
+        ``{field name: key as written in the file}``.
 
     Raises
     ------
@@ -195,147 +190,93 @@ def merge_config_file(
         value the option does not accept, a command-line-only option, one option set twice.
     """
     path = Path(path)
-    values = read_config_file(path)
-    defaults, keys = file_defaults(
-        parser,
-        values,
-        where=f"--config {path}",
-        base=Path(os.path.abspath(path)).parent,
-        kinds={**BASE_KINDS, **(kinds or {})},
-        command_line_only=command_line_only,
-    )
-    given = given_on_command_line(parser, argv)
-    parser.set_defaults(**defaults)
-    args = parser.parse_args(argv)
-    from_file = {dest: keys[dest] for dest in defaults if dest not in given}
-    logger.debug("--config %s: %s", path, ", ".join(from_file.values()) or "every value overridden")
-    return args, from_file
-
-
-def file_defaults(
-    parser: argparse.ArgumentParser,
-    values: Mapping[str, object],
-    *,
-    where: str,
-    base: Path,
-    kinds: Mapping[object, str],
-    command_line_only: Collection[str] = (),
-) -> tuple[dict[str, object], dict[str, str]]:
-    """Check a file's values against the parser's options.
-
-    Returns ``({dest: value as the command line would give it}, {dest: key as written})``;
-    relative paths are joined to ``base``. Raises :class:`ConfigError` naming ``where`` and the
-    key.
-    """
-    by_name = _options_by_name(parser)
-    defaults: dict[str, object] = {}
+    where = f"--config {path}"
+    base = Path(os.path.abspath(path)).parent
+    schema, by_key = options(), _by_key()
+    values: dict[str, object] = {}
     keys: dict[str, str] = {}
-    for key, value in values.items():
+    for key, value in read_config_file(path).items():
         name = str(key).strip().replace("_", "-")
-        action = by_name.get(name)
-        if action is None:
-            close = difflib.get_close_matches(name, [n for n, a in by_name.items() if a.dest not in command_line_only])
+        if name in command_line_only:
+            flags = ", ".join(command_line_only[name])
+            raise ConfigError(f"{where}: key {key!r} is a command-line option only; give {flags} on the command line")
+        if name not in by_key:
+            close = difflib.get_close_matches(name, list(by_key))
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(
-                f"{where}: unknown key {key!r}{hint}; keys are the long options of {parser.prog} without the "
+                f"{where}: unknown key {key!r}{hint}; keys are the long options of the run command without the "
                 "leading dashes, see --help"
             )
-        if action.dest in command_line_only:
-            flags = ", ".join(action.option_strings)
-            raise ConfigError(f"{where}: key {key!r} is a command-line option only; give {flags} on the command line")
-        if action.dest in keys:
-            raise ConfigError(f"{where}: keys {keys[action.dest]!r} and {key!r} set the same option; keep one")
-        defaults[action.dest] = _file_value(action, name, str(key), value, where, base, kinds)
-        keys[action.dest] = str(key)
-    return defaults, keys
+        field_name, negated = by_key[name]
+        if field_name in keys:
+            raise ConfigError(f"{where}: keys {keys[field_name]!r} and {key!r} set the same option; keep one")
+        values[field_name] = _file_value(schema[field_name], field_name, str(key), value, negated, where, base)
+        keys[field_name] = str(key)
+    logger.debug("--config %s: %s", path, ", ".join(keys.values()) or "no options")
+    return values, keys
 
 
-def given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
-    """Destinations of the options present in ``argv``."""
-    unset = object()
-    # argparse fills in a default only where the namespace has no value yet, so whatever is
-    # not ``unset`` after parsing came from the command line.
-    blank = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
-    parsed = parser.parse_args(argv, blank)
-    return {dest for dest, value in vars(parsed).items() if value is not unset}
-
-
-def blame_file(
-    exc: BiasPipelineError, parser: argparse.ArgumentParser, from_file: Mapping[str, str], path: str | Path
-) -> None:
+def blame_file(exc: BiasPipelineError, from_file: Mapping[str, str], path: str | Path) -> None:
     """Add "(set by KEY in --config FILE)" to an error that starts with an option the file set."""
     match = re.match(r"--[\w-]+", str(exc))
-    action = parser._option_string_actions.get(match.group()) if match else None
-    if action is not None and action.dest in from_file:
-        exc.args = (f"{exc} (set by {from_file[action.dest]} in --config {path})",)
+    by_flag = {opt.flag: name for name, opt in options().items()}
+    name = by_flag.get(match.group()) if match else None
+    if name is not None and name in from_file:
+        exc.args = (f"{exc} (set by {from_file[name]} in --config {path})",)
 
 
-def _options_by_name(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {
-        option[2:]: action
-        for action in parser._actions
-        for option in action.option_strings
-        if option.startswith("--") and action.dest != argparse.SUPPRESS
-    }
-
-
-def _file_value(
-    action: argparse.Action,
-    name: str,
-    key: str,
-    value: object,
-    where: str,
-    base: Path,
-    kinds: Mapping[object, str],
-) -> object:
-    if action.nargs == 0:  # a switch
+def _file_value(opt: Option, name: str, key: str, value: object, negated: bool, where: str, base: Path) -> object:
+    default = option_defaults()[name]
+    if opt.kind == SWITCH:
         if not isinstance(value, bool):
-            raise _wrong_type(where, key, value, BOOLEAN, None, action)
-        if isinstance(action, argparse.BooleanOptionalAction):
-            return value != name.startswith("no-")
-        return action.const if value else action.default
-    kind = kinds.get(action.type, STRING)
-    if isinstance(action.nargs, int):
-        if not isinstance(value, list) or len(value) != action.nargs:
-            raise _wrong_type(where, key, value, kind, action.nargs, action)
-        return [_file_item(action, key, item, where, base, kind) for item in value]
-    return _file_item(action, key, value, where, base, kind)
+            raise _wrong_type(where, key, value, opt, default)
+        return value != negated
+    if opt.nargs is not None:
+        if not isinstance(value, list) or len(value) != opt.nargs:
+            raise _wrong_type(where, key, value, opt, default)
+        return [_file_item(opt, key, item, where, base, default) for item in value]
+    return _file_item(opt, key, value, where, base, default)
 
 
-def _file_item(action: argparse.Action, key: str, value: object, where: str, base: Path, kind: str) -> object:
+def _file_item(opt: Option, key: str, value: object, where: str, base: Path, default: object) -> object:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    kind = opt.kind
     if kind == PATH:
         if not isinstance(value, str) or not value:
-            raise _wrong_type(where, key, value, kind, action.nargs, action)
+            raise _wrong_type(where, key, value, opt, default)
         path = Path(value).expanduser()
         return path if path.is_absolute() else Path(os.path.normpath(base / path))
-    if kind == KEYWORDS and isinstance(value, list) and all(isinstance(item, str) for item in value):
-        text = ",".join(value)
-    elif kind in (NUMBER, INTEGER) and number and (kind == NUMBER or isinstance(value, int)):
-        text = repr(value)  # repr of a float gives it back exactly
-    elif kind in (STRING, KEYWORDS) and isinstance(value, str):
-        text = value
-    elif kind == STRING and number and action.choices is not None:
-        text = str(value)  # input-bits = 12 for "12"; the choices are checked below
+    if kind == KEYWORDS and isinstance(value, (str, list)) and all(isinstance(item, str) for item in value):
+        assert opt.parse is not None
+        try:
+            return opt.parse(value if isinstance(value, str) else ",".join(value))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: key {key!r}: {exc}; correct the value") from None
+    if kind == NUMBER and number:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise ConfigError(f"{where}: key {key!r}: {value!r} is not a finite number; correct the value")
+        converted: object = float(value)  # type: ignore[arg-type]
+    elif kind == INTEGER and number and isinstance(value, int):
+        converted = value
+    elif kind == CHOICE and isinstance(value, str):
+        converted = value
+    elif kind == CHOICE and number and opt.choices is not None:
+        converted = str(value)  # input-bits = 12 for "12"; the choices are checked below
     else:
-        raise _wrong_type(where, key, value, kind, action.nargs, action)
-    try:
-        converted = text if action.type is None else action.type(text)  # type: ignore[operator]
-    except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: key {key!r}: {exc}; correct the value") from None
-    if action.choices is not None and converted not in action.choices:
-        choices = ", ".join(toml_value(c) for c in action.choices)
+        raise _wrong_type(where, key, value, opt, default)
+    if opt.choices is not None and converted not in opt.choices:
+        choices = ", ".join(toml_value(c) for c in opt.choices)
         raise ConfigError(f"{where}: key {key!r} = {_shown(value)} is not one of {choices}")
     return converted
 
 
-def _wrong_type(where: str, key: str, value: object, kind: str, nargs: object, action: argparse.Action) -> ConfigError:
-    single, plural = _EXPECTED[kind]
-    expected = f"a list of {nargs} {plural}" if isinstance(nargs, int) and nargs else single
-    example = f", e.g. {key} = true" if kind == BOOLEAN else ""
-    if action.default is not None and action.nargs != 0:
+def _wrong_type(where: str, key: str, value: object, opt: Option, default: object) -> ConfigError:
+    single, plural = _EXPECTED[opt.kind]
+    expected = f"a list of {opt.nargs} {plural}" if opt.nargs else single
+    example = f", e.g. {key} = true" if opt.kind == SWITCH else ""
+    if default is not None and opt.kind != SWITCH:
         try:
-            example = f", e.g. {key} = {toml_value(action.default)}"
+            example = f", e.g. {key} = {toml_value(default)}"
         except ValueError:
             pass
     return ConfigError(f"{where}: key {key!r} must be {expected}{example}; got {_shown(value)}")
@@ -401,29 +342,24 @@ def _toml_string(text: str | bytes) -> str:
     return '"' + "".join(out) + '"'
 
 
-def format_config(
-    parser: argparse.ArgumentParser,
-    args: argparse.Namespace,
-    *,
-    exclude: Collection[str] = (),
-    header: Sequence[str] = (),
-) -> str:
-    """The options in ``args`` as a TOML configuration file that :func:`merge_config_file` reads
-    back to the same values.
+def format_config(config: PipelineConfig, *, header: Sequence[str] = ()) -> str:
+    """The options of ``config`` as a TOML configuration file that :func:`load_config_file`
+    reads back to the same configuration.
 
     Options come in the order of ``--help``, under their group's title; paths are made absolute
     (so the text may be saved anywhere); an unset option is a comment to fill in.
 
     Parameters
     ----------
-    parser
-        The command's parser.
-    args
-        The parsed (merged) arguments.
-    exclude
-        Destinations to leave out (command-line-only options).
+    config
+        The options in effect.
     header
         Comment lines for the top of the file.
+
+    Returns
+    -------
+    str
+        The TOML text, ending in a newline.
 
     Raises
     ------
@@ -431,23 +367,23 @@ def format_config(
         When a value has no TOML form (a path that is not valid UTF-8).
     """
     lines = [f"# {line}" if line else "#" for line in header]
-    for group in parser._action_groups:
+    schema = options()
+    for group in GROUPS:
         entries = []
-        for action in group._group_actions:
-            names = [o[2:] for o in action.option_strings if o.startswith("--")]
-            if not names or action.dest in exclude or action.dest == argparse.SUPPRESS:
+        for name, opt in schema.items():
+            if opt.group != group:
                 continue
-            value = getattr(args, action.dest, None)
+            value = getattr(config, name)
             if value is None:
-                placeholder = action.metavar if isinstance(action.metavar, str) else names[0].upper()
-                entries.append(f"# {names[0]} = {_toml_string(placeholder)}  # not set")
+                placeholder = opt.metavar if isinstance(opt.metavar, str) else opt.key.upper()
+                entries.append(f"# {opt.key} = {_toml_string(placeholder)}  # not set")
                 continue
             if isinstance(value, Path):
                 value = os.path.abspath(value.expanduser())
             try:
-                entries.append(f"{names[0]} = {toml_value(value)}")
+                entries.append(f"{opt.key} = {toml_value(value)}")
             except ValueError as exc:
-                raise ConfigError(f"--write-config: --{names[0]}: {exc}; cannot be written as TOML") from None
+                raise ConfigError(f"--write-config: {opt.flag}: {exc}; cannot be written as TOML") from None
         if entries:
-            lines += ["", f"# {group.title}", *entries]
+            lines += ["", f"# {group}", *entries]
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -3,7 +3,7 @@
 first instant.
 
 Importing numpy, astropy and matplotlib takes most of a second; a Ctrl-C then would print
-Python's traceback. Until a command's own handling takes over (:func:`bias_pipeline.cli._guarded`),
+Python's traceback. Until a command's own handling takes over (:func:`bias_pipeline.command.guarded`),
 a signal ends the process with one line, since nothing has been written yet.
 """
 

@@ -165,8 +165,20 @@ def run_bias_pipeline(
     True
     """
     config = config or PipelineConfig()
+    # The legacy positional arguments win over the same options inside config (a mask of None
+    # leaves config's); the run record then shows the paths resolved.
+    if hot_pixel_mask_path is None:
+        hot_pixel_mask_path = config.hot_pixel_mask
     raw = resolve_path(observations_dir)
     out = resolve_path(output_dir)
+    config = dataclasses.replace(
+        config,
+        basepath=raw,
+        output_dir=out,
+        hot_pixel_mask=None if hot_pixel_mask_path is None else resolve_path(hot_pixel_mask_path),
+        generate_set=generate_set,
+        save_eval_fits=eval_save_fits,
+    )
     if out == raw:
         raise InputDataError(f"--output-dir {out} is the raw folder itself; give a separate folder for the products")
     if hot_pixel_mask_path is not None and not Path(hot_pixel_mask_path).is_file():
@@ -252,14 +264,7 @@ def _run_logged(context: RunContext) -> PipelineResult:
     with run_cards(provenance_cards(*input_digest(records, raw), started)):
         staged = _run_steps(context, records)
     result = _as_published(staged, run)
-    options = {
-        **config.as_dict(),
-        "basepath": str(raw),
-        "output_dir": str(run.final),
-        "hot_pixel_mask": None if hot_pixel_mask_path is None else str(resolve_path(hot_pixel_mask_path)),
-        "generate_set": generate_set,
-        "save_eval_fits": eval_save_fits,
-    }
+    options = {**config.options_record(), "output_dir": str(run.final)}
     facts = {
         "input_bits": input_bits,
         "frames_used": result.count(STATUS_USED),

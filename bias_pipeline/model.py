@@ -18,6 +18,7 @@ frame says "no model here" rather than inventing a value.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -579,6 +580,35 @@ def _is_model_file(path: Path) -> bool:
         return fits.getheader(path).get("PRODTYPE") == "BIAS_MODEL"
     except Exception:  # not readable as FITS: read_image says so with the path
         return False
+
+
+def read_model_header(path: str | Path) -> tuple[fits.Header, list[str]]:
+    """The primary header of a model file (or any product) and the names of its extensions,
+    without reading any data: what ``inspect`` and ``generate --model`` check before loading.
+
+    Astropy's warnings about a damaged file are dropped: the caller says what is missing.
+
+    Parameters
+    ----------
+    path
+        The FITS file.
+
+    Returns
+    -------
+    header : astropy.io.fits.Header
+        A copy of the primary header.
+    extensions : list of str
+        The names of the extensions after the primary one, in order.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be opened; other exceptions of astropy when it is no FITS file.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            return hdul[0].header.copy(), [hdu.name for hdu in hdul[1:]]
 
 
 def load_read_noise(path: str | Path, shape: tuple[int, int]) -> np.ndarray:

@@ -17,8 +17,7 @@ import logging
 import platform
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -103,13 +102,15 @@ def run_config_document(
     started: str,
     command_line: Sequence[str] | None = None,
     extra: Mapping[str, object] | None = None,
-) -> Path:
-    """What ``OUT_DIR/run_config.json`` records of a run (see :func:`write_run_config`).
+) -> dict[str, object]:
+    """What ``OUT_DIR/run_config.json`` records of a run, as a JSON-friendly dict that
+    :func:`write_run_config` writes.
 
     Parameters
     ----------
     options
-        Every option's value (``PipelineConfig.as_dict()`` plus the run's paths and flags).
+        Every option's value by its name (``PipelineConfig.options_record()``: the schema's
+        options, paths and switches included), as ``--config`` reads it back.
     records
         All records of the run; those with a checksum are listed as inputs.
     base
@@ -172,29 +173,6 @@ def _relative(path: Path, base: Path) -> str:
         return str(path)
 
 
-class _ForwardAbove(logging.Handler):
-    """Pass records at or above ``threshold`` on to ``logger``'s ancestors' handlers, as
-    propagation would have done before the run log lowered the package logger's level."""
-
-    def __init__(self, logger: logging.Logger, threshold: int) -> None:
-        super().__init__(logging.NOTSET)
-        self.logger = logger
-        self.threshold = threshold
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= self.threshold and self.logger.parent is not None:
-            self.logger.parent.handle(record)
-
-
-class _AtLeast(logging.Filter):
-    def __init__(self, threshold: int) -> None:
-        super().__init__()
-        self.threshold = threshold
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.threshold
-
-
 class _RunLogFile(logging.FileHandler):
     """The run's log file. A write that fails (a full disk) turns it off with one warning
     instead of a traceback for every later message; the run goes on."""
@@ -222,53 +200,72 @@ class _RunLogFile(logging.FileHandler):
         )
 
 
-@dataclass
-class _SharedState:
-    """What :func:`run_log` changed on the package logger, held while any run is logging
-    (runs in parallel threads share it: the first saves, the last restores)."""
+class _CallerGate(logging.Handler):
+    """Keeps a library caller's view of the package's messages while runs log at DEBUG.
 
-    users: int = 0
-    level: int = logging.NOTSET
-    propagate: bool = True
-    gate: _AtLeast | None = None
-    console: list[logging.Handler] = field(default_factory=list)
-    forward: _ForwardAbove | None = None
+    Used only when the package logger does not already make DEBUG records (a program that
+    imports the package and configures logging its own way, e.g. ``basicConfig(level=WARNING)``
+    on the root). Lowering the package logger's level would then pass DEBUG and INFO records to
+    the root's handlers, since propagation does not ask the ancestors' levels. So while runs
+    log, the logger stops propagating and this handler passes on to the ancestors' handlers
+    what they saw before (records at or above the old effective level); the logger's own
+    handlers get a filter at that level too. The gate sits in the logger's handler list, which
+    is where concurrent runs find it: the first run installs it, the last removes it and puts
+    the logger back as it was. (The command line needs none of this: it sets the package logger
+    to DEBUG and its console handler to the -v/-q level, see :func:`bias_pipeline.command.setup_logging`.)
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logging.NOTSET)
+        self.logger = logger
+        self.threshold = logger.getEffectiveLevel()
+        self.saved = (logger.level, logger.propagate)
+        self.users = 0
+        self.gate: Callable[[logging.LogRecord], bool] = lambda record: record.levelno >= self.threshold
+        self.own = list(logger.handlers)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= self.threshold and self.saved[1] and self.logger.parent is not None:
+            self.logger.parent.handle(record)
+
+    def install(self) -> None:
+        for handler in self.own:
+            handler.addFilter(self.gate)
+        self.logger.addHandler(self)
+        self.logger.propagate = False
+        self.logger.setLevel(logging.DEBUG)
+
+    def uninstall(self) -> None:
+        self.logger.removeHandler(self)
+        for handler in self.own:
+            handler.removeFilter(self.gate)
+        self.logger.setLevel(self.saved[0])
+        self.logger.propagate = self.saved[1]
 
 
-_STATE = _SharedState()
-_STATE_LOCK = threading.Lock()
+# Runs in parallel threads attach and detach their handlers one at a time.
+_HANDLERS_LOCK = threading.Lock()
 
 
-def _lower_package_level(logger: logging.Logger) -> None:
-    with _STATE_LOCK:
-        _STATE.users += 1
-        if _STATE.users > 1:
-            return
-        threshold = logger.getEffectiveLevel()
-        _STATE.level, _STATE.propagate = logger.level, logger.propagate
-        _STATE.gate = _AtLeast(threshold)
-        _STATE.console = list(logger.handlers)
-        for handler in _STATE.console:
-            handler.addFilter(_STATE.gate)
-        _STATE.forward = _ForwardAbove(logger, threshold) if logger.propagate else None
-        if _STATE.forward is not None:
-            logger.addHandler(_STATE.forward)
-            logger.propagate = False
-        logger.setLevel(logging.DEBUG)
+def _attach(logger: logging.Logger, file_handler: logging.Handler) -> _CallerGate | None:
+    with _HANDLERS_LOCK:
+        gate = next((h for h in logger.handlers if isinstance(h, _CallerGate)), None)
+        if gate is None and not logger.isEnabledFor(logging.DEBUG):
+            gate = _CallerGate(logger)
+            gate.install()
+        if gate is not None:
+            gate.users += 1
+        logger.addHandler(file_handler)
+        return gate
 
 
-def _restore_package_level(logger: logging.Logger) -> None:
-    with _STATE_LOCK:
-        _STATE.users -= 1
-        if _STATE.users > 0:
-            return
-        logger.setLevel(_STATE.level)
-        logger.propagate = _STATE.propagate
-        if _STATE.forward is not None:
-            logger.removeHandler(_STATE.forward)
-        for handler in _STATE.console:
-            handler.removeFilter(_STATE.gate)
-        _STATE.console, _STATE.forward, _STATE.gate = [], None, None
+def _detach(logger: logging.Logger, file_handler: logging.Handler, gate: _CallerGate | None) -> None:
+    with _HANDLERS_LOCK:
+        logger.removeHandler(file_handler)
+        if gate is not None:
+            gate.users -= 1
+            if gate.users == 0:
+                gate.uninstall()
 
 
 @contextlib.contextmanager
@@ -276,9 +273,11 @@ def run_log(out_dir: Path) -> Iterator[Path]:
     """Record every message of the package, debug included, in ``OUT_DIR/pipeline.log``
     while the block runs, whatever the console shows.
 
-    The package logger's level is lowered to DEBUG for the block; its own handlers (the CLI's
-    console) and its ancestors' (a calling program's ``logging.basicConfig``) keep seeing only
-    the messages they saw before, so a library caller's output does not change. The file is
+    The file's handler is attached to the package logger at DEBUG. Under the command line the
+    package logger makes DEBUG records already and the console handler keeps its -v/-q level,
+    so nothing else changes. Under a library caller whose logger would not make DEBUG records,
+    the level is lowered for the block and the caller's handlers keep seeing only what they saw
+    before (see :class:`_CallerGate`), so a library caller's output does not change. The file is
     replaced at each run: it holds this run's record. Runs in parallel threads of one process
     each get their log file, but each file then holds the messages of all of them.
 
@@ -303,8 +302,7 @@ def run_log(out_dir: Path) -> Iterator[Path]:
         return
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    _lower_package_level(logger)
-    logger.addHandler(file_handler)
+    gate = _attach(logger, file_handler)
     logger.debug("bias_pipeline %s, Python %s; log of this run: %s", __version__, platform.python_version(), path)
     try:
         yield path
@@ -319,6 +317,5 @@ def run_log(out_dir: Path) -> Iterator[Path]:
         )
         raise
     finally:
-        logger.removeHandler(file_handler)
-        _restore_package_level(logger)
+        _detach(logger, file_handler, gate)
         file_handler.close()

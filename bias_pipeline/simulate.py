@@ -308,9 +308,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     int
         The exit code.
     """
-    from .cli import _guarded, _Parser  # here: the simulator is imported by tests without the CLI
+    from .command import OneLineParser, guarded  # here: the simulator is imported by tests without a command
 
-    parser = _Parser(
+    parser = OneLineParser(
         prog=prog,
         description="Write a simulated raw PhotSat bias data set (OUT/raw) and its truth (OUT/truth).",
     )
@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
         )
         return 0
 
-    return _guarded(parser.prog, body)
+    return guarded(parser.prog, body)
 
 
 if __name__ == "__main__":

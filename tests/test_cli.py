@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from bias_pipeline.cli import COMMAND_LINE_ONLY
+from bias_pipeline.config import options
+
 from conftest import run_cli, two_temperature_set, write_frame
 
-OPTIONS = (
-    "--basepath --output-dir --hot-pixel-mask --generate-set --save-eval-fits --temperature-keys "
-    "--exposure-keys --max-exposure --temp-bin-width --min-frames-per-group --combine-method "
-    "--input-bits --scale-factor --demo -v -q --degree --fit-on --memory-limit"
-).split()
+# Made from the option schema (and the command-line-only options), not listed again here.
+OPTIONS = [opt.flag for opt in options().values()] + [flags[0] for flags, _ in COMMAND_LINE_ONLY.values()]
 
 
 def assert_one_line_error(done, code, *fragments):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bias_pipeline import cli
+from bias_pipeline.config import options
 from bias_pipeline.config_file import toml_value
 
 from conftest import run_cli, two_temperature_set
@@ -118,7 +120,11 @@ def test_write_config_round_trip(tmp_path, monkeypatch, run):
     monkeypatch.chdir(tmp_path)
     original, _ = parse(*argv)
     restored, _ = parse("--config", saved)
-    assert cli.config_from_args(restored) == cli.config_from_args(original)
+    # The same PipelineConfig, paths included (the file holds them absolute).
+    paths = ("basepath", "output_dir", "hot_pixel_mask")
+    expected = cli.config_from_args(original)
+    expected = dataclasses.replace(expected, **{name: tmp_path / getattr(expected, name) for name in paths})
+    assert cli.config_from_args(restored) == expected
     for dest in ("basepath", "output_dir", "hot_pixel_mask"):
         assert getattr(restored, dest) == (tmp_path / getattr(original, dest))
     for dest in ("generate_set", "save_eval_fits", "evaluation"):
@@ -141,21 +147,46 @@ def test_run_config_json_is_accepted(pipeline_run, tmp_path, run):
     recorded_path = pipeline_run.output_dir / "run_config.json"
     recorded = json.loads(recorded_path.read_text())["options"]
     args, from_file = parse("--config", recorded_path)
-    options = {
-        **cli.config_from_args(args).as_dict(),
-        "basepath": str(args.basepath),
-        "output_dir": str(args.output_dir),
-        "hot_pixel_mask": str(args.hot_pixel_mask),
-        "generate_set": args.generate_set,
-        "save_eval_fits": args.save_eval_fits,
-    }
-    del options["show_progress"], recorded["show_progress"]  # -q belongs to the command line
-    assert options == recorded
+    # The record is the schema's options, paths and switches included, under their option names.
+    assert cli.config_from_args(args).options_record() == recorded
+    assert list(recorded) == list(options())
     assert "memory_limit" in from_file and "evaluation" in from_file
     # The options it gives print as TOML like any other configuration.
     code, text, err = run("--config", recorded_path, "--write-config")
     assert code == 0, err
     assert tomllib.loads(text)["basepath"] == recorded["basepath"]
+
+
+def test_an_older_run_config_with_the_earlier_option_names_is_accepted(tmp_path):
+    older = write(
+        tmp_path / "old" / "run_config.json",
+        json.dumps(
+            {
+                "options": {
+                    "basepath": "/data/raw",
+                    "output_dir": "/data/out",
+                    "hot_pixel_mask": None,
+                    "memory_limit_mb": 64.0,
+                    "evaluate": False,
+                    "show_progress": True,
+                    "combine_method": "median",
+                }
+            }
+        ),
+    )
+    args, from_file = parse("--config", older)
+    config = cli.config_from_args(args)
+    assert config.memory_limit == 64.0 and config.evaluation is False and config.combine_method == "median"
+    assert from_file["memory_limit"] == "memory_limit" and from_file["evaluation"] == "evaluation"
+    assert config.hot_pixel_mask is None and config.basepath == Path("/data/raw")
+
+
+def test_a_value_in_a_file_is_overridden_by_its_flag(tmp_path):
+    config = write(tmp_path / "run.toml", 'output-dir = "out"\nmemory-limit = 64\nthreads = 3\n')
+    args, from_file = parse("--config", config, "--threads", "1")
+    built = cli.config_from_args(args)
+    assert (built.memory_limit, built.threads) == (64.0, 1)
+    assert from_file == {"output_dir": "output-dir", "memory_limit": "memory-limit"}
 
 
 def test_demo_on_the_command_line_wins_over_the_files_basepath(tmp_path):
@@ -251,7 +282,7 @@ def test_end_to_end_run_from_a_config_file_and_again_from_its_run_config(tmp_pat
     options = first["options"]
     assert options["basepath"] == str(data / "raw") and options["output_dir"] == str(data / "out")
     assert options["combine_method"] == "median" and options["temperature_limits"] == [-50.0, 70.5]
-    assert options["evaluate"] is False and options["generate_set"] is True
+    assert options["evaluation"] is False and options["generate_set"] is True
     assert len(list((data / "out" / "bias_masks_by_temp").glob("*.fits"))) == 2
 
     # Repeated from its run_config.json (in this process: the subprocess above covers the script).

@@ -166,3 +166,37 @@ def test_a_log_file_that_cannot_be_written_warns_once(tmp_path: Path, capsys, ca
     warned = [r for r in caplog.records if "the rest of this run is not logged there" in r.getMessage()]
     assert len(warned) == 1
     assert [r.getMessage() for r in caplog.records if r.name == "bias_pipeline.x"] == [f"message {i}" for i in range(5)]
+
+
+def test_the_command_line_logs_by_handler_levels(tmp_path: Path, capsys) -> None:
+    """Under the command line the package logger makes every record and each handler keeps its
+    own level: the console the -q level, pipeline.log everything; a run changes nothing on the
+    logger but adding and removing its file handler."""
+    from bias_pipeline.command import setup_logging
+
+    package = logging.getLogger("bias_pipeline")
+    warnings_logger = logging.getLogger("py.warnings")
+    saved = [(lg, lg.level, lg.propagate, list(lg.handlers)) for lg in (package, warnings_logger)]
+    try:
+        setup_logging(quiet=True)
+        (console,) = package.handlers
+        assert package.level == logging.DEBUG and console.level == logging.WARNING
+        before = (package.level, package.propagate, list(package.handlers), list(console.filters))
+        with run_log(tmp_path) as log_path:
+            assert package.level == logging.DEBUG and list(console.filters) == before[3]
+            assert len(package.handlers) == 2  # the console and this run's file, nothing else
+            child = logging.getLogger("bias_pipeline.steps.example")
+            child.debug("a debug detail")
+            child.info("an info line")
+            child.warning("a warning")
+        assert (package.level, package.propagate, list(package.handlers), list(console.filters)) == before
+    finally:
+        for lg, level, propagate, handlers in saved:
+            lg.setLevel(level)
+            lg.propagate = propagate
+            lg.handlers[:] = handlers
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err
+    assert "a warning" in err and "an info line" not in err and "a debug detail" not in err
+    text = log_path.read_text(encoding="utf-8")
+    assert "a debug detail" in text and "an info line" in text and "a warning" in text

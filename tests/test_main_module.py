@@ -21,7 +21,7 @@ from astropy.io import fits
 
 from bias_pipeline import __version__
 from bias_pipeline.errors import InputDataError
-from bias_pipeline.inspect import inspect_facts, inspect_summary
+from bias_pipeline.inspection import inspect_facts, inspect_summary
 from bias_pipeline.quality import describe
 
 from conftest import REPO, run_cli, write_frame
@@ -303,7 +303,7 @@ def test_inspect_errors_name_the_file(pipeline_run, tmp_path, case):
 
 
 def test_reason_kinds_group_like_rejections():
-    from bias_pipeline.inspect import reason_kind
+    from bias_pipeline.inspection import reason_kind
 
     assert reason_kind("exposure 10 s is too long") == reason_kind("exposure 2.5 s is too long")
     assert reason_kind("12-bit values up to 65520") == "12-bit values up to N"

@@ -11,6 +11,7 @@ import numpy as np
 from astropy.io import fits
 
 from bias_pipeline import PipelineConfig
+from bias_pipeline.config import options
 from bias_pipeline.provenance import DEPENDENCIES, RUN_CONFIG_NAME
 
 
@@ -19,7 +20,9 @@ def test_run_config_records_options_versions_and_input_checksums(pipeline_run):
     document = json.loads((out / RUN_CONFIG_NAME).read_text())
     assert set(DEPENDENCIES) | {"bias_pipeline", "python"} <= set(document["software"])
     assert all(document["software"][name] != "not installed" for name in DEPENDENCIES)
-    assert {f.name for f in dataclasses.fields(PipelineConfig)} <= set(document["options"])
+    # Exactly the schema's options, paths and switches included (show_progress is how -q drew, not an option).
+    assert list(document["options"]) == list(options())
+    assert {f.name for f in dataclasses.fields(PipelineConfig)} - set(document["options"]) == {"show_progress"}
     assert document["options"]["basepath"] and document["started"] <= document["finished"]
     assert isinstance(document["command_line"], list) and document["command_line"]
     files = document["inputs"]["files"]

@@ -46,3 +46,33 @@ def test_readme_api_example_runs(sim, tmp_path: Path, monkeypatch: pytest.Monkey
     assert median == pytest.approx(DARK_SIGNAL_ADU, abs=3.0), printed
     assert (tmp_path / "photsat_bias_model_v3.fits").is_file()
     assert (tmp_path / "results" / "report.html").is_file()
+
+
+def _flags(text: str) -> set[str]:
+    """The options named in ``text`` (``--no-X`` counted as ``--X``)."""
+    flags = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", text))
+    return {f"--{flag[5:]}" if flag.startswith("--no-") else flag for flag in flags}
+
+
+def test_the_options_table_and_help_name_exactly_the_schemas_options() -> None:
+    from bias_pipeline.cli import COMMAND_LINE_ONLY, build_run_parser
+    from bias_pipeline.config import options
+
+    schema = {opt.flag for opt in options().values()}
+    command_line_only = {flag for flags, _ in COMMAND_LINE_ONLY.values() for flag in flags if flag != "--verbose"}
+    command_line_only -= {"--quiet"}
+    expected = schema | command_line_only  # the README writes -v / -q by their short names
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Running the pipeline") :]
+    rows = re.findall(r"^\| (`-[^|]*)\|", section[: section.index("\n\n", section.index("| option |"))], re.M)
+    in_table = set().union(*(_flags(first_cell) for first_cell in rows))
+    assert in_table == expected, (in_table - expected, expected - in_table)
+
+    in_help = set()
+    for line in build_run_parser().format_help().splitlines():
+        match = re.match(r"^  (-\S.*?)(?:\s{2,}|$)", line)
+        if match:
+            in_help |= set(re.findall(r"(?:^|, )(--?[\w-]+)", match.group(1)))
+    in_help = {f"--{flag[5:]}" if flag.startswith("--no-") else flag for flag in in_help}
+    assert in_help - {"-h", "--help", "--version", "--verbose", "--quiet"} == expected

@@ -1,0 +1,154 @@
+"""What every command of the package shares: a parser whose errors are one line, the guard
+that turns errors and signals into one line and an exit code, and the console's logging.
+
+The run and generate commands (:mod:`bias_pipeline.cli`), ``simulate`` and ``inspect`` all use
+these; this module imports none of them, so none of them imports another's command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+from .errors import BiasPipelineError
+from .interrupts import Terminated, raise_terminated
+
+logger = logging.getLogger("bias_pipeline.cli")
+
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
+EXIT_INTERNAL = 70
+PACKAGE_LOGGER = "bias_pipeline"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the option, and that takes negative
+    numbers in any notation as values (``--temperature -1e-3``, ``-inf``), not as options."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._negative_number_matcher = _NEGATIVE_NUMBER
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# Every float() spelling of a negative number (argparse alone knows -1 and -1.5, not -1e-3 or -inf).
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+def finite_float(text: str) -> float:
+    """A finite number for argparse (``nan`` and ``inf`` refused with the reason)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """stderr, written through tqdm so that a message does not tear a progress bar apart."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Send the package's log records to stderr at the level the flags ask for, and let stdout
+    show a file name that is not UTF-8 with escapes instead of failing on it.
+
+    The package logger makes every record (DEBUG); the console handler keeps those at the
+    ``-v`` / ``-q`` level, and a run's ``pipeline.log`` handler
+    (:func:`bias_pipeline.provenance.run_log`) all of them.
+
+    Parameters
+    ----------
+    verbose
+        Show debug records (every file's decision).
+    quiet
+        Show only warnings and errors.
+    """
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = ConsoleHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    package = logging.getLogger(PACKAGE_LOGGER)
+    package.handlers[:] = [handler]  # a second call in one process replaces the first's console
+    package.setLevel(logging.DEBUG)
+    package.propagate = False  # the command owns the console: a root handler would print records twice
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers[:] = [handler]
+    warnings_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    warnings_logger.propagate = False
+
+
+def guarded(prog: str, body: Callable[[], int], interrupted: Callable[[KeyboardInterrupt], str] | None = None) -> int:
+    """Run a command's ``body``: errors the user can cause become one line and their exit code,
+    Ctrl-C and SIGTERM one line saying what was left (``interrupted(exc)``, or that nothing was
+    half-written), a bug one line asking for a report."""
+    previous = previous_int = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored (nohup, `&`): left so
+            previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
+    try:
+        return body()
+    except BiasPipelineError as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        return _stopped(prog, exc, interrupted)
+    except Exception as exc:  # a bug: one line, the traceback only with -v
+        interrupt = _interrupt_inside(exc)
+        if interrupt is not None:  # Ctrl-C or SIGTERM that Python wrapped (in an import's __set_name__)
+            return _stopped(prog, interrupt, interrupted)
+        logger.debug("internal error", exc_info=True)
+        sys.stderr.write(
+            f"{prog}: internal error: {type(exc).__name__}: {exc} (rerun with -v for details and report it)\n"
+        )
+        return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def _stopped(prog: str, exc: KeyboardInterrupt, interrupted: Callable[[KeyboardInterrupt], str] | None) -> int:
+    """The one line of a command stopped by Ctrl-C or SIGTERM, and its exit code."""
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    left = interrupted(exc) if interrupted is not None else "no file was left half-written"
+    sys.stderr.write(f"{prog}: {what}; {left}\n")
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _interrupt_inside(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM an exception was raised from (its cause or context), if any."""
+    seen = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
