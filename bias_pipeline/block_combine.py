@@ -2,7 +2,7 @@
 the tests that judge each frame against its group (pixels far from the master, a copy of
 another frame, a level offset from the rest).
 
-Memory depends on the block height (chosen from ``memory_limit_mb``), not on the number of
+Memory depends on the block height (chosen from ``memory_limit``), not on the number of
 frames. The judging functions return the frames to reject with their reasons and change no
 record.
 """
@@ -59,7 +59,7 @@ def block_rows(
     n_frames: int,
     columns: int,
     rows: int,
-    memory_limit_mb: float,
+    memory_limit: float,
     threads: int = 1,
     itemsize: int = 2,
     *,
@@ -84,7 +84,7 @@ def block_rows(
     >>> block_rows(5, 64, 48, 512)
     48
     """
-    budget = memory_limit_mb * 1024 * 1024 / max(1, threads)
+    budget = memory_limit * 1024 * 1024 / max(1, threads)
     by_limit = budget // block_bytes_per_row(n_frames, columns, itemsize)
     if tall:
         return int(max(1, min(rows, by_limit)))
@@ -181,7 +181,7 @@ def combine_records(
     *,
     input_bits: int = 16,
     scale_factor: float = 16.0,
-    memory_limit_mb: float = 512.0,
+    memory_limit: float = 512.0,
     clip_sigma: float = 3.0,
     clip_iters: int = 5,
     outlier_sigma: float = 6.0,
@@ -204,7 +204,7 @@ def combine_records(
         One of :data:`~bias_pipeline.combine.COMBINE_METHODS`.
     input_bits, scale_factor
         Units of the stored values (see :mod:`.utils_scaling`).
-    memory_limit_mb
+    memory_limit
         Budget for the block buffers of all workers together.
     clip_sigma, clip_iters
         Options of ``sigma-clip``.
@@ -238,7 +238,7 @@ def combine_records(
     dtype = np.dtype(np.uint16 if as_uint16 else np.float32)
     workers = min(threads or default_threads(), rows)
     compressed = any(r.data_offset is None for r in records)
-    step = block_rows(n, columns, rows, memory_limit_mb, workers, dtype.itemsize, tall=compressed)
+    step = block_rows(n, columns, rows, memory_limit, workers, dtype.itemsize, tall=compressed)
     # A narrow frame's rows share their noise floor in pools; a block holds whole pools, so
     # the products do not depend on how the frame is cut into blocks.
     floor_pool = pool_rows(columns)
@@ -246,10 +246,10 @@ def combine_records(
     quantum = value_step(records)
     judged = n >= 3 and not is_tiny(records[0])  # frames are judged against the master
     needed_mb = workers * step * block_bytes_per_row(n, columns, dtype.itemsize) / 2**20
-    if needed_mb > memory_limit_mb:
+    if needed_mb > memory_limit:
         logger.warning(
             "%d frames of %d columns need %.3g MiB per row block, more than --memory-limit %g MiB",
-            n, columns, needed_mb, memory_limit_mb,
+            n, columns, needed_mb, memory_limit,
         )  # fmt: skip
     starts = list(range(0, rows, step))
     workers = min(workers, len(starts))

@@ -15,6 +15,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from tqdm import tqdm
@@ -47,8 +48,17 @@ from .config import (
 )
 from .config_file import blame_file, format_config, load_config_file
 from .errors import BiasPipelineError, ConfigError
-from .output_folder import STOPPED_DIR
-from .provenance import LOG_NAME
+from .registry import (
+    A_MAP_NAME,
+    B_MAP_NAME,
+    EVALUATION_DIR,
+    LOG_NAME,
+    MASTERS_DIR,
+    MODEL_DIR,
+    MODEL_FILE_NAME,
+    STOPPED_DIR,
+    SYNTHETIC_DIR,
+)
 
 __all__ = [
     "COMMAND_LINE_ONLY",
@@ -250,16 +260,15 @@ def _print_summary(result: object) -> None:
         f"({low:.2f}..{high:.2f} deg C), {result.count('rejected')} rejected, "
         f"{result.count('ignored')} ignored; input read as {result.input_bits}-bit",
         f"  manifest    {result.manifest_path}",
-        f"  masters     {out / 'bias_grouped_by_temp'} ({len(result.masters)} files)",
-        f"  model       {out / 'bias_model'} (bias_a_map.fits, bias_b_map.fits; "
-        f"{int(result.model.mask.sum())} masked pixels)",
+        f"  masters     {out / MASTERS_DIR} ({len(result.masters)} files)",
+        f"  model       {out / MODEL_DIR} ({A_MAP_NAME}, {B_MAP_NAME}; {int(result.model.mask.sum())} masked pixels)",
     ]
     if result.synthetic_paths:
-        lines.append(f"  synthetic   {out / 'bias_masks_by_temp'} ({len(result.synthetic_paths)} files)")
+        lines.append(f"  synthetic   {out / SYNTHETIC_DIR} ({len(result.synthetic_paths)} files)")
     if result.summary:
-        worst = max(result.summary, key=lambda r: float(r["mae_mean"]))  # type: ignore[arg-type]
+        worst = max(result.summary, key=lambda r: cast(float, r["mae_mean"]))
         lines.append(
-            f"  evaluation  {out / 'evaluation'} (worst mean MAE {float(worst['mae_mean']):.2f} ADU "  # type: ignore[arg-type]
+            f"  evaluation  {out / EVALUATION_DIR} (worst mean MAE {cast(float, worst['mae_mean']):.2f} ADU "
             f"at {worst['label']} deg C)"
         )
     print("\n".join(lines))
@@ -400,10 +409,6 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     return guarded(parser.prog, body, interrupted)
 
 
-# The name before it was public (tests/test_interruption.py imports it).
-_guarded = guarded
-
-
 def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentParser:
     """The argument parser of the one-frame generator."""
     parser = OneLineParser(
@@ -470,7 +475,7 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
     setup_logging(args.verbose, args.quiet)
 
     def body() -> int:
-        from .model import MODEL_FILE_NAME, BiasModel, load_read_noise
+        from .model import BiasModel, load_read_noise
         from .steps.step4_generate_synthetic_bias import write_synthetic
 
         if args.model is not None and (args.a_map is not None or args.b_map is not None):
@@ -483,7 +488,7 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
             inputs = {"--model": args.model}
         else:
             model = BiasModel.load(args.a_map, args.b_map)
-            inputs = {"--a-map": args.a_map, "--b-map": args.b_map or args.a_map.with_name("bias_b_map.fits")}
+            inputs = {"--a-map": args.a_map, "--b-map": args.b_map or args.a_map.with_name(B_MAP_NAME)}
         if args.noise:
             if args.noise_map is not None or model.read_noise is None:
                 beside = args.model if args.model is not None and args.model.is_file() else args.a_map

@@ -27,18 +27,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from astropy.stats import mad_std
 
 from ._version import __version__
 from .config import DEPRECATED_NAMES, GROUP_IO, SWITCH, PipelineConfig, options
 from .errors import InputDataError, one_line
 from .frames import reason_kind
-from .model import A_MAP_NAME, B_MAP_NAME, MODEL_DIR_NAME, MODEL_FILE_NAME, BiasModel, read_model_header
-from .output_folder import STOPPED_DIR, SUBDIRS, locked_by
+from .model import BiasModel, read_model_header
+from .output_folder import locked_by
 from .products import file_size, human_size
-from .provenance import LOG_NAME, RUN_CONFIG_NAME
 from .quality import DQ_BITS
-from .steps.step1_load_data import MANIFEST_NAME
-from .steps.step5_evaluate_model import SUMMARY_CSV
+from .registry import (
+    A_MAP_NAME,
+    B_MAP_NAME,
+    LOG_NAME,
+    MANIFEST_NAME,
+    MODEL_FILE_NAME,
+    RUN_CONFIG_NAME,
+    STOPPED_DIR,
+    SUBDIRS,
+    SUMMARY_CSV,
+)
+from .registry import MODEL_DIR as MODEL_DIR_NAME
 
 __all__ = [
     "GIVE",
@@ -298,7 +308,7 @@ def _stats(values: np.ndarray, good: np.ndarray, unit: str, what: str) -> dict[s
     if selected.size == 0:
         return None
     p1, p5, median, p95, p99 = (float(v) for v in np.percentile(selected, PERCENTILES))
-    spread = 1.4826 * float(np.median(np.abs(selected - median)))
+    spread = float(mad_std(selected))
     return {
         "what": what,
         "unit": unit,

@@ -148,7 +148,7 @@ def run_bias_pipeline(
     >>> work = Path(tempfile.mkdtemp())
     >>> spec = SimulationSpec(shape=(16, 24), temperatures=(0.0, 10.0, 20.0), frames_per_temperature=3)
     >>> truth = simulate_dataset(work / "sim", spec)
-    >>> config = PipelineConfig(show_progress=False, evaluate=False)  # evaluate=True adds step 5
+    >>> config = PipelineConfig(show_progress=False, evaluation=False)  # evaluation=True adds step 5
     >>> result = run_bias_pipeline(truth.raw_dir, work / "out", config=config)
     >>> result.count("used"), [m.label for m in result.masters]
     (9, ['0.0', '10.0', '20.0'])
@@ -189,7 +189,7 @@ def run_bias_pipeline(
         run = stage_run(out)
         try:
             with run_log(run.staging):
-                context = RunContext(raw, run, config, hot_pixel_mask_path, generate_set, eval_save_fits, command_line)
+                context = RunContext(raw, run, config, command_line)
                 result = _run_logged(context)
         except BaseException:
             keep_stopped_run(run)
@@ -220,11 +220,7 @@ class RunContext:
     run
         The staged run: products go to ``run.staging`` until published to ``run.final``.
     config
-        Every option.
-    hot_pixel_mask_path
-        The mask file, or ``None``.
-    generate_set, eval_save_fits
-        The switches of :func:`run_bias_pipeline`.
+        Every option, the paths and switches of :func:`run_bias_pipeline` included.
     command_line
         The command as typed (``None``: ``sys.argv``).
     input_bits
@@ -234,9 +230,6 @@ class RunContext:
     raw: Path
     run: StagedRun
     config: PipelineConfig
-    hot_pixel_mask_path: str | Path | None = None
-    generate_set: bool = True
-    eval_save_fits: bool = False
     command_line: Sequence[str] | None = None
     input_bits: int = 16
 
@@ -250,12 +243,6 @@ def _run_logged(context: RunContext) -> PipelineResult:
     """Steps 1 to 5, run_config.json and the report, all into the staging folder (see
     :func:`run_bias_pipeline`); the result names the files where they will be once published."""
     raw, run, config = context.raw, context.run, context.config
-    # The names the options of run_config.json are read from below.
-    hot_pixel_mask_path, generate_set, eval_save_fits = (
-        context.hot_pixel_mask_path,
-        context.generate_set,
-        context.eval_save_fits,
-    )
     logger.debug("raw frames: %s; products: %s (staged in %s until complete)", raw, run.final, run.staging)
     # Step 1: every file, accepted or with its reason, and the checksums of those accepted.
     started = now_utc()
@@ -322,7 +309,7 @@ def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResul
                 f"(--temp-bin-width {config.temp_bin_width:g})"
             )
         shape = grouping.groups[0].records[0].shape
-        mask = None if context.hot_pixel_mask_path is None else load_hot_pixel_mask(context.hot_pixel_mask_path, shape)
+        mask = None if config.hot_pixel_mask is None else load_hot_pixel_mask(config.hot_pixel_mask, shape)
         made = build_masters(grouping, dirs["masters"], config, input_bits=input_bits)
         masters = made.masters
         # Step 1's records with step 2's decisions: the records steps 3 to 5 see; step 5's
@@ -341,7 +328,7 @@ def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResul
         )
         # Step 3: the model. The fit on the masters also serves step 5's held-out check, so with
         # --fit-on frames it is made only when the evaluation runs.
-        masters_model = fit_model(masters, mask, config) if config.fit_on == "masters" or config.evaluate else None
+        masters_model = fit_model(masters, mask, config) if config.fit_on == "masters" or config.evaluation else None
         if config.fit_on == "frames":
             used = [r for r in final if r.status == STATUS_USED]
             model = fit_model_on_frames(used, masters, mask, config, input_bits=input_bits)
@@ -351,14 +338,14 @@ def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResul
         model.save(dirs["model"], cards={"INBITS": (input_bits, "bit depth of the input values")})
         result = PipelineResult(context.run.staging, final, masters, model, input_bits)
         # Step 4: synthetic frames at the masters' temperatures.
-        if context.generate_set:
+        if config.generate_set:
             result.synthetic_paths = write_synthetic_set(
                 model, [m.temperature for m in masters], dirs["synthetic"], [m.label for m in masters]
             )
             logger.info(
                 "%d synthetic frames for %s", len(result.synthetic_paths), context.run.final_path(dirs["synthetic"])
             )
-        if config.evaluate:
+        if config.evaluation:
             result.summary, checks = _evaluate(context, model, masters, final, masters_model)
             result.records = decided = with_temperature_checks(final, checks)
             plot_temperature_check(result.records, dirs["evaluation"] / TEMPERATURE_PLOT, config.temperature_tolerance)
@@ -383,7 +370,7 @@ def _evaluate(
         model,
         masters,
         dirs["evaluation"],
-        save_fits=context.eval_save_fits,
+        save_fits=config.save_eval_fits,
         show_progress=config.show_progress,
         heldout_model=masters_model,
         threads=config.threads,

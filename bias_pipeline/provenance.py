@@ -25,9 +25,8 @@ from ._version import __version__
 from .errors import BiasPipelineError, FrameReadError
 from .frames import FrameRecord
 from .products import file_size, write_text_atomic
+from .registry import LOG_NAME, RUN_CONFIG_NAME
 
-RUN_CONFIG_NAME = "run_config.json"
-LOG_NAME = "pipeline.log"
 PACKAGE_LOGGER = "bias_pipeline"
 DEPENDENCIES = ("numpy", "astropy", "matplotlib", "tqdm", "scipy")
 _CHUNK = 8 * 1024 * 1024

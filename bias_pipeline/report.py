@@ -23,11 +23,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from ._version import __version__
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
+from .master_writer import MasterFrame
 from .model import BiasModel
 from .plots import MapStats, figure_png, map_histogram_png, summary_figure, temperature_check_figure
 from .products import TEMPORARY_SUFFIX, human_size, write_text_atomic
@@ -103,8 +105,25 @@ class ReportData:
         return self.files_dir or self.output_dir
 
 
+class RunResult(Protocol):
+    """What the report reads of a finished run (:class:`~bias_pipeline.main_pipeline.PipelineResult`)."""
+
+    @property
+    def output_dir(self) -> Path: ...
+    @property
+    def records(self) -> Sequence[FrameRecord]: ...
+    @property
+    def masters(self) -> Sequence[MasterFrame]: ...
+    @property
+    def model(self) -> BiasModel: ...
+    @property
+    def input_bits(self) -> int: ...
+    @property
+    def summary(self) -> Sequence[dict[str, object]]: ...
+
+
 def report_data(
-    result: object, run_info: Mapping[str, object] | None = None, *, temperature_tolerance: float | None = None
+    result: RunResult, run_info: Mapping[str, object] | None = None, *, temperature_tolerance: float | None = None
 ) -> ReportData:
     """The report's content for a :class:`~bias_pipeline.main_pipeline.PipelineResult`.
 
@@ -121,12 +140,12 @@ def report_data(
     -------
     ReportData
     """
-    out = Path(result.output_dir)  # type: ignore[attr-defined]
+    out = Path(result.output_dir)
     if run_info is None:
         run_info = read_run_info(out)
     groups = [
         GroupRow(m.label, float(m.temperature), int(m.n_frames), Path(m.path), tuple(m.temperature_span))
-        for m in result.masters  # type: ignore[attr-defined]
+        for m in result.masters
     ]
     found = run_info.get("options")
     options: Mapping[str, object] = found if isinstance(found, dict) else {}
@@ -136,11 +155,11 @@ def report_data(
         temperature_tolerance = float(given)
     return ReportData(
         output_dir=out,
-        records=list(result.records),  # type: ignore[attr-defined]
+        records=list(result.records),
         groups=groups,
-        model=result.model,  # type: ignore[attr-defined]
-        input_bits=result.input_bits,  # type: ignore[attr-defined]
-        summary=list(result.summary),  # type: ignore[attr-defined]
+        model=result.model,
+        input_bits=result.input_bits,
+        summary=list(result.summary),
         run_info=run_info,
         exclude=[Path(raw)] if raw else [],
         temperature_tolerance=temperature_tolerance,

@@ -28,11 +28,12 @@ import numpy as np
 from astropy.io import fits
 
 from .errors import OutputError
+from .units import TWELVE_BIT_MAX
 
 logger = logging.getLogger(__name__)
 
 SCALE = 16  # 12-bit value -> 16-bit container
-DN_MAX = 4095
+DN_MAX = TWELVE_BIT_MAX  # older name
 
 
 @dataclass

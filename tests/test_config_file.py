@@ -71,7 +71,7 @@ def test_flags_win_over_the_file_and_the_file_over_the_defaults(tmp_path):
         "temperature_keys": "temperature_keys",
     }
     config_obj = cli.config_from_args(args)
-    assert config_obj.evaluate is False and config_obj.temperature_limits == (-40.0, 70.0)
+    assert config_obj.evaluation is False and config_obj.temperature_limits == (-40.0, 70.0)
     # A flag that repeats the default still wins over the file.
     args, _ = parse("--config", config, "--combine-method", "sigma-clip", "--evaluation")
     assert args.combine_method == "sigma-clip" and args.evaluation is True and args.generate_set is True

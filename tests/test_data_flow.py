@@ -43,7 +43,7 @@ def _rows(path: Path) -> dict[str, dict[str, str]]:
 def test_a_run_writes_the_manifest_once(tmp_path, manifest_writes, evaluate):
     two_temperature_set(tmp_path / "raw", frames=3, temperatures=(0.0, 10.0, 20.0))
     write_frame(tmp_path / "raw" / "long.fits", bias_pixels(seed=9), temperature=0.0, exposure=9.0)
-    config = dataclasses.replace(QUIET, evaluate=evaluate)
+    config = dataclasses.replace(QUIET, evaluation=evaluate)
     result = run_bias_pipeline(tmp_path / "raw", tmp_path / "out", config=config)
     assert len(manifest_writes) == 1
     rows = _rows(tmp_path / "out" / "frames_manifest.csv")

@@ -125,7 +125,7 @@ def test_nonlinear_hot_pixels_are_flagged_without_a_mask(sim, tmp_path):
     from bias_pipeline.quality import NONLINEAR
 
     result = run_bias_pipeline(
-        sim.raw_dir, tmp_path / "out", config=PipelineConfig(show_progress=False, evaluate=False)
+        sim.raw_dir, tmp_path / "out", config=PipelineConfig(show_progress=False, evaluation=False)
     )
     dq = result.model.dq
     assert np.mean(dq[sim.hot_mask] & NONLINEAR.value > 0) >= 0.95

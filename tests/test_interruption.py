@@ -286,7 +286,7 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path):
 def test_an_interrupt_wrapped_by_python_is_still_an_interrupt():
     """Python wraps an exception raised inside a class body's __set_name__ (matplotlib's, while
     it is imported) in a RuntimeError: a SIGTERM there must still read as a SIGTERM."""
-    from bias_pipeline.cli import _guarded
+    from bias_pipeline.command import guarded
     from bias_pipeline.interrupts import Terminated
 
     def body() -> int:
@@ -295,7 +295,7 @@ def test_an_interrupt_wrapped_by_python_is_still_an_interrupt():
         except Terminated as exc:
             raise RuntimeError("Error calling __set_name__ on 'x' instance 'locs'") from exc
 
-    assert _guarded("run_pipeline.py", body) == 143
+    assert guarded("run_pipeline.py", body) == 143
 
 
 def test_product_folders_that_cannot_be_written_are_refused_at_the_start(tmp_path):

@@ -17,7 +17,7 @@ from bias_pipeline.simulate import SCALE, SimulationSpec, make_frame, make_truth
 from conftest import run_cli
 
 QUIET = PipelineConfig(show_progress=False)
-FIT_ONLY = PipelineConfig(show_progress=False, evaluate=False)  # no plots: these tests look at the model
+FIT_ONLY = PipelineConfig(show_progress=False, evaluation=False)  # no plots: these tests look at the model
 # Wider range and more set points than the shared fixture: enough to see a quadratic term.
 WIDE = SimulationSpec(
     shape=(40, 56),
@@ -84,7 +84,7 @@ def test_quadratic_pixels_recovered_by_degree_two(wide, tmp_path):
     quadratic = wide.c_map != 0
     linear = run_bias_pipeline(wide.raw_dir, tmp_path / "d1", config=FIT_ONLY).model
     assert np.mean(linear.dq[quadratic] & NONLINEAR.value > 0) > 0.9  # the linear model fails them
-    config = PipelineConfig(degree=2, show_progress=False, evaluate=False)
+    config = PipelineConfig(degree=2, show_progress=False, evaluation=False)
     model = run_bias_pipeline(wide.raw_dir, tmp_path / "d2", config=config).model
     sigma_c = np.sqrt(model.covariance[2, 2])
     pull = (model.c_map - wide.c_map) / sigma_c
@@ -101,7 +101,7 @@ def test_quadratic_pixels_recovered_by_degree_two(wide, tmp_path):
 def test_fit_on_frames_matches_masters_fit(wide, tmp_path):
     masters = run_bias_pipeline(wide.raw_dir, tmp_path / "m", config=FIT_ONLY).model
     frames = run_bias_pipeline(
-        wide.raw_dir, tmp_path / "f", config=PipelineConfig(fit_on="frames", show_progress=False, evaluate=False)
+        wide.raw_dir, tmp_path / "f", config=PipelineConfig(fit_on="frames", show_progress=False, evaluation=False)
     ).model
     good = ~wide.abnormal_mask & (wide.c_map == 0)
     error_masters = np.std((masters.b_map - wide.b_map)[good])

@@ -51,7 +51,7 @@ def test_products_do_not_depend_on_listing_order_or_threads(tmp_path):
     _write_set(tmp_path / "b" / "raw", frames[::-1])  # created, and so listed, in reverse
     results = {}
     for name, threads in (("a", 1), ("b", 3)):
-        config = PipelineConfig(show_progress=False, threads=threads, evaluate=False)
+        config = PipelineConfig(show_progress=False, threads=threads, evaluation=False)
         run_bias_pipeline(tmp_path / name / "raw", tmp_path / name / "out", config=config)
         results[name] = _fits_data(tmp_path / name / "out")
         cuts = _block_lines(tmp_path / name / "out")
@@ -77,7 +77,7 @@ def test_a_group_combines_the_same_in_any_frame_order_and_block_cut(tmp_path, me
     rng = np.random.default_rng(2)
     for threads, limit in ((2, 512.0), (3, 1.0)):
         shuffled = [records[k] for k in rng.permutation(len(records))]
-        other = combine_records(shuffled, method, threads=threads, memory_limit_mb=limit)
+        other = combine_records(shuffled, method, threads=threads, memory_limit=limit)
         for name in ("master", "noise", "error", "n_used"):
             np.testing.assert_array_equal(getattr(other.combined, name), getattr(reference.combined, name), name)
         order = [shuffled.index(r) for r in records]
@@ -134,7 +134,7 @@ def test_step2_makes_the_same_masters_and_decisions_from_frames_in_any_order(tmp
     rng = np.random.default_rng(4)
     made = {}
     for name, threads, limit in (("sorted", 1, 512.0), ("shuffled", 3, 1.0)):
-        config = PipelineConfig(show_progress=False, threads=threads, memory_limit_mb=limit)
+        config = PipelineConfig(show_progress=False, threads=threads, memory_limit=limit)
         order = records if name == "sorted" else [records[k] for k in rng.permutation(len(records))]
         assert name == "sorted" or [r.path for r in order] != [r.path for r in records]
         caplog.clear()

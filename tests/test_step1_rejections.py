@@ -201,7 +201,7 @@ def test_manifest_of_a_messy_folder(tmp_path):
     (raw / "broken.fits").write_bytes(b"")
     write_frame(raw / "dark.fits", exposure=30.0)
     write_frame(raw / "lonely.fits", temperature=25.0)
-    run_bias_pipeline(raw, tmp_path / "out", config=PipelineConfig(show_progress=False, evaluate=False))
+    run_bias_pipeline(raw, tmp_path / "out", config=PipelineConfig(show_progress=False, evaluation=False))
     with open(tmp_path / "out" / "frames_manifest.csv") as handle:
         rows = {row["path"]: row for row in csv.DictReader(handle)}
     assert len(rows) == 10
@@ -217,7 +217,7 @@ def test_manifest_of_a_messy_folder(tmp_path):
 def test_outputs_inside_the_raw_folder_are_never_read(tmp_path):
     raw = tmp_path / "raw"
     two_temperature_set(raw)
-    config = PipelineConfig(show_progress=False, evaluate=False)
+    config = PipelineConfig(show_progress=False, evaluation=False)
     first = run_bias_pipeline(raw, raw / "results", config=config)
     second = run_bias_pipeline(raw, raw / "results", config=config)
     assert len(second.records) == len(first.records) == 6
@@ -225,7 +225,7 @@ def test_outputs_inside_the_raw_folder_are_never_read(tmp_path):
 
 
 def test_rerun_replaces_products(tmp_path):
-    config = PipelineConfig(show_progress=False, evaluate=False)
+    config = PipelineConfig(show_progress=False, evaluation=False)
     two_temperature_set(tmp_path / "a", temperatures=(0.0, 10.0))
     two_temperature_set(tmp_path / "b", temperatures=(5.0, 15.0))
     run_bias_pipeline(tmp_path / "a", tmp_path / "out", config=config)

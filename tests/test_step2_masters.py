@@ -96,7 +96,7 @@ def test_block_combine_equals_whole_stack(tmp_path, n_frames, method):
         np.testing.assert_allclose(whole.master, stack.mean(axis=0), rtol=1e-7)
     first = None
     for limit, threads in ((512.0, 1), (0.001, 1), (0.001, 2), (0.05, 3)):
-        result = combine_records(records, method, memory_limit_mb=limit, threads=threads).combined
+        result = combine_records(records, method, memory_limit=limit, threads=threads).combined
         assert result.master.dtype == np.float32 and result.master.shape == (48, 64)
         if method == "median":
             np.testing.assert_array_equal(result.master, whole.master)
@@ -228,7 +228,7 @@ def test_large_group_uses_sort_and_thin_blocks(tmp_path):
     records, _ = scan_frames(tmp_path, PipelineConfig(show_progress=False))
     whole = combine_block(stack.astype(np.float32), "sigma-clip")
     assert block_rows(n_frames, 64, 6, 0.001, 2) == 1
-    thin = combine_records(records, "sigma-clip", memory_limit_mb=0.001, threads=2).combined
+    thin = combine_records(records, "sigma-clip", memory_limit=0.001, threads=2).combined
     np.testing.assert_array_equal(thin.n_used, whole.n_used)
     np.testing.assert_allclose(thin.master, whole.master, rtol=2e-6)
     np.testing.assert_allclose(thin.noise, whole.noise, rtol=2e-6)

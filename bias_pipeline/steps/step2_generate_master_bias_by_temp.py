@@ -189,7 +189,7 @@ def combine_group(
                 config.combine_method,
                 input_bits=input_bits,
                 scale_factor=config.scale_factor,
-                memory_limit_mb=config.memory_limit_mb,
+                memory_limit=config.memory_limit,
                 clip_sigma=config.clip_sigma,
                 clip_iters=config.clip_iters,
                 outlier_sigma=config.outlier_sigma,
