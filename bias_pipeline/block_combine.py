@@ -203,7 +203,7 @@ def combine_records(
     method
         One of :data:`~bias_pipeline.combine.COMBINE_METHODS`.
     input_bits, scale_factor
-        Units of the stored values (see :mod:`.utils_scaling`).
+        Units of the stored values (see :mod:`bias_pipeline.units`).
     memory_limit
         Budget for the block buffers of all workers together.
     clip_sigma, clip_iters

@@ -8,6 +8,7 @@ becomes one line on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -494,8 +495,8 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
                 beside = args.model if args.model is not None and args.model.is_file() else args.a_map
                 noise_map = args.noise_map or (beside.with_name(MODEL_FILE_NAME) if beside is not None else None)
                 if noise_map is None:
-                    raise ConfigError("--noise needs a read-noise map: give --noise-map bias_model/bias_model.fits")
-                model.read_noise = load_read_noise(noise_map, model.shape)
+                    raise ConfigError(f"--noise needs a read-noise map: give --noise-map {MODEL_DIR}/{MODEL_FILE_NAME}")
+                model = dataclasses.replace(model, read_noise=load_read_noise(noise_map, model.shape))
                 inputs["--noise-map"] = noise_map
         elif args.seed is not None or args.noise_map is not None:
             raise ConfigError("--seed and --noise-map only apply with --noise")

@@ -20,13 +20,13 @@ from tqdm import tqdm
 
 from .errors import BiasPipelineError
 from .interrupts import Terminated, raise_terminated
+from .provenance import PACKAGE_LOGGER
 
 logger = logging.getLogger("bias_pipeline.cli")
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 EXIT_INTERNAL = 70
-PACKAGE_LOGGER = "bias_pipeline"
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -735,8 +735,8 @@ def _init_with_deprecated_names(self: PipelineConfig, **values: Any) -> None:
     for old, new in DEPRECATED_NAMES.items():
         if old in values:
             warnings.warn(f"PipelineConfig({old}=...) is deprecated; use {new}=...", DeprecationWarning, stacklevel=2)
-            if new in values:
-                raise TypeError(f"PipelineConfig got both {old} and {new}; give {new} only")
+            # The old name wins over the new one: dataclasses.replace(config, evaluate=False)
+            # passes every current field too, and the caller typed the old name.
             values[new] = values.pop(old)
     _dataclass_init(self, **values)
 

@@ -62,12 +62,17 @@ SUMMARY_COLUMNS = (
 )
 
 
-class Master(Protocol):
-    """What step 5 needs of a master (:class:`~.steps.step2_generate_master_bias_by_temp.MasterFrame`)."""
+class MasterImage(Protocol):
+    """The part of a master step 5 reads (:class:`~bias_pipeline.master_writer.Master` without
+    what only the fit needs): :class:`~bias_pipeline.master_writer.MasterFrame` is one, and so is
+    a master given as an array to the legacy :func:`~bias_pipeline.legacy.evaluate_model`."""
 
-    label: str
-    temperature: float
-    n_frames: int
+    @property
+    def label(self) -> str: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def n_frames(self) -> int: ...
 
     def load(self) -> np.ndarray:
         """The master's pixels, float32 16-bit ADU."""
@@ -138,7 +143,7 @@ def summarize(values: np.ndarray, valid: np.ndarray) -> dict[str, float]:
 
 def evaluate_master(
     model: BiasModel,
-    master: Master,
+    master: MasterImage,
     *,
     leverage: float = math.nan,
     heldout_model: BiasModel | None = None,
@@ -211,7 +216,7 @@ def evaluate_master(
 
 
 def evaluate_masters(
-    model: BiasModel, masters: Sequence[Master], *, heldout_model: BiasModel | None = None
+    model: BiasModel, masters: Sequence[MasterImage], *, heldout_model: BiasModel | None = None
 ) -> Iterator[MasterEvaluation]:
     """Compare the model with every master, one at a time (pure: no files).
 

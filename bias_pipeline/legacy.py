@@ -4,14 +4,19 @@ PhotSat code already calls"), on top of the real path of each step.
 They stay importable from the step modules too (``from
 bias_pipeline.steps.step2_generate_master_bias_by_temp import generate_master_bias_by_temp``),
 which look them up here by name on first use. New code calls the steps' own functions:
+:func:`~bias_pipeline.steps.step0_create_dirs.make_output_folder` (a run stages its products, see
+:mod:`bias_pipeline.output_folder`), :func:`~bias_pipeline.steps.step1_load_data.scan_frames`,
 :func:`~bias_pipeline.grouping.make_groups` and
 :func:`~bias_pipeline.steps.step2_generate_master_bias_by_temp.build_masters`,
 :func:`~bias_pipeline.steps.step3_fit_bias_model.fit_model` and
-:meth:`~bias_pipeline.model.BiasModel.save`, :func:`~bias_pipeline.steps.step5_evaluate_model.evaluate`.
+:meth:`~bias_pipeline.model.BiasModel.save`,
+:func:`~bias_pipeline.steps.step4_generate_synthetic_bias.write_synthetic_set`,
+:func:`~bias_pipeline.steps.step5_evaluate_model.evaluate`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +29,82 @@ from .config import PipelineConfig
 from .errors import InputDataError
 from .evaluation import evaluate_masters, write_evaluation
 from .fitting import fit_polynomial
-from .frames import FrameRecord
+from .frames import STATUS_ACCEPTED, FrameRecord
 from .grouping import clusters, make_groups
 from .model import BiasModel
+from .output_folder import remove_temporary_files
 from .products import unique_labels
+from .registry import SUBDIRS, is_product
+from .steps.step0_create_dirs import make_output_folder
+from .steps.step1_load_data import scan_frames
 from .steps.step2_generate_master_bias_by_temp import build_masters
 from .steps.step3_fit_bias_model import check_mask
+from .steps.step4_generate_synthetic_bias import write_synthetic_set
+
+logger = logging.getLogger(__name__)
+
+# ---- step 0 ------------------------------------------------------------------------------
+
+
+def create_directories(output_dir: str | Path, *, clear_old_products: bool = True) -> dict[str, Path]:
+    """Create ``output_dir`` and its product folders, checking they are writable.
+
+    Parameters
+    ----------
+    output_dir
+        The output folder (created with its parents if missing).
+    clear_old_products
+        Remove the products an earlier run left (per-temperature files such as
+        ``master_bias_XX.XC.fits``, the model files and ``run_config.json``); nothing else is
+        touched. Temporary files of a killed run (names ending in
+        :data:`~bias_pipeline.products.TEMPORARY_SUFFIX`) are always removed.
+
+    Returns
+    -------
+    dict
+        ``{"root": output_dir, "masters": ..., "model": ..., "synthetic": ..., "evaluation": ...}``.
+
+    Raises
+    ------
+    OutputError
+        When a folder cannot be created or written; raised before any work is done.
+    """
+    root = Path(output_dir)
+    dirs = {"root": root, **{key: root / name for key, name in SUBDIRS.items()}}
+    for path in dirs.values():
+        make_output_folder(path)
+    for path in dirs.values():
+        remove_temporary_files(path)
+    if clear_old_products:
+        for path in dirs.values():
+            for old in path.iterdir():
+                if old.is_file() and is_product(old.relative_to(root)):
+                    old.unlink()
+                    logger.debug("removed earlier product %s", old)
+    return dirs
+
+
+# ---- step 1 ------------------------------------------------------------------------------
+
+
+def load_bias_files(base_path: str | Path, config: PipelineConfig | None = None) -> list[FrameRecord]:
+    """Scan ``base_path`` and return the frames accepted as bias frames.
+
+    Parameters
+    ----------
+    base_path
+        The raw folder.
+    config
+        The run's options (defaults if ``None``).
+
+    Returns
+    -------
+    list of FrameRecord
+        Accepted frames; see :func:`~bias_pipeline.steps.step1_load_data.scan_frames` for every file with its reason.
+    """
+    records, _ = scan_frames(base_path, config)
+    return [r for r in records if r.status == STATUS_ACCEPTED]
+
 
 # ---- step 2 ------------------------------------------------------------------------------
 
@@ -143,6 +218,12 @@ def generate_master_bias_by_temp(
     -------
     dict
         Group temperature (mean of its frames, deg C) -> master array.
+
+    Notes
+    -----
+    ``entries`` are left as they are (the first version marked each frame used or rejected in
+    place); which frames each master used, and why others were rejected, are the decisions
+    :func:`~bias_pipeline.steps.step2_generate_master_bias_by_temp.build_masters` returns.
     """
     base = config or PipelineConfig()
     config = PipelineConfig(**{**base.as_dict(), "combine_method": method})
@@ -241,6 +322,27 @@ def save_bias_model(a_map: np.ndarray, b_map: np.ndarray, output_dir: str | Path
     a_path, b_path
     """
     return BiasModel.from_maps(a_map, b_map).save(output_dir)
+
+
+# ---- step 4 ------------------------------------------------------------------------------
+
+
+def generate_multiple_synthetic_biases(
+    a_map: np.ndarray,
+    b_map: np.ndarray,
+    temperatures: Iterable[float],
+    output_dir: str | Path,
+) -> dict[float, Path]:
+    """Write a synthetic frame for each temperature into ``output_dir``.
+
+    Returns
+    -------
+    dict
+        Temperature -> file written.
+    """
+    temps = [float(t) for t in temperatures]
+    paths = write_synthetic_set(BiasModel.from_maps(a_map, b_map), temps, output_dir)
+    return dict(zip(temps, paths, strict=True))
 
 
 # ---- step 5 ------------------------------------------------------------------------------

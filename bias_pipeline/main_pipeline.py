@@ -104,8 +104,8 @@ def run_bias_pipeline(
     observations_dir: str | Path,
     output_dir: str | Path,
     hot_pixel_mask_path: str | Path | None = None,
-    generate_set: bool = True,
-    eval_save_fits: bool = False,
+    generate_set: bool | None = None,
+    eval_save_fits: bool | None = None,
     *,
     config: PipelineConfig | None = None,
     command_line: Sequence[str] | None = None,
@@ -120,13 +120,15 @@ def run_bias_pipeline(
         Folder for the products (created; may lie inside ``observations_dir``, and is then
         not scanned).
     hot_pixel_mask_path
-        FITS mask, non-zero = hot pixel left out of the fit.
+        FITS mask, non-zero = hot pixel left out of the fit (``None``: ``config.hot_pixel_mask``).
     generate_set
-        Write a synthetic frame for every master temperature in ``bias_masks_by_temp/``.
+        Write a synthetic frame for every master temperature in ``bias_masks_by_temp/``
+        (``None``: ``config.generate_set``; without a ``config``, True as in the first version).
     eval_save_fits
-        Write synthetic, MAE and MAPE FITS in ``evaluation/``.
+        Write synthetic, MAE and MAPE FITS in ``evaluation/`` (``None``: ``config.save_eval_fits``).
     config
-        Every other option (defaults if ``None``).
+        Every option (defaults if ``None``). The arguments above, when given, win over the same
+        options in it.
     command_line
         The command as typed, for ``run_config.json`` (default ``sys.argv``).
 
@@ -164,11 +166,14 @@ def run_bias_pipeline(
     >>> bool(abs(float(signal.mean())) < 5.0)  # a bias frame minus the bias: about zero ADU
     True
     """
-    config = config or PipelineConfig()
-    # The legacy positional arguments win over the same options inside config (a mask of None
-    # leaves config's); the run record then shows the paths resolved.
+    if config is None:  # the first version's call form: synthetic frames by default
+        config = PipelineConfig(generate_set=True)
+    # The legacy positional arguments win over the same options inside config (None leaves
+    # config's); the run record then shows the paths resolved.
     if hot_pixel_mask_path is None:
         hot_pixel_mask_path = config.hot_pixel_mask
+    generate_set = config.generate_set if generate_set is None else generate_set
+    eval_save_fits = config.save_eval_fits if eval_save_fits is None else eval_save_fits
     raw = resolve_path(observations_dir)
     out = resolve_path(output_dir)
     config = dataclasses.replace(
@@ -262,9 +267,13 @@ def _run_logged(context: RunContext) -> PipelineResult:
     document = run_config_document(options=options, records=result.records, base=raw, started=started,
                                    command_line=context.command_line, extra=facts)  # fmt: skip
     write_run_config(run.staging, document)
-    data = report_data(result, document, temperature_tolerance=config.temperature_tolerance)
-    data.files_dir = run.staging
-    data.files = run.files_after_publish(exclude=[raw])
+    data = report_data(
+        result,
+        document,
+        temperature_tolerance=config.temperature_tolerance,
+        files_dir=run.staging,
+        files=run.files_after_publish(exclude=[raw]),
+    )
     try:
         write_report(data)
     except OutputError:

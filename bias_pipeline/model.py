@@ -21,6 +21,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -30,6 +31,7 @@ from .products import add_card, product_header, read_image, write_fits_atomic, w
 from .quality import DQ_BITS, HOT_MASK
 from .registry import A_MAP_NAME, B_MAP_NAME, MODEL_FILE_NAME
 from .registry import MODEL_DIR as MODEL_DIR_NAME
+from .units import DEFAULT_SCALE_FACTOR
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ class BiasModel:
     temperature_range: tuple[float, float] | None = None
     group_temperatures: tuple[float, ...] = ()
     group_frames: tuple[int, ...] = ()
-    scale_factor: float = 16.0
+    scale_factor: float = DEFAULT_SCALE_FACTOR
     group_leverage: tuple[float, ...] = ()
     c_map: np.ndarray | None = None
     covariance: np.ndarray | None = None
@@ -117,16 +119,19 @@ class BiasModel:
         mask: np.ndarray | None = None,
         *,
         temperature_range: tuple[float, float] | None = None,
-        scale_factor: float = 16.0,
+        scale_factor: float = DEFAULT_SCALE_FACTOR,
+        **more: Any,
     ) -> BiasModel:
-        """Build a model from a and b arrays; pixels NaN in either map count as masked."""
+        """Build a model from a and b arrays; pixels NaN in either map count as masked.
+
+        ``more`` are further fields of the model (``read_noise``, ``group_temperatures``, ...)."""
         a_map = np.asarray(a_map, dtype=np.float32)
         b_map = np.asarray(b_map, dtype=np.float32)
         if a_map.shape != b_map.shape:
             raise InputDataError(f"a-map {a_map.shape} and b-map {b_map.shape} differ in shape")
         derived = ~(np.isfinite(a_map) & np.isfinite(b_map))
         mask = derived if mask is None else (np.asarray(mask, dtype=bool) | derived)
-        return cls(a_map, b_map, mask, temperature_range=temperature_range, scale_factor=scale_factor)
+        return cls(a_map, b_map, mask, temperature_range=temperature_range, scale_factor=scale_factor, **more)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -454,18 +459,17 @@ class BiasModel:
             raise InputDataError(f"a-map {a_path} cannot be read: {exc}") from None
         if mask is not None and mask.shape != a_map.shape:
             mask = None
-        model = cls.from_maps(
+        return cls.from_maps(
             a_map,
             b_map,
             mask,
             temperature_range=_range(a_header),
-            scale_factor=float(a_header.get("SCALEFAC", 16.0)),
+            scale_factor=float(a_header.get("SCALEFAC", DEFAULT_SCALE_FACTOR)),
+            group_temperatures=temperatures,
+            group_frames=frames,
+            group_leverage=leverage,
+            tref=float(a_header["TREF"]) if "TREF" in a_header else None,
         )
-        model.group_temperatures = temperatures
-        model.group_frames = frames
-        model.group_leverage = leverage
-        model.tref = float(a_header["TREF"]) if "TREF" in a_header else None
-        return model
 
     @classmethod
     def _load_whole(cls, a_path: Path, a_header: fits.Header, b_path: Path | None) -> BiasModel:
@@ -525,7 +529,7 @@ class BiasModel:
             group_temperatures=temperatures,
             group_frames=frames,
             group_leverage=leverage,
-            scale_factor=float(header.get("SCALEFAC", 16.0)),
+            scale_factor=float(header.get("SCALEFAC", DEFAULT_SCALE_FACTOR)),
             c_map=maps.get("C"),
             covariance=covariance,
             rms=maps.get("RMS"),

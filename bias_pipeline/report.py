@@ -123,7 +123,12 @@ class RunResult(Protocol):
 
 
 def report_data(
-    result: RunResult, run_info: Mapping[str, object] | None = None, *, temperature_tolerance: float | None = None
+    result: RunResult,
+    run_info: Mapping[str, object] | None = None,
+    *,
+    temperature_tolerance: float | None = None,
+    files_dir: Path | None = None,
+    files: Sequence[tuple[Path, Path]] | None = None,
 ) -> ReportData:
     """The report's content for a :class:`~bias_pipeline.main_pipeline.PipelineResult`.
 
@@ -135,6 +140,10 @@ def report_data(
         ``run_config.json`` of the run (read from the output folder when ``None``).
     temperature_tolerance
         ``--temperature-tolerance`` of the run [deg C] (default: from ``run_info``'s options).
+    files_dir, files
+        Where the run's files are now (the staging folder) and ``(path relative to output_dir,
+        file holding it now)`` of each, for a report written before the run is published (see
+        :class:`ReportData`).
 
     Returns
     -------
@@ -163,6 +172,8 @@ def report_data(
         run_info=run_info,
         exclude=[Path(raw)] if raw else [],
         temperature_tolerance=temperature_tolerance,
+        files_dir=files_dir,
+        files=files,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import json
 import os
 
 import numpy as np
@@ -37,9 +38,23 @@ def test_public_names():
         "generate_set",
         "eval_save_fits",
     ]
-    assert inspect.signature(run_bias_pipeline).parameters["generate_set"].default is True
-    assert inspect.signature(run_bias_pipeline).parameters["eval_save_fits"].default is False
     assert isinstance(PipelineConfig(), PipelineConfig)
+
+
+def test_the_switches_default_as_in_the_first_version_and_follow_a_config(tmp_path):
+    """``run_bias_pipeline(raw, out)`` writes synthetic frames and no evaluation FITS, as the first
+    version did; a config's switches are used when the arguments are left out, and the arguments
+    win when given."""
+    two_temperature_set(tmp_path / "raw")
+    first = run_bias_pipeline(tmp_path / "raw", tmp_path / "first")
+    assert len(first.synthetic_paths) == 2 and not list((tmp_path / "first" / "evaluation").glob("*.fits"))
+    config = PipelineConfig(generate_set=False, save_eval_fits=True, show_progress=False)
+    from_config = run_bias_pipeline(tmp_path / "raw", tmp_path / "config", config=config)
+    assert from_config.synthetic_paths == [] and list((tmp_path / "config" / "evaluation").glob("mae_*.fits"))
+    recorded = json.loads((tmp_path / "config" / "run_config.json").read_text())["options"]
+    assert recorded["generate_set"] is False and recorded["save_eval_fits"] is True
+    given = run_bias_pipeline(tmp_path / "raw", tmp_path / "given", generate_set=True, config=config)
+    assert len(given.synthetic_paths) == 2
 
 
 def test_legacy_step_chain(tmp_path):
@@ -111,6 +126,9 @@ def test_legacy_forms_live_in_one_module():
             ["group_by_temperature", "combine_frames", "generate_master_bias_by_temp"],
         ),
         (step3_fit_bias_model, ["fit_bias_model", "save_bias_model"]),
+        (step0_create_dirs, ["create_directories"]),
+        (step1_load_data, ["load_bias_files"]),
+        (step4_generate_synthetic_bias, ["generate_multiple_synthetic_biases"]),
     ):
         for name in names:
             assert getattr(module, name) is getattr(legacy, name), name

@@ -30,12 +30,32 @@ from ..frames import (
     is_tiny,
     normal_frame_type,
 )
+from ..lazy import forward
 from ..products import write_text_atomic
 from ..provenance import file_sha256
+from ..registry import MANIFEST_NAME
 from ..workers import worker_pool
 from .utils_scaling import TWELVE_BIT_MAX, decide_input_bits
 
 logger = logging.getLogger(__name__)
+
+#: The legacy call forms, defined in :mod:`bias_pipeline.legacy` and found here by name (PEP 562:
+#: legacy.py imports this module, so importing it here at the top would be an import cycle).
+LEGACY_NAMES = ("load_bias_files",)
+__getattr__ = forward(__name__, LEGACY_NAMES, "bias_pipeline.legacy")
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "MANIFEST_NAME",
+    "MAX_SATURATED_FRACTION",
+    "check_raw_folder",
+    "classify_frames",
+    "find_files",
+    "manifest_text",
+    "not_regular",
+    "scan_frames",
+    "write_manifest",
+    *LEGACY_NAMES,
+]
 
 MAX_SATURATED_FRACTION = 0.10  # more saturated pixels than this and a frame is no bias frame
 MANIFEST_COLUMNS = (
@@ -382,25 +402,6 @@ def _checksum_or_empty(path: Path) -> str:
         return file_sha256(path)
     except FrameReadError:
         return ""
-
-
-def load_bias_files(base_path: str | Path, config: PipelineConfig | None = None) -> list[FrameRecord]:
-    """Scan ``base_path`` and return the frames accepted as bias frames.
-
-    Parameters
-    ----------
-    base_path
-        The raw folder.
-    config
-        The run's options (defaults if ``None``).
-
-    Returns
-    -------
-    list of FrameRecord
-        Accepted frames; see :func:`scan_frames` for every file with its reason.
-    """
-    records, _ = scan_frames(base_path, config)
-    return [r for r in records if r.status == STATUS_ACCEPTED]
 
 
 def manifest_text(records: Sequence[FrameRecord], base_path: Path | None = None) -> str:

@@ -446,7 +446,7 @@ def _log_fit(model: BiasModel, what: str) -> None:
         model.tref,
         ", ".join(f"{name} {count}" for name, count in counts.items()),
     )
-    if model.c_map is not None and model.covariance is not None:  # was unreachable code after a return
+    if model.c_map is not None and model.covariance is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(model.c_map) / np.sqrt(model.covariance[2, 2])
         logger.info(

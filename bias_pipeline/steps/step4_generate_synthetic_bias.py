@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputDataError
+from ..lazy import forward
 from ..model import BiasModel
 from ..products import product_header, temperature_label, unique_labels, write_image
 from ..registry import SYNTHETIC, labelled_name
 from ..units import quantise_to_adc
 
 logger = logging.getLogger(__name__)
+
+#: The legacy call forms, defined in :mod:`bias_pipeline.legacy` and found here by name (PEP 562:
+#: legacy.py imports this module, so importing it here at the top would be an import cycle).
+LEGACY_NAMES = ("generate_multiple_synthetic_biases",)
+__getattr__ = forward(__name__, LEGACY_NAMES, "bias_pipeline.legacy")
+__all__ = [
+    "ABSOLUTE_ZERO",
+    "ADU_RANGE",
+    "NAME_DECIMALS",
+    "SYNTHETIC_PATTERN",
+    "add_read_noise",
+    "check_synthetic",
+    "generate_synthetic_bias",
+    "synthetic_header",
+    "synthetic_name",
+    "write_synthetic",
+    "write_synthetic_set",
+    *LEGACY_NAMES,
+]
 
 SYNTHETIC_PATTERN = labelled_name(SYNTHETIC, "{label}")  # older callers format it
 
@@ -195,24 +215,6 @@ def write_synthetic_set(
         paths.append(path)
     logger.debug("wrote %d synthetic frames in %s", len(paths), output_dir)
     return paths
-
-
-def generate_multiple_synthetic_biases(
-    a_map: np.ndarray,
-    b_map: np.ndarray,
-    temperatures: Iterable[float],
-    output_dir: str | Path,
-) -> dict[float, Path]:
-    """Write a synthetic frame for each temperature into ``output_dir``.
-
-    Returns
-    -------
-    dict
-        Temperature -> file written.
-    """
-    temps = [float(t) for t in temperatures]
-    paths = write_synthetic_set(BiasModel.from_maps(a_map, b_map), temps, output_dir)
-    return dict(zip(temps, paths, strict=True))
 
 
 def add_read_noise(

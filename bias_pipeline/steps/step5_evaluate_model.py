@@ -18,8 +18,8 @@ from ..evaluation import (
     SUMMARY_COLUMNS,
     SUMMARY_CSV,
     SUMMARY_PNG,
-    Master,
     MasterEvaluation,
+    MasterImage,
     error_maps,
     evaluate_masters,
     summarize,
@@ -62,7 +62,7 @@ __all__ = [
     "TEMPERATURE_PLOT",
     "THERMOMETRY_PIXELS",
     "ImagePlot",
-    "Master",
+    "MasterImage",
     "MasterEvaluation",
     "TemperatureCheck",
     "check_frame_temperatures",
@@ -86,7 +86,7 @@ __all__ = [
 
 def evaluate(
     model: BiasModel,
-    masters: Sequence[Master],
+    masters: Sequence[MasterImage],
     evaluation_dir: str | Path,
     *,
     save_fits: bool = False,
@@ -103,7 +103,7 @@ def evaluate(
         The fitted model.
     masters
         Objects with ``label``, ``temperature``, ``n_frames`` and ``load()``
-        (:class:`~.step2_generate_master_bias_by_temp.MasterFrame`).
+        (:class:`~bias_pipeline.master_writer.MasterFrame`).
     evaluation_dir, save_fits, plots, show_progress, threads
         As :func:`~bias_pipeline.evaluation.write_evaluation`.
     heldout_model
