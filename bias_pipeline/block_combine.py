@@ -32,7 +32,7 @@ from .combine import (
 from .config import PipelineConfig
 from .errors import FrameReadError, InputDataError
 from .frames import FrameRecord, is_tiny, plain_uint16, read_rows, read_uint16_rows, reading
-from .units import input_factor
+from .units import DEFAULT_SCALE_FACTOR, input_factor
 from .workers import default_threads, worker_pool
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def combine_records(
     method: str = "median",
     *,
     input_bits: int = 16,
-    scale_factor: float = 16.0,
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
     memory_limit: float = 512.0,
     clip_sigma: float = 3.0,
     clip_iters: int = 5,

@@ -52,13 +52,16 @@ from .errors import BiasPipelineError, ConfigError
 from .registry import (
     A_MAP_NAME,
     B_MAP_NAME,
+    DEMO_DIR,
     EVALUATION_DIR,
     LOG_NAME,
     MASTERS_DIR,
     MODEL_DIR,
     MODEL_FILE_NAME,
     STOPPED_DIR,
+    SYNTHETIC,
     SYNTHETIC_DIR,
+    labelled_name,
 )
 
 __all__ = [
@@ -128,7 +131,7 @@ COMMAND_LINE_ONLY: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
     ),
     "demo": (
         ("--demo",),
-        {"action": "store_true", "help": "simulate a small PhotSat data set in OUT_DIR/demo_data and run on it"},
+        {"action": "store_true", "help": f"simulate a small PhotSat data set in OUT_DIR/{DEMO_DIR} and run on it"},
     ),
     "verbose": (("-v", "--verbose"), {"action": "store_true", "help": "show every file's decision"}),
     "quiet": (("-q", "--quiet"), {"action": "store_true", "help": "only warnings and errors; no progress bars"}),
@@ -211,7 +214,7 @@ def _run_demo(config: PipelineConfig) -> int:
 
     assert config.output_dir is not None
     out_dir = config.output_dir
-    demo_dir = out_dir / "demo_data"
+    demo_dir = out_dir / DEMO_DIR
     spec = SimulationSpec(
         shape=(256, 320),
         temperatures=(-10.0, 0.0, 10.0, 20.0, 30.0),
@@ -423,11 +426,11 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
         "--model",
         type=Path,
         metavar="MODEL",
-        help="bias_model.fits, its bias_model/ folder or a run's output folder: the whole model, any degree",
+        help=f"{MODEL_FILE_NAME}, its {MODEL_DIR}/ folder or a run's output folder: the whole model, any degree",
     )
-    models.add_argument("--a-map", type=Path, metavar="A.fits", help="intercept map (bias_model/bias_a_map.fits)")
+    models.add_argument("--a-map", type=Path, metavar="A.fits", help=f"intercept map ({MODEL_DIR}/{A_MAP_NAME})")
     models.add_argument(
-        "--b-map", type=Path, metavar="B.fits", help="slope map (default: bias_b_map.fits beside --a-map)"
+        "--b-map", type=Path, metavar="B.fits", help=f"slope map (default: {B_MAP_NAME} beside --a-map)"
     )
     parser.add_argument(
         "--temperature", type=finite_float, required=True, metavar="T", help="sensor temperature in deg C"
@@ -437,7 +440,7 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
         type=str,  # not Path: it would drop the trailing "/" that marks a folder still to be made
         required=True,
         metavar="PATH",
-        help="a folder (gets synthetic_bias_T.TC.fits) or a file name; missing folders are created; an input "
+        help=f"a folder (gets {labelled_name(SYNTHETIC, 'T.T')}) or a file name; missing folders are created; an input "
         "of the command, or a file that is not a synthetic frame, is never overwritten",
     )
     parser.add_argument(
@@ -450,8 +453,8 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
         "--noise-map",
         type=Path,
         metavar="MODEL.fits",
-        help="bias_model.fits (or a FITS read-noise image) for --noise; default: the model's own, or bias_model.fits "
-        "beside --a-map",
+        help=f"{MODEL_FILE_NAME} (or a FITS read-noise image) for --noise; default: the model's own, or "
+        f"{MODEL_FILE_NAME} beside --a-map",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="more messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
@@ -482,7 +485,9 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
         if args.model is not None and (args.a_map is not None or args.b_map is not None):
             raise ConfigError("--model is the whole model: leave out --a-map and --b-map")
         if args.model is None and args.a_map is None:
-            raise ConfigError("give the model: --model bias_model/bias_model.fits (or --a-map A.fits --b-map B.fits)")
+            raise ConfigError(
+                f"give the model: --model {MODEL_DIR}/{MODEL_FILE_NAME} (or --a-map A.fits --b-map B.fits)"
+            )
         if args.model is not None:
             _check_is_model(args.model)
             model = BiasModel.load(args.model)
@@ -532,7 +537,7 @@ def _check_is_model(path: Path) -> None:
     if kind not in ("BIAS_MODEL", "BIAS_A"):
         what = f"a {kind} product" if kind else "not a product of this package (no PRODTYPE)"
         raise InputDataError(
-            f"--model {path} is {what}; give bias_model.fits, its bias_model/ folder or a run's output folder"
+            f"--model {path} is {what}; give {MODEL_FILE_NAME}, its {MODEL_DIR}/ folder or a run's output folder"
         )
 
 

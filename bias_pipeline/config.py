@@ -16,6 +16,7 @@ from typing import Any
 from .combine import COMBINE_METHODS
 from .errors import ConfigError
 from .frames import normal_frame_type
+from .units import DEFAULT_SCALE_FACTOR
 
 #: Header keywords looked up, in this order, for the sensor temperature [deg C].
 DEFAULT_TEMPERATURE_KEYS: tuple[str, ...] = (
@@ -536,7 +537,7 @@ class PipelineConfig:
         choices=INPUT_BITS_CHOICES,
     )
     scale_factor: float = option(
-        16.0,
+        DEFAULT_SCALE_FACTOR,
         "--scale-factor",
         f"12-bit to 16-bit factor, at most {MAX_SCALE_FACTOR:g}",
         NUMBER,

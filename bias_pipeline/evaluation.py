@@ -30,6 +30,7 @@ from .model import BiasModel
 from .plots import ImagePlot, draw_plots, plot_summary
 from .products import product_header, write_image, write_text_atomic
 from .registry import HELDOUT_MAE, MAE, MAPE, REAL_PLOT, SUMMARY_CSV, SUMMARY_PNG, SYNTHETIC, labelled_name
+from .units import DEFAULT_SCALE_FACTOR
 from .workers import default_threads
 
 logger = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ def write_evaluation(
     evaluations: Iterable[MasterEvaluation],
     evaluation_dir: str | Path,
     *,
-    scale_factor: float = 16.0,
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
     save_fits: bool = False,
     plots: bool = True,
     show_progress: bool = True,

@@ -1,4 +1,5 @@
-"""The pipeline: chains the six steps, nothing else."""
+"""The pipeline: chains the steps in one staged run, composes the records from what the steps
+decide, and writes the run's manifest, record and report; the work is in the steps."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from .output_folder import StagedRun, keep_stopped_run, output_lock, publish, st
 from .plots import plot_temperature_check
 from .products import run_cards
 from .provenance import input_digest, now_utc, provenance_cards, run_config_document, run_log, write_run_config
-from .registry import MANIFEST_NAME
+from .registry import MANIFEST_NAME, TEMPERATURE_PLOT
 from .report import report_data, write_report
 from .steps.step0_create_dirs import make_output_folder
 from .steps.step1_load_data import check_raw_folder, scan_frames, write_manifest
@@ -36,7 +37,7 @@ from .steps.step2_generate_master_bias_by_temp import build_masters
 from .steps.step3_fit_bias_model import fit_model, fit_model_on_frames, load_hot_pixel_mask
 from .steps.step4_generate_synthetic_bias import write_synthetic_set
 from .steps.step5_evaluate_model import evaluate
-from .temperature_check import TEMPERATURE_PLOT, TemperatureCheck, check_frame_temperatures, with_temperature_checks
+from .temperature_check import TemperatureCheck, check_frame_temperatures, with_temperature_checks
 
 logger = logging.getLogger(__name__)
 

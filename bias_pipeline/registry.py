@@ -48,6 +48,8 @@ SUBDIRS: dict[str, str] = {
 }
 #: The manifest and log of the last run that stopped before publishing.
 STOPPED_DIR = "stopped_run"
+#: ``--demo``'s simulated raw frames and their truth (not a product: a rerun leaves it alone).
+DEMO_DIR = "demo_data"
 
 # ------------------------------------------------------------------ model files
 A_MAP_NAME = "bias_a_map.fits"

@@ -24,7 +24,7 @@ from .frames import FrameRecord, read_row_sample
 from .model import BiasModel
 from .registry import TEMPERATURE_PLOT
 from .thermometry import TemperatureEstimate, estimate_temperature
-from .units import input_factor
+from .units import DEFAULT_SCALE_FACTOR, input_factor
 from .workers import default_threads, worker_pool
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def check_frame_temperatures(
     records: Sequence[FrameRecord],
     *,
     input_bits: int = 16,
-    scale_factor: float = 16.0,
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
     tolerance: float = 0.5,
     show_progress: bool = True,
     threads: int = 0,

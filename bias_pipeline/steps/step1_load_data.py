@@ -34,8 +34,9 @@ from ..lazy import forward
 from ..products import write_text_atomic
 from ..provenance import file_sha256
 from ..registry import MANIFEST_NAME
+from ..units import TWELVE_BIT_MAX
 from ..workers import worker_pool
-from .utils_scaling import TWELVE_BIT_MAX, decide_input_bits
+from .utils_scaling import decide_input_bits
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from ..errors import InputDataError
 from ..lazy import forward
 from ..model import BiasModel
 from ..products import product_header, temperature_label, unique_labels, write_image
-from ..registry import SYNTHETIC, labelled_name
-from ..units import quantise_to_adc
+from ..registry import MODEL_DIR, MODEL_FILE_NAME, SYNTHETIC, labelled_name
+from ..units import DEFAULT_SCALE_FACTOR, quantise_to_adc
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def write_synthetic(
     if noise:
         if model.read_noise is None:
             raise InputDataError(
-                "--noise needs the read-noise map of bias_model/bias_model.fits; give --noise-map or "
+                f"--noise needs the read-noise map of {MODEL_DIR}/{MODEL_FILE_NAME}; give --noise-map or "
                 "the maps of a pipeline run"
             )
         frame = add_read_noise(
@@ -222,7 +222,7 @@ def add_read_noise(
     read_noise: np.ndarray,
     rng: np.random.Generator,
     *,
-    scale_factor: float = 16.0,
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
 ) -> np.ndarray:
     """A raw-like frame: ``frame`` plus Gaussian read noise, quantised to 12-bit steps.
 

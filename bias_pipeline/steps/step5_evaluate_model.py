@@ -26,7 +26,7 @@ from ..evaluation import (
     summary_csv_text,
     write_evaluation,
 )
-from ..legacy import evaluate_model
+from ..lazy import forward
 from ..model import BiasModel
 from ..plots import (
     PLOT_MAX_PIXELS,
@@ -50,6 +50,11 @@ from ..temperature_check import (
     with_temperature_checks,
 )
 
+#: The legacy call form, defined in :mod:`bias_pipeline.legacy` and found here by name (PEP 562:
+#: legacy.py imports the step modules, so importing it here at the top would load every step).
+LEGACY_NAMES = ("evaluate_model",)
+__getattr__ = forward(__name__, LEGACY_NAMES, "bias_pipeline.legacy")
+
 __all__ = [
     "FLAG_TEMPERATURE",
     "MISMATCH_SIGMAS",
@@ -72,7 +77,6 @@ __all__ = [
     "error_maps",
     "evaluate",
     "evaluate_masters",
-    "evaluate_model",
     "plot_image",
     "plot_summary",
     "plot_temperature_check",
@@ -81,6 +85,7 @@ __all__ = [
     "summary_csv_text",
     "with_temperature_checks",
     "write_evaluation",
+    *LEGACY_NAMES,
 ]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..frames import FrameRecord, read_frame
-from ..units import TWELVE_BIT_MAX, to_adu16
+from ..units import DEFAULT_SCALE_FACTOR, TWELVE_BIT_MAX, to_adu16
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def decide_input_bits(records: Sequence[FrameRecord], input_bits: str) -> int:
     return bits
 
 
-def scale_to_adu16(data: np.ndarray, input_bits: int, scale_factor: float = 16.0) -> np.ndarray:
+def scale_to_adu16(data: np.ndarray, input_bits: int, scale_factor: float = DEFAULT_SCALE_FACTOR) -> np.ndarray:
     """Return ``data`` in 16-bit ADU as float32 (the older name of :func:`bias_pipeline.units.to_adu16`).
 
     >>> scale_to_adu16(np.array([[1, 2]]), 12).tolist()
@@ -83,7 +83,9 @@ def scale_to_adu16(data: np.ndarray, input_bits: int, scale_factor: float = 16.0
     return to_adu16(data, input_bits, scale_factor)
 
 
-def load_fits_as_adu16(path: str | Path, input_bits: int = 16, scale_factor: float = 16.0) -> np.ndarray:
+def load_fits_as_adu16(
+    path: str | Path, input_bits: int = 16, scale_factor: float = DEFAULT_SCALE_FACTOR
+) -> np.ndarray:
     """Load a raw frame as float32 in the pipeline's units (16-bit ADU).
 
     Parameters
