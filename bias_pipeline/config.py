@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -173,6 +174,19 @@ def option(default: object, flag: str, help: str, kind: str, group: str, **extra
 
 
 # ------------------------------------------------------------------------------ checks
+def _of_kind(value: object, opt: Option) -> None:
+    """Refuse a value of the wrong type (a caller's ``memory_limit="512"`` or
+    ``evaluation="false"``, which Python would take as true) before the option's own check."""
+    if opt.kind == SWITCH and not isinstance(value, bool):
+        raise ConfigError(f"{opt.flag} is a switch: give True or False, got {value!r}")
+    if opt.kind == INTEGER and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise ConfigError(f"{opt.flag} must be a whole number, got {value!r}")
+    if opt.kind == NUMBER:
+        for item in value if opt.nargs and isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, bool) or not isinstance(item, numbers.Real):
+                raise ConfigError(f"{opt.flag} must be a number, got {value!r}")
+
+
 def _positive(value: object, option: str, *, allow_zero: bool = False) -> None:
     try:
         number = float(value)  # type: ignore[arg-type]
@@ -712,6 +726,7 @@ class PipelineConfig:
         """
         for name, opt in options().items():
             value = getattr(self, name)
+            _of_kind(value, opt)
             if opt.choices is not None:
                 _one_of(value, opt.flag, opt.choices)
             if opt.check is not None:

@@ -35,6 +35,7 @@ import math
 import numbers
 import os
 import re
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -95,6 +96,7 @@ def read_config_file(path: str | Path) -> dict[str, object]:
     """
     path = Path(path)
     where = f"--config {path}"
+    _check_readable(path, where)
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -114,6 +116,28 @@ def read_config_file(path: str | Path) -> dict[str, object]:
             'basepath = "raw/")'
         ) from None
     return data
+
+
+#: A configuration file larger than this is no configuration file (a run's record of ten
+#: thousand frames is a few MiB).
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+
+
+def _check_readable(path: Path, where: str) -> None:
+    """Refuse what is not a regular file of a sensible size before reading it: a FIFO would
+    block for ever, a device such as /dev/zero would fill the memory."""
+    try:
+        info = path.stat()
+    except OSError:
+        return  # missing or unreadable: the read says which
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a pipe or device)"
+        raise ConfigError(f"{where}: is {kind}; give a TOML file or a finished run's run_config.json")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{where}: is {info.st_size / 2**20:.0f} MiB, too large for a configuration file; give a TOML file "
+            "or a finished run's run_config.json"
+        )
 
 
 def _toml_reader(where: str) -> ModuleType:
@@ -146,6 +170,9 @@ def _run_config_options(text: str, where: str) -> dict[str, object]:
             "or a TOML file (a name not ending in .json)"
         )
     # A record of an earlier version may hold the earlier names of two options and show_progress.
+    for old, new in DEPRECATED_NAMES.items():
+        if old in options_ and new in options_:
+            raise ConfigError(f"{where}: holds both {old!r} and {new!r}, the same option; keep one ({new!r})")
     return {
         DEPRECATED_NAMES.get(key, key): value
         for key, value in options_.items()

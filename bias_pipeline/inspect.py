@@ -14,3 +14,9 @@ def __getattr__(name: str) -> object:
         return getattr(inspection, name)
     except AttributeError:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+if __name__ == "__main__":  # python -m bias_pipeline.inspect PATH, as before the rename
+    import sys
+
+    sys.exit(inspection.main())

@@ -299,3 +299,23 @@ def test_end_to_end_run_from_a_config_file_and_again_from_its_run_config(tmp_pat
         "run_pipeline.py: error: --threads must be a whole number from 0 (as many as CPUs) to 256, got -1 "
         f"(set by threads in --config {bad_toml})"
     ]
+
+
+def test_a_config_that_is_no_regular_file_is_refused_at_once(tmp_path):
+    """A FIFO would block the read for ever and /dev/zero fill the memory: refused before reading."""
+    import os
+
+    fifo = tmp_path / "options.toml"
+    os.mkfifo(fifo)
+    cases = ((fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"), (tmp_path, "a folder"))
+    for given, what in cases:
+        done = run_cli("run_pipeline.py", "--config", str(given), "--output-dir", str(tmp_path / "o"), "--write-config")
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert f"--config {given}: is {what}" in done.stderr
+
+
+def test_a_run_record_holding_an_option_under_both_names_is_refused(tmp_path):
+    record = tmp_path / "run_config.json"
+    record.write_text(json.dumps({"options": {"memory_limit": 512.0, "memory_limit_mb": 100.0}}))
+    done = run_cli("run_pipeline.py", "--config", str(record), "--output-dir", str(tmp_path / "o"), "--write-config")
+    assert done.returncode == 2 and "holds both 'memory_limit_mb' and 'memory_limit'" in done.stderr, done.stderr

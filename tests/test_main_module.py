@@ -334,3 +334,19 @@ def test_inspect_a_folder_whose_only_run_stopped(tmp_path):
     assert done.returncode == 3 and "Traceback" not in done.stderr
     assert "holds no finished run; the last run stopped: InputDataError" in done.stderr
     assert "stopped_run/pipeline.log" in done.stderr
+
+
+def test_the_inspect_module_under_its_old_name_still_runs(pipeline_run, tmp_path):
+    """``python -m bias_pipeline.inspect PATH`` worked before the module became ``inspection``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for name in ("bias_pipeline.inspect", "bias_pipeline.inspection"):
+        done = subprocess.run(
+            [sys.executable, "-W", "ignore", "-m", name, str(pipeline_run.output_dir)],
+            capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0 and "output folder" in done.stdout, (name, done.stderr)
+        missing = subprocess.run(
+            [sys.executable, "-W", "ignore", "-m", name, str(tmp_path / "nothing")],
+            capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+        )  # fmt: skip
+        assert missing.returncode == 3 and "does not exist" in missing.stderr, (name, missing.stderr)

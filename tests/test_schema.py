@@ -125,3 +125,21 @@ def test_run_bias_pipeline_takes_paths_from_config_and_its_arguments_win(tmp_pat
     assert record["hot_pixel_mask"] == str(mask)  # None as argument leaves config's mask
     assert record["generate_set"] is True and len(result.synthetic_paths) == 2
     assert record == {**config.options_record(), **{k: record[k] for k in ("basepath", "output_dir", "generate_set")}}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"memory_limit": "512"}, "--memory-limit must be a number, got '512'"),
+        ({"max_exposure": "0.1"}, "--max-exposure must be a number"),
+        ({"evaluation": "false"}, "--evaluation is a switch: give True or False, got 'false'"),
+        ({"generate_set": "no"}, "--generate-set is a switch"),
+        ({"degree": True}, "--degree must be a whole number, got True"),
+        ({"threads": 1.5}, "--threads must be a whole number"),
+    ],
+)
+def test_a_value_of_the_wrong_type_from_python_is_refused_naming_the_option(values, message):
+    """The command line and --config convert text; a Python caller's string would otherwise pass
+    (and "false" is true in Python) and fail deep in the run without naming the option."""
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        PipelineConfig(**values)
