@@ -22,7 +22,7 @@ from .frames import (
     reason_kind,
 )
 from .grouping import make_groups
-from .interrupts import deferred_interrupts
+from .interrupts import Terminated, deferred_interrupts
 from .master_writer import MasterFrame
 from .model import BiasModel
 from .output_folder import StagedRun, keep_stopped_run, output_lock, publish, stage_run
@@ -401,7 +401,9 @@ def _write_manifest_on_the_way_out(context: RunContext, records: Sequence[FrameR
     """The manifest of a run that stopped: every decision made, and for each frame still
     undecided that it was not combined and why the run stopped. A failure to write it is only
     logged: the error that stopped the run is the one to report."""
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, Terminated):
+        why = "terminated (SIGTERM)"
+    elif isinstance(exc, KeyboardInterrupt):
         why = "interrupted (Ctrl-C)"
     elif isinstance(exc, BiasPipelineError):
         why = str(exc)
