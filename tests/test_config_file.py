@@ -231,7 +231,7 @@ def test_errors_name_the_file_and_the_key(tmp_path, run, text, fragments):
 
 @pytest.mark.parametrize(
     ("setup", "fragment"),
-    [("missing", "cannot read it"), ("folder", "cannot read it"), ("json", 'no "options"'), ("binary", "UTF-8")],
+    [("missing", "cannot read it"), ("folder", "is a folder"), ("json", 'no "options"'), ("binary", "UTF-8")],
 )
 def test_unreadable_config_files(tmp_path, run, setup, fragment):
     path = {"missing": tmp_path / "nope.toml", "folder": tmp_path, "json": tmp_path / "x.json"}.get(

@@ -119,12 +119,14 @@ def test_run_bias_pipeline_takes_paths_from_config_and_its_arguments_win(tmp_pat
     config = PipelineConfig(
         basepath=tmp_path / "elsewhere", hot_pixel_mask=mask, generate_set=False, evaluation=False, show_progress=False
     )
-    result = run_bias_pipeline(tmp_path / "raw", tmp_path / "out", config=config)  # generate_set=True by default
+    result = run_bias_pipeline(tmp_path / "raw", tmp_path / "out", config=config)
     record = json.loads((tmp_path / "out" / "run_config.json").read_text())["options"]
     assert record["basepath"] == str(tmp_path / "raw")  # the positional argument wins
     assert record["hot_pixel_mask"] == str(mask)  # None as argument leaves config's mask
-    assert record["generate_set"] is True and len(result.synthetic_paths) == 2
-    assert record == {**config.options_record(), **{k: record[k] for k in ("basepath", "output_dir", "generate_set")}}
+    assert record["generate_set"] is False and result.synthetic_paths == []  # left out: config's switch
+    assert record == {**config.options_record(), **{k: record[k] for k in ("basepath", "output_dir")}}
+    given = run_bias_pipeline(tmp_path / "raw", tmp_path / "given", generate_set=True, config=config)
+    assert len(given.synthetic_paths) == 2  # given: the argument wins
 
 
 @pytest.mark.parametrize(
