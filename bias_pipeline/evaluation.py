@@ -21,11 +21,11 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
 
+from .master_writer import MasterImage
 from .model import BiasModel
 from .plots import ImagePlot, draw_plots, plot_summary
 from .products import product_header, write_image, write_text_atomic
@@ -61,23 +61,6 @@ SUMMARY_COLUMNS = (
     "mae_per_read_noise",
     "heldout_mae_per_read_noise",
 )
-
-
-class MasterImage(Protocol):
-    """The part of a master step 5 reads (:class:`~bias_pipeline.master_writer.Master` without
-    what only the fit needs): :class:`~bias_pipeline.master_writer.MasterFrame` is one, and so is
-    a master given as an array to the legacy :func:`~bias_pipeline.legacy.evaluate_model`."""
-
-    @property
-    def label(self) -> str: ...
-    @property
-    def temperature(self) -> float: ...
-    @property
-    def n_frames(self) -> int: ...
-
-    def load(self) -> np.ndarray:
-        """The master's pixels, float32 16-bit ADU."""
-        ...
 
 
 @dataclass

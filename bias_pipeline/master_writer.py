@@ -30,8 +30,9 @@ MASTER_PATTERN = labelled_name(MASTER, "{label}")  # older callers format it
 STAGED_SUFFIX = ".staged" + TEMPORARY_SUFFIX  # step 0 removes those a killed run left
 
 
-class Master(Protocol):
-    """What steps 3 and 5 need of a master bias (:class:`MasterFrame` is one)."""
+class MasterImage(Protocol):
+    """What step 5 reads of a master: :class:`MasterFrame` is one, and so is a master given as
+    an array to the legacy :func:`~bias_pipeline.legacy.evaluate_model`."""
 
     @property
     def label(self) -> str: ...
@@ -39,10 +40,18 @@ class Master(Protocol):
     def temperature(self) -> float: ...
     @property
     def n_frames(self) -> int: ...
+
+    def load(self) -> np.ndarray:
+        """The master's pixels, float32 16-bit ADU."""
+        ...
+
+
+class Master(MasterImage, Protocol):
+    """What step 3 needs of a master bias besides its image (:class:`MasterFrame` is one)."""
+
     @property
     def method(self) -> str: ...
 
-    def load(self) -> np.ndarray: ...
     def load_extension(self, name: str) -> np.ndarray | None: ...
 
 
