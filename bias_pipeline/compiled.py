@@ -1,0 +1,112 @@
+"""Compiled per-pixel kernels: numba, its compile cache, and the numpy reference path.
+
+The pipeline's per-pixel loops (sort, median, MAD, clip, statistics, fit sums) are compiled
+by numba the first time they run and kept in numba's on-disk cache, so only the first run
+after an install pays for compiling (a few seconds; ``benchmarks/`` measures it).
+
+Where the cache goes:
+
+- ``BIAS_PIPELINE_CACHE_DIR`` (or numba's own ``NUMBA_CACHE_DIR``) names a folder for it;
+- otherwise numba's default: ``__pycache__`` beside the package's sources when that folder
+  is writable, else the user's cache folder (``~/.cache/numba`` on Linux);
+- when no folder is writable, the kernels are compiled in every run (a warning says so once
+  and names the variable to set).
+
+Every kernel has a numpy reference that computes the same thing; the tests compare the two.
+``BIAS_PIPELINE_KERNELS=numpy`` runs the reference path instead (slower, same products to
+float32 rounding), and so does a machine where numba cannot be imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the compile-cache folder.
+CACHE_DIR_VARIABLE = "BIAS_PIPELINE_CACHE_DIR"
+#: Environment variable choosing the path: ``numba`` (default) or ``numpy`` (the reference).
+ENGINE_VARIABLE = "BIAS_PIPELINE_KERNELS"
+ENGINES = ("numba", "numpy")
+
+FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
+
+_cache_dir = os.environ.get(CACHE_DIR_VARIABLE, "").strip()
+if _cache_dir:
+    # numba reads its configuration when it is first imported; set it before.
+    os.environ["NUMBA_CACHE_DIR"] = _cache_dir
+
+try:
+    import numba
+except ImportError as _exc:  # a platform without numba wheels: the numpy path still works
+    numba = None
+    _IMPORT_ERROR = str(_exc)
+else:
+    _IMPORT_ERROR = ""
+    if _cache_dir:
+        numba.config.CACHE_DIR = _cache_dir  # numba may have been imported before us
+
+_warned_uncached = False
+
+
+def engine() -> str:
+    """The path the pipeline runs: ``"numba"`` (compiled kernels) or ``"numpy"`` (the reference).
+
+    Returns
+    -------
+    str
+        ``"numpy"`` when ``BIAS_PIPELINE_KERNELS=numpy`` or numba cannot be imported.
+    """
+    chosen = os.environ.get(ENGINE_VARIABLE, "numba").strip().lower() or "numba"
+    if chosen not in ENGINES:
+        logger.warning("%s=%s is not one of %s; using numba", ENGINE_VARIABLE, chosen, ", ".join(ENGINES))
+        chosen = "numba"
+    if chosen == "numba" and numba is None:
+        return "numpy"
+    return chosen
+
+
+def describe_engine() -> str:
+    """One line for the run's log: which path runs and where its compile cache is."""
+    if numba is None:
+        return f"numpy reference path (numba cannot be imported: {_IMPORT_ERROR})"
+    if engine() == "numpy":
+        return f"numpy reference path ({ENGINE_VARIABLE}=numpy)"
+    where = numba.config.CACHE_DIR or "numba's default (__pycache__ beside the sources, else ~/.cache/numba)"
+    return f"numba {numba.__version__} kernels, compile cache: {where}"
+
+
+def kernel(function: FunctionT) -> FunctionT:
+    """Compile ``function`` with numba (no Python objects, interpreter lock released, cached).
+
+    The lock is released so that worker threads run kernels on separate row blocks at once.
+    Without numba the plain Python function is returned (callers choose the numpy path by
+    :func:`engine` instead of running that).
+
+    Parameters
+    ----------
+    function
+        A function numba can compile in nopython mode.
+
+    Returns
+    -------
+    callable
+        The compiled dispatcher.
+    """
+    global _warned_uncached
+    if numba is None:
+        return function
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError as exc:  # no writable cache folder anywhere
+        if not _warned_uncached:
+            _warned_uncached = True
+            logger.warning(
+                "compiled kernels cannot be cached (%s); they are compiled again in every run: "
+                "set %s to a writable folder",
+                exc, CACHE_DIR_VARIABLE,
+            )  # fmt: skip
+        return numba.njit(nogil=True)(function)
