@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +29,19 @@ from .combine import (
     sort_frames,
     typical_noise,
 )
+from .combine_kernels import combine_block_compiled
+from .compiled import engine
 from .config import PipelineConfig
 from .errors import FrameReadError, InputDataError
-from .frames import FrameRecord, is_tiny, plain_uint16, read_rows, read_uint16_rows, reading
+from .frames import (
+    FrameRecord,
+    is_tiny,
+    plain_uint16,
+    read_rows,
+    read_stored_rows,
+    read_uint16_rows,
+    reading,
+)
 from .units import DEFAULT_SCALE_FACTOR, input_factor
 from .workers import default_threads, worker_pool
 
@@ -121,24 +131,6 @@ class GroupResult:
     fingerprint: list[tuple[float, float, int]]
 
 
-def _read_block(records: Sequence[FrameRecord], start: int, stop: int, out: np.ndarray, as_uint16: bool) -> None:
-    """Read rows ``start:stop`` of every frame into ``out[k, : stop - start]``.
-
-    Plain unsigned 16-bit frames (the camera's format) are read as integers straight into the
-    buffer (:func:`~bias_pipeline.frames.read_uint16_rows`); no file is kept open, so any
-    number of frames works within the open-file limit.
-    """
-    height = stop - start
-    for index, record in enumerate(records):
-        try:
-            if as_uint16:
-                read_uint16_rows(record, start, stop, out[index, :height])
-            else:
-                out[index, :height] = read_rows(record, start, stop)
-        except FrameReadError as exc:
-            raise CombineReadError(str(exc), record) from exc
-
-
 def _frame_statistics(
     block: np.ndarray, combined: Combined, outlier_sigma: float, pool: int, quantum: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -175,6 +167,180 @@ def value_step(records: Sequence[FrameRecord]) -> float:
     return 1.0 if all(r.integer_valued for r in records) else 0.0
 
 
+@dataclass(frozen=True)
+class BlockPlan:
+    """Everything needed to combine any row range of one group: plain values, so that any
+    executor (a thread here, a process or a cluster worker elsewhere) can run
+    :func:`combine_rows` on it.
+
+    Attributes
+    ----------
+    records
+        The group's frames (inspected, one shape).
+    method, clip_sigma, clip_iters
+        The combine.
+    pool
+        Rows sharing one typical noise (:func:`~bias_pipeline.combine.pool_rows`); every row
+        range given to :func:`combine_rows` starts at a multiple of it.
+    quantum
+        The stored values' quantisation step (:func:`value_step`).
+    outlier_sigma, judged
+        The frame statistics' threshold, and whether frames are judged at all.
+    factor
+        Stored units to 16-bit ADU.
+    as_uint16
+        Whether every frame is plain unsigned 16-bit (read as integers, else as float32).
+    engine
+        ``"numba"`` or ``"numpy"`` (:func:`bias_pipeline.compiled.engine`).
+    """
+
+    records: tuple[FrameRecord, ...]
+    method: str
+    clip_sigma: float
+    clip_iters: int
+    pool: int
+    quantum: float
+    outlier_sigma: float
+    judged: bool
+    factor: float
+    as_uint16: bool
+    engine: str
+
+
+@dataclass
+class BlockResult:
+    """One row range of a group combined: the master's rows and per frame the block's sums.
+
+    Attributes
+    ----------
+    start, stop
+        The row range.
+    master, noise, error
+        ``(stop - start, columns)`` float32 in 16-bit ADU.
+    n_used
+        Frames kept per pixel, int16.
+    outliers, sums, squares, inside
+        Per frame: pixels beyond ``outlier_sigma`` noise of the master, and the sum, sum of
+        squares and count of the other pixels' differences from it (stored units).
+    """
+
+    start: int
+    stop: int
+    master: np.ndarray
+    noise: np.ndarray
+    error: np.ndarray
+    n_used: np.ndarray
+    outliers: np.ndarray
+    sums: np.ndarray
+    squares: np.ndarray
+    inside: np.ndarray
+
+
+# Buffers one thread reuses from block to block: allocating them anew for every block would
+# spend more time faulting in fresh pages than the kernels spend on the pixels.
+_thread_buffers = threading.local()
+
+
+def _buffers() -> dict[str, np.ndarray]:
+    held = getattr(_thread_buffers, "held", None)
+    if held is None:
+        held = _thread_buffers.held = {}
+    return held
+
+
+def _buffer(held: dict[str, np.ndarray], name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    size = int(np.prod(shape))
+    array = held.get(name)
+    if array is None or array.dtype != np.dtype(dtype) or array.size < size:
+        array = held[name] = np.empty(size, dtype=dtype)
+    return array[:size].reshape(shape)
+
+
+def release_buffers() -> None:
+    """Drop the calling thread's block buffers (after a group, so that they do not outlive it)."""
+    _thread_buffers.held = {}
+
+
+def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
+    """Read rows ``start:stop`` of every frame of ``plan`` once and combine them.
+
+    The one task of step 2: a function of (group, row range) returning plain arrays, so that
+    any executor can run it. With the compiled kernels the block is read as stored and every
+    per-pixel quantity (decoding, sorting, median, clip, noise, error, frame statistics) is
+    computed in the kernels' passes over it; the numpy path
+    (:func:`~bias_pipeline.combine.combine_sorted`) is the reference.
+
+    Parameters
+    ----------
+    plan
+        The group and its combine.
+    start, stop
+        Row range; ``start`` a multiple of ``plan.pool``.
+
+    Returns
+    -------
+    BlockResult
+
+    Raises
+    ------
+    CombineReadError
+        When a frame can no longer be read; ``exc.record`` is the frame.
+    """
+    records = plan.records
+    assert records[0].shape is not None
+    columns = records[0].shape[1]
+    n, height = len(records), stop - start
+    held = _buffers()
+    compiled = plan.engine == "numba"
+    dtype = np.uint16 if plan.as_uint16 else np.float32
+    raw = _buffer(held, "raw", (n, height, columns), dtype)
+    for index, record in enumerate(records):
+        try:
+            if not plan.as_uint16:
+                raw[index] = read_rows(record, start, stop)
+            elif compiled:
+                read_stored_rows(record, start, stop, raw[index])
+            else:
+                read_uint16_rows(record, start, stop, raw[index])
+        except FrameReadError as exc:
+            raise CombineReadError(str(exc), record) from exc
+    if compiled:
+        master, noise, error, n_used, (outliers, sums, squares, inside) = combine_block_compiled(
+            raw,
+            swapped=plan.as_uint16,
+            method=plan.method,
+            clip_sigma=plan.clip_sigma,
+            clip_iters=plan.clip_iters,
+            pool=plan.pool,
+            quantum=plan.quantum,
+            outlier_sigma=plan.outlier_sigma,
+            judged=plan.judged,
+            factor=plan.factor,
+            scratch=held,
+        )
+        return BlockResult(start, stop, master, noise, error, n_used, outliers, sums, squares, inside)
+    work_copy = _buffer(held, "sorted", raw.shape, dtype)
+    np.copyto(work_copy, raw)
+    combined = combine_sorted(
+        sort_frames(work_copy),  # sorted for "mean" too: sums in one order, whatever the files' order
+        plan.method,
+        clip_sigma=plan.clip_sigma,
+        clip_iters=plan.clip_iters,
+        pool=plan.pool,
+        quantum=plan.quantum,
+    )
+    if plan.judged:
+        outliers, sums, squares, inside = _frame_statistics(raw, combined, plan.outlier_sigma, plan.pool, plan.quantum)
+    else:
+        outliers, sums, squares, inside = (np.zeros(n, np.int64), np.zeros(n), np.zeros(n), np.zeros(n, np.int64))
+    maps = [combined.master, combined.noise, combined.error]
+    if plan.factor != 1:
+        maps = [image * plan.factor for image in maps]
+    return BlockResult(
+        start, stop, *maps, combined.n_used.astype(np.int16), outliers, sums, squares, inside
+    )  # fmt: skip
+
+
 def combine_records(
     records: Sequence[FrameRecord],
     method: str = "median",
@@ -190,11 +356,10 @@ def combine_records(
 ) -> GroupResult:
     """Combine frames on disk block by block into a master with its noise and error maps.
 
-    Row blocks are shared out between worker threads (numpy releases the interpreter lock in
-    its array loops); each worker reads a block of rows of every frame into its own buffer,
-    sorts a copy along the frames axis with :func:`~bias_pipeline.combine.sort_frames` and
-    combines it with :func:`~bias_pipeline.combine.combine_sorted`. Every result depends on
-    its own row only, so the maps are the same whatever the block height or thread count.
+    The frame is cut into row blocks; worker threads run :func:`combine_rows` on them (the
+    kernels release the interpreter lock) and the blocks' rows are put together here. Every
+    result depends on its own row (or pool of rows) only, so the maps are the same whatever
+    the block height or thread count.
 
     Parameters
     ----------
@@ -219,7 +384,7 @@ def combine_records(
     Returns
     -------
     GroupResult
-        Maps float32 in 16-bit ADU.
+        Maps float32 in 16-bit ADU, counts int16.
 
     Raises
     ------
@@ -243,8 +408,20 @@ def combine_records(
     # the products do not depend on how the frame is cut into blocks.
     floor_pool = pool_rows(columns)
     step = min(rows, max(floor_pool, step // floor_pool * floor_pool))
-    quantum = value_step(records)
-    judged = n >= 3 and not is_tiny(records[0])  # frames are judged against the master
+    factor = input_factor(input_bits, scale_factor)
+    plan = BlockPlan(
+        records=tuple(records),
+        method=method,
+        clip_sigma=clip_sigma,
+        clip_iters=clip_iters,
+        pool=floor_pool,
+        quantum=value_step(records),
+        outlier_sigma=outlier_sigma,
+        judged=n >= 3 and not is_tiny(records[0]),  # frames are judged against the master
+        factor=factor,
+        as_uint16=as_uint16,
+        engine=engine(),
+    )
     needed_mb = workers * step * block_bytes_per_row(n, columns, dtype.itemsize) / 2**20
     if needed_mb > memory_limit:
         logger.warning(
@@ -254,76 +431,39 @@ def combine_records(
     starts = list(range(0, rows, step))
     workers = min(workers, len(starts))
     logger.debug(
-        "combining %d frames of %dx%d in %d blocks of up to %d rows on %d threads",
-        n, rows, columns, len(starts), step, workers,
+        "combining %d frames of %dx%d in %d blocks of up to %d rows on %d threads (%s)",
+        n, rows, columns, len(starts), step, workers, plan.engine,
     )  # fmt: skip
     master = np.empty((rows, columns), dtype=np.float32)
     noise = np.empty_like(master)
     error = np.empty_like(master)
-    n_used = np.empty((rows, columns), dtype=np.int32)
+    n_used = np.empty((rows, columns), dtype=np.int16)
     # Per block, so that the totals are summed in one order whatever the thread count.
     outliers = np.zeros((len(starts), n), dtype=np.int64)
     sums = np.zeros((len(starts), n), dtype=np.float64)
     squares = np.zeros((len(starts), n), dtype=np.float64)
     inside = np.zeros((len(starts), n), dtype=np.int64)
-    failed = threading.Event()
 
-    def work(worker: int) -> None:
-        try:
-            combine_blocks(worker)
-        except BaseException:
-            failed.set()  # the other workers stop at their next block
-            raise
+    def place(block_index: int, result: BlockResult) -> None:
+        rows_ = slice(result.start, result.stop)
+        master[rows_], noise[rows_], error[rows_], n_used[rows_] = (
+            result.master, result.noise, result.error, result.n_used
+        )  # fmt: skip
+        outliers[block_index], sums[block_index] = result.outliers, result.sums
+        squares[block_index], inside[block_index] = result.squares, result.inside
+        if on_rows is not None:
+            on_rows((result.stop - result.start) * n)
 
-    def combine_blocks(worker: int) -> None:
-        raw = np.empty((n, step, columns), dtype=dtype)
-        ordered = np.empty_like(raw)
-        for block_index in range(worker, len(starts), workers):
-            start = starts[block_index]
-            if failed.is_set():
-                return
-            stop = min(rows, start + step)
-            height = stop - start
-            _read_block(records, start, stop, raw, as_uint16)
-            block = raw[:, :height]
-            work_copy = ordered[:, :height]
-            np.copyto(work_copy, block)
-            combined = combine_sorted(
-                sort_frames(work_copy),  # sorted for "mean" too: sums in one order, whatever the files' order
-                method,
-                clip_sigma=clip_sigma,
-                clip_iters=clip_iters,
-                pool=floor_pool,
-                quantum=quantum,
-            )
-            master[start:stop] = combined.master
-            noise[start:stop] = combined.noise
-            error[start:stop] = combined.error
-            n_used[start:stop] = combined.n_used
-            if judged:
-                found = _frame_statistics(block, combined, outlier_sigma, floor_pool, quantum)
-                outliers[block_index], sums[block_index], squares[block_index], inside[block_index] = found
-            if on_rows is not None:
-                on_rows(height * n)
+    def task(start: int) -> BlockResult:
+        return combine_rows(plan, start, min(rows, start + step))
 
-    if workers == 1:
-        work(0)
-    else:
-        with worker_pool(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="combine")) as pool:
-            futures = [pool.submit(work, w) for w in range(workers)]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                failed.set()
-                raise
-    factor = input_factor(input_bits, scale_factor)
-    if factor != 1:
-        for image in (master, noise, error):
-            image *= factor
+    try:
+        run_blocks(task, starts, workers, place)
+    finally:
+        release_buffers()  # the buffers of a single-threaded run live in this thread
     combined = Combined(master, noise, error, n_used)
     total_sum, total_squares, total_inside = sums.sum(axis=0), squares.sum(axis=0), inside.sum(axis=0)
-    typical = float(np.nanmedian(noise)) / float(factor) if judged else math.nan  # in stored units, as the sums
+    typical = float(np.nanmedian(noise)) / float(factor) if plan.judged else math.nan  # in stored units, as the sums
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total_sum / total_inside
         # The scatter of a frame's differences, at least the typical noise: in a frame of a few
@@ -334,10 +474,29 @@ def combine_records(
     return GroupResult(
         combined,
         outliers.sum(axis=0) / float(rows * columns),
-        mean * float(factor) if judged else unknown,
-        mean_error * float(factor) if judged else unknown,
+        mean * float(factor) if plan.judged else unknown,
+        mean_error * float(factor) if plan.judged else unknown,
         [(float(a), float(b), int(c)) for a, b, c in zip(total_sum, total_squares, total_inside, strict=True)],
     )
+
+
+def run_blocks(
+    task: Callable[[int], BlockResult],
+    starts: Sequence[int],
+    workers: int,
+    place: Callable[[int, BlockResult], None],
+) -> None:
+    """Run ``task`` on every block start on ``workers`` threads; ``place`` each result (in this
+    thread, as it comes). The first failure stops the blocks not yet started and is raised."""
+    if workers <= 1:
+        for block_index, start in enumerate(starts):
+            place(block_index, task(start))
+        return
+
+    with worker_pool(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="combine")) as pool:
+        futures = {pool.submit(task, start): index for index, start in enumerate(starts)}
+        for future in as_completed(futures):
+            place(futures[future], future.result())
 
 
 #: A frame's mean offset from the rest of its group must be this many of its standard errors

@@ -79,28 +79,37 @@ def describe_engine() -> str:
     return f"numba {numba.__version__} kernels, compile cache: {where}"
 
 
-def kernel(function: FunctionT) -> FunctionT:
+def kernel(function: FunctionT | None = None, *, reassociate: bool = False) -> Any:
     """Compile ``function`` with numba (no Python objects, interpreter lock released, cached).
 
     The lock is released so that worker threads run kernels on separate row blocks at once.
     Without numba the plain Python function is returned (callers choose the numpy path by
-    :func:`engine` instead of running that).
+    :func:`engine` instead of running that). Use as ``@kernel`` or ``@kernel(reassociate=True)``.
 
     Parameters
     ----------
     function
         A function numba can compile in nopython mode.
+    reassociate
+        Let the compiler reorder floating-point sums (numba's ``fastmath={"reassoc"}``), so that
+        it can vectorise a reduction. Only for sums whose order does not matter beyond their
+        last bits; never for arithmetic that must match the numpy path bit for bit.
 
     Returns
     -------
     callable
-        The compiled dispatcher.
+        The compiled dispatcher (or a decorator, when called with options only).
     """
+    if function is None:
+        return lambda f: kernel(f, reassociate=reassociate)
     global _warned_uncached
     if numba is None:
         return function
+    options: dict[str, Any] = {"nogil": True}
+    if reassociate:
+        options["fastmath"] = {"reassoc"}
     try:
-        return numba.njit(cache=True, nogil=True)(function)
+        return numba.njit(cache=True, **options)(function)
     except RuntimeError as exc:  # no writable cache folder anywhere
         if not _warned_uncached:
             _warned_uncached = True
@@ -109,4 +118,4 @@ def kernel(function: FunctionT) -> FunctionT:
                 "set %s to a writable folder",
                 exc, CACHE_DIR_VARIABLE,
             )  # fmt: skip
-        return numba.njit(nogil=True)(function)
+        return numba.njit(**options)(function)

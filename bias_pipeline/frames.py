@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import logging
 import math
+import os
 import re
 import sys
 import warnings
@@ -619,6 +620,45 @@ def read_uint16_rows(record: FrameRecord, start: int, stop: int, out: np.ndarray
     if sys.byteorder == "little":
         out.byteswap(inplace=True)
     np.bitwise_xor(out, np.uint16(0x8000), out=out)
+    return out
+
+
+def read_stored_rows(record: FrameRecord, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+    """Rows ``start:stop`` of a plain unsigned 16-bit frame as stored: big-endian int16 bits.
+
+    The compiled combine undoes the byte order and BZERO itself, in the pass that uses the
+    values (:func:`bias_pipeline.combine_kernels.combine_block_compiled`); this is one
+    positioned read and nothing else.
+
+    Parameters
+    ----------
+    record
+        A frame for which :func:`plain_uint16` holds.
+    start, stop
+        Row range.
+    out
+        ``(stop - start, columns)`` C-contiguous uint16 array to fill.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out``.
+
+    Raises
+    ------
+    FrameReadError
+        When the file cannot be read or is shorter than at inspection.
+    """
+    assert record.shape is not None and record.data_offset is not None
+    try:
+        with open(record.path, "rb", buffering=0) as handle:
+            got = os.preadv(
+                handle.fileno(), [memoryview(out).cast("B")], record.data_offset + 2 * start * record.shape[1]
+            )
+    except OSError as exc:
+        raise FrameReadError(f"{record.path}: cannot read: {exc.strerror or exc}") from None
+    if got != out.nbytes:
+        raise FrameReadError(f"{record.path}: truncated since it was scanned")
     return out
 
 
