@@ -29,7 +29,7 @@ from .combine import (
     sort_frames,
     typical_noise,
 )
-from .combine_kernels import combine_block_compiled
+from .combine_kernels import combine_block_compiled, nan_median
 from .compiled import engine
 from .config import PipelineConfig
 from .errors import FrameReadError, InputDataError
@@ -57,7 +57,7 @@ class CombineReadError(FrameReadError):
 
 
 MAX_BLOCK_ROWS = 128  # taller blocks gain nothing; shorter ones spend time in the interpreter
-WORKING_SET_MB = 32.0  # frame buffers per worker: memory stays flat in the number of frames
+WORKING_SET_MB = 12.0  # frame buffers per worker: memory stays flat in the number of frames
 
 
 def block_bytes_per_row(n_frames: int, columns: int, itemsize: int = 2) -> int:
@@ -86,9 +86,9 @@ def block_rows(
     limit allows (compressed frames are decoded whole for every block).
 
     >>> block_rows(15, 2048, 2048, 512, threads=2)
-    128
+    51
     >>> block_rows(60, 2048, 2048, 512, threads=2)
-    34
+    12
     >>> block_rows(10_000, 2048, 2048, 512, threads=2)
     1
     >>> block_rows(5, 64, 48, 512)
@@ -461,9 +461,10 @@ def combine_records(
         run_blocks(task, starts, workers, place)
     finally:
         release_buffers()  # the buffers of a single-threaded run live in this thread
-    combined = Combined(master, noise, error, n_used)
+    typical_noise = nan_median(noise) if plan.engine == "numba" else float(np.nanmedian(noise))
+    combined = Combined(master, noise, error, n_used, typical_noise)
     total_sum, total_squares, total_inside = sums.sum(axis=0), squares.sum(axis=0), inside.sum(axis=0)
-    typical = float(np.nanmedian(noise)) / float(factor) if plan.judged else math.nan  # in stored units, as the sums
+    typical = typical_noise / float(factor) if plan.judged else math.nan  # in stored units, as the sums
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total_sum / total_inside
         # The scatter of a frame's differences, at least the typical noise: in a frame of a few
@@ -611,10 +612,14 @@ def offset_frames(
     all in one pass (the offsets are from the group's median frame, which a minority cannot
     pull; :func:`level_offsets`). When more than half the group would go, no frame is the odd
     one: none is rejected, and a warning says so."""
-    finite_noise = combined.noise[np.isfinite(combined.noise)]
-    if not np.any(np.isfinite(offsets)) or finite_noise.size == 0:
+    if not np.any(np.isfinite(offsets)):
         return []
-    typical = float(np.median(finite_noise))
+    typical = combined.typical_noise
+    if math.isnan(typical):
+        finite_noise = combined.noise[np.isfinite(combined.noise)]
+        typical = float(np.median(finite_noise)) if finite_noise.size else math.nan
+    if not math.isfinite(typical):
+        return []
     tolerance = config.max_frame_offset * typical
     off = np.isfinite(offsets) & (np.abs(offsets) > tolerance) & (np.abs(sigmas) > OFFSET_SIGNIFICANCE)
     if not off.any():

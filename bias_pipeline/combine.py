@@ -51,12 +51,15 @@ NETWORK_MAX_FRAMES = 64  # above this, np.sort beats a sorting network of whole 
 @dataclass
 class Combined:
     """A combined block: ``master``, ``noise`` (per-frame temporal scatter), ``error`` (standard
-    error of the master) and ``n_used`` (frames kept per pixel), all ``(rows, columns)``."""
+    error of the master) and ``n_used`` (frames kept per pixel), all ``(rows, columns)``; and
+    ``typical_noise``, the median of ``noise`` when known (NaN otherwise)."""
 
     master: np.ndarray
     noise: np.ndarray
     error: np.ndarray
     n_used: np.ndarray
+    #: The median of ``noise`` (NaN left out), when the combiner has measured it already.
+    typical_noise: float = math.nan
 
 
 # ----------------------------------------------------------------------------- sorting

@@ -311,4 +311,5 @@ def _combine_all(
             decisions.update(outcome.decisions)
             if outcome.combined is not None:
                 masters.append(write_master(outcome.group, outcome.combined, masters_dir, config, input_bits))
+            del outcome  # its maps go before the next group's are made: one group's maps at a time
     return masters, decisions
