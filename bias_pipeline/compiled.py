@@ -34,8 +34,21 @@ ENGINES = ("numba", "numpy")
 
 FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
 
+
+def _writable_folder(folder: str) -> str:
+    """Why ``folder`` cannot hold the cache ("" when it can; it is made when missing)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "not writable"
+    return ""
+
+
 _cache_dir = os.environ.get(CACHE_DIR_VARIABLE, "").strip()
-if _cache_dir:
+_cache_problem = _writable_folder(_cache_dir) if _cache_dir else ""
+if _cache_dir and not _cache_problem:
     # numba reads its configuration when it is first imported; set it before.
     os.environ["NUMBA_CACHE_DIR"] = _cache_dir
 
@@ -46,8 +59,13 @@ except ImportError as _exc:  # a platform without numba wheels: the numpy path s
     _IMPORT_ERROR = str(_exc)
 else:
     _IMPORT_ERROR = ""
-    if _cache_dir:
+    if _cache_dir and not _cache_problem:
         numba.config.CACHE_DIR = _cache_dir  # numba may have been imported before us
+    elif _cache_problem:
+        logger.warning(
+            "%s=%s cannot hold the compile cache (%s); numba's default folder is used instead",
+            CACHE_DIR_VARIABLE, _cache_dir, _cache_problem,
+        )  # fmt: skip
 
 _warned_uncached = False
 
