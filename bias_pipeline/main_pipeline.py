@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .compiled import describe_engine
 from .config import PipelineConfig, resolve_path
 from .errors import BiasPipelineError, InputDataError, OutputError
 from .frames import (
@@ -250,6 +251,7 @@ def _run_logged(context: RunContext) -> PipelineResult:
     :func:`run_bias_pipeline`); the result names the files where they will be once published."""
     raw, run, config = context.raw, context.run, context.config
     logger.debug("raw frames: %s; products: %s (staged in %s until complete)", raw, run.final, run.staging)
+    logger.debug("per-pixel kernels: %s", describe_engine())
     # Step 1: every file, accepted or with its reason, and the checksums of those accepted.
     started = now_utc()
     records, input_bits = scan_frames(raw, config, exclude=[run.final], checksum=True)
