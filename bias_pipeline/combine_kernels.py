@@ -301,7 +301,37 @@ def _select(keys, count, k, histogram):  # pragma: no cover - compiled
             below += here
         k -= below
         prefix = np.uint32(prefix | (np.uint32(bucket) << shift))
-    return _from_order_key(prefix)  # the value's float32 bits
+    return prefix
+
+
+@kernel
+def _middle_keys(keys, count, histogram, middle):  # pragma: no cover - compiled
+    """The two middle keys of ``keys[:count]`` (the same one for an odd count) into ``middle``.
+
+    Quantised data put the median of a row on a value many pixels share: the median of a
+    small sample is tried first, with two counting passes (below it, equal to it) that the
+    compiler vectorises; radix selection when the sample's value is not the middle one.
+    """
+    low_rank = (count - 1) // 2
+    high_rank = count // 2
+    sample_size = min(count, 31)
+    sample = np.empty(sample_size, dtype=np.uint32)
+    for i in range(sample_size):
+        sample[i] = keys[(i * count) // sample_size]
+    sample.sort()
+    candidate = sample[sample_size // 2]
+    below = 0
+    equal = 0
+    for i in range(count):
+        key = keys[i]
+        below += np.int64(key < candidate)
+        equal += np.int64(key == candidate)
+    if below <= low_rank and high_rank < below + equal:
+        middle[0] = candidate
+        middle[1] = candidate
+        return
+    middle[0] = _select(keys, count, low_rank, histogram)
+    middle[1] = middle[0] if high_rank == low_rank else _select(keys, count, high_rank, histogram)
 
 
 @kernel
@@ -323,25 +353,9 @@ def _pool_medians(values, width, pool, scratch, out):  # pragma: no cover - comp
         if count == 0:
             typical = np.float32(np.nan)
         else:
-            middle[0] = _select(scratch, count, (count - 1) // 2, histogram)
-            middle[1] = middle[0]
-            if count % 2 == 0:  # the next value up: the least key above the lower middle one
-                lower = _order_key(middle[0])
-                # more than one key equal to the lower middle one: the upper is the same
-                equal = 0
-                above = np.uint32(0xFFFFFFFF)
-                for i in range(count):
-                    key = scratch[i]
-                    equal += np.int64(key == lower)
-                    if key > lower and key < above:
-                        above = key
-                below = 0
-                for i in range(count):
-                    below += np.int64(scratch[i] < lower)
-                if below + equal > count // 2:
-                    middle[1] = middle[0]
-                else:
-                    middle[1] = _from_order_key(above)
+            _middle_keys(scratch, count, histogram, middle)
+            middle[0] = _from_order_key(middle[0])
+            middle[1] = _from_order_key(middle[1])
             typical = (as_float[0] + as_float[1]) * _HALF
         for row in range(start, stop):
             out[row] = typical
