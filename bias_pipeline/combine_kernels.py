@@ -477,6 +477,64 @@ def _finish(master, noise, kept, efficiency, factor, error):  # pragma: no cover
         noise[p] = np.float32(noise[p] * factor)
 
 
+@kernel
+def _combine_block(
+    raw,
+    swapped,
+    network,
+    wide,
+    method,
+    chunk,
+    clip_sigma,
+    clip_iters,
+    pool,
+    quantum_floor,
+    outlier_sigma,
+    judged,
+    factor,
+    efficiency,
+    ordered,
+    pixel_maps,
+    row_maps,
+    pool_values,
+    master,
+    noise,
+    error,
+    kept,
+    outliers,
+    sums,
+    squares,
+    inside,
+):  # pragma: no cover - compiled
+    """The whole combine of one block, in one call (one compiled entry point to load from the
+    cache): the steps of ``combine.combine_sorted`` in its order, then the frame statistics."""
+    n, height, width = raw.shape
+    median, mean, std, mad, windowed = pixel_maps[0], pixel_maps[1], pixel_maps[2], pixel_maps[3], pixel_maps[4]
+    half, floor, per_row = row_maps[0], row_maps[1], row_maps[2]
+    _sort_and_moments(raw, swapped, network, wide, method, chunk, ordered, median, mean, std, mad)
+    if method == _MEAN or n < 3:
+        for p in range(master.shape[0]):
+            master[p] = median[p] if method == _MEDIAN else mean[p]
+            noise[p] = std[p]
+            kept[p] = n
+    else:
+        _pool_medians(mad, width, pool, pool_values, half)
+        for row in range(height):
+            half[row] = np.float32(np.float32(NOISE_WINDOW) * half[row])
+        _windowed_std(ordered, median, half, width, std, windowed)
+        _pool_medians(windowed, width, pool, pool_values, floor)
+        for row in range(height):
+            level = floor[row] if np.isfinite(floor[row]) else np.float32(0.0)
+            floor[row] = max(level, quantum_floor)
+        _clip_all(ordered, method, clip_sigma, clip_iters, width, floor, median, mean, std, mad, master, noise, kept)
+    if judged:
+        _pool_medians(noise, width, pool, pool_values, per_row)
+        _frame_statistics(
+            raw, swapped, master, noise, width, per_row, quantum_floor, outlier_sigma, outliers, sums, squares, inside
+        )  # fmt: skip
+    _finish(master, noise, kept, efficiency, factor, error)
+
+
 def nan_median(values: np.ndarray) -> float:
     """The median of a map's values, NaN left out (NaN when all are), as ``np.nanmedian`` gives
     it for float32, by radix selection (no sort or partition of a 16 MB copy).
@@ -553,42 +611,36 @@ def combine_block_compiled(
             held = scratch[name] = np.empty(size, dtype=dtype)
         return held[:size].reshape(shape)
 
-    ordered = buffer("ordered", (n, pixels), value_dtype)
     code = METHOD_CODES[method]
-    wide = not (n <= 256 and value_dtype.kind in "ui")
-    median = buffer("median", (pixels,), np.float32)
-    mean = buffer("mean", (pixels,), np.float32)
-    std = buffer("std", (pixels,), np.float32)
-    mad = buffer("mad", (pixels,), np.float32)
-    chunk = max(64, CHUNK_VALUES // max(1, n))
-    _sort_and_moments(raw, swapped, _network(n), wide, code, chunk, ordered, median, mean, std, mad)
     master = np.empty(pixels, dtype=np.float32)
     noise = np.empty(pixels, dtype=np.float32)
-    kept = np.empty(pixels, dtype=np.int16)
-    quantum_floor = np.float32(quantum / math.sqrt(12.0))
-    per_row = buffer("per_row", (height,), np.float32)
-    pool_values = buffer("pool_values", (pool * width,), np.uint32)
-    if code == _MEAN or n < 3:
-        master[:] = median if code == _MEDIAN else mean
-        noise[:] = std
-        kept[:] = n
-    else:
-        half = buffer("half", (height,), np.float32)
-        _pool_medians(mad, width, pool, pool_values, half)
-        half *= np.float32(NOISE_WINDOW)
-        windowed = buffer("windowed", (pixels,), np.float32)
-        _windowed_std(ordered, median, half, width, std, windowed)
-        floor = buffer("floor", (height,), np.float32)
-        _pool_medians(windowed, width, pool, pool_values, floor)
-        floor[~np.isfinite(floor)] = 0.0
-        np.maximum(floor, quantum_floor, out=floor)
-        _clip_all(ordered, code, clip_sigma, clip_iters, width, floor, median, mean, std, mad, master, noise, kept)
-    statistics = (np.zeros(n, np.int64), np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros(n, np.int64))
-    if judged:
-        _pool_medians(noise, width, pool, pool_values, per_row)
-        _frame_statistics(raw, swapped, master, noise, width, per_row, quantum_floor, outlier_sigma, *statistics)
     error = np.empty(pixels, dtype=np.float32)
-    efficiency = MEDIAN_EFFICIENCY if code == _MEDIAN else 1.0
-    _finish(master, noise, kept, efficiency, np.float32(factor), error)
+    kept = np.empty(pixels, dtype=np.int16)
+    statistics = (np.zeros(n, np.int64), np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros(n, np.int64))
+    _combine_block(
+        raw,
+        swapped,
+        _network(n),
+        not (n <= 256 and value_dtype.kind in "ui"),  # sums of integers exact in float32
+        code,
+        max(64, CHUNK_VALUES // max(1, n)),
+        np.float32(clip_sigma),
+        int(clip_iters),
+        int(pool),
+        np.float32(quantum / math.sqrt(12.0)),
+        np.float32(outlier_sigma),
+        bool(judged),
+        np.float32(factor),
+        np.float32(MEDIAN_EFFICIENCY if code == _MEDIAN else 1.0),
+        buffer("ordered", (n, pixels), value_dtype),
+        tuple(buffer(name, (pixels,), np.float32) for name in ("median", "mean", "std", "mad", "windowed")),
+        tuple(buffer(name, (height,), np.float32) for name in ("half", "floor", "per_row")),
+        buffer("pool_values", (pool * width,), np.uint32),
+        master,
+        noise,
+        error,
+        kept,
+        *statistics,
+    )
     shape = (height, width)
     return master.reshape(shape), noise.reshape(shape), error.reshape(shape), kept.reshape(shape), statistics
