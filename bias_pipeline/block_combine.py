@@ -29,7 +29,7 @@ from .combine import (
     sort_frames,
     typical_noise,
 )
-from .combine_kernels import combine_block_compiled, nan_median
+from .combine_kernels import combine_block_compiled, count_dtype, nan_median
 from .compiled import engine
 from .config import PipelineConfig
 from .errors import FrameReadError, InputDataError
@@ -218,7 +218,7 @@ class BlockResult:
     master, noise, error
         ``(stop - start, columns)`` float32 in 16-bit ADU.
     n_used
-        Frames kept per pixel, int16.
+        Frames kept per pixel (:func:`~bias_pipeline.combine_kernels.count_dtype`).
     outliers, sums, squares, inside
         Per frame: pixels beyond ``outlier_sigma`` noise of the master, and the sum, sum of
         squares and count of the other pixels' differences from it (stored units).
@@ -337,7 +337,7 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
     if plan.factor != 1:
         maps = [image * plan.factor for image in maps]
     return BlockResult(
-        start, stop, *maps, combined.n_used.astype(np.int16), outliers, sums, squares, inside
+        start, stop, *maps, combined.n_used.astype(count_dtype(n)), outliers, sums, squares, inside
     )  # fmt: skip
 
 
@@ -384,7 +384,7 @@ def combine_records(
     Returns
     -------
     GroupResult
-        Maps float32 in 16-bit ADU, counts int16.
+        Maps float32 in 16-bit ADU, counts int16 (int32 beyond 32767 frames).
 
     Raises
     ------
@@ -437,7 +437,7 @@ def combine_records(
     master = np.empty((rows, columns), dtype=np.float32)
     noise = np.empty_like(master)
     error = np.empty_like(master)
-    n_used = np.empty((rows, columns), dtype=np.int16)
+    n_used = np.empty((rows, columns), dtype=count_dtype(n))
     # Per block, so that the totals are summed in one order whatever the thread count.
     outliers = np.zeros((len(starts), n), dtype=np.int64)
     sums = np.zeros((len(starts), n), dtype=np.float64)

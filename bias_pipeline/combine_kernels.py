@@ -535,6 +535,15 @@ def _combine_block(
     _finish(master, noise, kept, efficiency, factor, error)
 
 
+def count_dtype(n_frames: int) -> np.dtype:
+    """The integer type of a master's kept-frame counts: int16, int32 beyond 32767 frames.
+
+    >>> count_dtype(15), count_dtype(40_000)
+    (dtype('int16'), dtype('int32'))
+    """
+    return np.dtype(np.int16 if n_frames <= np.iinfo(np.int16).max else np.int32)
+
+
 def nan_median(values: np.ndarray) -> float:
     """The median of a map's values, NaN left out (NaN when all are), as ``np.nanmedian`` gives
     it for float32, by radix selection (no sort or partition of a 16 MB copy).
@@ -595,7 +604,7 @@ def combine_block_compiled(
     Returns
     -------
     master, noise, error, n_used, statistics
-        ``(rows, columns)`` float32 maps and int16 counts in 16-bit ADU; ``statistics`` is
+        ``(rows, columns)`` float32 maps in 16-bit ADU and counts (:func:`count_dtype`); ``statistics`` is
         ``(outliers, sums, squares, inside)`` per frame (zeros when not ``judged``), in stored
         units.
     """
@@ -615,7 +624,7 @@ def combine_block_compiled(
     master = np.empty(pixels, dtype=np.float32)
     noise = np.empty(pixels, dtype=np.float32)
     error = np.empty(pixels, dtype=np.float32)
-    kept = np.empty(pixels, dtype=np.int16)
+    kept = np.empty(pixels, dtype=count_dtype(n))
     statistics = (np.zeros(n, np.int64), np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros(n, np.int64))
     _combine_block(
         raw,
