@@ -462,9 +462,8 @@ class FrameReader:
 
     :func:`inspect_frame` reads a plain unsigned 16-bit file (the camera's frames) once: its
     bytes go into this buffer piece by piece, each piece hashed (when ``checksum``) and its
-    pixels checked from the same buffer.
-    Other files (gzip, tile-compressed, BLANK, other pixel types) are decoded by astropy, and
-    are not hashed here (``sha256`` stays empty).
+    pixels checked from the same buffer. Other files (gzip, tile-compressed, BLANK, other
+    pixel types) are decoded by astropy, and are not hashed here (``sha256`` stays empty).
 
     Parameters
     ----------

@@ -310,6 +310,11 @@ def scan_frames(
 ) -> tuple[list[FrameRecord], int]:
     """Scan the raw folder: one record per file found, with status and reason.
 
+    Files are inspected on ``config.threads`` worker threads (0: the CPUs available), each
+    plain frame read once for its pixel checks and its checksum
+    (:class:`~bias_pipeline.frames.FrameReader`); the records do not depend on the number of
+    threads or on the kernel engine.
+
     Parameters
     ----------
     base_path
