@@ -1,19 +1,24 @@
 """Raw frames: the record kept for each file, header keyword look-up and pixel reading.
 
 This is the only module that opens raw FITS frames. A frame is inspected once by
-:func:`inspect_frame` (header, shape, pixel checks) and later read again in row blocks by
-:func:`read_rows`, so the combine never holds more than a block of every frame in memory.
+:func:`inspect_frame` (header, shape, pixel checks; the camera's plain frames are read once
+for both their checks and their checksum, see :class:`FrameReader`) and later read again in
+row blocks by :func:`read_rows`, so the combine never holds more than a block of every frame
+in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
+import io
 import logging
 import math
 import os
 import re
 import sys
+import threading
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
@@ -24,6 +29,7 @@ import numpy as np
 from astropy.io import fits
 
 from .errors import FrameReadError, fits_problem, one_line
+from .frame_checks import PixelStats, StoredUint16Checks, array_stats
 from .units import DEFAULT_SCALE_FACTOR, TWELVE_BIT_MAX, adc_maximum
 
 logger = logging.getLogger(__name__)
@@ -439,6 +445,122 @@ class HeaderKeys:
     set_point: Sequence[str] = ()
 
 
+#: Read buffer of one :class:`FrameReader` [bytes]: a file is read in pieces of this size, each
+#: hashed and checked while it is in the CPU's cache (measured faster on a 2048 x 2048 frame
+#: than one buffer of the whole 8 MiB file, which is copied to memory and read back twice).
+READ_BUFFER_BYTES = 256 * 1024
+
+# Warnings are caught by replacing process-wide state (warnings.catch_warnings is not thread
+# safe): threads that inspect frames open them with astropy one at a time. The reads, the
+# checksum and the pixel checks, which release the interpreter lock, run outside it.
+_ASTROPY_LOCK = threading.Lock()
+
+
+class FrameReader:
+    """One worker's read buffer, reused for every file it inspects, and the checksum of the last
+    file read through it.
+
+    :func:`inspect_frame` reads a plain unsigned 16-bit file (the camera's frames) once: its
+    bytes go into this buffer piece by piece, each piece hashed (when ``checksum``) and its
+    pixels checked from the same buffer. Other files (gzip, tile-compressed, BLANK, other
+    pixel types) are decoded by astropy, and are not hashed here (``sha256`` stays empty).
+
+    Parameters
+    ----------
+    checksum
+        Whether to compute the SHA-256 of the files read whole (the same digest as
+        :func:`bias_pipeline.provenance.file_sha256`).
+    buffer_bytes
+        Size of the buffer [bytes]: files are read in pieces of this size.
+
+    Attributes
+    ----------
+    sha256
+        Hex SHA-256 of the whole file the last :func:`inspect_frame` read, or ``""`` when it
+        computed none (no checksum asked, a file that is not plain, or one rejected first).
+    """
+
+    def __init__(self, *, checksum: bool = False, buffer_bytes: int = READ_BUFFER_BYTES) -> None:
+        self.checksum = checksum
+        self.sha256 = ""
+        self._limit = max(2, int(buffer_bytes) // 2 * 2)  # even: pieces hold whole pixels
+        self._buffer = np.empty(0, dtype=np.uint8)
+
+    def buffer(self, nbytes: int) -> np.ndarray:
+        """The buffer, grown to ``nbytes`` (even, at most the limit) if smaller: numpy's
+        allocation is aligned, so its pieces can be viewed as ``uint16``."""
+        wanted = min(self._limit, max(2, nbytes + nbytes % 2))
+        if self._buffer.size < wanted:
+            self._buffer = np.empty(wanted, dtype=np.uint8)
+        return self._buffer
+
+    def check_stored_uint16(self, record: FrameRecord, saturation: float) -> PixelStats:
+        """Read a plain unsigned 16-bit frame once and compute its pixel statistics (and, when
+        asked, the file's SHA-256 into :attr:`sha256`) from the bytes read.
+
+        Parameters
+        ----------
+        record
+            A frame whose stored layout is int16 + BZERO 32768 at ``data_offset``.
+        saturation
+            The saturation value [ADU].
+
+        Returns
+        -------
+        PixelStats
+
+        Raises
+        ------
+        FrameReadError
+            When the file cannot be read or is shorter than its header says.
+        """
+        assert record.shape is not None and record.data_offset is not None
+        start = record.data_offset
+        stop = start + 2 * record.shape[0] * record.shape[1]
+        checks = StoredUint16Checks(saturation)
+        digest = hashlib.sha256() if self.checksum else None
+        # The checksum covers the whole file; the checks only need the pixels.
+        position = 0 if digest is not None else start
+        try:
+            with open(record.path, "rb", buffering=0) as handle:
+                size = os.fstat(handle.fileno()).st_size if digest is not None else stop - start
+                buffer = self.buffer(size)
+                view = memoryview(buffer)
+                handle.seek(position)
+                while digest is not None or position < stop:
+                    wanted = buffer.size if digest is not None else min(buffer.size, stop - position)
+                    got = _fill(handle, view[:wanted])
+                    if got == 0:
+                        break
+                    if digest is not None:
+                        digest.update(view[:got])  # releases the interpreter lock
+                    low, high = max(position, start), min(position + got, stop)
+                    if low < high:  # even offsets: pieces are whole pixels (start and the buffer are even)
+                        count = (high - low) // 2
+                        checks.add(np.frombuffer(buffer, dtype=np.uint16, count=count, offset=low - position))
+                    position += got
+                    if got < wanted:
+                        break
+        except OSError as exc:
+            raise FrameReadError(f"{record.path}: cannot read: {exc.strerror or exc}") from None
+        if position < stop:
+            raise FrameReadError(f"{record.path}: truncated since it was scanned")
+        if digest is not None:
+            self.sha256 = digest.hexdigest()
+        return checks.result()
+
+
+def _fill(handle: io.RawIOBase, view: memoryview) -> int:
+    """Read into all of ``view`` unless the file ends first (a raw read may return less)."""
+    filled = 0
+    while filled < len(view):
+        got = handle.readinto(view[filled:])
+        if not got:
+            break
+        filled += got
+    return filled
+
+
 def inspect_frame(
     path: str | Path,
     temperature_keys: Sequence[str],
@@ -447,8 +569,12 @@ def inspect_frame(
     frame_type_keys: Sequence[str] = (),
     set_point_keys: Sequence[str] = (),
     scale_factor: float = DEFAULT_SCALE_FACTOR,
+    reader: FrameReader | None = None,
 ) -> FrameRecord:
     """Open one FITS file, read its header values and its pixels, and check them.
+
+    A plain unsigned 16-bit file is read once, its checks computed from the bytes read
+    (and its checksum, when ``reader`` asks for one); other files are decoded by astropy.
 
     Parameters
     ----------
@@ -461,6 +587,9 @@ def inspect_frame(
     scale_factor
         The 12-bit to 16-bit factor: the ADC's maximum is 4095 stored as it is or as
         4095 x this (see :func:`bias_pipeline.units.adc_maximum`).
+    reader
+        The worker's :class:`FrameReader` (its buffer is reused, and it receives the file's
+        checksum when it asks for one); a new one without checksum if ``None``.
 
     Returns
     -------
@@ -471,8 +600,11 @@ def inspect_frame(
     """
     record = FrameRecord(path=Path(path))
     keys = HeaderKeys(temperature_keys, exposure_keys, frame_type_keys, set_point_keys)
+    if reader is None:
+        reader = FrameReader()
+    reader.sha256 = ""
     try:
-        _inspect(record, keys, scale_factor)
+        _inspect(record, keys, scale_factor, reader)
     except FrameReadError as exc:
         reason = str(exc)
         if not reason.startswith("truncated") and _gzip_ends_early(record.path):
@@ -500,7 +632,7 @@ def _gzip_ends_early(path: Path) -> bool:
 _LAYOUT_KEYS = ("BITPIX", "NAXIS1", "NAXIS2", "BZERO", "BSCALE", "BLANK")
 
 
-def _inspect(record: FrameRecord, keys: HeaderKeys, scale_factor: float) -> None:
+def _inspect(record: FrameRecord, keys: HeaderKeys, scale_factor: float, reader: FrameReader) -> None:
     path = record.path
     try:
         size = path.stat().st_size
@@ -510,7 +642,7 @@ def _inspect(record: FrameRecord, keys: HeaderKeys, scale_factor: float) -> None
         raise FrameReadError(f"cannot read: {exc.strerror or exc}") from None
     if size == 0:
         raise FrameReadError("empty file (0 bytes)")
-    with warnings.catch_warnings(record=True) as caught:
+    with _ASTROPY_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         hdul = _open_fits(path)
         try:
@@ -567,12 +699,14 @@ def _inspect(record: FrameRecord, keys: HeaderKeys, scale_factor: float) -> None
         if "truncated" in text.lower() and record.data_offset is None:
             raise FrameReadError(f"truncated: {text}")
         logger.debug("%s: astropy warned: %s", path, text)
+    saturation = adc_maximum(scale_factor)
     if pixels is None:
-        assert record.shape is not None
-        pixels = read_uint16_rows(record, 0, record.shape[0])
-    if pixels.shape != record.shape:
-        raise FrameReadError(f"truncated: pixel array {pixels.shape} is not {record.shape}")
-    _check_pixels(pixels, record, scale_factor)
+        stats = reader.check_stored_uint16(record, saturation)
+    else:
+        if pixels.shape != record.shape:
+            raise FrameReadError(f"truncated: pixel array {pixels.shape} is not {record.shape}")
+        stats = array_stats(pixels, saturation)
+    _record_stats(stats, record, saturation)
 
 
 def plain_uint16(record: FrameRecord) -> bool:
@@ -707,35 +841,28 @@ def is_tiny(record: FrameRecord) -> bool:
     return record.shape is not None and record.shape[0] * record.shape[1] < SMALL_FRAME_PIXELS
 
 
-def _check_pixels(pixels: np.ndarray, record: FrameRecord, scale_factor: float) -> None:
-    if pixels.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(pixels)))
-        if bad:
-            raise FrameReadError(f"{bad} pixels are NaN or infinite")
-        finite_max = float(pixels.max())
-        record.multiple_of_16 = bool(np.all(np.mod(pixels, 16) == 0))
-        record.integer_valued = record.multiple_of_16 or bool(np.all(np.mod(pixels, 1) == 0))
-    else:
-        finite_max = float(pixels.max())
-        # OR of all values has its low 4 bits clear only when every value is a multiple of 16.
-        record.multiple_of_16 = int(np.bitwise_or.reduce(pixels, axis=None)) & 15 == 0
-        record.integer_valued = True
-    record.max_value = finite_max
-    minimum = float(pixels.min())
-    record.min_value = minimum
-    record.negative_count = int(np.count_nonzero(pixels < 0)) if minimum < 0 else 0
-    record.constant = minimum == finite_max and not is_tiny(record)
-    zeros = np.count_nonzero(pixels == 0) if minimum <= 0 else 0  # one pass less when none
-    record.zero_fraction = float(zeros) / pixels.size
-    _saturation(pixels, finite_max, record, adc_maximum(scale_factor))
+def _record_stats(stats: PixelStats, record: FrameRecord, saturation: float) -> None:
+    """Set the record's pixel fields from the frame's statistics (:mod:`bias_pipeline.frame_checks`).
 
-
-def _saturation(pixels: np.ndarray, maximum: float, record: FrameRecord, saturation: float) -> None:
+    Raises
+    ------
+    FrameReadError
+        When pixels are NaN or infinite.
+    """
+    if stats.nonfinite:
+        raise FrameReadError(f"{stats.nonfinite} pixels are NaN or infinite")
+    record.multiple_of_16 = stats.multiple_of_16
+    record.integer_valued = stats.integer_valued
+    record.max_value = stats.maximum
+    record.min_value = stats.minimum
+    record.negative_count = stats.negatives if stats.minimum < 0 else 0
+    record.constant = stats.minimum == stats.maximum and not is_tiny(record)
+    record.zero_fraction = float(stats.zeros) / stats.size
     # Which of the two applies is decided with the data set's bit depth (step 1).
-    if maximum >= saturation:
-        record.saturated_fraction = float(np.count_nonzero(pixels >= saturation)) / pixels.size
-    elif maximum == TWELVE_BIT_MAX:
-        record.saturated_fraction_12 = float(np.count_nonzero(pixels == maximum)) / pixels.size
+    if stats.maximum >= saturation:
+        record.saturated_fraction = float(stats.saturated) / stats.size
+    elif stats.maximum == TWELVE_BIT_MAX:
+        record.saturated_fraction_12 = float(stats.twelve_bit_max) / stats.size
 
 
 def read_rows(record: FrameRecord, start: int, stop: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import os
+import queue
 import stat
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from ..config import KELVIN_OFFSET, PipelineConfig
 from ..errors import FrameReadError, InputDataError
 from ..frames import (
     STATUS_ACCEPTED,
+    FrameReader,
     FrameRecord,
     inspect_frame,
     is_fits_name,
@@ -35,7 +37,7 @@ from ..products import write_text_atomic
 from ..provenance import file_sha256
 from ..registry import MANIFEST_NAME
 from ..units import TWELVE_BIT_MAX
-from ..workers import worker_pool
+from ..workers import default_threads, worker_pool
 from .utils_scaling import decide_input_bits
 
 logger = logging.getLogger(__name__)
@@ -308,6 +310,11 @@ def scan_frames(
 ) -> tuple[list[FrameRecord], int]:
     """Scan the raw folder: one record per file found, with status and reason.
 
+    Files are inspected on ``config.threads`` worker threads (0: the CPUs available), each
+    plain frame read once for its pixel checks and its checksum
+    (:class:`~bias_pipeline.frames.FrameReader`); the records do not depend on the number of
+    threads or on the kernel engine.
+
     Parameters
     ----------
     base_path
@@ -334,46 +341,46 @@ def scan_frames(
     files, records = find_files(base, exclude)
     if not files and not records:
         raise InputDataError(f"--basepath {base} holds no files; give the folder of raw FITS frames")
-    progress = tqdm(
-        files,
-        desc="scanning",
-        unit="file",
-        disable=None if config.show_progress else True,
-        leave=False,
-    )
-    # Checksums (provenance) are computed by a worker thread while this one parses headers:
-    # hashing releases the interpreter lock, so it costs little extra time.
-    with worker_pool(ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")) as hasher:
+    threads = config.threads or default_threads()
+    readers: queue.SimpleQueue[FrameReader] = queue.SimpleQueue()  # one buffer per worker, reused
+
+    def inspect(path: Path) -> tuple[FrameRecord, str]:
+        try:
+            reader = readers.get_nowait()
+        except queue.Empty:
+            reader = FrameReader(checksum=checksum)
+        try:
+            return _inspect_file(path, config, reader)
+        finally:
+            readers.put(reader)
+
+    # Files are inspected on worker threads: reading, hashing and the pixel checks release the
+    # interpreter lock (astropy's header parsing takes turns, see frames.FrameReader). Results
+    # are taken in file order, so the records are the same whatever the number of threads.
+    with worker_pool(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scan")) as pool:
+        futures = [pool.submit(inspect, path) for path in files]
+        progress = tqdm(
+            futures,
+            desc="scanning",
+            unit="file",
+            disable=None if config.show_progress else True,
+            leave=False,
+        )
         checksums = {}
-        for path in progress:
-            kind = not_regular(path) if is_fits_name(path) else None
-            if not is_fits_name(path):
-                record = FrameRecord(path=path)
-                record.ignore(f"not a FITS file name ({path.suffix or 'no extension'})")
-            elif kind is not None:
-                record = FrameRecord(path=path)
-                record.ignore(f"{kind}, not a regular file: only regular files are read")
-            else:
-                if checksum:
-                    checksums[path] = hasher.submit(_checksum_or_empty, path)
-                record = inspect_frame(
-                    path,
-                    config.temperature_keys,
-                    config.exposure_keys,
-                    frame_type_keys=config.frame_type_keys,
-                    set_point_keys=config.set_point_keys,
-                    scale_factor=config.scale_factor,
-                )
+        for future in progress:
+            record, digest = future.result()
             records.append(record)
-        records.sort(key=lambda r: str(r.path))
-        bits = classify_frames(records, config)
-        for record in records:
-            if record.passed_checks and record.path in checksums:
-                record.sha256 = checksums[record.path].result()
-                if not record.sha256:
-                    record.passed_checks = False
-                    record.reject("cannot be read again for its checksum")
-        _ignore_copies(records)
+            if checksum:
+                checksums[record.path] = digest
+    records.sort(key=lambda r: str(r.path))
+    bits = classify_frames(records, config)
+    for record in records:
+        if record.passed_checks and record.path in checksums:
+            record.sha256 = checksums[record.path]
+            if not record.sha256:
+                record.passed_checks = False
+                record.reject("cannot be read again for its checksum")
+    _ignore_copies(records)
     for record in records:
         if record.status == STATUS_ACCEPTED:
             logger.debug("accepted %s: %.3f deg C, %g s", record.path, record.temperature, record.exposure)
@@ -396,6 +403,33 @@ def _ignore_copies(records: Sequence[FrameRecord]) -> None:
         for copy in copies:
             copy.passed_checks = False
             copy.ignore(f"byte-identical copy of {original.path} (the same frame under another name); used once")
+
+
+def _inspect_file(path: Path, config: PipelineConfig, reader: FrameReader) -> tuple[FrameRecord, str]:
+    """One file's record, and its SHA-256 when the reader asks for checksums and the frame passed
+    its inspection (``""`` otherwise, or when it cannot be read for it)."""
+    if not is_fits_name(path):
+        record = FrameRecord(path=path)
+        record.ignore(f"not a FITS file name ({path.suffix or 'no extension'})")
+        return record, ""
+    kind = not_regular(path)
+    if kind is not None:
+        record = FrameRecord(path=path)
+        record.ignore(f"{kind}, not a regular file: only regular files are read")
+        return record, ""
+    record = inspect_frame(
+        path,
+        config.temperature_keys,
+        config.exposure_keys,
+        frame_type_keys=config.frame_type_keys,
+        set_point_keys=config.set_point_keys,
+        scale_factor=config.scale_factor,
+        reader=reader,
+    )
+    digest = reader.sha256
+    if reader.checksum and not digest and record.status == STATUS_ACCEPTED:
+        digest = _checksum_or_empty(path)  # a file astropy decoded (gzip, compressed...): read again
+    return record, digest
 
 
 def _checksum_or_empty(path: Path) -> str:
