@@ -639,7 +639,8 @@ class PipelineConfig:
     threads: int = option(
         0,
         "--threads",
-        f"worker threads for combining, and processes for drawing the evaluation plots; 0: as many as CPUs, "
+        f"worker threads for scanning, combining and fitting, and processes for drawing the evaluation plots; "
+        f"0: as many as CPUs, "
         f"at most 8 (up to {MAX_THREADS}); results do not depend on it",
         INTEGER,
         GROUP_COMBINE,
