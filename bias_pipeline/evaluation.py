@@ -130,7 +130,7 @@ class MasterEvaluation:
             if mae is None:
                 mae, mape = error_maps(self.real, self.predicted)
             else:
-                with np.errstate(divide="ignore", invalid="ignore"):
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                     real = np.asarray(self.real, dtype=np.float32)
                     mape = np.where(real != 0, np.float32(100) * mae / np.abs(real), np.nan).astype(np.float32)
         else:
@@ -167,7 +167,7 @@ def error_maps(real: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.
     """
     real = np.asarray(real, dtype=np.float32)
     diff = np.abs(real - np.asarray(predicted, dtype=np.float32))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         mape = np.where(real != 0, np.float32(100) * diff / np.abs(real), np.nan).astype(np.float32)
     return diff.astype(np.float32), mape
 
