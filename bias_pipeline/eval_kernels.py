@@ -244,6 +244,35 @@ def map_histogram(image, flagged, low, high, counts):  # pragma: no cover - comp
             counts[index] += 1
 
 
+@kernel
+def largest(image, excluded, indices, values):  # pragma: no cover - compiled
+    """The ``len(indices)`` largest finite values of ``image`` outside ``excluded``, largest
+    first (ties: the lower flat index first): their flat indices into ``indices`` and values
+    into ``values``; returns how many were found. One pass, no full-frame temporary."""
+    rows, cols = image.shape
+    k = indices.shape[0]
+    found = 0
+    for i in range(rows):
+        for j in range(cols):
+            v = image[i, j]
+            if excluded[i, j] or not math.isfinite(v):
+                continue
+            if found == k and v <= values[k - 1]:
+                continue
+            # Insert in descending order, after the equal values already there.
+            at = found if found < k else k - 1
+            while at > 0 and values[at - 1] < v:
+                if at < k:
+                    values[at] = values[at - 1]
+                    indices[at] = indices[at - 1]
+                at -= 1
+            values[at] = v
+            indices[at] = i * cols + j
+            if found < k:
+                found += 1
+    return found
+
+
 # --------------------------------------------------------------------------- order statistics
 
 

@@ -189,3 +189,24 @@ def test_sort_key_orders_floats_and_inverts():
     keys = [int(sort_key(v)) for v in values]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
     assert [key_value(k) for k in keys] == list(values)
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (5, 3), (1, 1)])
+def test_worst_pixels_kernel_matches_numpy(monkeypatch, shape):
+    from bias_pipeline.report import worst_pixels
+
+    rng = np.random.default_rng(shape[0])
+    rms = rng.gamma(2.0, 3.0, shape).astype(np.float32)
+    mask = np.zeros(shape, dtype=bool)
+    if rms.size > 4:
+        rms.flat[0] = np.nan
+        rms.flat[1] = 1e30  # masked: never listed
+        mask.flat[1] = True
+        rms.flat[2] = np.inf
+    found = {}
+    for engine in ("numpy", "numba"):
+        monkeypatch.setenv("BIAS_PIPELINE_KERNELS", engine)
+        found[engine] = worst_pixels(rms, mask, 20)
+    np.testing.assert_array_equal(found["numba"], found["numpy"])
+    assert found["numba"].size == min(20, rms.size - (3 if rms.size > 4 else 0))
+    assert np.all(np.diff(rms.ravel()[found["numba"]]) <= 0)
