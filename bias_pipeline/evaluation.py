@@ -10,6 +10,13 @@ when asked, the CSV, the PNGs through :mod:`bias_pipeline.plots`). The pure part
 generator, and the writer keeps only the downsampled maps of each master it has seen: at
 2048 x 2048 one master's full-size maps are ~100 MB, so memory stays that of one master
 however many temperatures there are, while each master is still read and predicted once.
+
+Each master is read once and everything per master comes from that one float32 array: the
+row (in-sample and held-out statistics), the block-averaged maps of the plots, and, with
+``--save-eval-fits``, the full-size maps, each made when its file is written. The compiled
+kernels of :mod:`bias_pipeline.eval_kernels` compute the row and plot maps in two passes with
+no full-frame temporary; ``BIAS_PIPELINE_KERNELS=numpy`` runs the numpy reference instead
+(the same rows: order statistics to the bit, means and deviations to float64 summation order).
 """
 
 from __future__ import annotations

@@ -2,12 +2,24 @@
 
 Maps are drawn from a block-averaged copy when the frame is larger than :data:`PLOT_MAX_PIXELS`
 on a side (the factor is in the title), with colour limits from the 0.5 and 99.5 percentiles so
-one hot pixel does not wash out the picture. Each figure is built by a ``*_figure`` function
-from arrays or rows in memory; step 5 saves it as a PNG (``plot_*``), the report embeds its
-bytes (:func:`figure_png`), so the report never reads a PNG back from disk.
+one hot pixel does not wash out the picture. A 2048 x 2048 map becomes 512 x 512 means of 4 x 4
+blocks: the map's axes are about 430 screen pixels wide, so more pixels would not be seen, and a
+mean rather than a stride (every 4th pixel) because a stride would show one pixel in 16 at
+random, hot pixels included or not by luck, while the mean keeps every pixel's share. Step 5 and
+the report get the block sums from the same compiled pass that computes their statistics
+(:mod:`bias_pipeline.eval_kernels`), not from a second pass over the full-size map. Histograms
+count every unflagged pixel, none sampled.
+
+Each figure is built by a ``*_figure`` function from arrays or rows in memory; step 5 saves it as
+a PNG (``plot_*``), the report embeds its bytes (:func:`figure_png`), so the report never reads a
+PNG back from disk. Step 5's maps are drawn one after another on one reused figure per process
+(building a figure costs about as much as rendering it), in forked processes when there are
+several; titles sit at a fixed height and margins are fixed, since matplotlib's automatic title
+placement and ``tight_layout`` render the figure's texts once more to measure them.
 
 matplotlib is imported on first use, because importing it costs a quarter of a second that a
-run without plots should not pay.
+run without plots should not pay; :func:`draw_plots` imports it before forking its workers, so
+each process of a run imports it once.
 """
 
 from __future__ import annotations
