@@ -10,6 +10,13 @@ when asked, the CSV, the PNGs through :mod:`bias_pipeline.plots`). The pure part
 generator, and the writer keeps only the downsampled maps of each master it has seen: at
 2048 x 2048 one master's full-size maps are ~100 MB, so memory stays that of one master
 however many temperatures there are, while each master is still read and predicted once.
+
+Each master is read once and everything per master comes from that one float32 array: the
+row (in-sample and held-out statistics), the block-averaged maps of the plots, and, with
+``--save-eval-fits``, the full-size maps, each made when its file is written. The compiled
+kernels of :mod:`bias_pipeline.eval_kernels` compute the row and plot maps in two passes with
+no full-frame temporary; ``BIAS_PIPELINE_KERNELS=numpy`` runs the numpy reference instead
+(the same rows: order statistics to the bit, means and deviations to float64 summation order).
 """
 
 from __future__ import annotations
@@ -19,15 +26,18 @@ import io
 import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from . import eval_kernels
+from .compiled import engine
 from .master_writer import MasterImage
 from .model import BiasModel
-from .plots import ImagePlot, draw_plots, plot_summary
+from .plots import ImagePlot, downsample, draw_plots, plot_factor, plot_summary
 from .products import product_header, write_image, write_text_atomic
 from .registry import HELDOUT_MAE, MAE, MAPE, REAL_PLOT, SUMMARY_CSV, SUMMARY_PNG, SYNTHETIC, labelled_name
 from .units import DEFAULT_SCALE_FACTOR
@@ -65,32 +75,94 @@ SUMMARY_COLUMNS = (
 
 @dataclass
 class MasterEvaluation:
-    """The model against one master: the summary row and the full-size maps.
+    """The model against one master: the summary row, the master, and what the plots show.
+
+    The full-size error maps are not kept (at 2048 x 2048 each is 16 MB): they are computed
+    from the master and the model when asked for (the FITS of ``--save-eval-fits``), with
+    the same float32 arithmetic the summary row was computed with.
 
     Attributes
     ----------
     row
         The summary row (keys :data:`SUMMARY_COLUMNS`).
-    real, predicted
-        The master and the model at its temperature [ADU].
-    mae, mape
-        ``|real - model|`` [ADU] and ``100 |real - model| / |real|`` [%].
-    heldout_mae, heldout_mape
-        The same for the model fitted without this master (NaN when no leverages are known).
+    real
+        The master [ADU].
+    model
+        The model it is compared with.
+    inflation
+        The held-out factor ``1 / (1 - h)`` of the master's leverage (NaN when unknown).
+    heldout_model
+        The masters fit the held-out errors come from, when it is not ``model``.
+    shown
+        Block-averaged maps for the plots, by file stem (``real_bias``, ``synthetic_bias``,
+        ``mae``, ``mape``): ``(map, factor)`` as :func:`~bias_pipeline.plots.downsample`.
     """
 
     row: dict[str, object]
     real: np.ndarray
-    predicted: np.ndarray
-    mae: np.ndarray
-    mape: np.ndarray
-    heldout_mae: np.ndarray
-    heldout_mape: np.ndarray
+    model: BiasModel
+    inflation: np.float32 = np.float32(np.nan)
+    heldout_model: BiasModel | None = None
+    shown: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         """The master's label (``"12.5"``)."""
         return str(self.row["label"])
+
+    @property
+    def temperature(self) -> float:
+        """The master's temperature [deg C]."""
+        return float(self.row["temperature"])  # type: ignore[arg-type]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """The model at the master's temperature [ADU]."""
+        return prediction(self.model, self.temperature)
+
+    @property
+    def mae(self) -> np.ndarray:
+        """``|real - model|`` [ADU]."""
+        return error_maps(self.real, self.predicted)[0]
+
+    @property
+    def mape(self) -> np.ndarray:
+        """``100 |real - model| / |real|`` [%]."""
+        return error_maps(self.real, self.predicted)[1]
+
+    def heldout_maps(self, mae: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``|real - model fitted without this master|`` [ADU] and its percentage [%] (NaN
+        when no leverage is known); ``mae``, when given, is :attr:`mae` already computed."""
+        if self.heldout_model is None or self.heldout_model is self.model:
+            if mae is None:
+                mae, mape = error_maps(self.real, self.predicted)
+            else:
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    real = np.asarray(self.real, dtype=np.float32)
+                    mape = np.where(real != 0, np.float32(100) * mae / np.abs(real), np.nan).astype(np.float32)
+        else:
+            mae, mape = error_maps(self.real, prediction(self.heldout_model, self.temperature))
+        return mae * self.inflation, mape * self.inflation
+
+    @property
+    def heldout_mae(self) -> np.ndarray:
+        """The held-out absolute error [ADU] (see :meth:`heldout_maps`)."""
+        return self.heldout_maps()[0]
+
+    @property
+    def heldout_mape(self) -> np.ndarray:
+        """The held-out percentage error [%] (see :meth:`heldout_maps`)."""
+        return self.heldout_maps()[1]
+
+
+def prediction(model: BiasModel, temperature: float) -> np.ndarray:
+    """The model at ``temperature`` as :meth:`BiasModel.predict` computes it (float32, the
+    same operations), without its extrapolation warning: step 5 warns once per master."""
+    t = np.float32(temperature)
+    value = model.a_map + t * model.b_map
+    if model.c_map is not None:
+        value = value + t * t * model.c_map
+    return value.astype(np.float32, copy=False)
 
 
 def error_maps(real: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +174,7 @@ def error_maps(real: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.
     """
     real = np.asarray(real, dtype=np.float32)
     diff = np.abs(real - np.asarray(predicted, dtype=np.float32))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         mape = np.where(real != 0, np.float32(100) * diff / np.abs(real), np.nan).astype(np.float32)
     return diff.astype(np.float32), mape
 
@@ -131,8 +203,15 @@ def evaluate_master(
     *,
     leverage: float = math.nan,
     heldout_model: BiasModel | None = None,
+    flagged: np.ndarray | None = None,
 ) -> MasterEvaluation:
     """Compare ``model`` with one master (pure: no files).
+
+    The master is read once, and its row and plot maps are computed from that one array: by
+    the compiled kernels of :mod:`bias_pipeline.eval_kernels` (two passes, no full-frame
+    temporary), or by numpy when ``compiled.engine()`` is ``"numpy"`` (the reference; the
+    same numbers, medians and percentiles to the bit, means and deviations to float64
+    summation order).
 
     Parameters
     ----------
@@ -146,57 +225,183 @@ def evaluate_master(
     heldout_model
         The masters fit the leverage belongs to, when it is not ``model`` (a model fitted on
         frames): the held-out errors are then its own, inflated.
+    flagged
+        ``model.flagged``, when the caller has it already (one per run rather than one per
+        master).
 
     Returns
     -------
     MasterEvaluation
     """
     label, temp, n_frames = master.label, float(master.temperature), int(master.n_frames)
-    flagged = model.flagged
-    valid = ~flagged
-    real = master.load()
-    predicted = model.predict(temp)
-    mae, mape = error_maps(real, predicted)
+    if flagged is None:
+        flagged = model.flagged
+    real = np.ascontiguousarray(master.load(), dtype=np.float32)
     # Leave-one-out: for a weighted linear fit the residual of input k refitted without
     # it is exactly its in-sample residual / (1 - h_k).
     inflation = np.float32(1.0 / (1.0 - leverage)) if leverage < 1.0 - 1e-9 else np.float32(np.nan)
     same = heldout_model is None or heldout_model is model
-    if same:
-        heldout_mae, heldout_mape = mae * inflation, mape * inflation
+    model.warn_if_extrapolating(np.asarray(temp))
+    if engine() == "numba":
+        stats, counts, shown = _kernel_statistics(model, real, temp, flagged, inflation, heldout_model)
     else:
-        assert heldout_model is not None
-        heldout_mae, heldout_mape = (m * inflation for m in error_maps(real, heldout_model.predict(temp)))
-    stats = {name: summarize(values, valid) for name, values in (("mae", mae), ("mape", mape))}
+        stats, counts, shown = _numpy_statistics(model, real, temp, flagged, inflation, heldout_model)
     if same:
         # The held-out maps are the in-sample ones times one positive factor, and so are
         # their mean, median, std and percentiles: no need to summarise them again.
         factor = float(inflation)
         for name in ("mae", "mape"):
             stats[f"heldout_{name}"] = {k: factor * stats[name][k] for k in STATISTICS}
-    else:
-        for name, values in (("heldout_mae", heldout_mae), ("heldout_mape", heldout_mape)):
-            stats[name] = summarize(values, valid)
+        stats["heldout_per_noise"] = factor * stats["per_noise"]
     row: dict[str, object] = {
         "temperature": temp,
         "label": label,
         "n_frames": n_frames,
-        "n_pixels": int(np.count_nonzero(valid & np.isfinite(mape))),
-        "n_flagged": int(np.count_nonzero(flagged)),
+        "n_pixels": counts["n_pixels"],
+        "n_flagged": counts["n_flagged"],
     }
     for name in ("mae", "mape", "heldout_mae", "heldout_mape"):
         row.update({f"{name}_{k}": v for k, v in stats[name].items()})
+    row["mae_per_read_noise"] = stats["per_noise"]
+    row["heldout_mae_per_read_noise"] = stats["heldout_per_noise"]
+    return MasterEvaluation(row, real, model, inflation, None if same else heldout_model, shown)
+
+
+Statistics = dict[str, Any]
+
+
+def _numpy_statistics(
+    model: BiasModel,
+    real: np.ndarray,
+    temp: float,
+    flagged: np.ndarray,
+    inflation: np.float32,
+    heldout_model: BiasModel | None,
+) -> tuple[Statistics, dict[str, int], dict[str, tuple[np.ndarray, int]]]:
+    """The reference: the row's statistics and the plot maps with numpy, from full-size maps."""
+    valid = ~flagged
+    predicted = prediction(model, temp)
+    mae, mape = error_maps(real, predicted)
+    shown = {
+        stem: downsample(image) for stem, image in ((REAL_PLOT, real), (SYNTHETIC, predicted), (MAE, mae), (MAPE, mape))
+    }
+    del predicted
+    stats: Statistics = {name: summarize(values, valid) for name, values in (("mae", mae), ("mape", mape))}
+    same = heldout_model is None or heldout_model is model
+    if not same:
+        assert heldout_model is not None
+        heldout_mae, heldout_mape = (m * inflation for m in error_maps(real, prediction(heldout_model, temp)))
+        for name, values in (("heldout_mae", heldout_mae), ("heldout_mape", heldout_mape)):
+            stats[name] = summarize(values, valid)
+        del heldout_mape
+    counts = {
+        "n_pixels": int(np.count_nonzero(valid & np.isfinite(mape))),
+        "n_flagged": int(np.count_nonzero(flagged)),
+    }
+    stats["per_noise"] = stats["heldout_per_noise"] = math.nan
     if model.read_noise is not None:
         with np.errstate(invalid="ignore", divide="ignore"):  # a dead pixel's noise is 0
             per_noise = mae / model.read_noise
             selected = per_noise[valid & np.isfinite(per_noise)]
-            mean_per_noise = float(selected.mean(dtype=np.float64)) if selected.size else math.nan
-            row["mae_per_read_noise"] = mean_per_noise
-            row["heldout_mae_per_read_noise"] = (
-                mean_per_noise * float(inflation) if same else summarize(heldout_mae / model.read_noise, valid)["mean"]
-            )
+            stats["per_noise"] = float(selected.mean(dtype=np.float64)) if selected.size else math.nan
+            if not same:
+                stats["heldout_per_noise"] = summarize(heldout_mae / model.read_noise, valid)["mean"]
+    return stats, counts, shown
+
+
+def _kernel_statistics(
+    model: BiasModel,
+    real: np.ndarray,
+    temp: float,
+    flagged: np.ndarray,
+    inflation: np.float32,
+    heldout_model: BiasModel | None,
+) -> tuple[Statistics, dict[str, int], dict[str, tuple[np.ndarray, int]]]:
+    """The same as :func:`_numpy_statistics` by the kernels: two passes over the master."""
+    flagged = np.ascontiguousarray(flagged, dtype=np.bool_)
+    factor = plot_factor(real.shape)
+    rows, cols = real.shape
+    sums = np.zeros((4, rows // factor, cols // factor), dtype=np.float64)
+    counts = np.zeros(sums.shape, dtype=np.int64)
+    stats, totals = _kernel_errors(model, real, temp, flagged, np.float32(1.0), factor, sums, counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (sums / counts).astype(np.float32)
+    del sums, counts
+    shown = {stem: (means[k], factor) for k, stem in enumerate((REAL_PLOT, SYNTHETIC, MAE, MAPE))}
+    numbers = {"n_pixels": int(totals[2]), "n_flagged": int(np.count_nonzero(flagged))}
+    if heldout_model is not None and heldout_model is not model:
+        held, held_totals = _kernel_errors(heldout_model, real, temp, flagged, inflation, 0, None, None, model)
+        stats["heldout_mae"], stats["heldout_mape"] = held["mae"], held["mape"]
+        stats["heldout_per_noise"] = held["per_noise"]
     else:
-        row["mae_per_read_noise"] = row["heldout_mae_per_read_noise"] = math.nan
-    return MasterEvaluation(row, real, predicted, mae, mape, heldout_mae, heldout_mape)
+        stats["heldout_per_noise"] = math.nan
+    return stats, numbers, shown
+
+
+_EMPTY = np.zeros((0, 0), dtype=np.float32)
+
+
+def _kernel_errors(
+    model: BiasModel,
+    real: np.ndarray,
+    temp: float,
+    flagged: np.ndarray,
+    scale: np.float32,
+    factor: int,
+    sums: np.ndarray | None,
+    counts: np.ndarray | None,
+    noise_model: BiasModel | None = None,
+) -> tuple[Statistics, np.ndarray]:
+    """Statistics of ``|real - model| * scale``, its percentage and its ratio to the read
+    noise (of ``noise_model``, default ``model``) by :func:`eval_kernels.error_pass` and
+    :func:`eval_kernels.error_select`; the block sums go into ``sums``/``counts``."""
+    a = np.ascontiguousarray(model.a_map, dtype=np.float32)
+    b = np.ascontiguousarray(model.b_map, dtype=np.float32)
+    c = _EMPTY if model.c_map is None else np.ascontiguousarray(model.c_map, dtype=np.float32)
+    noise_map = (noise_model or model).read_noise
+    noise = _EMPTY if noise_map is None else np.ascontiguousarray(noise_map, dtype=np.float32)
+    t = np.float32(temp)
+    hist = np.zeros((2, eval_kernels.HI_BINS), dtype=np.int64)
+    totals = np.zeros(eval_kernels.ERROR_SUMS, dtype=np.float64)
+    if sums is None or counts is None:
+        sums = counts = np.zeros((4, 0, 0), dtype=np.float64)
+    eval_kernels.error_pass(real, a, b, c, t, scale, flagged, noise, factor, sums, counts, hist, totals)
+    quantities = (("mae", 0), ("mape", 2))
+    stats: Statistics = {}
+    wanted = []
+    for name, at in quantities:
+        n = int(totals[at])
+        stats[name] = {"mean": math.nan, "median": math.nan, "std": math.nan, "p95": math.nan}
+        if n:
+            wanted.append((name, n, *eval_kernels.percentile_ranks(n, [50, 95])))
+    stats["per_noise"] = float(totals[5] / totals[4]) if totals[4] else math.nan
+    if wanted:
+        slots = np.full((2, eval_kernels.HI_BINS), -1, dtype=np.int64)
+        means = np.zeros(2, dtype=np.float64)
+        found = {}
+        for name, n, previous, following, _ in wanted:
+            q = 0 if name == "mae" else 1
+            ranks = np.concatenate([previous, following])
+            bins = eval_kernels.prefixes_for(hist[q], ranks)
+            _, slots[q] = eval_kernels.slot_table(bins)
+            means[q] = totals[2 * q + 1] / n
+            found[name] = (ranks, bins)
+        width = 4  # two percentiles, two neighbours each: at most four bins
+        low = np.zeros((2, width, eval_kernels.HI_BINS), dtype=np.int64)
+        squares = np.zeros(2, dtype=np.float64)
+        eval_kernels.error_select(real, a, b, c, t, scale, flagged, slots, low, means, squares)
+        for name, n, _, _, gamma in wanted:
+            q = 0 if name == "mae" else 1
+            ranks, bins = found[name]
+            values = eval_kernels.values_at(hist[q], bins, low[q][slots[q][bins]], ranks)
+            median, p95 = (float(v) for v in eval_kernels.interpolate(values[:2], values[2:], gamma))
+            stats[name] = {
+                "mean": float(means[q]),
+                "median": median,
+                "std": math.sqrt(squares[q] / n),
+                "p95": p95,
+            }
+    return stats, totals
 
 
 def evaluate_masters(
@@ -222,12 +427,14 @@ def evaluate_masters(
     """
     validation = heldout_model if heldout_model is not None else model
     leverage = list(validation.group_leverage) if len(validation.group_leverage) == len(masters) else None
+    flagged = model.flagged  # once for every master
     for index, master in enumerate(masters):
         yield evaluate_master(
             model,
             master,
             leverage=leverage[index] if leverage is not None else math.nan,
             heldout_model=heldout_model,
+            flagged=flagged,
         )
 
 
@@ -241,29 +448,36 @@ def summary_csv_text(rows: Sequence[Mapping[str, object]]) -> str:
     return buffer.getvalue()
 
 
-def _fits_products(evaluation: MasterEvaluation) -> list[tuple[str, np.ndarray, str, str, str]]:
-    """``(file stem, data, kind, what, unit)`` of the FITS ``--save-eval-fits`` writes."""
-    return [
-        (SYNTHETIC, evaluation.predicted, "SYNTHETIC_BIAS", "model bias at the master's temperature", "adu"),
-        (MAE, evaluation.mae, "MAE", "absolute error |real - model| per pixel", "adu"),
-        (MAPE, evaluation.mape, "MAPE", "100 |real - model| / |real| per pixel", "%"),
-        (HELDOUT_MAE, evaluation.heldout_mae, "HELDOUT_MAE", "|real - model fitted without this master|", "adu"),
-    ]
+def _fits_products(evaluation: MasterEvaluation) -> Iterator[tuple[str, np.ndarray, str, str, str]]:
+    """``(file stem, data, kind, what, unit)`` of the FITS ``--save-eval-fits`` writes, one
+    at a time: each full-size map is made when its file is written and let go after."""
+    predicted = evaluation.predicted
+    yield SYNTHETIC, predicted, "SYNTHETIC_BIAS", "model bias at the master's temperature", "adu"
+    mae, mape = error_maps(evaluation.real, predicted)
+    del predicted
+    yield MAE, mae, "MAE", "absolute error |real - model| per pixel", "adu"
+    yield MAPE, mape, "MAPE", "100 |real - model| / |real| per pixel", "%"
+    del mape
+    heldout = evaluation.heldout_maps(mae)[0]
+    del mae
+    yield HELDOUT_MAE, heldout, "HELDOUT_MAE", "|real - model fitted without this master|", "adu"
 
 
 def _map_plots(evaluation: MasterEvaluation, out: Path) -> list[ImagePlot]:
-    """The four maps of one master, downsampled (see :func:`~bias_pipeline.plots.downsample`)."""
+    """The four maps of one master, block-averaged (see :func:`~bias_pipeline.plots.downsample`)."""
     label, n_frames = evaluation.label, evaluation.row["n_frames"]
     where = f"{label} deg C, {n_frames} frames"
+    shape = (int(evaluation.real.shape[0]), int(evaluation.real.shape[1]))
 
-    def png(stem: str) -> Path:
-        return out / labelled_name(stem, label, ".png")
+    def plot(stem: str, title: str, unit: str, cmap: str = "viridis") -> ImagePlot:
+        shown, factor = evaluation.shown[stem]
+        return ImagePlot(shown, factor, shape, out / labelled_name(stem, label, ".png"), title, unit, cmap)
 
     return [
-        ImagePlot.of(evaluation.real, png(REAL_PLOT), f"Real master bias, {where}", "bias (ADU)"),
-        ImagePlot.of(evaluation.predicted, png(SYNTHETIC), f"Model bias, {where}", "bias (ADU)"),
-        ImagePlot.of(evaluation.mae, png(MAE), f"|real - model|, {where}", "MAE (ADU)", "magma"),
-        ImagePlot.of(evaluation.mape, png(MAPE), f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma"),
+        plot(REAL_PLOT, f"Real master bias, {where}", "bias (ADU)"),
+        plot(SYNTHETIC, f"Model bias, {where}", "bias (ADU)"),
+        plot(MAE, f"|real - model|, {where}", "MAE (ADU)", "magma"),
+        plot(MAPE, f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma"),
     ]
 
 

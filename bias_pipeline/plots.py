@@ -2,12 +2,24 @@
 
 Maps are drawn from a block-averaged copy when the frame is larger than :data:`PLOT_MAX_PIXELS`
 on a side (the factor is in the title), with colour limits from the 0.5 and 99.5 percentiles so
-one hot pixel does not wash out the picture. Each figure is built by a ``*_figure`` function
-from arrays or rows in memory; step 5 saves it as a PNG (``plot_*``), the report embeds its
-bytes (:func:`figure_png`), so the report never reads a PNG back from disk.
+one hot pixel does not wash out the picture. A 2048 x 2048 map becomes 512 x 512 means of 4 x 4
+blocks: the map's axes are about 430 screen pixels wide, so more pixels would not be seen, and a
+mean rather than a stride (every 4th pixel) because a stride would show one pixel in 16 at
+random, hot pixels included or not by luck, while the mean keeps every pixel's share. Step 5 and
+the report get the block sums from the same compiled pass that computes their statistics
+(:mod:`bias_pipeline.eval_kernels`), not from a second pass over the full-size map. Histograms
+count every unflagged pixel, none sampled.
+
+Each figure is built by a ``*_figure`` function from arrays or rows in memory; step 5 saves it as
+a PNG (``plot_*``), the report embeds its bytes (:func:`figure_png`), so the report never reads a
+PNG back from disk. Step 5's maps are drawn one after another on one reused figure per process
+(building a figure costs about as much as rendering it), in forked processes when there are
+several; titles sit at a fixed height and margins are fixed, since matplotlib's automatic title
+placement and ``tight_layout`` render the figure's texts once more to measure them.
 
 matplotlib is imported on first use, because importing it costs a quarter of a second that a
-run without plots should not pay.
+run without plots should not pay; :func:`draw_plots` imports it before forking its workers, so
+each process of a run imports it once.
 """
 
 from __future__ import annotations
@@ -33,6 +45,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from . import eval_kernels
+from .compiled import engine
 from .frames import FrameRecord
 from .products import write_png_atomic
 from .temperature_check import FLAG_TEMPERATURE, TemperatureCheck, with_temperature_checks
@@ -40,6 +54,9 @@ from .temperature_check import FLAG_TEMPERATURE, TemperatureCheck, with_temperat
 logger = logging.getLogger(__name__)
 
 PLOT_MAX_PIXELS = 512
+# Titles at a fixed height: matplotlib's automatic placement measures every tick label of
+# the axes first, a third of a figure's drawing time, and our axes have none on top.
+TITLE_Y = 1.0
 PNG_COMPRESS_LEVEL = 1  # as write_png_atomic: the report embeds the same bytes step 5 writes
 
 
@@ -60,6 +77,11 @@ def figure_png(figure: Any, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
 # --------------------------------------------------------------------------- maps
 
 
+def plot_factor(shape: Sequence[int], max_pixels: int = PLOT_MAX_PIXELS) -> int:
+    """The block-averaging factor of a map of ``shape`` drawn at most ``max_pixels`` a side."""
+    return max(1, math.ceil(max(shape) / max_pixels))
+
+
 def downsample(image: np.ndarray, max_pixels: int = PLOT_MAX_PIXELS) -> tuple[np.ndarray, int]:
     """Block-average ``image`` by the smallest integer factor that fits ``max_pixels`` a side.
 
@@ -69,7 +91,7 @@ def downsample(image: np.ndarray, max_pixels: int = PLOT_MAX_PIXELS) -> tuple[np
     >>> small.shape, factor
     ((12, 16), 4)
     """
-    factor = max(1, math.ceil(max(image.shape) / max_pixels))
+    factor = plot_factor(image.shape, max_pixels)
     if factor == 1:
         return image, 1
     rows = image.shape[0] // factor * factor
@@ -146,16 +168,49 @@ def draw_map(figure: Any, axes: Any, shown: np.ndarray, shape: tuple[int, int], 
 
 
 def _draw_image(plot: ImagePlot) -> Path:
-    title = plot.title
-    if plot.factor > 1:
-        title = f"{title}\n(mean of {plot.factor}x{plot.factor} pixel blocks)"
-    figure = _figure(figsize=(7.0, 5.6), dpi=100)
-    axes = figure.add_subplot()
-    draw_map(figure, axes, plot.shown, plot.shape, plot.cmap, plot.unit)
-    axes.set_title(title, fontsize=10)
-    # Fixed margins: tight_layout measures every text and costs more than drawing the map.
-    figure.subplots_adjust(left=0.1, right=0.92, bottom=0.1, top=0.9)
-    return write_png_atomic(plot.path, figure)
+    return _MapPainter().draw(plot)
+
+
+class _MapPainter:
+    """Draws maps one after another on one figure: the axes, colour bar and labels are made
+    for the first map and only the image, its limits, colour map and texts change for the
+    next (building a figure costs about as much as rendering it)."""
+
+    def __init__(self) -> None:
+        self.figure: Any = None
+        self.image: Any = None
+        self.key: tuple[object, ...] = ()
+
+    def draw(self, plot: ImagePlot) -> Path:
+        title = plot.title
+        if plot.factor > 1:
+            title = f"{title}\n(mean of {plot.factor}x{plot.factor} pixel blocks)"
+        rows, cols = plot.shape
+        key = (plot.shape, plot.shown.shape)
+        if self.figure is None or key != self.key:
+            self.figure = _figure(figsize=(7.0, 5.6), dpi=100)
+            self.axes = self.figure.add_subplot()
+            draw_map(self.figure, self.axes, plot.shown, plot.shape, plot.cmap, plot.unit)
+            self.image = self.axes.images[0]
+            self.colorbar = self.image.colorbar
+            self.title = self.axes.set_title(title, fontsize=10, y=TITLE_Y)
+            # Fixed margins: tight_layout measures every text and costs more than drawing the map.
+            self.figure.subplots_adjust(left=0.1, right=0.92, bottom=0.1, top=0.9)
+            self.key = key
+        else:
+            low, high = robust_limits(plot.shown)
+            self.image.set_data(plot.shown)
+            self.image.set_cmap(plot.cmap)
+            self.image.set_clim(low, high)
+            self.colorbar.set_label(plot.unit)
+            self.title.set_text(title)
+        return write_png_atomic(plot.path, self.figure)
+
+
+def _draw_chunk(plots: Sequence[ImagePlot]) -> list[Path]:
+    """Draw ``plots`` in order with one :class:`_MapPainter` (a worker process's task)."""
+    painter = _MapPainter()
+    return [painter.draw(plot) for plot in plots]
 
 
 # --------------------------------------------------------------------------- drawing in processes
@@ -182,11 +237,14 @@ def draw_plots(plots: Sequence[ImagePlot], workers: int = 1, show_progress: bool
     # Fork only from a single-threaded process: forking while other threads hold locks (a
     # caller's own threads, tqdm's monitor) can deadlock the child.
     can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    if plots:
+        _figure()  # matplotlib imported here, once: the forked workers inherit it
     progress = tqdm(total=len(plots), desc="plotting", unit="map", disable=None if show_progress else True, leave=False)
     with progress:
         if workers > 1 and len(plots) > 2 and can_fork:
             return _draw_in_processes(plots, min(workers, len(plots)), progress)
-        return [_advance(progress, _draw_image(plot)) for plot in plots]
+        painter = _MapPainter()
+        return [_advance(progress, painter.draw(plot)) for plot in plots]
 
 
 def _draw_in_processes(plots: Sequence[ImagePlot], workers: int, progress: tqdm) -> list[Path]:
@@ -201,14 +259,19 @@ def _draw_in_processes(plots: Sequence[ImagePlot], workers: int, progress: tqdm)
         initargs=(os.getpid(),),
     )
     drawn: list[Path] = []
+    # A few chunks per worker: each chunk is drawn on one reused figure, and a worker that is
+    # done early takes the next chunk.
+    size = max(1, math.ceil(len(plots) / (2 * workers)))
+    chunks = [plots[i : i + size] for i in range(0, len(plots), size)]
     try:
-        for path in pool.map(_draw_image, plots):
-            drawn.append(_advance(progress, path))
+        for paths in pool.map(_draw_chunk, chunks):
+            drawn += [_advance(progress, path) for path in paths]
     except BrokenProcessPool:
         logger.warning(
             "a plotting process died (out of memory?); the %d maps left are drawn here", len(plots) - len(drawn)
         )
-        drawn += [_advance(progress, _draw_image(plot)) for plot in plots[len(drawn) :]]
+        painter = _MapPainter()
+        drawn += [_advance(progress, painter.draw(plot)) for plot in plots[len(drawn) :]]
     except BaseException:
         _kill_workers(pool)
         raise
@@ -303,9 +366,11 @@ def summary_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
     panels[0].set_title(
         f"Model error per master bias (held-out: refitted without it; {flagged} flagged pixels left out)",
         fontsize=9,
+        y=TITLE_Y,
     )
     panels[2].set_xlabel("sensor temperature (deg C)")
-    figure.tight_layout()
+    # Fixed margins rather than tight_layout, which renders the whole figure once more to measure it.
+    figure.subplots_adjust(left=0.11, right=0.97, bottom=0.07, top=0.95, hspace=0.12)
     return figure
 
 
@@ -348,7 +413,7 @@ def temperature_check_figure(
         line = [min(header.min(), estimated.min()), max(header.max(), estimated.max())]
         top.plot(line, line, "k-", lw=0.8, label="equal")
     top.set_ylabel("estimated from the bias (deg C)")
-    top.set_title(f"Housekeeping check: {int(bad.sum())} of {len(done)} frames beyond {tolerance:g} deg C")
+    top.set_title(f"Housekeeping check: {int(bad.sum())} of {len(done)} frames beyond {tolerance:g} deg C", y=TITLE_Y)
     top.legend(fontsize=8)
     bottom.plot(header, estimated - header, "o", ms=4)
     bottom.axhspan(-tolerance, tolerance, color="0.9")
@@ -356,7 +421,7 @@ def temperature_check_figure(
     bottom.set_ylabel("estimated - header (deg C)")
     for axes in (top, bottom):
         axes.grid(True, alpha=0.3)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.12, right=0.97, bottom=0.09, top=0.94, hspace=0.08)  # as summary_figure
     return figure
 
 
@@ -373,11 +438,21 @@ def plot_temperature_check(
 # --------------------------------------------------------------------------- the report's maps
 
 
+MAP_QUANTILES = (0.0, 0.1, 16.0, 50.0, 84.0, 99.9, 100.0)  # [%]: MapStats' order statistics
+HISTOGRAM_BINS = 100
+
+
 @dataclass
 class MapStats:
-    """Order statistics of a map's unflagged finite pixels, from one partition."""
+    """Order statistics of a map's unflagged finite pixels, its histogram over the 0.1-99.9 %
+    range and its block-averaged copy for display (every pixel counted, none sampled).
 
-    values: np.ndarray
+    :meth:`of` computes them in three passes by the kernels of
+    :mod:`bias_pipeline.eval_kernels`, or with numpy when ``compiled.engine()`` is
+    ``"numpy"`` (the reference: the same quantiles to the bit).
+    """
+
+    count: int = 0
     low: float = math.nan  # 0.1 %: the histogram's range
     p16: float = math.nan
     median: float = math.nan
@@ -385,26 +460,63 @@ class MapStats:
     high: float = math.nan  # 99.9 %
     minimum: float = math.nan
     maximum: float = math.nan
+    histogram: tuple[np.ndarray, np.ndarray] | None = None  # (counts, edges)
+    shown: tuple[np.ndarray, int] | None = None  # (block means of the unflagged pixels, factor)
 
     @classmethod
     def of(cls, image: np.ndarray, valid: np.ndarray) -> MapStats:
         """The statistics of ``image`` over ``valid`` finite pixels."""
+        if engine() == "numba":
+            return cls._compiled(np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(~valid))
         values = image[valid & np.isfinite(image)]
+        shown = downsample(np.where(valid, image, np.float32(np.nan)).astype(np.float32))
         if not values.size:
-            return cls(values)
-        quantiles = np.percentile(values, [0.0, 0.1, 16.0, 50.0, 84.0, 99.9, 100.0])
+            return cls(shown=shown)
+        quantiles = np.percentile(values, MAP_QUANTILES)
         low_end, low, p16, median, p84, high, high_end = (float(q) for q in quantiles)
-        return cls(values, low, p16, median, p84, high, low_end, high_end)
+        lo, hi = _histogram_range(low, high)
+        histogram = np.histogram(values, bins=HISTOGRAM_BINS, range=(lo, hi))
+        return cls(int(values.size), low, p16, median, p84, high, low_end, high_end, histogram, shown)
 
-    @property
-    def count(self) -> int:
-        """Pixels counted."""
-        return int(self.values.size)
+    @classmethod
+    def _compiled(cls, image: np.ndarray, flagged: np.ndarray) -> MapStats:
+        rows, cols = image.shape
+        factor = plot_factor(image.shape)
+        sums = np.zeros((rows // factor, cols // factor), dtype=np.float64)
+        counts = np.zeros(sums.shape, dtype=np.int64)
+        hist = np.zeros(eval_kernels.HI_BINS, dtype=np.int64)
+        totals = np.zeros(2, dtype=np.float64)
+        eval_kernels.map_pass(image, flagged, factor, sums, counts, hist, totals)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shown = ((sums / counts).astype(np.float32), factor)
+        n = int(totals[0])
+        if not n:
+            return cls(shown=shown)
+        previous, following, gamma = eval_kernels.percentile_ranks(n, MAP_QUANTILES)
+        ranks = np.concatenate([previous, following])
+        bins = eval_kernels.prefixes_for(hist, ranks)
+        wanted, slots = eval_kernels.slot_table(bins)
+        low_hist = np.zeros((wanted.size, eval_kernels.HI_BINS), dtype=np.int64)
+        eval_kernels.map_select(image, flagged, slots, low_hist)
+        values = eval_kernels.values_at(hist, bins, low_hist[slots[bins]], ranks)
+        half = len(MAP_QUANTILES)
+        quantiles = eval_kernels.interpolate(values[:half], values[half:], gamma)
+        low_end, low, p16, median, p84, high, high_end = (float(q) for q in quantiles)
+        lo, hi = _histogram_range(low, high)
+        binned = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+        eval_kernels.map_histogram(image, flagged, lo, hi, binned)
+        edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+        return cls(n, low, p16, median, p84, high, low_end, high_end, (binned, edges), shown)
 
     @property
     def spread(self) -> float:
         """Half the 16-84 % range: the standard deviation of a normal distribution, robustly."""
         return (self.p84 - self.p16) / 2
+
+
+def _histogram_range(low: float, high: float) -> tuple[float, float]:
+    """The histogram's range: the 0.1-99.9 % range, widened when it is one value."""
+    return (low, high) if high > low else (low - 0.5, high + 0.5)
 
 
 def map_histogram_png(
@@ -419,20 +531,24 @@ def map_histogram_png(
         The PNG and the block-averaging factor.
     """
     rows, cols = image.shape
-    shown, factor = downsample(np.where(flagged, np.float32(np.nan), image).astype(np.float32))
+    if stats.shown is not None:
+        shown, factor = stats.shown
+    else:
+        shown, factor = downsample(np.where(flagged, np.float32(np.nan), image).astype(np.float32))
     figure = _figure(figsize=(10.0, 4.2), dpi=90)
     map_axes, hist_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": (1.25, 1.0)})
     draw_map(figure, map_axes, shown, (rows, cols), cmap, unit)
     shown_how = f"mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel"
-    map_axes.set_title(f"{title} ({rows}x{cols}; {shown_how})", fontsize=9)
-    if stats.count:
-        lo, hi = (stats.low, stats.high) if stats.high > stats.low else (stats.low - 0.5, stats.high + 0.5)
-        counts, edges = np.histogram(stats.values, bins=100, range=(lo, hi))
+    map_axes.set_title(f"{title} ({rows}x{cols}; {shown_how})", fontsize=9, y=TITLE_Y)
+    if stats.count and stats.histogram is not None:
+        counts, edges = stats.histogram
         hist_axes.stairs(counts, edges, fill=True, color="C0")
         hist_axes.set_yscale("log")
         outside = stats.count - int(counts.sum())
         hist_axes.set_title(
-            f"histogram of {stats.count} unflagged pixels\n({outside} beyond the 0.1-99.9 % range shown)", fontsize=9
+            f"histogram of {stats.count} unflagged pixels\n({outside} beyond the 0.1-99.9 % range shown)",
+            fontsize=9,
+            y=TITLE_Y,
         )
     hist_axes.set_xlabel(unit)
     hist_axes.set_ylabel("pixels")

@@ -27,7 +27,9 @@ from typing import Protocol
 
 import numpy as np
 
+from . import eval_kernels
 from ._version import __version__
+from .compiled import engine
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
 from .master_writer import MasterFrame
 from .model import BiasModel
@@ -442,12 +444,10 @@ def _evaluation_section(data: ReportData) -> str:
 def _worst_pixels_section(model: BiasModel) -> str:
     if model.rms is None:
         return ""
-    rms = np.where(model.mask | ~np.isfinite(model.rms), -np.inf, model.rms)
-    count = min(WORST_PIXELS, int(np.count_nonzero(np.isfinite(rms))))
+    flat = worst_pixels(model.rms, model.mask, WORST_PIXELS)
+    count = int(flat.size)
     if count == 0:
         return ""
-    flat = np.argpartition(rms.ravel(), -count)[-count:]
-    flat = flat[np.argsort(rms.ravel()[flat])[::-1]]
     rows = []
     for index in flat:
         row, col = (int(i) for i in np.unravel_index(index, model.shape))
@@ -486,6 +486,29 @@ def _worst_pixels_section(model: BiasModel) -> str:
         css="worst",
     )
     return _section("Worst pixels", body)
+
+
+def worst_pixels(rms: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
+    """Flat indices of the ``count`` largest finite ``rms`` values outside ``mask``, largest
+    first (fewer when fewer pixels qualify).
+
+    A compiled pass keeps the few largest as it goes (:func:`~bias_pipeline.eval_kernels.largest`);
+    the numpy reference (``compiled.engine() == "numpy"``) partitions a full-frame copy, and
+    its 4M-entry index array was the report's largest allocation. Equal values may come in
+    another order on the two paths.
+    """
+    if engine() == "numba":
+        indices = np.zeros(count, dtype=np.int64)
+        values = np.zeros(count, dtype=np.float32)
+        image = np.ascontiguousarray(rms, dtype=np.float32)
+        found = eval_kernels.largest(image, np.ascontiguousarray(mask, dtype=np.bool_), indices, values)
+        return indices[:found]
+    masked = np.where(mask | ~np.isfinite(rms), -np.inf, rms)
+    count = min(count, int(np.count_nonzero(np.isfinite(masked))))
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    flat = np.argpartition(masked.ravel(), -count)[-count:]
+    return flat[np.argsort(masked.ravel()[flat])[::-1]]
 
 
 def _flag_names(value: int) -> str:

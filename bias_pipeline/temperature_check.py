@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .frames import FrameRecord, read_row_sample
 from .model import BiasModel
 from .registry import TEMPERATURE_PLOT
-from .thermometry import TemperatureEstimate, estimate_temperature
+from .thermometry import TemperatureEstimate, estimate_temperature, sample_model
 from .units import DEFAULT_SCALE_FACTOR, input_factor
 from .workers import default_threads, worker_pool
 
@@ -126,10 +126,11 @@ def check_frame_temperatures(
     rows = model.shape[0]
     step = max(1, round(rows / max(1, THERMOMETRY_PIXELS // model.shape[1])))
     sample = np.arange(step // 2, rows, step)
+    at_sample = sample_model(model, sample)  # once for every frame
 
     def estimate(record: FrameRecord) -> TemperatureEstimate:
         frame = read_row_sample(record, sample) * factor
-        return estimate_temperature(frame, model, start=record.temperature, rows=sample)
+        return estimate_temperature(frame, model, start=record.temperature, rows=sample, sample=at_sample)
 
     progress = tqdm(
         total=len(used), desc="temperatures", unit="frame", disable=None if show_progress else True, leave=False

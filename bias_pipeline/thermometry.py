@@ -15,9 +15,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from astropy.stats import mad_std
 
 from .model import BiasModel
+
+MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(0.75): astropy's mad_std factor
 
 
 @dataclass
@@ -29,6 +30,62 @@ class TemperatureEstimate:
     n_pixels: int
 
 
+@dataclass(frozen=True)
+class ModelSample:
+    """What :func:`estimate_temperature` needs of the model at a set of rows, taken once for
+    every frame of a run (slicing the model's maps again for each frame cost more than the
+    fit): the usable pixels and, over them, the noise variance, coefficients and covariance,
+    as float64.
+
+    Attributes
+    ----------
+    rows
+        The rows sampled (``None``: every row).
+    usable
+        Pixels of those rows that are unflagged and have a finite, positive noise.
+    noise_variance, coefficients, covariance
+        Over the usable pixels (``covariance`` ``(P, P, n)`` or ``None`` when the model has
+        none).
+    covariance_finite
+        Whether every value of ``covariance`` is finite.
+    """
+
+    rows: np.ndarray | None
+    usable: np.ndarray
+    noise_variance: np.ndarray
+    coefficients: list[np.ndarray]
+    covariance: np.ndarray | None
+    covariance_finite: bool
+
+
+def sample_model(model: BiasModel, rows: np.ndarray | None = None) -> ModelSample:
+    """The model at ``rows`` (all rows when ``None``), as :func:`estimate_temperature` uses it.
+
+    Parameters
+    ----------
+    model
+        The fitted model.
+    rows
+        Rows of the frames to be estimated.
+
+    Returns
+    -------
+    ModelSample
+    """
+    select = slice(None) if rows is None else rows
+    flagged = model.mask[select] if model.dq is None else (model.mask[select] | (model.dq[select] != 0))
+    noise = model.read_noise if model.read_noise is not None else np.ones(model.shape, dtype=np.float32)
+    noise = noise[select]
+    usable = ~flagged & np.isfinite(noise) & (noise > 0)
+    noise_variance = noise[usable].astype(np.float64) ** 2
+    coefficients = [c[select][usable].astype(np.float64) for c in model.coefficients]
+    covariance = None if model.covariance is None else model.covariance[:, :, select][:, :, usable].astype(np.float64)
+    finite = covariance is not None and bool(np.all(np.isfinite(covariance)))
+    return ModelSample(
+        None if rows is None else np.asarray(rows), usable, noise_variance, coefficients, covariance, finite
+    )
+
+
 def estimate_temperature(
     frame: np.ndarray,
     model: BiasModel,
@@ -37,6 +94,7 @@ def estimate_temperature(
     clip_sigma: float = 5.0,
     iterations: int = 5,
     rows: np.ndarray | None = None,
+    sample: ModelSample | None = None,
 ) -> TemperatureEstimate:
     """Estimate the temperature at which ``model`` best reproduces ``frame``.
 
@@ -55,6 +113,9 @@ def estimate_temperature(
     rows
         When given, ``frame`` holds only these rows of a frame (the model's rows are taken
         to match).
+    sample
+        :func:`sample_model` of ``model`` at ``rows``, when the caller estimates many frames
+        (the same result, without slicing the model again).
 
     Returns
     -------
@@ -69,18 +130,22 @@ def estimate_temperature(
     >>> round(estimate_temperature(frame, model).temperature, 6)
     12.5
     """
-    select = slice(None) if rows is None else rows
-    flagged = model.mask[select] if model.dq is None else (model.mask[select] | (model.dq[select] != 0))
-    valid = ~flagged & np.isfinite(frame)
-    noise = model.read_noise if model.read_noise is not None else np.ones(model.shape, dtype=np.float32)
-    noise = noise[select]
-    valid &= np.isfinite(noise) & (noise > 0)
-    y = frame[valid].astype(np.float64)
-    noise_variance = noise[valid].astype(np.float64) ** 2
+    if sample is None:
+        sample = sample_model(model, rows)
+    values = frame[sample.usable]
+    finite = np.isfinite(values)
+    if finite.all():
+        y = values.astype(np.float64)
+        noise_variance, coefficients, covariance = sample.noise_variance, sample.coefficients, sample.covariance
+        covariance_finite = sample.covariance_finite
+    else:  # a frame with NaN pixels: the model's arrays over its finite ones
+        y = values[finite].astype(np.float64)
+        noise_variance = sample.noise_variance[finite]
+        coefficients = [c[finite] for c in sample.coefficients]
+        covariance = None if sample.covariance is None else sample.covariance[:, :, finite]
+        covariance_finite = covariance is not None and bool(np.all(np.isfinite(covariance)))
     weight = 1.0 / noise_variance
-    coefficients = [c[select][valid].astype(np.float64) for c in model.coefficients]
-    covariance = None if model.covariance is None else model.covariance[:, :, select][:, :, valid].astype(np.float64)
-    if covariance is not None and not np.all(np.isfinite(covariance)):
+    if not covariance_finite:
         covariance = None
     if start is None:
         # Robust first guess: the median over pixels of each pixel's own linear estimate.
@@ -95,9 +160,12 @@ def estimate_temperature(
             weight = 1.0 / (noise_variance + np.einsum("p,pqk,q->k", powers, covariance, powers))
         residual = (y - _poly(coefficients, temperature)) * np.sqrt(weight)
         # The clip scale is the noise, or the residuals' robust spread when that is larger
-        # (a model without a noise map, a frame noisier than the read noise).
-        spread = max(1.0, float(mad_std(residual)))
-        new_keep = np.abs(residual - np.median(residual)) <= clip_sigma * spread
+        # (a model without a noise map, a frame noisier than the read noise). The median is
+        # taken once for both uses: astropy's mad_std is exactly this, and it would take it
+        # again.
+        centre = np.median(residual)
+        spread = max(1.0, float(np.median(np.abs(residual - centre)) * MAD_TO_SIGMA))
+        new_keep = np.abs(residual - centre) <= clip_sigma * spread
         if iteration > 0 and np.array_equal(new_keep, keep):
             break
         keep = new_keep
