@@ -18,6 +18,7 @@ The legacy call forms (``fit_bias_model``, ``fit_linear``, ``save_bias_model``) 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,9 +36,9 @@ from ..fitting import PolynomialFit, design, fit_polynomial
 from ..frames import FrameRecord, plain_uint16, read_frame, read_rows, read_uint16_rows, reading
 from ..lazy import forward
 from ..master_writer import Master
-from ..model import BiasModel
+from ..model import BiasModel, ScaledCovariance
 from ..products import read_image
-from ..quality import describe, flag_pixels, robust_outliers
+from ..quality import MAX_CLIPPED_FRACTION, describe, flag_pixels, robust_outliers
 from ..units import adc_maximum, input_factor
 from ..workers import default_threads, worker_pool
 
@@ -169,15 +170,23 @@ def shrink_noise(noise: np.ndarray, dof: int, valid: np.ndarray) -> np.ndarray:
     >>> bool(shrunk.std() < raw.std() / 3), round(float(np.median(shrunk)) / 30, 1)
     (True, 1.0)
     """
-    variance = noise.astype(np.float64) ** 2
-    selected = variance[valid & np.isfinite(variance)]
+    # float64 variances, but never of the whole map at once: the selected pixels, then the
+    # shrunk map a few MB of rows at a time (the same values as whole-map arithmetic).
+    selected = noise[valid & np.isfinite(noise)].astype(np.float64) ** 2
     if selected.size < 10 or dof < 1 or not np.any(selected > 0):
         return noise
     centre = float(np.median(selected))
     measurement = 2.0 * centre**2 / dof  # variance of one pixel's variance estimate
     sensor = max(0.0, float(np.var(selected)) - measurement)
+    del selected
     weight = sensor / (sensor + measurement)  # 0: all pixels alike, 1: trust each pixel
-    return np.sqrt(centre + weight * (variance - centre)).astype(np.float32)
+    shrunk = np.empty(noise.shape, dtype=np.float32)
+    flat, out = noise.reshape(-1), shrunk.reshape(-1)
+    step = 1 << 18
+    for start in range(0, flat.size, step):
+        variance = flat[start : start + step].astype(np.float64) ** 2
+        out[start : start + step] = np.sqrt(centre + weight * (variance - centre))
+    return shrunk
 
 
 def fit_model(
@@ -425,25 +434,35 @@ def _assemble(
     inputs: FitInputs,
 ) -> BiasModel:
     """A :class:`BiasModel` from a fit: NaN at masked pixels, statistics and DQ flags, and what
-    the fit was made from (``inputs``), all given to the constructor."""
-    covariance = fit.covariance()
+    the fit was made from (``inputs``), all given to the constructor. The fit's maps are taken
+    over (changed in place), and the covariance is kept as the unit covariance times the noise
+    variance (:class:`~bias_pipeline.model.ScaledCovariance`), not as P^2 full maps."""
     coefficients = fit.coefficients.astype(np.float32, copy=False)
     coefficients[:, mask] = np.nan
-    covariance[:, :, mask] = np.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reduced = (fit.chi2 / fit.dof if fit.dof > 0 else np.full(fit.chi2.shape, np.nan)).astype(np.float32)
+    variance = np.asarray(fit.noise_variance, dtype=np.float32)  # the fit's own map: changed in place
+    variance[mask] = np.nan
+    covariance = ScaledCovariance(fit.unit_covariance, variance)
     dq = flag_pixels(
         hot_mask=mask,
         chi2=fit.chi2 if noise is not None else None,
         dof=fit.dof,
         noise=noise,
-        clipped_fraction=clipped,
+        clipped_fraction=clipped if clipped is not None and clipped.dtype != bool else None,
+        too_clipped=clipped if clipped is not None and clipped.dtype == bool else None,
         saturated=saturated if saturated is not None else np.zeros(mask.shape, dtype=bool),
         p_value=config.nonlinear_pvalue,
     )
-    rms = fit.rms.astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if fit.dof > 0:
+            reduced = np.asarray(fit.chi2, dtype=np.float32)
+            np.divide(reduced, fit.dof, out=reduced)  # the same float32 division, in place
+        else:
+            reduced = np.full(fit.chi2.shape, np.nan, dtype=np.float32)
+    rms = fit.rms.astype(np.float32, copy=False)
     rms[mask] = np.nan
     reduced[mask] = np.nan
+    ngroups = np.full(mask.shape, fit.dof + fit.degree + 1, dtype=np.int16)
+    ngroups[mask] = 0
     return BiasModel(
         coefficients[0],
         coefficients[1],
@@ -453,7 +472,7 @@ def _assemble(
         covariance=covariance,
         rms=rms,
         chi2=reduced,
-        ngroups=np.where(mask, 0, fit.dof + fit.degree + 1).astype(np.int16),
+        ngroups=ngroups,
         dq=dq,
         read_noise=noise,
         tref=fit.tref,
@@ -512,8 +531,9 @@ def warn_if_implausible(model: BiasModel) -> list[str]:
         # is enough, and a full float64 copy of the covariance would cost 128 MB at 2048 x 2048.
         t = float(model.tref or 0.0)
         gradient = np.array([0.0, 1.0, 2.0 * t][: model.degree + 1])
-        sample = np.flatnonzero(fitted.ravel())[:: max(1, int(fitted.sum()) // SLOPE_SAMPLE)]
-        covariance = model.covariance.reshape(*model.covariance.shape[:2], -1)[:, :, sample].astype(np.float64)
+        sample = _every_nth(fitted.ravel(), max(1, int(fitted.sum()) // SLOPE_SAMPLE))
+        rows, columns = np.unravel_index(sample, model.shape)
+        covariance = np.asarray(model.covariance[:, :, rows, columns], dtype=np.float64)
         sigma_slope = np.sqrt(np.maximum(np.einsum("p,pqk,q->k", gradient, covariance, gradient), 0))
         slope = model.b_map.ravel()[sample] + (
             2.0 * t * model.c_map.ravel()[sample] if model.c_map is not None else 0.0
@@ -530,6 +550,24 @@ def warn_if_implausible(model: BiasModel) -> list[str]:
     for text in warnings:
         logger.warning("%s", text)
     return warnings
+
+
+def _every_nth(flags: np.ndarray, step: int) -> np.ndarray:
+    """``np.flatnonzero(flags)[::step]`` without the int64 index of every True value (32 MB for
+    a 2048 x 2048 frame): found a chunk at a time.
+
+    >>> flags = np.array([1, 0, 1, 1, 0, 1, 1, 1], dtype=bool)
+    >>> _every_nth(flags, 2).tolist() == np.flatnonzero(flags)[::2].tolist()
+    True
+    """
+    picks = []
+    seen = 0
+    chunk = 1 << 18
+    for start in range(0, flags.size, chunk):
+        found = np.flatnonzero(flags[start : start + chunk])
+        picks.append(found[(-seen) % step :: step] + start)
+        seen += found.size
+    return np.concatenate(picks) if picks else np.zeros(0, dtype=np.intp)
 
 
 def _clipped_fraction(masters: Sequence[Master], frames: Sequence[int]) -> np.ndarray | None:
@@ -550,7 +588,23 @@ def _clipped_fraction(masters: Sequence[Master], frames: Sequence[int]) -> np.nd
 # ---------------------------------------------------------------- the row-block path (numba)
 #: Bytes of input rows one block task holds (all inputs' rows of its block): a few MB, so that
 #: blocks stay in cache-friendly sizes and memory does not grow with the frame size.
-BLOCK_BYTES = 16 * 1024 * 1024
+BLOCK_BYTES = 8 * 1024 * 1024
+
+
+class _ThreadBuffers:
+    """Block buffers kept per worker thread and reused for every block it runs: fresh buffers of
+    several MB per block would leave the allocator's per-thread arenas holding their pages."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: object) -> np.ndarray:
+        held = getattr(self.local, name, None)
+        size = int(np.prod(shape))
+        if held is None or held.size < size or held.dtype != np.dtype(dtype):
+            held = np.empty(size, dtype=dtype)
+            setattr(self.local, name, held)
+        return held[:size].reshape(shape)
 
 
 class _WholeRows:
@@ -649,7 +703,7 @@ class _NoiseSums:
     dof: int
     total: np.ndarray | None  # sum (n - 1) s^2, float32
     counts: list[int]  # indices of the masters whose NUSED is summed ([] when not wanted)
-    used: np.ndarray | None  # sum of NUSED, int32
+    used: np.ndarray | None  # sum of NUSED, int16 (int32 beyond 32767 frames)
 
     def read_noise(self) -> np.ndarray | None:
         """The pooled read noise (:func:`pooled_read_noise`)."""
@@ -657,16 +711,23 @@ class _NoiseSums:
             return None
         return np.sqrt(self.total / self.dof).astype(np.float32)
 
-    def clipped_fraction(self, frames: Sequence[int]) -> np.ndarray | None:
-        """As :func:`_clipped_fraction`."""
+    def too_clipped(self, frames: Sequence[int]) -> np.ndarray | None:
+        """Where :func:`_clipped_fraction` exceeds :data:`~bias_pipeline.quality.MAX_CLIPPED_FRACTION`:
+        the same float64 arithmetic, a few rows at a time, kept as a bool map."""
         if self.used is None:
             return None
-        return 1.0 - self.used / float(sum(frames))
+        total = float(sum(frames))
+        over = np.empty(self.used.shape, dtype=bool)
+        step = max(1, (1 << 18) // max(1, self.used.shape[1]))
+        for start in range(0, self.used.shape[0], step):
+            over[start : start + step] = (1.0 - self.used[start : start + step] / total) > MAX_CLIPPED_FRACTION
+        return over
 
 
 def _noise_plan(masters: Sequence[Master], readers: list, shape: tuple[int, int]) -> _NoiseSums:
     names = [set(reader.names()) for reader in readers]
     noisy = [k for k, m in enumerate(masters) if "NOISE" in names[k] and int(m.n_frames) >= 2]
+    total_frames = sum(int(m.n_frames) for m in masters)
     counted = list(range(len(masters)))
     if not masters or any(m.method != "sigma-clip" for m in masters) or any("NUSED" not in n for n in names):
         counted = []
@@ -675,7 +736,7 @@ def _noise_plan(masters: Sequence[Master], readers: list, shape: tuple[int, int]
         sum(int(masters[k].n_frames) - 1 for k in noisy),
         np.empty(shape, dtype=np.float32) if noisy else None,
         counted,
-        np.empty(shape, dtype=np.int32) if counted else None,
+        np.empty(shape, dtype=np.int16 if total_frames <= np.iinfo(np.int16).max else np.int32) if counted else None,
     )
 
 
@@ -690,7 +751,7 @@ def _add_noise_rows(plan: _NoiseSums, masters: Sequence[Master], readers: list, 
         pool_noise_rows(stack, dof, plan.total[start:stop])
     if plan.used is not None:
         parts = [readers[k].read("NUSED", start, stop) for k in plan.counts]
-        sum_counts_rows(np.stack(parts).astype(np.int32, copy=False), plan.used[start:stop])
+        sum_counts_rows(np.stack(parts), plan.used[start:stop])
 
 
 @dataclass
@@ -713,18 +774,25 @@ class _FitMaps:
 
 
 def _finish_fit(
-    maps: _FitMaps, temps: Sequence[float], weights: Sequence[float], degree: int, noise_for_fit: np.ndarray | None
+    maps: _FitMaps,
+    temps: Sequence[float],
+    weights: Sequence[float],
+    degree: int,
+    noise_for_fit: np.ndarray | None,
+    own_noise: bool = False,
 ) -> PolynomialFit:
-    """A :class:`PolynomialFit` from the block maps, as :func:`fit_polynomial` ends."""
+    """A :class:`PolynomialFit` from the block maps, as :func:`fit_polynomial` ends (``own_noise``:
+    ``noise_for_fit`` is a map of nobody else's, squared in place)."""
     _, unit_cov, leverage, tref = design(temps, weights, degree)
     dof = len(temps) - (degree + 1)
     if noise_for_fit is None:
         with np.errstate(invalid="ignore", divide="ignore"):
             noise_variance = maps.residual_sum_sq / dof if dof > 0 else np.full(maps.rms.shape, np.nan, np.float32)
     else:
-        noise_variance = np.square(np.asarray(noise_for_fit, dtype=np.float32))
+        noise_for_fit = np.asarray(noise_for_fit, dtype=np.float32)
+        noise_variance = np.square(noise_for_fit, out=noise_for_fit if own_noise else None)
     with np.errstate(invalid="ignore", divide="ignore"):
-        chi2 = maps.residual_sum_sq / noise_variance
+        chi2 = np.divide(maps.residual_sum_sq, noise_variance)
     return PolynomialFit(
         coefficients=maps.coefficients,
         unit_covariance=unit_cov,
@@ -768,8 +836,10 @@ def _fit_masters_in_blocks(
         smoother = np.ascontiguousarray(smoother, dtype=np.float64)
         level32 = np.float32(level)
 
+        buffers = _ThreadBuffers()
+
         def task(start: int, stop: int) -> None:
-            stack = np.empty((len(masters), stop - start, shape[1]), dtype=np.float32)
+            stack = buffers.get("stack", (len(masters), stop - start, shape[1]), np.float32)
             for k, reader in enumerate(readers):
                 reader.read("PRIMARY", start, stop, out=stack[k])
             fit_rows(
@@ -785,8 +855,11 @@ def _fit_masters_in_blocks(
         for reader in readers:
             reader.close()
     noise = plan.read_noise()
-    fit = _finish_fit(maps, temps, weights, config.degree, _fit_noise(noise, plan.dof, mask))
-    return fit, noise, plan.clipped_fraction([int(m.n_frames) for m in masters]), maps.saturated, mask
+    plan.total = None  # the pooled variance sums are in ``noise`` now
+    shrunk = _fit_noise(noise, plan.dof, mask)
+    fit = _finish_fit(maps, temps, weights, config.degree, shrunk, own_noise=shrunk is not noise)
+    del shrunk
+    return fit, noise, plan.too_clipped([int(m.n_frames) for m in masters]), maps.saturated, mask
 
 
 def _fit_frames_in_blocks(
@@ -825,6 +898,7 @@ def _fit_frames_in_blocks(
             config,
         )
         noise = plan.read_noise()
+        plan.total = None  # the pooled variance sums are in ``noise`` now
         assert noise is not None
         mask = np.zeros(noise.shape, dtype=bool) if hot_pixel_mask is None else check_mask(hot_pixel_mask, noise.shape)
         threshold = config.outlier_sigma * np.fmax(noise, float(np.nanmedian(noise)))
@@ -838,15 +912,17 @@ def _fit_frames_in_blocks(
         smoother = np.ascontiguousarray(smoother, dtype=np.float64)
         group_readers = [readers[labels.index(label)] for label in used_groups]
 
+        buffers = _ThreadBuffers()
+
         def task(start: int, stop: int) -> None:
             height = stop - start
-            raw = np.empty((len(ordered), height, shape[1]), dtype=raw_dtype)
+            raw = buffers.get("raw", (len(ordered), height, shape[1]), raw_dtype)
             for k, record in enumerate(ordered):
                 if as_uint16:
                     read_uint16_rows(record, start, stop, raw[k])
                 else:
                     raw[k] = read_rows(record, start, stop)
-            references = np.empty((len(group_readers), height, shape[1]), dtype=np.float32)
+            references = buffers.get("references", (len(group_readers), height, shape[1]), np.float32)
             for g, reader in enumerate(group_readers):
                 reader.read("PRIMARY", start, stop, out=references[g])
             fit_frame_rows(
@@ -862,5 +938,7 @@ def _fit_frames_in_blocks(
     finally:
         for reader in readers:
             reader.close()
-    fit = _finish_fit(maps, temps, weights, config.degree, _fit_noise(noise, plan.dof, mask))
-    return fit, noise, plan.clipped_fraction([int(m.n_frames) for m in masters]), maps.saturated, mask
+    shrunk = _fit_noise(noise, plan.dof, mask)
+    fit = _finish_fit(maps, temps, weights, config.degree, shrunk, own_noise=shrunk is not noise)
+    del shrunk
+    return fit, noise, plan.too_clipped([int(m.n_frames) for m in masters]), maps.saturated, mask
