@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import datetime as _dt
 import errno
+import io
 import logging
 import os
 import tempfile
@@ -205,7 +206,7 @@ def write_fits_atomic(path: str | Path, hdul: fits.HDUList) -> Path:
         When the folder is not writable or the disk is full; no file is left behind.
     """
     hdul.verify("silentfix")
-    if not all(_plain_image(hdu) for hdu in hdul):
+    if len(hdul) == 0 or not _plain_image(hdul[0]):
         return _write_atomic(path, lambda stream: hdul.writeto(stream, output_verify="silentfix"))
     hdul.update_extend()
     return _write_atomic(path, lambda stream: _write_plain_images(stream, hdul))
@@ -232,10 +233,15 @@ _FITS_DTYPES = {np.dtype(t) for t in ("u1", "i2", "i4", "i8", "f4", "f8")}
 
 
 def _write_plain_images(stream: BinaryIO, hdul: fits.HDUList) -> None:
-    """Write image HDUs as astropy would (the same bytes), without astropy's whole-array byte
-    swaps: each header as astropy renders it, then the data converted to big-endian a few MB of
-    rows at a time."""
+    """Write HDUs as astropy would (the same bytes), without astropy's whole-array byte swaps:
+    each image's header as astropy renders it, then its data converted to big-endian a few MB of
+    rows at a time; tables as astropy writes them."""
     for hdu in hdul:
+        if not _plain_image(hdu):  # a table (small): astropy renders it, as the extension it is
+            rendered = io.BytesIO()
+            fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(rendered, output_verify="silentfix")
+            stream.write(rendered.getbuffer()[_BLOCK:])  # after the empty primary's one block
+            continue
         hdu.update_header()
         stream.write(hdu.header.tostring().encode("ascii"))
         data = hdu.data

@@ -212,6 +212,8 @@ def test_written_images_are_the_bytes_astropy_writes(tmp_path):
                 fits.ImageHDU(np.arange(37 * 29, dtype=np.int16).reshape(37, 29), name="NUSED"),
                 fits.ImageHDU((data > 0).astype(np.uint8), name="FLAGS"),
                 fits.ImageHDU(data.astype(np.float64)[::2], name="WIDE"),
+                fits.BinTableHDU.from_columns([fits.Column(name="T", format="D", array=[1.0, 2.5])], name="GROUPS"),
+                fits.ImageHDU(np.arange(6, dtype=np.uint16).reshape(2, 3), name="SCALED"),  # BZERO 32768
             ]
         )
 
