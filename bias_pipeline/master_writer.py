@@ -129,7 +129,7 @@ class MasterRows:
                     self._layout[hdu.name or "PRIMARY"] = (offset, dtype, (header["NAXIS2"], header["NAXIS1"]))
         except Exception as exc:
             raise InputDataError(f"master {self.path} cannot be read as FITS: {fits_problem(exc)}") from None
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
 
     def close(self) -> None:
         """Close the file."""

@@ -2,10 +2,15 @@
 
 :func:`fit_model` fits the masters of step 2 (:class:`~bias_pipeline.master_writer.Master`);
 :func:`fit_model_on_frames` (``--fit-on frames``) fits every used frame at its own temperature.
-The fit (:func:`~bias_pipeline.fitting.fit_polynomial`) is weighted least squares with a
-closed form per pixel, so the inputs are read one at a time (twice: sums, then residuals) and
-never stacked. A master of ``n`` frames weighs ``n / e^2`` (``e`` the combine's efficiency: 1.2533
-for a median, 1 otherwise) over the read noise squared; the read noise is pooled over the
+The fit is weighted least squares with a closed form per pixel (a fixed linear smoother,
+:func:`~bias_pipeline.fitting.design`). With the compiled kernels (:mod:`bias_pipeline.fit_kernels`,
+the default) every input is read once, a block of rows at a time (a master's image, ``NOISE`` and
+``NUSED`` rows together; for ``--fit-on frames`` the masters' noise first, then each frame's rows
+with its master's), on worker threads, into float32 maps; the numpy reference path
+(``BIAS_PIPELINE_KERNELS=numpy``: :func:`~bias_pipeline.fitting.fit_polynomial`) reads whole
+inputs one at a time, twice (sums, then residuals). Both give the same maps. A master of ``n``
+frames weighs ``n / e^2`` (``e`` the combine's efficiency: 1.2533 for a median, 1 otherwise)
+over the read noise squared; the read noise is pooled over the
 groups' ``NOISE`` maps and shrunk towards its typical value (:func:`shrink_noise`), and gives the
 chi-square of each pixel. The model carries the covariance of the coefficients, the fit
 statistics and DQ flags (:mod:`bias_pipeline.quality`: HOT_MASK, NONLINEAR, NOISY, DEAD,
