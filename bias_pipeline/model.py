@@ -38,6 +38,68 @@ logger = logging.getLogger(__name__)
 COEFFICIENT_NAMES = ("A", "B", "C")
 
 
+class ScaledCovariance:
+    """The ``(P, P, rows, columns)`` covariance of a fit in which every pixel's covariance is one
+    ``(P, P)`` matrix times that pixel's noise variance, held as those two and computed where it
+    is read: ``cov[j, k]`` is one float32 map, ``cov[:, :, pixels]`` the matrices of some pixels.
+    A 2048 x 2048 model keeps one 16 MB variance map instead of P^2 maps (64 MB at degree 1,
+    144 MB at degree 2); ``numpy.asarray(cov)`` gives the whole array when it is really wanted.
+
+    Parameters
+    ----------
+    unit
+        ``(P, P)`` covariance for unit noise variance.
+    variance
+        ``(rows, columns)`` float32 noise variance per pixel (NaN where nothing was fitted).
+
+    Examples
+    --------
+    >>> cov = ScaledCovariance(np.array([[2.0, 0.5], [0.5, 1.0]]), np.full((2, 3), 4.0, np.float32))
+    >>> cov.shape, float(cov[0, 1][1, 2]), cov[:, :, np.eye(2, 3, dtype=bool)].shape
+    ((2, 2, 2, 3), 2.0, (2, 2, 2))
+    """
+
+    def __init__(self, unit: np.ndarray, variance: np.ndarray) -> None:
+        self.unit = np.asarray(unit, dtype=np.float32)
+        self.variance = np.asarray(variance, dtype=np.float32)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(P, P, rows, columns)``."""
+        return (*self.unit.shape, *self.variance.shape)
+
+    @property
+    def ndim(self) -> int:
+        """4."""
+        return 4
+
+    @property
+    def dtype(self) -> np.dtype:
+        """float32."""
+        return np.dtype(np.float32)
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key) or len(key) > 4:
+            return np.asarray(self)[key]
+        unit = self.unit[key[:2]]
+        pixels = self.variance[key[2:]] if len(key) > 2 else self.variance
+        unit = np.asarray(unit)
+        return unit.reshape(unit.shape + (1,) * pixels.ndim) * pixels
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        whole = self.unit[:, :, None, None] * self.variance[None, None]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def astype(self, dtype: object) -> np.ndarray:
+        """The whole array in ``dtype``."""
+        return np.asarray(self, dtype=dtype)
+
+    def reshape(self, *shape: int) -> np.ndarray:
+        """The whole array reshaped."""
+        return np.asarray(self).reshape(*shape)
+
+
 @dataclass
 class BiasModel:
     """Per-pixel polynomial bias model in temperature.
@@ -62,7 +124,8 @@ class BiasModel:
     c_map
         Quadratic term [ADU per deg C^2] of a degree-2 model, else ``None``.
     covariance
-        ``(P, P, rows, columns)`` covariance of ``a, b[, c]``; ``None`` when unknown.
+        ``(P, P, rows, columns)`` covariance of ``a, b[, c]``; ``None`` when unknown. A fit
+        gives it as a :class:`ScaledCovariance` (indexed as the array, computed where read).
     rms, chi2, ngroups
         Residual rms [ADU], reduced chi-square and number of inputs fitted, per pixel.
     dq
@@ -92,7 +155,7 @@ class BiasModel:
     scale_factor: float = DEFAULT_SCALE_FACTOR
     group_leverage: tuple[float, ...] = ()
     c_map: np.ndarray | None = None
-    covariance: np.ndarray | None = None
+    covariance: np.ndarray | ScaledCovariance | None = None
     rms: np.ndarray | None = None
     chi2: np.ndarray | None = None
     ngroups: np.ndarray | None = None

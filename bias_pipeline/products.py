@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import datetime as _dt
 import errno
+import io
 import logging
 import os
 import tempfile
@@ -204,7 +205,55 @@ def write_fits_atomic(path: str | Path, hdul: fits.HDUList) -> Path:
     OutputError
         When the folder is not writable or the disk is full; no file is left behind.
     """
-    return _write_atomic(path, lambda stream: hdul.writeto(stream, output_verify="silentfix"))
+    hdul.verify("silentfix")
+    if len(hdul) == 0 or not _plain_image(hdul[0]):
+        return _write_atomic(path, lambda stream: hdul.writeto(stream, output_verify="silentfix"))
+    hdul.update_extend()
+    return _write_atomic(path, lambda stream: _write_plain_images(stream, hdul))
+
+
+#: Rows of an image converted to big-endian at a time: a few MB of buffer, not a whole copy.
+_WRITE_CHUNK_BYTES = 4 << 20
+_BLOCK = 2880  # FITS logical record
+
+
+def _plain_image(hdu: object) -> bool:
+    """Whether ``hdu`` is an image whose stored values are its array's values (no BZERO or
+    BSCALE, a FITS BITPIX type), so its bytes are the array's in big-endian order."""
+    if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)):
+        return False
+    header = hdu.header
+    if header.get("BZERO", 0) != 0 or header.get("BSCALE", 1) != 1:
+        return False
+    data = hdu.data
+    return data is None or np.dtype(data.dtype).newbyteorder("=") in _FITS_DTYPES
+
+
+_FITS_DTYPES = {np.dtype(t) for t in ("u1", "i2", "i4", "i8", "f4", "f8")}
+
+
+def _write_plain_images(stream: BinaryIO, hdul: fits.HDUList) -> None:
+    """Write HDUs as astropy would (the same bytes), without astropy's whole-array byte swaps:
+    each image's header as astropy renders it, then its data converted to big-endian a few MB of
+    rows at a time; tables as astropy writes them."""
+    for hdu in hdul:
+        if not _plain_image(hdu):  # a table (small): astropy renders it, as the extension it is
+            rendered = io.BytesIO()
+            fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(rendered, output_verify="silentfix")
+            stream.write(rendered.getbuffer()[_BLOCK:])  # after the empty primary's one block
+            continue
+        hdu.update_header()
+        stream.write(hdu.header.tostring().encode("ascii"))
+        data = hdu.data
+        if data is None or data.size == 0:
+            continue
+        big = np.dtype(data.dtype).newbyteorder(">")
+        rows = data.reshape(data.shape[0], -1) if data.ndim > 1 else data.reshape(1, -1)
+        step = max(1, _WRITE_CHUNK_BYTES // max(1, rows[0].nbytes))
+        for start in range(0, rows.shape[0], step):
+            chunk = np.ascontiguousarray(rows[start : start + step], dtype=big)
+            stream.write(chunk.view(np.uint8))
+        stream.write(b"\0" * (-data.nbytes % _BLOCK))
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

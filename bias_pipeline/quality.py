@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from astropy.stats import mad_std
 
 from .fitting import chi2_threshold
 
@@ -36,16 +35,26 @@ DEAD = DQBit(3, "DEAD", "no or far too little temporal noise: a stuck or dead pi
 SATURATED = DQBit(4, "SATURATED", "a master reaches the ADC maximum (4095 x scale factor)")
 DQ_BITS: tuple[DQBit, ...] = (HOT_MASK, NONLINEAR, NOISY, DEAD, SATURATED)
 
+#: More of a pixel's frame values clipped than this marks it NOISY (a telegraph pixel).
+MAX_CLIPPED_FRACTION = 0.2
+#: The MAD times this is a normal distribution's sigma (1 / Phi^-1(3/4), as astropy's mad_std).
+MAD_TO_SIGMA = 1.482602218505602
+
 
 def robust_outliers(values: np.ndarray, valid: np.ndarray, n_sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Pixels above / below the median of ``values[valid]`` by more than ``n_sigma`` robust
     standard deviations (:func:`astropy.stats.mad_std`: the MAD scaled to a normal's sigma)."""
-    selected = values[valid & np.isfinite(values)]
+    selected = values[valid & np.isfinite(values)]  # a copy: reordered and overwritten below
     if selected.size == 0:
         empty = np.zeros(values.shape, dtype=bool)
         return empty, empty
-    centre = float(np.median(selected))
-    spread = float(mad_std(selected))
+    # mad_std's arithmetic (the median, then the median of the absolute deviations from it,
+    # times 1 / Phi^-1(3/4)) done in place on the one copy: no further full-size temporaries.
+    median = np.median(selected, overwrite_input=True)
+    centre = float(median)
+    np.subtract(selected, median, out=selected)
+    np.abs(selected, out=selected)
+    spread = float(np.median(selected, overwrite_input=True) * MAD_TO_SIGMA)
     with np.errstate(invalid="ignore"):
         return values > centre + n_sigma * spread, values < centre - n_sigma * spread
 
@@ -60,7 +69,8 @@ def flag_pixels(
     saturated: np.ndarray,
     p_value: float = 1e-4,
     noise_sigma: float = 6.0,
-    max_clipped_fraction: float = 0.2,
+    max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
+    too_clipped: np.ndarray | None = None,
 ) -> np.ndarray:
     """Combine the tests into a ``uint32`` DQ map (see :data:`DQ_BITS`).
 
@@ -82,6 +92,9 @@ def flag_pixels(
         Noise outliers: beyond this many robust standard deviations of the noise map.
     max_clipped_fraction
         More clipped values than this mark a telegraph pixel.
+    too_clipped
+        Instead of ``clipped_fraction``: True where the caller found it above
+        ``max_clipped_fraction`` (a bool map, not a float64 one, for a large frame).
 
     Returns
     -------
@@ -110,6 +123,8 @@ def flag_pixels(
     if clipped_fraction is not None:
         with np.errstate(invalid="ignore"):
             dq[valid & (clipped_fraction > max_clipped_fraction)] |= NOISY.value
+    if too_clipped is not None:
+        dq[valid & too_clipped] |= NOISY.value
     dq[valid & saturated] |= SATURATED.value
     return dq
 

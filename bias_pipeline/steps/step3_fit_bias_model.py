@@ -2,10 +2,15 @@
 
 :func:`fit_model` fits the masters of step 2 (:class:`~bias_pipeline.master_writer.Master`);
 :func:`fit_model_on_frames` (``--fit-on frames``) fits every used frame at its own temperature.
-The fit (:func:`~bias_pipeline.fitting.fit_polynomial`) is weighted least squares with a
-closed form per pixel, so the inputs are read one at a time (twice: sums, then residuals) and
-never stacked. A master of ``n`` frames weighs ``n / e^2`` (``e`` the combine's efficiency: 1.2533
-for a median, 1 otherwise) over the read noise squared; the read noise is pooled over the
+The fit is weighted least squares with a closed form per pixel (a fixed linear smoother,
+:func:`~bias_pipeline.fitting.design`). With the compiled kernels (:mod:`bias_pipeline.fit_kernels`,
+the default) every input is read once, a block of rows at a time (a master's image, ``NOISE`` and
+``NUSED`` rows together; for ``--fit-on frames`` the masters' noise first, then each frame's rows
+with its master's), on worker threads, into float32 maps; the numpy reference path
+(``BIAS_PIPELINE_KERNELS=numpy``: :func:`~bias_pipeline.fitting.fit_polynomial`) reads whole
+inputs one at a time, twice (sums, then residuals). Both give the same maps. A master of ``n``
+frames weighs ``n / e^2`` (``e`` the combine's efficiency: 1.2533 for a median, 1 otherwise)
+over the read noise squared; the read noise is pooled over the
 groups' ``NOISE`` maps and shrunk towards its typical value (:func:`shrink_noise`), and gives the
 chi-square of each pixel. The model carries the covariance of the coefficients, the fit
 statistics and DQ flags (:mod:`bias_pipeline.quality`: HOT_MASK, NONLINEAR, NOISY, DEAD,
@@ -18,7 +23,9 @@ The legacy call forms (``fit_bias_model``, ``fit_linear``, ``save_bias_model``) 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,16 +33,19 @@ import numpy as np
 from tqdm import tqdm
 
 from ..combine import MEDIAN_EFFICIENCY
+from ..compiled import engine
 from ..config import PipelineConfig
 from ..errors import InputDataError
-from ..fitting import PolynomialFit, fit_polynomial
-from ..frames import FrameRecord, read_frame, reading
+from ..fit_kernels import fit_frame_rows, fit_rows, pool_noise_rows, sum_counts_rows
+from ..fitting import PolynomialFit, design, fit_polynomial
+from ..frames import FrameRecord, plain_uint16, read_frame, read_rows, read_uint16_rows, reading
 from ..lazy import forward
 from ..master_writer import Master
-from ..model import BiasModel
+from ..model import BiasModel, ScaledCovariance
 from ..products import read_image
-from ..quality import describe, flag_pixels, robust_outliers
+from ..quality import MAX_CLIPPED_FRACTION, describe, flag_pixels, robust_outliers
 from ..units import adc_maximum, input_factor
+from ..workers import default_threads, worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +175,23 @@ def shrink_noise(noise: np.ndarray, dof: int, valid: np.ndarray) -> np.ndarray:
     >>> bool(shrunk.std() < raw.std() / 3), round(float(np.median(shrunk)) / 30, 1)
     (True, 1.0)
     """
-    variance = noise.astype(np.float64) ** 2
-    selected = variance[valid & np.isfinite(variance)]
+    # float64 variances, but never of the whole map at once: the selected pixels, then the
+    # shrunk map a few MB of rows at a time (the same values as whole-map arithmetic).
+    selected = noise[valid & np.isfinite(noise)].astype(np.float64) ** 2
     if selected.size < 10 or dof < 1 or not np.any(selected > 0):
         return noise
     centre = float(np.median(selected))
     measurement = 2.0 * centre**2 / dof  # variance of one pixel's variance estimate
     sensor = max(0.0, float(np.var(selected)) - measurement)
+    del selected
     weight = sensor / (sensor + measurement)  # 0: all pixels alike, 1: trust each pixel
-    return np.sqrt(centre + weight * (variance - centre)).astype(np.float32)
+    shrunk = np.empty(noise.shape, dtype=np.float32)
+    flat, out = noise.reshape(-1), shrunk.reshape(-1)
+    step = 1 << 18
+    for start in range(0, flat.size, step):
+        variance = flat[start : start + step].astype(np.float64) ** 2
+        out[start : start + step] = np.sqrt(centre + weight * (variance - centre))
+    return shrunk
 
 
 def fit_model(
@@ -217,24 +235,31 @@ def fit_model(
     frames = [int(m.n_frames) for m in masters]
     efficiency = [MEDIAN_EFFICIENCY if m.method == "median" else 1.0 for m in masters]
     weights = [n / e**2 for n, e in zip(frames, efficiency, strict=True)]
-    noise, noise_dof = pooled_read_noise(masters)
-    shape = masters[0].load().shape if noise is None else noise.shape
-    mask = _as_mask(hot_pixel_mask, shape)
-    saturation = _SaturationTracker(adc_maximum(scale) * 0.9999)
-    with _fit_progress(len(masters), "master", config) as progress:
-        fit = fit_polynomial(
-            temps,
-            weights,
-            _counted(lambda k: saturation.see(masters[k].load()), progress),
-            degree=config.degree,
-            noise=_fit_noise(noise, noise_dof, mask),
+    level = adc_maximum(scale) * 0.9999
+    if engine() == "numba":
+        fit, noise, clipped, saturated, mask = _fit_masters_in_blocks(
+            masters, temps, weights, hot_pixel_mask, level, config
         )
+    else:  # the reference: whole frames, each master read twice
+        noise, noise_dof = pooled_read_noise(masters)
+        shape = masters[0].load().shape if noise is None else noise.shape
+        mask = _as_mask(hot_pixel_mask, shape)
+        saturation = _SaturationTracker(level)
+        with _fit_progress(len(masters), "master", config) as progress:
+            fit = fit_polynomial(
+                temps,
+                weights,
+                _counted(lambda k: saturation.see(masters[k].load()), progress),
+                degree=config.degree,
+                noise=_fit_noise(noise, noise_dof, mask),
+            )
+        clipped, saturated = _clipped_fraction(masters, frames), saturation.map
     model = _assemble(
         fit,
         mask,
         noise,
-        _clipped_fraction(masters, frames),
-        saturation.map,
+        clipped,
+        saturated,
         config,
         scale,
         inputs=FitInputs(tuple(temps), tuple(frames), (min(temps), max(temps)), tuple(float(h) for h in fit.leverage)),
@@ -280,6 +305,24 @@ def fit_model_on_frames(
     """
     config = config or PipelineConfig()
     ordered = sorted(frames, key=lambda r: (r.group, str(r.path)))  # one master load per group
+    if engine() == "numba":
+        fit, noise, clipped, saturated, mask = _fit_frames_in_blocks(
+            ordered, masters, hot_pixel_mask, config, input_bits
+        )
+        counts = [int(m.n_frames) for m in masters]
+        temps = [reading(r) for r in ordered]
+        model = _assemble(
+            fit,
+            mask,
+            noise,
+            clipped,
+            saturated,
+            config,
+            config.scale_factor,
+            inputs=FitInputs(tuple(float(m.temperature) for m in masters), tuple(counts), (min(temps), max(temps))),
+        )
+        _log_fit(model, f"{len(ordered)} frames at their own temperatures")
+        return model
     by_label = {m.label: m for m in masters}
     noise, noise_dof = pooled_read_noise(masters)
     if noise is None:
@@ -396,25 +439,35 @@ def _assemble(
     inputs: FitInputs,
 ) -> BiasModel:
     """A :class:`BiasModel` from a fit: NaN at masked pixels, statistics and DQ flags, and what
-    the fit was made from (``inputs``), all given to the constructor."""
-    covariance = fit.covariance()
-    coefficients = fit.coefficients.astype(np.float32)
+    the fit was made from (``inputs``), all given to the constructor. The fit's maps are taken
+    over (changed in place), and the covariance is kept as the unit covariance times the noise
+    variance (:class:`~bias_pipeline.model.ScaledCovariance`), not as P^2 full maps."""
+    coefficients = fit.coefficients.astype(np.float32, copy=False)
     coefficients[:, mask] = np.nan
-    covariance[:, :, mask] = np.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reduced = (fit.chi2 / fit.dof if fit.dof > 0 else np.full(fit.chi2.shape, np.nan)).astype(np.float32)
+    variance = np.asarray(fit.noise_variance, dtype=np.float32)  # the fit's own map: changed in place
+    variance[mask] = np.nan
+    covariance = ScaledCovariance(fit.unit_covariance, variance)
     dq = flag_pixels(
         hot_mask=mask,
         chi2=fit.chi2 if noise is not None else None,
         dof=fit.dof,
         noise=noise,
-        clipped_fraction=clipped,
+        clipped_fraction=clipped if clipped is not None and clipped.dtype != bool else None,
+        too_clipped=clipped if clipped is not None and clipped.dtype == bool else None,
         saturated=saturated if saturated is not None else np.zeros(mask.shape, dtype=bool),
         p_value=config.nonlinear_pvalue,
     )
-    rms = fit.rms.astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if fit.dof > 0:
+            reduced = np.asarray(fit.chi2, dtype=np.float32)
+            np.divide(reduced, fit.dof, out=reduced)  # the same float32 division, in place
+        else:
+            reduced = np.full(fit.chi2.shape, np.nan, dtype=np.float32)
+    rms = fit.rms.astype(np.float32, copy=False)
     rms[mask] = np.nan
     reduced[mask] = np.nan
+    ngroups = np.full(mask.shape, fit.dof + fit.degree + 1, dtype=np.int16)
+    ngroups[mask] = 0
     return BiasModel(
         coefficients[0],
         coefficients[1],
@@ -424,7 +477,7 @@ def _assemble(
         covariance=covariance,
         rms=rms,
         chi2=reduced,
-        ngroups=np.where(mask, 0, fit.dof + fit.degree + 1).astype(np.int16),
+        ngroups=ngroups,
         dq=dq,
         read_noise=noise,
         tref=fit.tref,
@@ -483,8 +536,9 @@ def warn_if_implausible(model: BiasModel) -> list[str]:
         # is enough, and a full float64 copy of the covariance would cost 128 MB at 2048 x 2048.
         t = float(model.tref or 0.0)
         gradient = np.array([0.0, 1.0, 2.0 * t][: model.degree + 1])
-        sample = np.flatnonzero(fitted.ravel())[:: max(1, int(fitted.sum()) // SLOPE_SAMPLE)]
-        covariance = model.covariance.reshape(*model.covariance.shape[:2], -1)[:, :, sample].astype(np.float64)
+        sample = _every_nth(fitted.ravel(), max(1, int(fitted.sum()) // SLOPE_SAMPLE))
+        rows, columns = np.unravel_index(sample, model.shape)
+        covariance = np.asarray(model.covariance[:, :, rows, columns], dtype=np.float64)
         sigma_slope = np.sqrt(np.maximum(np.einsum("p,pqk,q->k", gradient, covariance, gradient), 0))
         slope = model.b_map.ravel()[sample] + (
             2.0 * t * model.c_map.ravel()[sample] if model.c_map is not None else 0.0
@@ -503,6 +557,24 @@ def warn_if_implausible(model: BiasModel) -> list[str]:
     return warnings
 
 
+def _every_nth(flags: np.ndarray, step: int) -> np.ndarray:
+    """``np.flatnonzero(flags)[::step]`` without the int64 index of every True value (32 MB for
+    a 2048 x 2048 frame): found a chunk at a time.
+
+    >>> flags = np.array([1, 0, 1, 1, 0, 1, 1, 1], dtype=bool)
+    >>> _every_nth(flags, 2).tolist() == np.flatnonzero(flags)[::2].tolist()
+    True
+    """
+    picks = []
+    seen = 0
+    chunk = 1 << 18
+    for start in range(0, flags.size, chunk):
+        found = np.flatnonzero(flags[start : start + chunk])
+        picks.append(found[(-seen) % step :: step] + start)
+        seen += found.size
+    return np.concatenate(picks) if picks else np.zeros(0, dtype=np.intp)
+
+
 def _clipped_fraction(masters: Sequence[Master], frames: Sequence[int]) -> np.ndarray | None:
     """Fraction of each pixel's frame values the combine left out (sigma-clip only)."""
     used_total: np.ndarray | None = None
@@ -516,3 +588,362 @@ def _clipped_fraction(masters: Sequence[Master], frames: Sequence[int]) -> np.nd
     if used_total is None:
         return None
     return 1.0 - used_total / float(sum(frames))
+
+
+# ---------------------------------------------------------------- the row-block path (numba)
+#: Bytes of input rows one block task holds (all inputs' rows of its block): a few MB, so that
+#: blocks stay in cache-friendly sizes and memory does not grow with the frame size.
+BLOCK_BYTES = 8 * 1024 * 1024
+
+
+class _ThreadBuffers:
+    """Block buffers kept per worker thread and reused for every block it runs: fresh buffers of
+    several MB per block would leave the allocator's per-thread arenas holding their pages."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: object) -> np.ndarray:
+        held = getattr(self.local, name, None)
+        size = int(np.prod(shape))
+        if held is None or held.size < size or held.dtype != np.dtype(dtype):
+            held = np.empty(size, dtype=dtype)
+            setattr(self.local, name, held)
+        return held[:size].reshape(shape)
+
+
+class _WholeRows:
+    """Row blocks of a master that cannot read rows itself (a :class:`Master` held in memory):
+    each image is loaded once, when first asked for, and sliced."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self.images: dict[str, np.ndarray | None] = {}
+
+    def names(self) -> list[str]:
+        return [name for name in ("PRIMARY", "NOISE", "NUSED") if self._image(name) is not None]
+
+    def _image(self, name: str) -> np.ndarray | None:
+        if name not in self.images:
+            if name == "PRIMARY":
+                image: np.ndarray | None = np.asarray(self.master.load(), dtype=np.float32)
+            else:
+                image = self.master.load_extension(name)
+                if image is not None and name != "NUSED":
+                    image = np.asarray(image, dtype=np.float32)
+            self.images[name] = image
+        return self.images[name]
+
+    def shape(self, name: str = "PRIMARY") -> tuple[int, int]:
+        image = self._image(name)
+        assert image is not None
+        return image.shape  # type: ignore[return-value]
+
+    def read(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray | None:
+        image = self._image(name)
+        if image is None:
+            return None
+        if out is None:
+            return image[start:stop]
+        out[...] = image[start:stop]
+        return out
+
+    def close(self) -> None:
+        self.images.clear()
+
+
+def _row_readers(masters: Sequence[Master]) -> list:
+    """One row reader per master: its own (``open_rows()``, a :class:`MasterFrame`) or a
+    :class:`_WholeRows`."""
+    readers = []
+    try:
+        for master in masters:
+            opener = getattr(master, "open_rows", None)
+            readers.append(opener() if callable(opener) else _WholeRows(master))
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
+    return readers
+
+
+def _blocks(
+    rows: int, bytes_per_row: int, config: PipelineConfig, tall: bool = False
+) -> tuple[list[tuple[int, int]], int]:
+    """Row ranges covering ``rows`` so that one task's buffers hold ``BLOCK_BYTES`` (or, with
+    ``tall``, as much as the memory limit allows each thread), and the threads to use."""
+    threads = max(1, min(config.threads or default_threads(), rows))
+    budget = config.memory_limit * 1024 * 1024 / threads
+    if not tall:
+        budget = min(budget, BLOCK_BYTES)
+    step = int(max(1, min(rows, budget // max(1, bytes_per_row))))
+    ranges = [(start, min(rows, start + step)) for start in range(0, rows, step)]
+    return ranges, min(threads, len(ranges))
+
+
+def _run_blocks(
+    task: Callable[[int, int], None], ranges: list[tuple[int, int]], threads: int, what: str, config: PipelineConfig
+) -> None:
+    """Run ``task(start, stop)`` on every row range, on ``threads`` worker threads (the kernels
+    and the reads release the interpreter lock), with a progress bar."""
+    with tqdm(
+        total=len(ranges), desc=what, unit="block", disable=None if config.show_progress else True, leave=False
+    ) as bar:
+        if threads <= 1:
+            for start, stop in ranges:
+                task(start, stop)
+                bar.update()
+            return
+        with worker_pool(ThreadPoolExecutor(threads, thread_name_prefix="fit")) as pool:
+            for future in [pool.submit(task, start, stop) for start, stop in ranges]:
+                future.result()
+                bar.update()
+
+
+@dataclass
+class _NoiseSums:
+    """What the masters' ``NOISE`` and ``NUSED`` maps give step 3, gathered block by block."""
+
+    noise_masters: list[int]  # indices of the masters with a noise map and two or more frames
+    dof: int
+    total: np.ndarray | None  # sum (n - 1) s^2, float32
+    counts: list[int]  # indices of the masters whose NUSED is summed ([] when not wanted)
+    used: np.ndarray | None  # sum of NUSED, int16 (int32 beyond 32767 frames)
+
+    def read_noise(self) -> np.ndarray | None:
+        """The pooled read noise (:func:`pooled_read_noise`)."""
+        if self.total is None:
+            return None
+        return np.sqrt(self.total / self.dof).astype(np.float32)
+
+    def too_clipped(self, frames: Sequence[int]) -> np.ndarray | None:
+        """Where :func:`_clipped_fraction` exceeds :data:`~bias_pipeline.quality.MAX_CLIPPED_FRACTION`:
+        the same float64 arithmetic, a few rows at a time, kept as a bool map."""
+        if self.used is None:
+            return None
+        total = float(sum(frames))
+        over = np.empty(self.used.shape, dtype=bool)
+        step = max(1, (1 << 18) // max(1, self.used.shape[1]))
+        for start in range(0, self.used.shape[0], step):
+            over[start : start + step] = (1.0 - self.used[start : start + step] / total) > MAX_CLIPPED_FRACTION
+        return over
+
+
+def _noise_plan(masters: Sequence[Master], readers: list, shape: tuple[int, int]) -> _NoiseSums:
+    names = [set(reader.names()) for reader in readers]
+    noisy = [k for k, m in enumerate(masters) if "NOISE" in names[k] and int(m.n_frames) >= 2]
+    total_frames = sum(int(m.n_frames) for m in masters)
+    counted = list(range(len(masters)))
+    if not masters or any(m.method != "sigma-clip" for m in masters) or any("NUSED" not in n for n in names):
+        counted = []
+    return _NoiseSums(
+        noisy,
+        sum(int(masters[k].n_frames) - 1 for k in noisy),
+        np.empty(shape, dtype=np.float32) if noisy else None,
+        counted,
+        np.empty(shape, dtype=np.int16 if total_frames <= np.iinfo(np.int16).max else np.int32) if counted else None,
+    )
+
+
+def _add_noise_rows(plan: _NoiseSums, masters: Sequence[Master], readers: list, start: int, stop: int) -> None:
+    """The block's rows of the pooled noise variance and of the summed counts."""
+    columns = plan.total.shape[1] if plan.total is not None else plan.used.shape[1] if plan.used is not None else 0
+    if plan.total is not None:
+        stack = np.empty((len(plan.noise_masters), stop - start, columns), dtype=np.float32)
+        for index, k in enumerate(plan.noise_masters):
+            stack[index] = readers[k].read("NOISE", start, stop)
+        dof = np.array([int(masters[k].n_frames) - 1 for k in plan.noise_masters], dtype=np.float32)
+        pool_noise_rows(stack, dof, plan.total[start:stop])
+    if plan.used is not None:
+        parts = [readers[k].read("NUSED", start, stop) for k in plan.counts]
+        sum_counts_rows(np.stack(parts), plan.used[start:stop])
+
+
+@dataclass
+class _FitMaps:
+    """The fit's per-pixel outputs, float32, filled block by block."""
+
+    coefficients: np.ndarray
+    residual_sum_sq: np.ndarray
+    rms: np.ndarray
+    saturated: np.ndarray
+
+    @classmethod
+    def empty(cls, terms: int, shape: tuple[int, int]) -> _FitMaps:
+        return cls(
+            np.empty((terms, *shape), dtype=np.float32),
+            np.empty(shape, dtype=np.float32),
+            np.empty(shape, dtype=np.float32),
+            np.zeros(shape, dtype=bool),
+        )
+
+
+def _finish_fit(
+    maps: _FitMaps,
+    temps: Sequence[float],
+    weights: Sequence[float],
+    degree: int,
+    noise_for_fit: np.ndarray | None,
+    own_noise: bool = False,
+) -> PolynomialFit:
+    """A :class:`PolynomialFit` from the block maps, as :func:`fit_polynomial` ends (``own_noise``:
+    ``noise_for_fit`` is a map of nobody else's, squared in place)."""
+    _, unit_cov, leverage, tref = design(temps, weights, degree)
+    dof = len(temps) - (degree + 1)
+    if noise_for_fit is None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            noise_variance = maps.residual_sum_sq / dof if dof > 0 else np.full(maps.rms.shape, np.nan, np.float32)
+    else:
+        noise_for_fit = np.asarray(noise_for_fit, dtype=np.float32)
+        noise_variance = np.square(noise_for_fit, out=noise_for_fit if own_noise else None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2 = np.divide(maps.residual_sum_sq, noise_variance)
+    return PolynomialFit(
+        coefficients=maps.coefficients,
+        unit_covariance=unit_cov,
+        noise_variance=noise_variance,
+        chi2=chi2,
+        rms=maps.rms,
+        residual_sum_sq=maps.residual_sum_sq,
+        leverage=leverage,
+        tref=tref,
+        dof=dof,
+    )
+
+
+def _fit_masters_in_blocks(
+    masters: Sequence[Master],
+    temps: Sequence[float],
+    weights: Sequence[float],
+    hot_pixel_mask: np.ndarray | None,
+    level: float,
+    config: PipelineConfig,
+) -> tuple[PolynomialFit, np.ndarray | None, np.ndarray | None, np.ndarray, np.ndarray]:
+    """The masters fit in one pass: each block of rows of every master's image, ``NOISE`` and
+    ``NUSED`` read once and fitted by :func:`~bias_pipeline.fit_kernels.fit_rows`.
+
+    Returns
+    -------
+    fit, pooled noise, clipped fraction, saturated, mask
+    """
+    smoother, _, _, _ = design(temps, weights, config.degree)  # raises for too few temperatures
+    readers = _row_readers(masters)
+    try:
+        shape = tuple(readers[0].shape())
+        for master, reader in zip(masters, readers, strict=True):
+            if tuple(reader.shape()) != shape:
+                raise InputDataError(f"master {master.label} has shape {tuple(reader.shape())}, the others {shape}")
+        mask = _as_mask(hot_pixel_mask, shape)
+        plan = _noise_plan(masters, readers, shape)
+        maps = _FitMaps.empty(config.degree + 1, shape)
+        temps32 = np.asarray(temps, dtype=np.float32)
+        weights32 = np.asarray(weights, dtype=np.float32)
+        smoother = np.ascontiguousarray(smoother, dtype=np.float64)
+        level32 = np.float32(level)
+
+        buffers = _ThreadBuffers()
+
+        def task(start: int, stop: int) -> None:
+            stack = buffers.get("stack", (len(masters), stop - start, shape[1]), np.float32)
+            for k, reader in enumerate(readers):
+                reader.read("PRIMARY", start, stop, out=stack[k])
+            fit_rows(
+                stack, smoother, temps32, weights32, level32,
+                maps.coefficients[:, start:stop], maps.residual_sum_sq[start:stop],
+                maps.rms[start:stop], maps.saturated[start:stop],
+            )  # fmt: skip
+            _add_noise_rows(plan, masters, readers, start, stop)
+
+        ranges, threads = _blocks(shape[0], len(masters) * shape[1] * 9, config)
+        _run_blocks(task, ranges, threads, "fitting masters", config)
+    finally:
+        for reader in readers:
+            reader.close()
+    noise = plan.read_noise()
+    plan.total = None  # the pooled variance sums are in ``noise`` now
+    shrunk = _fit_noise(noise, plan.dof, mask)
+    fit = _finish_fit(maps, temps, weights, config.degree, shrunk, own_noise=shrunk is not noise)
+    del shrunk
+    return fit, noise, plan.too_clipped([int(m.n_frames) for m in masters]), maps.saturated, mask
+
+
+def _fit_frames_in_blocks(
+    ordered: Sequence[FrameRecord],
+    masters: Sequence[Master],
+    hot_pixel_mask: np.ndarray | None,
+    config: PipelineConfig,
+    input_bits: int,
+) -> tuple[PolynomialFit, np.ndarray | None, np.ndarray | None, np.ndarray, np.ndarray]:
+    """The frames fit: the masters' ``NOISE``/``NUSED`` pooled in one pass of row blocks, then each
+    block of rows of every frame (and of the masters) read once and fitted by
+    :func:`~bias_pipeline.fit_kernels.fit_frame_rows`, cosmic rays replaced by the master's value.
+
+    Returns
+    -------
+    fit, pooled noise, clipped fraction, saturated, mask
+    """
+    temps = [reading(r) for r in ordered]
+    weights = [1.0] * len(ordered)
+    smoother, _, _, _ = design(temps, weights, config.degree)
+    labels = [m.label for m in masters]
+    used_groups = sorted({r.group for r in ordered}, key=labels.index)
+    group_of = np.array([used_groups.index(r.group) for r in ordered], dtype=np.int64)
+    readers = _row_readers(masters)
+    try:
+        shape = tuple(readers[0].shape())
+        plan = _noise_plan(masters, readers, shape)
+        if plan.total is None:
+            raise InputDataError("--fit-on frames needs groups of two or more frames to measure the read noise")
+        noise_ranges, threads = _blocks(shape[0], len(masters) * shape[1] * 6, config)
+        _run_blocks(
+            lambda start, stop: _add_noise_rows(plan, masters, readers, start, stop),
+            noise_ranges,
+            threads,
+            "pooling noise",
+            config,
+        )
+        noise = plan.read_noise()
+        plan.total = None  # the pooled variance sums are in ``noise`` now
+        assert noise is not None
+        mask = np.zeros(noise.shape, dtype=bool) if hot_pixel_mask is None else check_mask(hot_pixel_mask, noise.shape)
+        threshold = config.outlier_sigma * np.fmax(noise, float(np.nanmedian(noise)))
+        factor = np.float32(input_factor(input_bits, config.scale_factor))
+        level = np.float32(adc_maximum(config.scale_factor) * 0.9999)
+        maps = _FitMaps.empty(config.degree + 1, shape)
+        as_uint16 = all(plain_uint16(r) for r in ordered)
+        raw_dtype = np.dtype(np.uint16 if as_uint16 else np.float32)
+        temps32 = np.asarray(temps, dtype=np.float32)
+        weights32 = np.asarray(weights, dtype=np.float32)
+        smoother = np.ascontiguousarray(smoother, dtype=np.float64)
+        group_readers = [readers[labels.index(label)] for label in used_groups]
+
+        buffers = _ThreadBuffers()
+
+        def task(start: int, stop: int) -> None:
+            height = stop - start
+            raw = buffers.get("raw", (len(ordered), height, shape[1]), raw_dtype)
+            for k, record in enumerate(ordered):
+                if as_uint16:
+                    read_uint16_rows(record, start, stop, raw[k])
+                else:
+                    raw[k] = read_rows(record, start, stop)
+            references = buffers.get("references", (len(group_readers), height, shape[1]), np.float32)
+            for g, reader in enumerate(group_readers):
+                reader.read("PRIMARY", start, stop, out=references[g])
+            fit_frame_rows(
+                raw, factor, group_of, references, threshold[start:stop], smoother, temps32, weights32, level,
+                maps.coefficients[:, start:stop], maps.residual_sum_sq[start:stop],
+                maps.rms[start:stop], maps.saturated[start:stop],
+            )  # fmt: skip
+
+        compressed = any(r.data_offset is None for r in ordered)  # decoded whole for every block
+        row_bytes = shape[1] * (len(ordered) * raw_dtype.itemsize + len(group_readers) * 4)
+        ranges, threads = _blocks(shape[0], row_bytes, config, tall=compressed)
+        _run_blocks(task, ranges, threads, "fitting frames", config)
+    finally:
+        for reader in readers:
+            reader.close()
+    shrunk = _fit_noise(noise, plan.dof, mask)
+    fit = _finish_fit(maps, temps, weights, config.degree, shrunk, own_noise=shrunk is not noise)
+    del shrunk
+    return fit, noise, plan.too_clipped([int(m.n_frames) for m in masters]), maps.saturated, mask
