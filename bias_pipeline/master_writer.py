@@ -221,7 +221,12 @@ def write_master(
         The master under its staging name.
     """
     low, high = group.temperature_span
-    noise_median = float(np.nanmedian(combined.noise)) if len(group.records) > 1 else math.nan
+    if len(group.records) < 2:
+        noise_median = math.nan
+    elif math.isnan(combined.typical_noise):  # a Combined from elsewhere: measure it here
+        noise_median = float(np.nanmedian(combined.noise))
+    else:
+        noise_median = combined.typical_noise  # measured by the combiner (the same median)
     header = product_header(
         "MASTER_BIAS",
         f"master bias, {config.combine_method} of {len(group.records)} frames",
