@@ -46,7 +46,13 @@ def raw_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_set(tmp_path_factory.mktemp("interrupt_small") / "raw", (512, 512))
 
 
-def _start(raw: Path, out: Path, *options: str, preexec_fn=None) -> subprocess.Popen[str]:
+def _sigint_as_usual() -> None:
+    """In the child: Ctrl-C's default action, even when the tests were started from a background
+    job (which ignores SIGINT, and Python then installs no KeyboardInterrupt for it)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _start(raw: Path, out: Path, *options: str, preexec_fn=_sigint_as_usual) -> subprocess.Popen[str]:
     command = [sys.executable, str(REPO / "run_pipeline.py"), "--basepath", str(raw), "--output-dir", str(out),
                "-q", *options]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -264,6 +270,7 @@ def test_a_signal_while_the_plot_workers_start_ends_the_run(tmp_path, signame, c
         [sys.executable, str(driver), "--basepath", str(tmp_path / "raw"), "--output-dir", str(tmp_path / "out"),
          "-q", "--threads", "2"],
         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+        preexec_fn=_sigint_as_usual,
     )  # fmt: skip
     assert done.returncode == code, done.stderr
     assert time.monotonic() - started < 60  # not a worker waiting on its queue for ever
