@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ CACHE_DIR_VARIABLE = "BIAS_PIPELINE_CACHE_DIR"
 #: Environment variable choosing the path: ``numba`` (default) or ``numpy`` (the reference).
 ENGINE_VARIABLE = "BIAS_PIPELINE_KERNELS"
 ENGINES = ("numba", "numpy")
-
-FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
 
 
 def _writable_folder(folder: str) -> str:
@@ -46,28 +44,44 @@ def _writable_folder(folder: str) -> str:
     return ""
 
 
-_cache_dir = os.environ.get(CACHE_DIR_VARIABLE, "").strip()
-_cache_problem = _writable_folder(_cache_dir) if _cache_dir else ""
-if _cache_dir and not _cache_problem:
-    # numba reads its configuration when it is first imported; set it before.
-    os.environ["NUMBA_CACHE_DIR"] = _cache_dir
+_numba: Any = None  # the numba module once imported (numba is imported on first use)
+_import_error: str | None = None  # why numba cannot be imported, once tried
+_warned_uncached = False
 
-try:
-    import numba
-except ImportError as _exc:  # a platform without numba wheels: the numpy path still works
-    numba = None
-    _IMPORT_ERROR = str(_exc)
-else:
-    _IMPORT_ERROR = ""
-    if _cache_dir and not _cache_problem:
-        numba.config.CACHE_DIR = _cache_dir  # numba may have been imported before us
-    elif _cache_problem:
+
+def _load_numba() -> Any:
+    """numba, imported on first use with the cache folder set; ``None`` when it cannot be.
+
+    Not at import time: a command that compiles nothing (``inspect``, ``generate-bias``, a
+    run stopped by a bad option, the dark pipeline loading a model) does not pay numba's
+    import (about half a second and 55 MiB).
+    """
+    global _numba, _import_error
+    if _numba is not None or _import_error is not None:
+        return _numba
+    cache_dir = os.environ.get(CACHE_DIR_VARIABLE, "").strip()
+    problem = _writable_folder(cache_dir) if cache_dir else ""
+    if cache_dir and not problem:
+        os.environ["NUMBA_CACHE_DIR"] = cache_dir  # numba reads it when it is first imported
+    try:
+        import numba
+    except ImportError as exc:  # a platform without numba wheels: the numpy path still works
+        _import_error = str(exc)
+        return None
+    if cache_dir and not problem:
+        numba.config.CACHE_DIR = cache_dir  # numba may have been imported before us
+    elif problem:
         logger.warning(
             "%s=%s cannot hold the compile cache (%s); numba's default folder is used instead",
-            CACHE_DIR_VARIABLE, _cache_dir, _cache_problem,
+            CACHE_DIR_VARIABLE, cache_dir, problem,
         )  # fmt: skip
+    _numba = numba
+    return numba
 
-_warned_uncached = False
+
+def available() -> bool:
+    """Whether numba can be imported (the kernels can run)."""
+    return _load_numba() is not None
 
 
 def engine() -> str:
@@ -82,27 +96,94 @@ def engine() -> str:
     if chosen not in ENGINES:
         logger.warning("%s=%s is not one of %s; using numba", ENGINE_VARIABLE, chosen, ", ".join(ENGINES))
         chosen = "numba"
-    if chosen == "numba" and numba is None:
+    if chosen == "numba" and not available():
         return "numpy"
     return chosen
 
 
 def describe_engine() -> str:
     """One line for the run's log: which path runs and where its compile cache is."""
+    numba = _load_numba()
     if numba is None:
-        return f"numpy reference path (numba cannot be imported: {_IMPORT_ERROR})"
+        return f"numpy reference path (numba cannot be imported: {_import_error})"
     if engine() == "numpy":
         return f"numpy reference path ({ENGINE_VARIABLE}=numpy)"
     where = numba.config.CACHE_DIR or "numba's default (__pycache__ beside the sources, else ~/.cache/numba)"
     return f"numba {numba.__version__} kernels, compile cache: {where}"
 
 
-def kernel(function: FunctionT | None = None, *, reassociate: bool = False) -> Any:
-    """Compile ``function`` with numba (no Python objects, interpreter lock released, cached).
+class Kernel:
+    """A function to be compiled by numba on its first call (see :func:`kernel`).
+
+    Compiling, and importing numba, wait until a kernel is first called from Python. Then
+    every kernel its module's functions can call (``Kernel`` objects among the module's
+    globals) is replaced there by its numba dispatcher, so that compiled code calls compiled
+    code; later calls through this object go straight to the dispatcher.
+    """
+
+    def __init__(self, function: Callable[..., Any], reassociate: bool) -> None:
+        self.py_func = function
+        self.reassociate = reassociate
+        self.dispatcher: Any = None
+        self.__name__ = function.__name__
+        self.__qualname__ = function.__qualname__
+        self.__doc__ = function.__doc__
+        self.__module__ = function.__module__
+        self.__wrapped__ = function
+
+    def __repr__(self) -> str:
+        return f"<kernel {self.__module__}.{self.__qualname__}>"
+
+    def __call__(self, *args: Any) -> Any:
+        return (self.dispatcher or self.compile())(*args)
+
+    def compile(self) -> Any:
+        """The numba dispatcher (made once; compiled per argument types on first call)."""
+        global _warned_uncached
+        if self.dispatcher is not None:
+            return self.dispatcher
+        numba = _load_numba()
+        if numba is None:
+            raise RuntimeError(f"numba cannot be imported ({_import_error}); use {ENGINE_VARIABLE}=numpy")
+        options: dict[str, Any] = {"nogil": True}
+        if self.reassociate:
+            options["fastmath"] = {"reassoc"}
+        try:
+            self.dispatcher = numba.njit(cache=True, **options)(self.py_func)
+        except RuntimeError as exc:  # no writable cache folder anywhere
+            if not _warned_uncached:
+                _warned_uncached = True
+                logger.warning(
+                    "compiled kernels cannot be cached (%s); they are compiled again in every run: "
+                    "set %s to a writable folder",
+                    exc, CACHE_DIR_VARIABLE,
+                )  # fmt: skip
+            self.dispatcher = numba.njit(**options)(self.py_func)
+        _compile_module_kernels(self.py_func.__globals__)
+        return self.dispatcher
+
+
+_converted_modules: set[int] = set()
+
+
+def _compile_module_kernels(namespace: dict[str, Any]) -> None:
+    """Replace every :class:`Kernel` among a module's globals by its dispatcher, once per module
+    (numba looks a compiled function's callees up there when it compiles it)."""
+    if id(namespace) in _converted_modules:
+        return
+    _converted_modules.add(id(namespace))
+    for name, value in list(namespace.items()):
+        if isinstance(value, Kernel):
+            namespace[name] = value.compile()
+
+
+def kernel(function: Callable[..., Any] | None = None, *, reassociate: bool = False) -> Any:
+    """Mark ``function`` as a compiled kernel: numba, no Python objects, interpreter lock
+    released, compile cache on; compiled on its first call (:class:`Kernel`).
 
     The lock is released so that worker threads run kernels on separate row blocks at once.
-    Without numba the plain Python function is returned (callers choose the numpy path by
-    :func:`engine` instead of running that). Use as ``@kernel`` or ``@kernel(reassociate=True)``.
+    Callers choose the numpy path by :func:`engine` rather than calling a kernel without
+    numba. Use as ``@kernel`` or ``@kernel(reassociate=True)``.
 
     Parameters
     ----------
@@ -115,25 +196,9 @@ def kernel(function: FunctionT | None = None, *, reassociate: bool = False) -> A
 
     Returns
     -------
-    callable
-        The compiled dispatcher (or a decorator, when called with options only).
+    Kernel
+        (or a decorator, when called with options only).
     """
     if function is None:
-        return lambda f: kernel(f, reassociate=reassociate)
-    global _warned_uncached
-    if numba is None:
-        return function
-    options: dict[str, Any] = {"nogil": True}
-    if reassociate:
-        options["fastmath"] = {"reassoc"}
-    try:
-        return numba.njit(cache=True, **options)(function)
-    except RuntimeError as exc:  # no writable cache folder anywhere
-        if not _warned_uncached:
-            _warned_uncached = True
-            logger.warning(
-                "compiled kernels cannot be cached (%s); they are compiled again in every run: "
-                "set %s to a writable folder",
-                exc, CACHE_DIR_VARIABLE,
-            )  # fmt: skip
-        return numba.njit(**options)(function)
+        return lambda f: Kernel(f, reassociate)
+    return Kernel(function, reassociate)

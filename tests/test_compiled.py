@@ -23,7 +23,7 @@ CALL = (
     "print(nan_median(np.array([3, 1, 2], dtype=np.float32)))"
 )
 
-pytestmark = pytest.mark.skipif(compiled.numba is None, reason="numba not installed")
+pytestmark = pytest.mark.skipif(not compiled.available(), reason="numba not installed")
 
 
 def run_python(
@@ -90,6 +90,18 @@ def test_without_any_writable_folder_kernels_compile_uncached(tmp_path):
     assert Path(where).is_relative_to(package) and result == "2.0"
     assert "compiled kernels cannot be cached" in done.stderr
     assert compiled.CACHE_DIR_VARIABLE in done.stderr
+
+
+def test_commands_that_compile_nothing_do_not_import_numba():
+    """numba is imported when a kernel first runs, not with the package: inspect, generate-bias,
+    a bad option and the dark pipeline's model loading do not pay for it."""
+    code = (
+        "import sys, bias_pipeline; from bias_pipeline import BiasModel, subtract_bias; "
+        "import bias_pipeline.cli, bias_pipeline.main_pipeline, bias_pipeline.frames; print('numba' in sys.modules)"
+    )
+    done = run_python(code, {**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_engine_variable(monkeypatch):
