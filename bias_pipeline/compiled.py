@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -138,10 +139,20 @@ class Kernel:
         return (self.dispatcher or self.compile())(*args)
 
     def compile(self) -> Any:
-        """The numba dispatcher (made once; compiled per argument types on first call)."""
-        global _warned_uncached
-        if self.dispatcher is not None:
+        """The numba dispatcher (made once; compiled per argument types on first call).
+
+        Made under a lock together with those of every kernel of the module, and published
+        only then: another thread must not call (and so compile) a kernel whose callees are
+        not yet dispatchers."""
+        with _compile_lock:
+            if self.dispatcher is None:
+                _compile_module_kernels(self.py_func.__globals__)
+            if self.dispatcher is None:  # not among its module's globals
+                self.dispatcher = self._make_dispatcher()
             return self.dispatcher
+
+    def _make_dispatcher(self) -> Any:
+        global _warned_uncached
         numba = _load_numba()
         if numba is None:
             raise RuntimeError(f"numba cannot be imported ({_import_error}); use {ENGINE_VARIABLE}=numpy")
@@ -149,7 +160,7 @@ class Kernel:
         if self.reassociate:
             options["fastmath"] = {"reassoc"}
         try:
-            self.dispatcher = numba.njit(cache=True, **options)(self.py_func)
+            return numba.njit(cache=True, **options)(self.py_func)
         except RuntimeError as exc:  # no writable cache folder anywhere
             if not _warned_uncached:
                 _warned_uncached = True
@@ -158,23 +169,33 @@ class Kernel:
                     "set %s to a writable folder",
                     exc, CACHE_DIR_VARIABLE,
                 )  # fmt: skip
-            self.dispatcher = numba.njit(**options)(self.py_func)
-        _compile_module_kernels(self.py_func.__globals__)
-        return self.dispatcher
+            return numba.njit(**options)(self.py_func)
 
 
+_compile_lock = threading.RLock()  # re-entrant: a module's kernels may call another module's
 _converted_modules: set[int] = set()
 
 
 def _compile_module_kernels(namespace: dict[str, Any]) -> None:
     """Replace every :class:`Kernel` among a module's globals by its dispatcher, once per module
-    (numba looks a compiled function's callees up there when it compiles it)."""
+    (numba looks a compiled function's callees up there when it compiles it); the kernels
+    learn their dispatchers last. Called under ``_compile_lock``."""
     if id(namespace) in _converted_modules:
         return
     _converted_modules.add(id(namespace))
-    for name, value in list(namespace.items()):
-        if isinstance(value, Kernel):
-            namespace[name] = value.compile()
+    kernels = {name: value for name, value in namespace.items() if isinstance(value, Kernel)}
+    made = {}
+    for name, value in kernels.items():
+        if value.dispatcher is not None:
+            made[name] = value.dispatcher
+        elif value.py_func.__globals__ is namespace:
+            made[name] = value._make_dispatcher()
+        else:  # imported from another module: that module's kernels too
+            made[name] = value.compile()
+    namespace.update(made)
+    for name, value in kernels.items():
+        if value.dispatcher is None:
+            value.dispatcher = made[name]
 
 
 def kernel(function: Callable[..., Any] | None = None, *, reassociate: bool = False) -> Any:
