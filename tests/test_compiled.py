@@ -92,6 +92,22 @@ def test_without_any_writable_folder_kernels_compile_uncached(tmp_path):
     assert compiled.CACHE_DIR_VARIABLE in done.stderr
 
 
+def test_first_calls_from_several_threads_at_once(tmp_path):
+    """Kernels are compiled on first use; two threads starting at once must both get compiled
+    kernels whose callees are compiled too (an empty cache: everything is compiled here)."""
+    code = (
+        "import threading, numpy as np; from bias_pipeline.combine_kernels import nan_median\n"
+        "values = np.arange(101, dtype=np.float32); results = []; start = threading.Barrier(4)\n"
+        "def work():\n    start.wait(); results.append(nan_median(values))\n"
+        "threads = [threading.Thread(target=work) for _ in range(4)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]; print(results)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), compiled.CACHE_DIR_VARIABLE: str(tmp_path / "cache")}
+    done = run_python(code, env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[50.0, 50.0, 50.0, 50.0]", done.stderr
+
+
 def test_commands_that_compile_nothing_do_not_import_numba():
     """numba is imported when a kernel first runs, not with the package: inspect, generate-bias,
     a bad option and the dark pipeline's model loading do not pay for it."""
