@@ -28,7 +28,7 @@ from .products import file_size, write_text_atomic
 from .registry import LOG_NAME, RUN_CONFIG_NAME
 
 PACKAGE_LOGGER = "bias_pipeline"
-DEPENDENCIES = ("numpy", "astropy", "matplotlib", "tqdm", "scipy")
+DEPENDENCIES = ("numpy", "astropy", "matplotlib", "tqdm", "scipy", "numba")
 _CHUNK = 8 * 1024 * 1024
 
 
