@@ -202,7 +202,7 @@ def _cached_kernels(cache: Path) -> int:
     return sum(1 for _ in cache.rglob("*.nbi")) if cache.is_dir() else 0
 
 
-def measure(name: str, raw: Path, kernel_cache: Path) -> tuple[float, float, int]:
+def measure(name: str, raw: Path, kernel_cache: Path | None) -> tuple[float, float, int]:
     """Run one row in a fresh process; return wall seconds, peak RSS in MiB and cached kernels.
 
     The process compiles into and loads from ``kernel_cache``, except the first-run row, which
@@ -212,15 +212,17 @@ def measure(name: str, raw: Path, kernel_cache: Path) -> tuple[float, float, int
         out = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_"))
         cache = kernel_cache
         if name == FIRST_RUN:
+            assert kernel_cache is not None  # --quick leaves the first-run row out
             kernel_cache.parent.mkdir(parents=True, exist_ok=True)
             cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="first_run_", dir=kernel_cache.parent)))
-        env = {**os.environ, CACHE_VARIABLE: str(cache)}
+        # --quick (CI, after the tests) uses the kernels the tests compiled: numba's own cache
+        env = {**os.environ, CACHE_VARIABLE: str(cache)} if cache is not None else dict(os.environ)
         command = [sys.executable, __file__, "--_row", name, str(raw), out]
         start = time.perf_counter()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - start
-        kernels = _cached_kernels(cache)
+        kernels = _cached_kernels(cache) if cache is not None else 0
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise RuntimeError(f"row {name} failed with exit code {process.returncode}")
@@ -239,7 +241,9 @@ def available_rows() -> list[str]:
     return rows
 
 
-def benchmark(raw: Path, runs: int, rows: list[str], kernel_cache: Path, warmup: bool = True) -> dict[str, Result]:
+def benchmark(
+    raw: Path, runs: int, rows: list[str], kernel_cache: Path | None, warmup: bool = True
+) -> dict[str, Result]:
     for name in rows if warmup else ():  # warm-up: page cache, imports, the compile cache
         measure(name, raw, kernel_cache)
     samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in rows}
@@ -431,8 +435,11 @@ def main() -> None:
         rows.remove(FIRST_RUN)
         print(f"(--quick leaves out '{FIRST_RUN}'; name it in --rows to include it)")
     # Emptied so that the warm-up compiles every kernel of this code and the timed runs load them.
-    kernel_cache = args.data_dir / "kernel_cache"
-    shutil.rmtree(kernel_cache, ignore_errors=True)
+    kernel_cache: Path | None = args.data_dir / "kernel_cache"
+    if args.quick and not args.rows:
+        kernel_cache = None  # CI: compiling every kernel again would double the check's time
+    else:
+        shutil.rmtree(kernel_cache, ignore_errors=True)
     kernels = os.environ.get("BIAS_PIPELINE_KERNELS", "").strip() or "numba"
     if kernels == "numba" and importlib.util.find_spec("numba") is None:  # found without importing it
         kernels = "numpy (numba is not installed)"

@@ -35,18 +35,6 @@ def run_python(
     )  # fmt: skip
 
 
-def test_cache_goes_to_the_folder_the_user_names(tmp_path):
-    cache = tmp_path / "kernel cache"
-    env = {**os.environ, "PYTHONPATH": str(REPO), compiled.CACHE_DIR_VARIABLE: str(cache)}
-    env.pop("NUMBA_CACHE_DIR", None)
-    done = run_python(CALL, env)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "2.0"
-    assert list(cache.rglob("*.nbi")), "no compiled kernel was cached in the folder given"
-    again = run_python(CALL, env)  # the second run loads them
-    assert again.returncode == 0 and again.stdout.strip() == "2.0"
-
-
 def test_a_cache_folder_that_cannot_be_made_is_named_and_the_run_goes_on(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -92,9 +80,10 @@ def test_without_any_writable_folder_kernels_compile_uncached(tmp_path):
     assert compiled.CACHE_DIR_VARIABLE in done.stderr
 
 
-def test_first_calls_from_several_threads_at_once(tmp_path):
-    """Kernels are compiled on first use; two threads starting at once must both get compiled
-    kernels whose callees are compiled too (an empty cache: everything is compiled here)."""
+def test_cache_goes_to_the_folder_the_user_names_even_from_several_threads(tmp_path):
+    """The kernels are compiled on first use into the folder named; four threads starting at
+    once must all get compiled kernels whose callees are compiled too (the cache is empty:
+    everything is compiled here), and a second run loads them."""
     code = (
         "import threading, numpy as np; from bias_pipeline.combine_kernels import nan_median\n"
         "values = np.arange(101, dtype=np.float32); results = []; start = threading.Barrier(4)\n"
@@ -102,10 +91,15 @@ def test_first_calls_from_several_threads_at_once(tmp_path):
         "threads = [threading.Thread(target=work) for _ in range(4)]\n"
         "[t.start() for t in threads]; [t.join() for t in threads]; print(results)"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), compiled.CACHE_DIR_VARIABLE: str(tmp_path / "cache")}
+    cache = tmp_path / "kernel cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO), compiled.CACHE_DIR_VARIABLE: str(cache)}
+    env.pop("NUMBA_CACHE_DIR", None)
     done = run_python(code, env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[50.0, 50.0, 50.0, 50.0]", done.stderr
+    assert list(cache.rglob("*.nbi")), "no compiled kernel was cached in the folder given"
+    again = run_python(CALL, env)  # the second run loads them
+    assert again.returncode == 0 and again.stdout.strip() == "2.0", again.stderr
 
 
 def test_commands_that_compile_nothing_do_not_import_numba():
