@@ -739,18 +739,10 @@ def read_uint16_rows(record: FrameRecord, start: int, stop: int, out: np.ndarray
     FrameReadError
         When the file cannot be read or is shorter than at inspection.
     """
-    assert record.shape is not None and record.data_offset is not None
-    columns = record.shape[1]
+    assert record.shape is not None
     if out is None:
-        out = np.empty((stop - start, columns), dtype=np.uint16)
-    try:
-        with open(record.path, "rb", buffering=0) as handle:
-            handle.seek(record.data_offset + 2 * start * columns)
-            got = handle.readinto(memoryview(out).cast("B"))
-    except OSError as exc:
-        raise FrameReadError(f"{record.path}: cannot read: {exc.strerror or exc}") from None
-    if got != out.nbytes:
-        raise FrameReadError(f"{record.path}: truncated since it was scanned")
+        out = np.empty((stop - start, record.shape[1]), dtype=np.uint16)
+    read_stored_rows(record, start, stop, out)
     if sys.byteorder == "little":
         out.byteswap(inplace=True)
     np.bitwise_xor(out, np.uint16(0x8000), out=out)
