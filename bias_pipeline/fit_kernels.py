@@ -68,6 +68,16 @@ def _fit_one_row(
 
 
 @kernel
+def _store_row(i, row_coefficients, squares, weighted, count, coefficients, residual_sum_sq, rms):  # pragma: no cover
+    """Row ``i`` of a fit's results from :func:`_fit_one_row`'s row buffers."""
+    for j in range(row_coefficients.shape[1]):
+        for p in range(row_coefficients.shape[0]):
+            coefficients[p, i, j] = row_coefficients[p, j]
+        residual_sum_sq[i, j] = weighted[j]
+        rms[i, j] = np.sqrt(squares[j] / count)
+
+
+@kernel
 def fit_rows(
     stack: np.ndarray,
     smoother: np.ndarray,
@@ -112,11 +122,7 @@ def fit_rows(
                 if values[k, j] >= level:
                     saturated[i, j] = True
         _fit_one_row(values, smoother, temperatures, weights, accumulator, row_coefficients, squares, weighted)
-        for j in range(columns):
-            for p in range(terms):
-                coefficients[p, i, j] = row_coefficients[p, j]
-            residual_sum_sq[i, j] = weighted[j]
-            rms[i, j] = np.sqrt(squares[j] / count)
+        _store_row(i, row_coefficients, squares, weighted, count, coefficients, residual_sum_sq, rms)
 
 
 @kernel
@@ -175,11 +181,7 @@ def fit_frame_rows(
                     saturated[i, j] = True
                 values[k, j] = value
         _fit_one_row(values, smoother, temperatures, weights, accumulator, row_coefficients, squares, weighted)
-        for j in range(columns):
-            for p in range(terms):
-                coefficients[p, i, j] = row_coefficients[p, j]
-            residual_sum_sq[i, j] = weighted[j]
-            rms[i, j] = np.sqrt(squares[j] / count)
+        _store_row(i, row_coefficients, squares, weighted, count, coefficients, residual_sum_sq, rms)
 
 
 @kernel
