@@ -17,6 +17,7 @@ frame says "no model here" rather than inventing a value.
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from .dates import DATE_BEGIN_KEY, DATE_END_KEY, VALID_FROM_KEY, VALID_TO_KEY, format_date, parse_date
 from .errors import InputDataError
 from .products import add_card, product_header, read_image, write_fits_atomic, write_image
 from .quality import DQ_BITS, HOT_MASK
@@ -134,6 +136,12 @@ class BiasModel:
         Temporal noise of one frame per pixel [ADU].
     tref
         Reference temperature the fit was made about [deg C].
+    date_range
+        ``(first, last)`` observation date (UTC) of the frames behind the fit, the files'
+        ``DATE-BEG`` and ``DATE-END``; ``None`` when no frame had a date.
+    valid_from, valid_to
+        Dates (UTC) the user declared the model valid from and to (``VALID-FROM``,
+        ``VALID-TO``); ``None`` when not declared.
 
     Examples
     --------
@@ -162,6 +170,9 @@ class BiasModel:
     dq: np.ndarray | None = None
     read_noise: np.ndarray | None = None
     tref: float | None = None
+    date_range: tuple[_dt.datetime, _dt.datetime] | None = None
+    valid_from: _dt.datetime | None = None
+    valid_to: _dt.datetime | None = None
 
     def __post_init__(self) -> None:
         self.a_map = np.asarray(self.a_map, dtype=np.float32)
@@ -298,6 +309,13 @@ class BiasModel:
         if self.group_frames:
             cards["NGROUPS"] = (len(self.group_frames), "inputs (masters or frames) fitted")
             cards["NFRAMES"] = (int(sum(self.group_frames)), "raw frames behind the fit")
+        if self.date_range is not None:
+            cards[DATE_BEGIN_KEY] = (format_date(self.date_range[0]), "[UTC] first observation behind the fit")
+            cards[DATE_END_KEY] = (format_date(self.date_range[1]), "[UTC] last observation behind the fit")
+        if self.valid_from is not None:
+            cards[VALID_FROM_KEY] = (format_date(self.valid_from), "[UTC] model declared valid from")
+        if self.valid_to is not None:
+            cards[VALID_TO_KEY] = (format_date(self.valid_to), "[UTC] model declared valid until")
         if self.dq is not None:
             cards["NFLAGGED"] = (int(np.count_nonzero(self.dq)), "pixels with any DQ flag")
             for bit in DQ_BITS:
@@ -381,7 +399,7 @@ class BiasModel:
         """
         if self.covariance is None:
             raise InputDataError("this model has no fit statistics (made from maps); save it with save(folder)")
-        return self._write_model_file(Path(path), {})
+        return self._write_model_file(Path(path), self._metadata())
 
     def _write_model_file(self, path: Path, cards: dict[str, object]) -> Path:
         primary = fits.PrimaryHDU(
@@ -532,6 +550,7 @@ class BiasModel:
             group_frames=frames,
             group_leverage=leverage,
             tref=float(a_header["TREF"]) if "TREF" in a_header else None,
+            **_dates(a_path, a_header),
         )
 
     @classmethod
@@ -601,6 +620,7 @@ class BiasModel:
             dq=dq,
             read_noise=maps.get("READNOISE"),
             tref=float(header["TREF"]) if "TREF" in header else None,
+            **_dates(path, header),
         )
 
 
@@ -709,6 +729,22 @@ def _leverage(groups: fits.FITS_rec | None) -> tuple[float, ...]:
         return ()
     values = tuple(float(h) for h in groups["LEVERAGE"])
     return () if all(np.isnan(values)) else values
+
+
+def _dates(path: Path, header: fits.Header) -> dict[str, object]:
+    """The model's date range and declared validity from its header (absent cards: ``None``)."""
+    found: dict[str, _dt.datetime | None] = {}
+    for key in (DATE_BEGIN_KEY, DATE_END_KEY, VALID_FROM_KEY, VALID_TO_KEY):
+        try:
+            found[key] = parse_date(header[key]) if key in header else None
+        except ValueError as exc:
+            raise InputDataError(f"model {path}: {key} {exc}; fix the card or remove it") from None
+    begin, end = found[DATE_BEGIN_KEY], found[DATE_END_KEY]
+    return {
+        "date_range": (begin, end) if begin is not None and end is not None else None,
+        "valid_from": found[VALID_FROM_KEY],
+        "valid_to": found[VALID_TO_KEY],
+    }
 
 
 def _range(header: fits.Header) -> tuple[float, float] | None:

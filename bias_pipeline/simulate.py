@@ -12,12 +12,19 @@ follow the linear law. The true maps are saved beside the frames in 16-bit ADU:
     OUT/truth/hot_pixel_mask.fits           1 = hot pixel (usable as --hot-pixel-mask)
     OUT/truth/noisy_pixels.fits, dead_pixels.fits    1 = noisy (5x read noise) / stuck pixel
     OUT/truth/bias_c_true.fits              c [ADU / deg C^2], with a quadratic population
+    OUT/truth/damaged_pixels.fits, new_hot_pixels.fits   1 = changed since epoch 0 (a later epoch)
+
+Every frame carries ``DATE-OBS``: the set points are visited in order from ``start_date``, one
+frame every ``frame_interval`` seconds. A later epoch of the same sensor (``epoch`` > 0, with
+the same ``seed``) has the same pixels aged: a global offset, a damaged region whose bias
+stepped, and new hot pixels; the truth maps of that epoch include the ageing.
 
 Run ``python -m bias_pipeline.simulate OUT --help`` for the options.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import sys
 from collections.abc import Sequence
@@ -27,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .dates import format_date, parse_date
 from .errors import OutputError
 from .units import TWELVE_BIT_MAX
 
@@ -70,7 +78,23 @@ class SimulationSpec:
     exposure
         Exposure time written in the headers [s].
     seed
-        Random seed; the same seed gives the same files.
+        Random seed; the same seed gives the same files (and, across epochs, the same sensor).
+    start_date
+        ``DATE-OBS`` of the first frame (ISO, UTC).
+    frame_interval
+        Time between two frames [s] (the set points are visited one after the other).
+    epoch
+        0 for the sensor as made; a later epoch (1, 2, ...) ages the same pixels as the fields
+        below say and draws new frame noise.
+    offset_adu
+        Global bias offset of this epoch [16-bit ADU], added to every pixel.
+    damaged_region
+        ``(row0, row1, col0, col1)`` of a region whose bias stepped by ``damage_adu``
+        (rows ``row0 <= r < row1``, columns likewise); ``None`` for none.
+    damage_adu
+        The step of the damaged region's bias [ADU].
+    new_hot_fraction
+        Fraction of the pixels (normal ones until then) that turned hot in this epoch.
     """
 
     shape: tuple[int, int] = (48, 64)
@@ -87,6 +111,18 @@ class SimulationSpec:
     cosmic_rate: float = 1e-4
     exposure: float = 0.0
     seed: int = 0
+    start_date: str = "2026-03-01T00:00:00"
+    frame_interval: float = 60.0
+    epoch: int = 0
+    offset_adu: float = 0.0
+    damaged_region: tuple[int, int, int, int] | None = None
+    damage_adu: float = 0.0
+    new_hot_fraction: float = 0.0
+
+    @property
+    def aged(self) -> bool:
+        """Whether the sensor of this spec differs from epoch 0's."""
+        return bool(self.offset_adu or (self.damaged_region and self.damage_adu) or self.new_hot_fraction)
 
 
 @dataclass
@@ -102,6 +138,10 @@ class SimulationTruth:
     c_map: np.ndarray | None = None
     frame_temperatures: list[float] = field(default_factory=list)
     frame_paths: list[Path] = field(default_factory=list)
+    frame_dates: list[_dt.datetime] = field(default_factory=list)
+    offset_adu: float = 0.0
+    damaged_mask: np.ndarray | None = None
+    new_hot_mask: np.ndarray | None = None
     raw_dir: Path | None = None
     truth_dir: Path | None = None
 
@@ -116,7 +156,7 @@ class SimulationTruth:
     def abnormal_mask(self) -> np.ndarray:
         """Pixels that do not behave as ``a + b T`` with the nominal noise: hot, noisy, dead."""
         mask = self.hot_mask.copy()
-        for extra in (self.noisy_mask, self.dead_mask):
+        for extra in (self.noisy_mask, self.dead_mask, self.new_hot_mask):
             if extra is not None:
                 mask |= extra
         return mask
@@ -176,6 +216,28 @@ def make_truth(spec: SimulationSpec, rng: np.random.Generator) -> PixelPopulatio
     )
 
 
+def age_population(population: PixelPopulation, spec: SimulationSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Age the sensor in place as ``spec`` says (offset, damaged region, new hot pixels), with
+    random draws of their own (so the same seed and epoch give the same ageing).
+
+    Returns
+    -------
+    damaged, new_hot : numpy.ndarray
+        Boolean maps of the pixels of the damaged region and of the pixels newly hot.
+    """
+    rng = np.random.default_rng([spec.seed, spec.epoch, 1])
+    population.a_map += np.float32(spec.offset_adu)
+    damaged = np.zeros(spec.shape, dtype=bool)
+    if spec.damaged_region is not None and spec.damage_adu:
+        row0, row1, col0, col1 = spec.damaged_region
+        damaged[row0:row1, col0:col1] = True
+        population.a_map[damaged] += np.float32(spec.damage_adu)
+    taken = population.hot_mask | population.dead_mask | (population.noise_factor > 1) | damaged
+    new_hot = _choose(rng, damaged.size, spec.new_hot_fraction, 1, taken)
+    population.hot_amplitude[new_hot] = rng.uniform(50.0, 400.0, int(new_hot.sum())).astype(np.float32)
+    return damaged, new_hot
+
+
 def make_frame(
     population: PixelPopulation, temperature: float, spec: SimulationSpec, rng: np.random.Generator
 ) -> np.ndarray:
@@ -194,11 +256,15 @@ def make_frame(
     return (np.clip(np.rint(dn), 0, DN_MAX).astype(np.uint16) * SCALE).astype(np.uint16)
 
 
-def frame_header(temperature: float, exposure: float, set_point: float, index: int) -> fits.Header:
+def frame_header(
+    temperature: float, exposure: float, set_point: float, index: int, date: _dt.datetime | None = None
+) -> fits.Header:
     """Header of a raw frame, as the camera writes it."""
     header = fits.Header()
     header["INSTRUME"] = ("PHOTSAT-CMOS", "simulated by bias_pipeline.simulate")
     header["IMAGETYP"] = ("BIAS", "frame type")
+    if date is not None:
+        header["DATE-OBS"] = (format_date(date), "[UTC] start of the exposure")
     header["HIERARCH TEMPERATURE"] = (round(float(temperature), 3), "[deg C] sensor temperature")
     header["EXPOSURE"] = (float(exposure), "[s] exposure time")
     header["TEMPSET"] = (float(set_point), "[deg C] thermal set point")
@@ -246,6 +312,14 @@ def simulate_dataset(
     raw_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
     population = make_truth(spec, rng)
+    damaged = new_hot = None
+    if spec.epoch or spec.aged:
+        damaged, new_hot = age_population(population, spec)
+        rng = np.random.default_rng([spec.seed, spec.epoch])  # this epoch's own frame noise
+    try:
+        start = parse_date(spec.start_date)
+    except ValueError as exc:
+        raise ValueError(f"start_date: {exc}") from None
     truth = SimulationTruth(
         population.a_map,
         population.b_map,
@@ -256,15 +330,21 @@ def simulate_dataset(
         c_map=population.c_map if spec.quadratic_fraction > 0 else None,
         raw_dir=raw_dir,
         truth_dir=truth_dir,
+        offset_adu=spec.offset_adu,
+        damaged_mask=damaged,
+        new_hot_mask=new_hot,
     )
-    for set_point in spec.temperatures:
+    for set_number, set_point in enumerate(spec.temperatures):
         for index in range(spec.frames_per_temperature):
             temperature = set_point + rng.normal(0.0, spec.jitter)
             data = make_frame(population, temperature, spec, rng)
             path = raw_dir / f"bias_{set_point:+.1f}C_{index:03d}.fits"
-            _write(path, data, frame_header(temperature, spec.exposure, set_point, index))
+            sequence = set_number * spec.frames_per_temperature + index
+            taken = start + _dt.timedelta(seconds=spec.frame_interval * sequence)
+            _write(path, data, frame_header(temperature, spec.exposure, set_point, index, taken))
             truth.frame_paths.append(path)
             truth.frame_temperatures.append(round(float(temperature), 3))
+            truth.frame_dates.append(taken)
     if faults:
         _write_faults(raw_dir, population, spec, rng)
     header = fits.Header()
@@ -276,6 +356,9 @@ def simulate_dataset(
     _write(truth_dir / "dead_pixels.fits", population.dead_mask.astype(np.uint8))
     if truth.c_map is not None:
         _write(truth_dir / "bias_c_true.fits", truth.c_map, header)
+    if damaged is not None and new_hot is not None:
+        _write(truth_dir / "damaged_pixels.fits", damaged.astype(np.uint8))
+        _write(truth_dir / "new_hot_pixels.fits", new_hot.astype(np.uint8))
     logger.info("simulated %d frames in %s", len(truth.frame_paths), raw_dir)
     return truth
 
@@ -335,15 +418,52 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     parser.add_argument("--read-noise", type=float, default=2.0, help="read noise in 12-bit DN (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--faults", action="store_true", help="add files the pipeline must reject or ignore")
+    parser.add_argument(
+        "--start-date",
+        default=SimulationSpec.start_date,
+        help="DATE-OBS of the first frame, ISO UTC (default %(default)s)",
+    )
+    parser.add_argument(
+        "--epoch", type=int, default=0, help="0 = the sensor as made; N > 0 = a later epoch of the same --seed"
+    )
+    parser.add_argument("--offset", type=float, default=0.0, help="global bias offset of this epoch in ADU (default 0)")
+    parser.add_argument(
+        "--damage",
+        type=float,
+        nargs=5,
+        metavar=("ROW0", "ROW1", "COL0", "COL1", "ADU"),
+        help="a region rows ROW0..ROW1-1, columns COL0..COL1-1 whose bias stepped by ADU",
+    )
+    parser.add_argument(
+        "--new-hot-fraction", type=float, default=0.0, help="fraction of pixels turned hot in this epoch (default 0)"
+    )
     args = parser.parse_args(argv)
     if min(args.shape) < 1 or args.frames_per_temperature < 1:
         parser.error("--shape and --frames-per-temperature must be positive")
+    try:
+        parse_date(args.start_date)
+    except ValueError as exc:
+        parser.error(f"--start-date: {exc}")
+    if args.epoch < 0 or not 0.0 <= args.new_hot_fraction < 1.0:
+        parser.error("--epoch must be 0 or more and --new-hot-fraction in 0..1")
+    region = None
+    if args.damage is not None:
+        row0, row1, col0, col1 = (int(v) for v in args.damage[:4])
+        if not (0 <= row0 < row1 <= args.shape[0] and 0 <= col0 < col1 <= args.shape[1]):
+            parser.error(f"--damage: rows {row0}..{row1} and columns {col0}..{col1} must lie inside --shape")
+        region = (row0, row1, col0, col1)
     spec = SimulationSpec(
         shape=tuple(args.shape),
         temperatures=tuple(args.temperatures),
         frames_per_temperature=args.frames_per_temperature,
         read_noise_dn=args.read_noise,
         seed=args.seed,
+        start_date=args.start_date,
+        epoch=args.epoch,
+        offset_adu=args.offset,
+        damaged_region=region,
+        damage_adu=args.damage[4] if args.damage is not None else 0.0,
+        new_hot_fraction=args.new_hot_fraction,
     )
 
     def body() -> int:
