@@ -60,7 +60,7 @@ def parse_date(value: object) -> _dt.datetime:
     >>> parse_date("2026-03-01T12:30:05.5").isoformat()
     '2026-03-01T12:30:05.500000+00:00'
     >>> format_date(parse_date(61100.5))
-    '2026-03-02T12:00:00'
+    '2026-03-01T12:00:00'
     >>> format_date(parse_date("2026-03-01"))
     '2026-03-01T00:00:00'
     """
