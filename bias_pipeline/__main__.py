@@ -2,7 +2,8 @@
 
 ``run`` is the pipeline (``run_pipeline.py``, ``bias-pipeline``), ``generate`` one synthetic
 frame (``generate_bias.py``, ``generate-bias``), ``simulate`` a simulated raw data set
-(``python -m bias_pipeline.simulate``) and ``inspect`` a summary of a model or an output folder.
+(``python -m bias_pipeline.simulate``), ``inspect`` a summary of a model or an output folder,
+``verify`` a model checked on new bias frames and ``compare`` two models of one sensor.
 Options without a command (``python -m bias_pipeline --demo --output-dir out``) run the
 pipeline, as this module did before it had commands.
 """
@@ -39,12 +40,26 @@ def _inspect(argv: list[str], prog: str) -> int:
     return main(argv, prog=prog)
 
 
+def _verify(argv: list[str], prog: str) -> int:
+    from .verification import main
+
+    return main(argv, prog=prog)
+
+
+def _compare(argv: list[str], prog: str) -> int:
+    from .comparison import main
+
+    return main(argv, prog=prog)
+
+
 #: Command -> (one-line description, entry point taking ``(argv, prog)``).
 COMMANDS: dict[str, tuple[str, Callable[[list[str], str], int]]] = {
     "run": ("run the pipeline on a folder of raw bias frames (as run_pipeline.py, bias-pipeline)", _run),
     "generate": ("write one synthetic bias frame at a temperature from a model (as generate_bias.py)", _generate),
     "simulate": ("write a simulated raw data set with its truth, to try the pipeline", _simulate),
     "inspect": ("summarise a model file or a pipeline output folder (--json for scripts)", _inspect),
+    "verify": ("check a model against new bias frames (exit 0: it holds, 1: it does not)", _verify),
+    "compare": ("compare two models: global offset and changed pixels (exit 0: agree, 1: differ)", _compare),
 }
 
 

@@ -61,6 +61,15 @@ SUMMARY_CSV = "evaluation_summary.csv"
 SUMMARY_PNG = "evaluation_summary.png"
 TEMPERATURE_PLOT = "temperature_check.png"
 
+# ------------------------------------------------------------------ verify and compare
+# The two lifetime commands write into an output folder of their own (``--output-dir``), not
+# into a run's: a model is verified or compared, never changed.
+VERIFICATION_CSV = "verification.csv"
+VERIFICATION_REPORT = "verification.html"
+COMPARISON_JSON = "comparison.json"
+CHANGED_PIXELS_NAME = "changed_pixels.fits"
+COMPARISON_REPORT = "comparison.html"
+
 # ------------------------------------------------------------------ files per temperature
 #: Stems of the files written once per temperature label (``<stem>_<T>C.fits`` or ``.png``).
 MASTER = "master_bias"
