@@ -10,6 +10,7 @@ in memory.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import gzip
 import hashlib
 import io
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .dates import DEFAULT_DATE_KEYS, parse_date
 from .errors import FrameReadError, fits_problem, one_line
 from .frame_checks import PixelStats, StoredUint16Checks, array_stats
 from .units import DEFAULT_SCALE_FACTOR, TWELVE_BIT_MAX, adc_maximum
@@ -105,6 +107,12 @@ class FrameRecord:
         header states none.
     set_point, set_point_key
         The thermal set point [deg C] the header states, and its keyword; ``None`` when absent.
+    date_obs, date_key
+        The observation date (UTC) the header states and its keyword; ``None`` when absent or
+        unreadable (dates are optional).
+    date_problem
+        Why a date card present could not be used (its value is not a date, or its cards
+        disagree); empty otherwise. The frame is still used; step 1 warns, naming the file.
     shape
         ``(rows, columns)`` of the image.
     group
@@ -157,6 +165,9 @@ class FrameRecord:
     frame_type_key: str = ""
     set_point: float | None = None
     set_point_key: str = ""
+    date_obs: _dt.datetime | None = None
+    date_key: str = ""
+    date_problem: str = ""
     shape: tuple[int, int] | None = None
     group: str = ""
     hdu_index: int = 0
@@ -443,6 +454,7 @@ class HeaderKeys:
     exposure: Sequence[str]
     frame_type: Sequence[str] = ()
     set_point: Sequence[str] = ()
+    date: Sequence[str] = DEFAULT_DATE_KEYS
 
 
 #: Read buffer of one :class:`FrameReader` [bytes]: a file is read in pieces of this size, each
@@ -568,6 +580,7 @@ def inspect_frame(
     *,
     frame_type_keys: Sequence[str] = (),
     set_point_keys: Sequence[str] = (),
+    date_keys: Sequence[str] = DEFAULT_DATE_KEYS,
     scale_factor: float = DEFAULT_SCALE_FACTOR,
     reader: FrameReader | None = None,
 ) -> FrameRecord:
@@ -584,6 +597,9 @@ def inspect_frame(
         Header keywords to look up, in order (both required).
     frame_type_keys, set_point_keys
         Keywords of the frame type and the thermal set point (optional in a header).
+    date_keys
+        Keywords of the observation date, in order (optional; ``()``: no date read). An ISO
+        string or an MJD number; see :func:`bias_pipeline.dates.parse_date`.
     scale_factor
         The 12-bit to 16-bit factor: the ADC's maximum is 4095 stored as it is or as
         4095 x this (see :func:`bias_pipeline.units.adc_maximum`).
@@ -599,7 +615,7 @@ def inspect_frame(
         left to step 1, which has the values they need on the record.
     """
     record = FrameRecord(path=Path(path))
-    keys = HeaderKeys(temperature_keys, exposure_keys, frame_type_keys, set_point_keys)
+    keys = HeaderKeys(temperature_keys, exposure_keys, frame_type_keys, set_point_keys, date_keys)
     if reader is None:
         reader = FrameReader()
     reader.sha256 = ""
@@ -668,6 +684,7 @@ def _inspect(record: FrameRecord, keys: HeaderKeys, scale_factor: float, reader:
             set_point = lookup_number(headers, keys.set_point, "set point", required=False) if keys.set_point else None
             if set_point is not None:
                 record.set_point, record.set_point_key = set_point
+            _read_date(record, headers, keys.date)
             plain = (
                 not isinstance(hdu, fits.CompImageHDU)
                 and "BLANK" not in header
@@ -707,6 +724,25 @@ def _inspect(record: FrameRecord, keys: HeaderKeys, scale_factor: float, reader:
             raise FrameReadError(f"truncated: pixel array {pixels.shape} is not {record.shape}")
         stats = array_stats(pixels, saturation)
     _record_stats(stats, record, saturation)
+
+
+def _read_date(record: FrameRecord, headers: Sequence[fits.Header], keys: Sequence[str]) -> None:
+    """The frame's observation date from the first of ``keys`` present; a value that is not a
+    date, or cards that disagree, leave it unknown with the problem recorded (dates are
+    optional: the frame is not rejected for one)."""
+    found = _first_present(headers, keys) if keys else None
+    if found is None:
+        return
+    key, values = found
+    try:
+        dates = {parse_date(value) for value in values}
+    except ValueError as exc:
+        record.date_problem = f"date keyword {key} {exc}"
+        return
+    if len(dates) > 1:
+        record.date_problem = f"{len(values)} {key} cards disagree ({', '.join(map(repr, values))})"
+        return
+    record.date_obs, record.date_key = dates.pop(), key
 
 
 def plain_uint16(record: FrameRecord) -> bool:

@@ -39,6 +39,12 @@ logger = logging.getLogger(__name__)
 
 COEFFICIENT_NAMES = ("A", "B", "C")
 
+#: The largest global offset [as a fraction of the model's median one-frame read noise] that
+#: ``verify`` and ``compare`` accept by default: a bias wrong by a tenth of the read noise moves
+#: a dark frame's mean (a few ADU of dark signal) by far less than one pixel's noise, while an
+#: aged sensor's offset of a third of the read noise is caught. See :meth:`BiasModel.offset_tolerance`.
+OFFSET_TOLERANCE_FRACTION = 0.1
+
 
 class ScaledCovariance:
     """The ``(P, P, rows, columns)`` covariance of a fit in which every pixel's covariance is one
@@ -231,6 +237,27 @@ class BiasModel:
     def flagged(self) -> np.ndarray:
         """Pixels to leave out of statistics: masked or carrying any DQ flag."""
         return self.mask if self.dq is None else (self.mask | (self.dq != 0))
+
+    @property
+    def typical_read_noise(self) -> float:
+        """Median one-frame read noise [ADU] over the unflagged pixels: the ``READNOISE`` map,
+        else the fit's residual ``RMS`` map; NaN when the model carries neither."""
+        for noise in (self.read_noise, self.rms):
+            if noise is not None and noise.shape == self.shape:
+                values = noise[~self.flagged & np.isfinite(noise)]
+                if values.size:
+                    return float(np.median(values))
+        return float("nan")
+
+    def offset_tolerance(self, fraction: float = OFFSET_TOLERANCE_FRACTION) -> float:
+        """The default tolerance on a global bias offset [ADU]: ``fraction`` of
+        :attr:`typical_read_noise` (NaN when the model carries no noise map).
+
+        >>> model = BiasModel.from_maps(np.zeros((2, 2)), np.zeros((2, 2)), read_noise=np.full((2, 2), 32.0))
+        >>> model.offset_tolerance()
+        3.2
+        """
+        return float(fraction) * self.typical_read_noise
 
     def predict(
         self, temperature: float | np.ndarray | list[float], *, return_sigma: bool = False
