@@ -26,7 +26,7 @@ from bias_pipeline.quality import describe
 
 from conftest import REPO, run_cli, write_frame
 
-COMMANDS = ("run", "generate", "simulate", "inspect")
+COMMANDS = ("run", "generate", "simulate", "inspect", "verify", "compare")
 GIVE = "give a model file (bias_model.fits or bias_a_map.fits) or a pipeline output folder"
 
 
@@ -127,7 +127,7 @@ def test_version(capsys):
 
 
 def test_unknown_command_is_one_line_naming_the_valid_ones(calls):
-    assert_one_line_error(calls["unknown"], 2, "'frobnicate'", "run, generate, simulate, inspect")
+    assert_one_line_error(calls["unknown"], 2, "'frobnicate'", "run, generate, simulate, inspect, verify, compare")
 
 
 def test_options_without_a_command_run_the_pipeline_as_before(calls):
