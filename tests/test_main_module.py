@@ -350,3 +350,17 @@ def test_the_inspect_module_under_its_old_name_still_runs(pipeline_run, tmp_path
             capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
         )  # fmt: skip
         assert missing.returncode == 3 and "does not exist" in missing.stderr, (name, missing.stderr)
+
+
+def test_the_console_script_runs_the_other_commands_too(tmp_path: Path) -> None:
+    """``bias-pipeline inspect PATH`` is ``python -m bias_pipeline inspect PATH``: one installed
+    command for everything (the installed script, beside this interpreter)."""
+    script = Path(sys.executable).with_name("bias-pipeline")
+    if not script.exists():
+        pytest.skip("bias-pipeline is not installed beside this interpreter (pip install -e .)")
+    done = subprocess.run(
+        [str(script), "inspect", str(tmp_path / "no_such_run")], capture_output=True, text=True, timeout=300
+    )
+    assert_one_line_error(done, 3, "bias-pipeline inspect: error:", GIVE)
+    listed = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0 and listed.stdout.startswith("bias_pipeline "), listed
