@@ -104,6 +104,7 @@ NOISE_SIGMAS = 5.0
 #: whose relative error is ``1 / sqrt(2 N)``).
 MAD_RELATIVE_ERROR = 1.1664
 
+MAX_LISTED_FAILURES = 10  # failed frames named on stdout; the CSV has them all
 PASSED = "passed"
 FAILED = "failed"
 
@@ -697,7 +698,11 @@ def verification_html(run: VerificationRun) -> str:
         ("fitted frames", f"{format_date(dates[0])} .. {format_date(dates[1])}" if dates else "dates not recorded"),
         ("read noise", f"{model.typical_read_noise:.2f} ADU (median over unflagged pixels)"),
         ("raw folder", str(run.base_path)),
-        ("tolerance", f"|mean residual| <= {run.rules.tolerance:.3f} ADU (or within {MEAN_SIGNIFICANCE:g} sigma)"),
+        (
+            "tolerance",
+            f"|mean residual| <= {run.rules.tolerance:.3f} ADU; a larger one fails when beyond "
+            f"{MEAN_SIGNIFICANCE:g} standard errors",
+        ),
         ("noise", f"|noise ratio - 1| <= max({run.rules.noise_tolerance:g}, {NOISE_SIGMAS:g} x its standard error)"),
         (
             "outliers",
@@ -767,6 +772,8 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
 #: Options of the run's schema that verify takes too: the frame selection (the same scan and
 #: checks as step 1) and the scan's threads.
 SCHEMA_OPTIONS = tuple(name for name, opt in options().items() if opt.group == GROUP_FRAMES) + ("threads",)
+#: Their help where the run's says more than verify does with them.
+HELP_OVERRIDES = {"threads": "worker threads of the scan; 0: as many as CPUs, at most 8 (default 0)"}
 
 
 def _schema_type(name: str) -> Callable[[str], object] | None:
@@ -865,7 +872,8 @@ def build_parser(prog: str = "python -m bias_pipeline verify") -> argparse.Argum
     frames = parser.add_argument_group("frame selection (as the pipeline's)")
     for name in SCHEMA_OPTIONS:
         opt = options()[name]
-        kwargs: dict[str, object] = {"default": argparse.SUPPRESS, "dest": name, "help": help_text(name)}
+        shown = HELP_OVERRIDES.get(name, help_text(name))
+        kwargs: dict[str, object] = {"default": argparse.SUPPRESS, "dest": name, "help": shown}
         if opt.kind == SWITCH:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -901,12 +909,20 @@ def load_model(path: Path) -> BiasModel:
 
 
 def _summary(run: VerificationRun, csv_path: Path) -> str:
-    failed = run.count(FAILED)
-    lines = [f"verify: {run.verified} frames verified, {failed} failed; {verdict(run)}", f"details: {csv_path}"]
-    for entry in run.files:
-        if entry.status == FAILED:
-            lines.append(f"  failed {_relative(entry.record.path, run.base_path)}: {entry.reason}")
-    return "\n".join(lines[:2] + lines[2:12] + ([f"  ... {failed - 10} more"] if failed > 10 else []))
+    failed, others = run.count(FAILED), len(run.files) - run.verified
+    first = (
+        f"verify: {run.verified} frames verified against {run.model_path}, {failed} failed: "
+        f"the model {'does NOT hold' if failed else 'holds'}"
+    )
+    if others:
+        first += f"; {others} file{'s' if others != 1 else ''} not verified (rejected or ignored)"
+    lines = [first, f"details: {csv_path}"]
+    listed = [entry for entry in run.files if entry.status == FAILED]
+    for entry in listed[:MAX_LISTED_FAILURES]:
+        lines.append(f"  failed {_relative(entry.record.path, run.base_path)}: {entry.reason}")
+    if len(listed) > MAX_LISTED_FAILURES:
+        lines.append(f"  ... and {len(listed) - MAX_LISTED_FAILURES} more (see {csv_path.name})")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline verify") -> int:

@@ -239,7 +239,9 @@ def test_command_passes_the_own_epoch_and_writes_the_table_and_page(fitted, own_
     done = run_verify(fitted, "--basepath", own_epoch.raw_dir, "--output-dir", out)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    assert done.stdout.startswith("verify: 6 frames verified, 0 failed; the model holds"), done.stdout
+    first = done.stdout.splitlines()[0]
+    assert first.startswith(f"verify: 6 frames verified against {fitted}, 0 failed: the model holds"), first
+    assert first.endswith("; 4 files not verified (rejected or ignored)"), first
     assert str(out / VERIFICATION_CSV) in done.stdout
     rows = csv_rows(out / VERIFICATION_CSV)
     assert list(rows[0]) == list(verification.CSV_COLUMNS)
@@ -263,7 +265,8 @@ def test_command_passes_the_own_epoch_and_writes_the_table_and_page(fitted, own_
 def test_command_fails_the_aged_sensor_and_is_silent_with_q(fitted, aged, tmp_path) -> None:
     done = run_verify(fitted / MODEL_DIR / "bias_model.fits", "--basepath", aged.raw_dir, "--output-dir", tmp_path)
     assert done.returncode == 1, done.stderr
-    assert "4 frames verified, 4 failed" in done.stdout and "mean residual +" in done.stdout
+    assert "4 frames verified against" in done.stdout and "4 failed: the model does NOT hold" in done.stdout
+    assert len(done.stdout.splitlines()) == 2 + 4 and "mean residual +" in done.stdout
     rows = csv_rows(tmp_path / VERIFICATION_CSV)
     assert {row["status"] for row in rows} == {"failed"}
     assert all("beyond the tolerance" in row["reason"] for row in rows)
