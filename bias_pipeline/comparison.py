@@ -445,10 +445,24 @@ def compared_temperatures(old: BiasModel, new: BiasModel, temperature: float | N
     """The temperatures two models are compared at: ``(temperature,)`` when given, else the
     low end, the middle and the high end of their common fitted range (one when it is a point).
 
+    Parameters
+    ----------
+    old, new
+        The two models; one that records no fitted range leaves the other's.
+    temperature
+        The one temperature asked for [deg C], or ``None``.
+
+    Returns
+    -------
+    tuple of float
+        By increasing temperature [deg C].
+
     Raises
     ------
     InputDataError
         When no temperature is given and the ranges do not overlap or are unknown.
+    ConfigError
+        When ``temperature`` is not a finite number.
     """
     if temperature is not None:
         if not math.isfinite(temperature):
@@ -863,9 +877,7 @@ def _change_png(result: Comparison) -> bytes:
 def _colormap(name: str) -> Any:
     from matplotlib import colormaps
 
-    cmap = colormaps[name].copy()
-    cmap.set_bad("#bbbbbb")
-    return cmap
+    return colormaps[name].with_extremes(bad="#bbbbbb")
 
 
 def _finish_axes(figure: Any, axes: Any, title: str) -> None:
