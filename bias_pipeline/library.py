@@ -30,7 +30,7 @@ temperature (declared validity is not consulted: there is no date to check it ag
 
 Only the headers are read when a library is made; a model's maps are read the first time it is
 selected, and the last few selected stay in memory (a 2048 x 2048 model with its uncertainties
-takes about 150 MB), so a dark pipeline calling ``subtract_bias(frame, library)`` for each
+takes about 200 MB), so a dark pipeline calling ``subtract_bias(frame, library)`` for each
 frame reads each model once.
 """
 
@@ -237,17 +237,18 @@ class BiasLibrary:
         InputDataError
             When the model's files cannot be read.
         """
+        # Read under the lock: threads of a dark pipeline asking for the same model at once
+        # read it once, and the others wait for it rather than reading it again.
         with self._lock:
             if entry.path in self._loaded:
                 self._loaded.move_to_end(entry.path)
                 return self._loaded[entry.path]
-        model = BiasModel.load(entry.path)
-        with self._lock:
+            model = BiasModel.load(entry.path)
             if self._cache_size:
                 self._loaded[entry.path] = model
                 while len(self._loaded) > self._cache_size:
                     self._loaded.popitem(last=False)
-        return model
+            return model
 
     def table(self) -> list[dict[str, object]]:
         """The validity of every model as plain values (path, tmin, tmax, date_beg, date_end,

@@ -414,3 +414,57 @@ def test_subtract_bias_call_forms(library_root):
         subtract_bias(frame, "results/", 10.0)
     with pytest.raises(InputDataError, match="frame is 2x2 but the model is 48x64"):
         subtract_bias(np.zeros((2, 2)), model, 10.0)
+
+
+def test_subtract_bias_from_ccddata_with_a_plain_meta_and_twelve_bit_values(library_root):
+    library = BiasLibrary(library_root)
+    # meta as a dict (CCDData's default), the date of January: q1 at 5 deg C, bias 1010 ADU.
+    ccd = CCDData(
+        np.full(SHAPE, 1060.0 / 16, dtype=np.float32),
+        unit="adu",
+        uncertainty=StdDevUncertainty(np.full(SHAPE, 2.0, dtype=np.float32)),
+        meta={"TEMPERATURE": 5.0, "DATE-OBS": "2026-01-04", "OBSERVER": "night shift"},
+    )
+    result = subtract_bias(ccd, library, input_bits=12)  # raw 12-bit values: x16 first, uncertainty too
+    np.testing.assert_allclose(result.data, 50.0)
+    np.testing.assert_allclose(result.uncertainty.array, 32.0)  # from_maps models carry no uncertainty
+    assert result.meta["OBSERVER"] == "night shift" and result.meta["BIASFILE"] == str(library_root / "q1")
+    assert not isinstance(result.meta, fits.Header) and "BIASTEMP" not in ccd.meta
+
+
+def test_a_library_is_shared_by_threads(library_root):
+    """A dark pipeline's worker threads share one library: the same answers, one read per model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    library = BiasLibrary(library_root)
+    frames = [np.full(SHAPE, 1010.0 + k, dtype=np.float32) for k in range(16)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda f: subtract_bias(f, library, 5.0, date="2026-01-04"), frames))
+        models = list(pool.map(lambda _: library.select(5.0, "2026-01-04"), range(16)))
+    for k, result in enumerate(results):
+        np.testing.assert_array_equal(result, np.full(SHAPE, float(k), dtype=np.float32))
+    assert all(model is models[0] for model in models)
+
+
+def readme_block(heading: str) -> str:
+    """The python block under ``heading`` of the README."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index(heading) :]
+    return section[
+        section.index("```python\n") + len("```python\n") : section.index("```\n", section.index("```python"))
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:'datfix' made the change")
+def test_the_readme_examples_run(library_root, tmp_path, monkeypatch, capsys):
+    """The README's "Choosing a model" and "CCDData" examples, as written, one after the other."""
+    shutil.copytree(library_root, tmp_path / "models")
+    write_dark(tmp_path / "dark_0002.fits", 2100.0, 12.5, "2026-06-03T04:00:00")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    for heading in ("### Choosing a model: BiasLibrary", "### CCDData"):
+        exec(compile(readme_block(heading), "README.md", "exec"), namespace)
+    assert "bias library of 3 model(s)" in capsys.readouterr().out
+    assert level_of(namespace["model"]) == MODELS["q2"][0]  # 12.5 deg C on 3 June: q2, the nearest in time
+    np.testing.assert_allclose(namespace["by_us"].data, 2100.0 - (2000.0 + SLOPE * 12.5))
+    assert CCDData.read(tmp_path / "bias_12.5C.fits", hdu_flags="FLAGS").header["TEMPERAT"] == 12.5
