@@ -297,7 +297,10 @@ def _result_meta(
         cards["BIASDEND"] = (format_date(model.date_range[1]), "[UTC] bias model's DATE-END")
     if model.temperature_range is not None:
         low, high = model.temperature_range
-        cards["BIASEXTR"] = (bool(temperature < low or temperature > high), "bias model extrapolated in T")
+        cards["BIASEXTR"] = (
+            bool(temperature < low - 1e-9 or temperature > high + 1e-9),
+            "bias model extrapolated in T",
+        )
     history = f"bias_pipeline {__version__} subtract_bias: bias at {temperature:g} deg C from " + (
         str(entry.path) if entry is not None else "a BiasModel"
     )
