@@ -1,8 +1,8 @@
 """bias_pipeline: temperature-dependent bias model of PhotSat's CMOS camera.
 
-The public API: :func:`run_bias_pipeline`, :class:`BiasModel`, :func:`subtract_bias`,
-:class:`PipelineConfig`,
-``__version__``, and the errors the user can cause (:class:`BiasPipelineError`).
+The public API: :func:`run_bias_pipeline`, :class:`BiasModel`, :class:`BiasLibrary` (several
+models and the choice of one for a frame's temperature and date), :func:`subtract_bias`,
+:class:`PipelineConfig`, ``__version__``, and the errors the user can cause (:class:`BiasPipelineError`).
 
 The names are imported on first use (``from bias_pipeline import BiasModel`` works as ever):
 the commands then start without numpy and astropy, and answer a Ctrl-C in one line from the
@@ -19,6 +19,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .config import PipelineConfig
     from .errors import BiasPipelineError, ConfigError, FrameReadError, InputDataError, OutputError
+    from .library import BiasLibrary
     from .main_pipeline import PipelineResult, run_bias_pipeline
     from .model import BiasModel
     from .subtract import subtract_bias
@@ -31,6 +32,7 @@ _HOMES = {
     "FrameReadError": ".errors",
     "InputDataError": ".errors",
     "OutputError": ".errors",
+    "BiasLibrary": ".library",
     "PipelineResult": ".main_pipeline",
     "run_bias_pipeline": ".main_pipeline",
     "BiasModel": ".model",
@@ -38,6 +40,7 @@ _HOMES = {
 }
 
 __all__ = [
+    "BiasLibrary",
     "BiasModel",
     "BiasPipelineError",
     "ConfigError",

@@ -22,7 +22,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io import fits
@@ -34,6 +34,9 @@ from .quality import DQ_BITS, HOT_MASK
 from .registry import A_MAP_NAME, B_MAP_NAME, MODEL_FILE_NAME
 from .registry import MODEL_DIR as MODEL_DIR_NAME
 from .units import DEFAULT_SCALE_FACTOR
+
+if TYPE_CHECKING:
+    from astropy.nddata import CCDData
 
 logger = logging.getLogger(__name__)
 
@@ -301,8 +304,112 @@ class BiasModel:
         if self.covariance is None:
             return value.astype(np.float32), np.full(self.shape, np.nan, dtype=np.float32)
         powers = temperature ** np.arange(self.degree + 1)
-        variance = np.einsum("p,pqij,q->ij", powers, self.covariance.astype(np.float64), powers)
+        # p^T C p summed one (rows, columns) map at a time: the whole (P, P, rows, columns)
+        # covariance in float64 would be 128 MB for a 2048 x 2048 model, on every call of at().
+        variance = np.zeros(self.shape, dtype=np.float64)
+        for j in range(self.degree + 1):
+            for k in range(self.degree + 1):
+                variance += (powers[j] * powers[k]) * np.asarray(self.covariance[j, k], dtype=np.float64)
         return value.astype(np.float32), np.sqrt(np.maximum(variance, 0)).astype(np.float32)
+
+    def at(self, temperature: float) -> CCDData:
+        """The model's bias frame at ``temperature`` as an :class:`astropy.nddata.CCDData`, for
+        ``ccdproc.subtract_bias(ccd, model.at(T))`` and NDData arithmetic (``ccd.subtract``).
+
+        - ``data``: :meth:`predict` at ``temperature``, float32 [16-bit ADU], unit ``adu``;
+        - ``uncertainty``: :class:`~astropy.nddata.StdDevUncertainty`, the model's standard
+          error at ``temperature`` from the fit covariance (``predict(T, return_sigma=True)``);
+          ``None`` for a model without fit statistics (made from maps), rather than NaN
+          everywhere, which would make every subtracted pixel's uncertainty NaN;
+        - ``mask``: :attr:`flagged` (left out of the fit, or any DQ flag);
+        - ``flags``: the uint32 DQ bits (named in the header's ``DQ_*`` cards and the model
+          file's ``DQ_DEF``);
+        - ``meta``: a FITS header with the temperature (``TEMPERAT`` and ``HIERARCH
+          TEMPERATURE``), the law (``MODEL``) and the meaning of its coefficients, ``TREF``,
+          ``TMIN``/``TMAX``, ``DATE-BEG``/``DATE-END`` (and ``VALID-FROM``/``VALID-TO`` when
+          declared), ``NCOMBINE`` (raw frames behind the fit, as ccdproc counts them) and the
+          software's version.
+
+        Pixels without a model (the user's hot-pixel mask) hold NaN in ``data`` and
+        ``uncertainty`` and are masked. NaN propagates through ``ccdproc.subtract_bias`` and
+        ``CCDData.subtract``: the result is NaN there and its mask (the two masks ORed) is True,
+        so code that honours masks skips those pixels and code that does not sees NaN, never an
+        invented bias value. A temperature outside the fitted range is logged as a warning (the
+        model extrapolates) and marked ``EXTRAPOL = T``.
+
+        Parameters
+        ----------
+        temperature
+            Sensor temperature [deg C].
+
+        Returns
+        -------
+        astropy.nddata.CCDData
+
+        Raises
+        ------
+        InputDataError
+            When ``temperature`` is not a finite number.
+
+        Examples
+        --------
+        >>> model = BiasModel.from_maps(np.full((2, 3), 3000.0), np.full((2, 3), 2.0), temperature_range=(0.0, 30.0))
+        >>> bias = model.at(20.0)
+        >>> bias.unit, float(bias.data[0, 0]), bias.header["TEMPERAT"], bool(bias.mask.any())
+        (Unit("adu"), 3040.0, 20.0, False)
+        """
+        # Imported here: astropy.nddata costs a third of a second, which the commands that load
+        # a model (inspect, generate) would pay for nothing.
+        from astropy.nddata import CCDData, StdDevUncertainty
+
+        try:
+            temperature = float(temperature)
+        except (TypeError, ValueError):
+            raise InputDataError(f"temperature must be a number [deg C], got {temperature!r}") from None
+        data, sigma = self.predict(temperature, return_sigma=True)
+        uncertainty = None if self.covariance is None else StdDevUncertainty(sigma)
+        flags = self.dq if self.dq is not None else np.where(self.mask, HOT_MASK.value, 0)
+        return CCDData(
+            data,
+            unit="adu",
+            uncertainty=uncertainty,
+            mask=self.flagged.copy(),
+            flags=np.asarray(flags, dtype=np.uint32).copy(),
+            meta=self._header_at(temperature),
+        )
+
+    def _header_at(self, temperature: float) -> fits.Header:
+        """The header of :meth:`at`'s frame."""
+        cards: dict[str, object] = {
+            "TEMPERAT": (temperature, "[deg C] temperature the bias is modelled at"),
+            "TEMPERATURE": (temperature, "[deg C] temperature the bias is modelled at"),
+        }
+        if self.temperature_range is not None:
+            low, high = self.temperature_range
+            outside = bool(temperature < low - 1e-9 or temperature > high + 1e-9)
+            cards["EXTRAPOL"] = (outside, "temperature outside TMIN..TMAX: extrapolated")
+        if self.group_frames:
+            cards["NCOMBINE"] = (int(sum(self.group_frames)), "raw frames behind the fit")
+        cards.update(self._metadata())
+        header = product_header(
+            "SYNTHETIC_BIAS",
+            f"model bias at {temperature:g} deg C from {self.law}",
+            scale_factor=self.scale_factor,
+            cards=cards,
+        )
+        meanings = (
+            "A: per-pixel bias at T = 0 deg C [adu]",
+            "B: per-pixel change of bias per deg C [adu / deg C]",
+            "C: per-pixel quadratic term, times T^2 [adu / deg C**2]",
+        )
+        header["COMMENT"] = f"{self.law}, T in deg C:"
+        for meaning in meanings[: self.degree + 1]:
+            header["COMMENT"] = meaning
+        if self.tref is not None:
+            header["COMMENT"] = "TREF: where the fit was centred; A, B are about T = 0 deg C"
+        header["COMMENT"] = "uncertainty: model standard error at TEMPERAT (fit covariance)"
+        header["COMMENT"] = "mask: left out of the fit or any DQ flag; flags: DQ bits (DQ_*)"
+        return header
 
     def warn_if_extrapolating(self, temperatures: np.ndarray) -> bool:
         """Log a warning for temperatures outside the fitted range; return whether any are."""

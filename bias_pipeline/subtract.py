@@ -1,52 +1,102 @@
-"""Subtract the model bias from a frame: the call the dark-current pipeline makes."""
+"""Subtract the model bias from a frame: the call the dark-current pipeline makes.
+
+``subtract_bias(frame, model_or_library, temperature=None)`` takes
+
+- the frame as an array (16-bit ADU), the path of a raw FITS frame, or an
+  :class:`astropy.nddata.CCDData`;
+- a :class:`~bias_pipeline.model.BiasModel`, or a :class:`~bias_pipeline.library.BiasLibrary`
+  from which the model valid for the frame's temperature and date is chosen
+  (:meth:`BiasLibrary.select <bias_pipeline.library.BiasLibrary.select>`).
+
+The temperature and date are the arguments when given, else the frame's header (a path's, or a
+``CCDData``'s ``meta``), looked up by the same keyword lists as the pipeline's step 1. An array
+has no header: it needs ``temperature=`` (and ``date=`` to choose from a library by date; without
+one the newest model is used).
+
+An array or a path gives a float32 array; a ``CCDData`` gives a ``CCDData``: the frame minus
+:meth:`BiasModel.at`, by NDData arithmetic (uncertainties combined in quadrature, masks ORed),
+with the frame's header and cards naming the bias used.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from astropy import units as u
+from astropy.io import fits
+from astropy.nddata import CCDData, StdDevUncertainty
 
-from .config import DEFAULT_TEMPERATURE_KEYS
+from ._version import __version__
+from .config import DEFAULT_EXPOSURE_KEYS, DEFAULT_TEMPERATURE_KEYS
+from .dates import DEFAULT_DATE_KEYS, format_date, parse_date
 from .errors import FrameReadError, InputDataError
-from .frames import inspect_frame, read_frame
+from .frames import inspect_frame, lookup_number, read_frame
+from .library import BiasLibrary, LibraryEntry
 from .model import BiasModel
-from .units import to_adu16
+from .products import add_card
+from .units import input_factor, to_adu16
+
+logger = logging.getLogger(__name__)
 
 
 def subtract_bias(
-    frame_or_path: np.ndarray | str | Path,
-    model: BiasModel,
+    frame_or_path: np.ndarray | str | Path | CCDData,
+    model_or_library: BiasModel | BiasLibrary | None = None,
     temperature: float | None = None,
     *,
+    date: object = None,
     temperature_keys: Sequence[str] = DEFAULT_TEMPERATURE_KEYS,
+    date_keys: Sequence[str] = DEFAULT_DATE_KEYS,
     input_bits: int = 16,
-) -> np.ndarray:
-    """The frame minus the model's bias at its temperature, float32 in 16-bit ADU.
+    model: BiasModel | BiasLibrary | None = None,
+) -> np.ndarray | CCDData:
+    """The frame minus the model's bias at its temperature, in 16-bit ADU.
 
     Parameters
     ----------
     frame_or_path
-        A 2-D array in 16-bit ADU, or the path of a raw FITS frame.
-    model
-        The bias model (:meth:`BiasModel.load`).
+        A 2-D array in 16-bit ADU, the path of a raw FITS frame, or a ``CCDData`` (unit ``adu``).
+    model_or_library
+        The bias model (:meth:`BiasModel.load`), or a :class:`BiasLibrary` to choose it from.
     temperature
-        Sensor temperature [deg C]; read from the frame's header when not given (a path only).
-    temperature_keys
-        Header keywords tried for the temperature, in order.
+        Sensor temperature [deg C]; read from the frame's header when not given (a path or a
+        ``CCDData``).
+    date
+        When the frame was taken (datetime, ISO string or MJD number, UTC), to choose from a
+        library; read from the header when not given (a path or a ``CCDData``). Without a date
+        the library's newest model is used. Not used with a single model.
+    temperature_keys, date_keys
+        Header keywords tried for the temperature and the date, in order.
     input_bits
         16 when the frame's values are 16-bit ADU (12-bit values x16, the camera's files); 12
-        when they are raw 12-bit values, which are then multiplied by the model's scale factor.
+        when they are raw 12-bit values, which are then multiplied by the model's scale factor
+        (a ``CCDData``'s uncertainty with them).
+    model
+        The former name of ``model_or_library``, still accepted as a keyword.
 
     Returns
     -------
-    numpy.ndarray
-        ``frame - model.predict(temperature)``; NaN at the model's masked pixels.
+    numpy.ndarray or astropy.nddata.CCDData
+        For an array or a path: ``frame - model.predict(temperature)``, float32, NaN at the
+        model's masked pixels. For a ``CCDData``: ``frame.subtract(model.at(temperature))``:
+        float32 data (NaN where the model has none), the uncertainties combined in quadrature
+        (the model's alone when the frame has none), the masks ORed (the model's mask is
+        :attr:`BiasModel.flagged`), the frame's ``flags`` when it has some, else the model's DQ
+        bits, and the frame's header with ``BIASTEMP``, ``BIASFILE`` (a library's model),
+        ``BIASDBEG``/``BIASDEND`` and a ``HISTORY`` card.
 
     Raises
     ------
     InputDataError
-        When the frame cannot be read, has no usable temperature, or is not the model's shape.
+        When the frame cannot be read, has no usable temperature (or date, when its header
+        holds an unreadable one), is not the model's shape or not in ADU, or no model of the
+        library is valid for it.
+    TypeError
+        When no model is given, or it is given twice (``model_or_library`` and ``model``).
 
     Examples
     --------
@@ -54,26 +104,213 @@ def subtract_bias(
     >>> dark = np.full((2, 3), 3100.0, dtype=np.float32)
     >>> subtract_bias(dark, model, temperature=20.0).tolist()
     [[60.0, 60.0, 60.0], [60.0, 60.0, 60.0]]
+    >>> subtract_bias(CCDData(dark, unit="adu"), model, 20.0).header["BIASTEMP"]
+    20.0
     """
+    if model_or_library is not None and model is not None:
+        raise TypeError("subtract_bias() got the model twice: as model_or_library and as model=")
+    chooser = model_or_library if model_or_library is not None else model
+    if chooser is None:
+        raise TypeError("subtract_bias() needs a BiasModel or a BiasLibrary as its second argument")
+    if not isinstance(chooser, (BiasModel, BiasLibrary)):
+        raise TypeError(f"subtract_bias() takes a BiasModel or a BiasLibrary, not {type(chooser).__name__}")
+    if isinstance(frame_or_path, CCDData):
+        return _subtract_from_ccd(frame_or_path, chooser, temperature, date, temperature_keys, date_keys, input_bits)
     if isinstance(frame_or_path, (str, Path)):
         path = Path(frame_or_path)
-        if temperature is None:
-            record = inspect_frame(path, tuple(temperature_keys), ("EXPOSURE", "EXPTIME"))
-            if record.temperature is None:
-                raise InputDataError(f"{path}: {record.reason or 'no temperature'}; pass temperature=")
-            temperature = record.temperature
+        temperature, when = _from_path(path, chooser, temperature, date, temperature_keys, date_keys)
         try:
             frame = read_frame(path)
         except FrameReadError as exc:
             raise InputDataError(f"{path}: {exc}") from None
+        what = str(path)
     else:
         if temperature is None:
             raise InputDataError("an array has no header: pass temperature= (deg C)")
         frame = np.asarray(frame_or_path, dtype=np.float32)
-    if frame.shape != model.shape:
-        raise InputDataError(
-            f"frame is {frame.shape[0]}x{frame.shape[1]} but the model is {model.shape[0]}x{model.shape[1]}"
-        )
-    frame = to_adu16(frame, input_bits, model.scale_factor)
-    bias = model.predict(float(temperature))
+        when, what = _as_date(date), "the frame"
+    chosen, _ = _choose(chooser, float(temperature), when, what)
+    _check_shape(frame.shape, chosen)
+    frame = to_adu16(frame, input_bits, chosen.scale_factor)
+    bias = chosen.predict(float(temperature))
     return (frame - bias).astype(np.float32)
+
+
+def _as_date(date: object) -> _dt.datetime | None:
+    if date is None:
+        return None
+    try:
+        return parse_date(date)
+    except ValueError as exc:
+        raise InputDataError(f"date= {exc}") from None
+
+
+def _from_path(
+    path: Path,
+    chooser: BiasModel | BiasLibrary,
+    temperature: float | None,
+    date: object,
+    temperature_keys: Sequence[str],
+    date_keys: Sequence[str],
+) -> tuple[float, _dt.datetime | None]:
+    """The temperature and date of a frame file: the arguments, else its header."""
+    when = _as_date(date)
+    needs_date = isinstance(chooser, BiasLibrary) and when is None
+    if temperature is not None and not needs_date:
+        return float(temperature), when
+    record = inspect_frame(path, tuple(temperature_keys), DEFAULT_EXPOSURE_KEYS, date_keys=tuple(date_keys))
+    if temperature is None:
+        if record.temperature is None:
+            raise InputDataError(f"{path}: {record.reason or 'no temperature'}; pass temperature=")
+        temperature = record.temperature
+    if needs_date:
+        if record.date_problem:
+            raise InputDataError(f"{path}: {record.date_problem}; fix the header or pass date=")
+        when = record.date_obs
+        _note_undated(when, chooser, path, date_keys)
+    return float(temperature), when
+
+
+def _note_undated(
+    when: _dt.datetime | None, chooser: BiasModel | BiasLibrary, what: object, keys: Sequence[str]
+) -> None:
+    if when is None and isinstance(chooser, BiasLibrary) and len(chooser) > 1:
+        logger.warning(
+            "%s has no date (looked for %s): the library's newest model is used; pass date= to choose by date",
+            what,
+            ", ".join(keys),
+        )
+
+
+def _choose(
+    chooser: BiasModel | BiasLibrary, temperature: float, when: _dt.datetime | None, what: str
+) -> tuple[BiasModel, LibraryEntry | None]:
+    """The model to subtract, and the library's entry it came from (``None`` for a model)."""
+    if isinstance(chooser, BiasModel):
+        return chooser, None
+    entry = chooser.select_entry(temperature, when)
+    logger.debug("%s: bias model %s", what, entry.path)
+    return chooser.load(entry), entry
+
+
+def _check_shape(shape: tuple[int, ...], model: BiasModel) -> None:
+    if tuple(shape) != model.shape:
+        detail = "x".join(str(n) for n in shape)
+        raise InputDataError(f"frame is {detail} but the model is {model.shape[0]}x{model.shape[1]}")
+
+
+def _meta_header(meta: object) -> fits.Header:
+    """A ``CCDData``'s ``meta`` as a header to look keywords up in (a dict's cards that FITS
+    cannot hold are left out of the look-up)."""
+    if isinstance(meta, fits.Header):
+        return meta
+    header = fits.Header()
+    for key, value in dict(meta or {}).items():  # type: ignore[call-overload]
+        try:
+            add_card(header, str(key).upper(), value)
+        except (ValueError, TypeError, KeyError):  # not a FITS keyword or value
+            continue
+    return header
+
+
+def _ccd_date(header: fits.Header, keys: Sequence[str], what: str) -> _dt.datetime | None:
+    for key in keys:
+        if key in header:
+            try:
+                return parse_date(header[key])
+            except ValueError as exc:
+                raise InputDataError(f"{what}: date keyword {key} {exc}; fix the header or pass date=") from None
+    return None
+
+
+def _subtract_from_ccd(
+    ccd: CCDData,
+    chooser: BiasModel | BiasLibrary,
+    temperature: float | None,
+    date: object,
+    temperature_keys: Sequence[str],
+    date_keys: Sequence[str],
+    input_bits: int,
+) -> CCDData:
+    what = "the CCDData frame"
+    header = _meta_header(ccd.meta)
+    source = "argument"
+    if temperature is None:
+        try:
+            found = lookup_number([header], tuple(temperature_keys), "temperature")
+        except FrameReadError as exc:
+            raise InputDataError(f"{what}: {exc}; pass temperature=") from None
+        assert found is not None
+        temperature, source = found[0], found[1]
+    when = _as_date(date)
+    if when is None and isinstance(chooser, BiasLibrary):
+        when = _ccd_date(header, date_keys, what)
+        _note_undated(when, chooser, what, date_keys)
+    chosen, entry = _choose(chooser, float(temperature), when, what)
+    _check_shape(ccd.shape, chosen)
+    if ccd.unit != u.adu:
+        raise InputDataError(
+            f"{what} is in {ccd.unit}, the bias model in adu: give the frame in ADU (unit='adu') before the dark "
+            "calibration scales it"
+        )
+    factor = float(input_factor(input_bits, chosen.scale_factor))
+    frame = CCDData(
+        np.asarray(ccd.data, dtype=np.float32) * np.float32(factor),
+        unit=ccd.unit,
+        uncertainty=_scaled(ccd.uncertainty, factor),
+        mask=None if ccd.mask is None else np.asarray(ccd.mask, dtype=bool),
+        wcs=ccd.wcs,
+    )
+    bias = chosen.at(float(temperature))
+    if frame.uncertainty is not None and bias.uncertainty is not None:
+        # NDData arithmetic combines uncertainties of one kind only: the model's in the frame's.
+        bias.uncertainty = bias.uncertainty.represent_as(type(frame.uncertainty))
+    result = frame.subtract(bias)
+    result.data = np.asarray(result.data, dtype=np.float32)
+    if result.uncertainty is not None:
+        result.uncertainty.array = np.asarray(result.uncertainty.array, dtype=np.float32)
+    result.flags = ccd.flags if ccd.flags is not None else bias.flags
+    result.meta = _result_meta(ccd.meta, chosen, entry, float(temperature), source)
+    return result
+
+
+def _scaled(uncertainty: object, factor: float) -> object:
+    """The frame's uncertainty in 16-bit ADU (its values times ``factor`` for 12-bit input)."""
+    if uncertainty is None or factor == 1.0:
+        return uncertainty
+    as_std = uncertainty.represent_as(StdDevUncertainty)  # type: ignore[attr-defined]
+    return StdDevUncertainty(np.asarray(as_std.array) * factor).represent_as(type(uncertainty))
+
+
+def _result_meta(
+    meta: object, model: BiasModel, entry: LibraryEntry | None, temperature: float, source: str
+) -> fits.Header | dict[str, object]:
+    """The frame's header kept, with cards naming the bias subtracted."""
+    cards: dict[str, tuple[object, str]] = {
+        "BIASTEMP": (temperature, f"[deg C] bias modelled at (from {source})"),
+        "BIASLAW": (model.law, "bias model subtracted, T in deg C"),
+    }
+    if entry is not None:
+        cards["BIASFILE"] = (str(entry.path), "bias model chosen from the library")
+    if model.date_range is not None:
+        cards["BIASDBEG"] = (format_date(model.date_range[0]), "[UTC] bias model's DATE-BEG")
+        cards["BIASDEND"] = (format_date(model.date_range[1]), "[UTC] bias model's DATE-END")
+    if model.temperature_range is not None:
+        low, high = model.temperature_range
+        cards["BIASEXTR"] = (
+            bool(temperature < low - 1e-9 or temperature > high + 1e-9),
+            "bias model extrapolated in T",
+        )
+    history = f"bias_pipeline {__version__} subtract_bias: bias at {temperature:g} deg C from " + (
+        str(entry.path) if entry is not None else "a BiasModel"
+    )
+    if isinstance(meta, fits.Header):
+        header = meta.copy()
+        for key, (value, comment) in cards.items():
+            add_card(header, key, value, comment)
+        header["HISTORY"] = history
+        return header
+    kept = dict(meta or {})  # type: ignore[call-overload]
+    kept.update({key: value for key, (value, _) in cards.items()})
+    kept["HISTORY"] = history
+    return kept

@@ -39,6 +39,19 @@ def test_public_names():
         "eval_save_fits",
     ]
     assert isinstance(PipelineConfig(), PipelineConfig)
+    # Every public name resolves, each from the module the lazy table names.
+    assert {"BiasLibrary", "BiasModel", "subtract_bias", "run_bias_pipeline"} <= set(bias_pipeline.__all__)
+    for name in bias_pipeline.__all__:
+        assert getattr(bias_pipeline, name) is not None, name
+    from bias_pipeline.library import BiasLibrary
+    from bias_pipeline.subtract import subtract_bias
+
+    assert bias_pipeline.BiasLibrary is BiasLibrary and bias_pipeline.subtract_bias is subtract_bias
+    # The design's call form subtract_bias(frame, model_or_library, temperature=None), the
+    # former keyword model= kept.
+    params = inspect.signature(subtract_bias).parameters
+    assert list(params)[:3] == ["frame_or_path", "model_or_library", "temperature"]
+    assert params["temperature"].default is None and params["model"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_the_switches_default_as_in_the_first_version_and_follow_a_config(tmp_path):
