@@ -34,6 +34,7 @@ from .command import (
 )
 from .config import (
     CHOICE,
+    DATE,
     GROUP_IO,
     GROUPS,
     INTEGER,
@@ -48,6 +49,7 @@ from .config import (
     options,
 )
 from .config_file import blame_file, format_config, load_config_file
+from .dates import parse_date
 from .errors import BiasPipelineError, ConfigError
 from .registry import (
     A_MAP_NAME,
@@ -163,7 +165,18 @@ def _argparse_type(opt: Option) -> Callable[[str], object] | None:
                 raise argparse.ArgumentTypeError(str(exc)) from None
 
         return keywords
+    if opt.kind == DATE:
+        return _date_argument
     return None  # a choice (argparse checks it) or a switch
+
+
+def _date_argument(text: str) -> object:
+    """A date option's text as a UTC datetime (ISO or an MJD number)."""
+    try:
+        return parse_date(text)
+    except ValueError as exc:
+        example = "2026-03-01 or 2026-03-01T12:00:00 (UTC)"
+        raise argparse.ArgumentTypeError(f"{exc}; give a date such as {example}") from None
 
 
 def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:

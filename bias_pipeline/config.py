@@ -5,6 +5,7 @@ Adding an option is one field here (see :func:`option`) plus its row in the READ
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import math
 import numbers
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .combine import COMBINE_METHODS
+from .dates import DEFAULT_DATE_KEYS, format_date, parse_date
+from .epochs import DEFAULT_DATE_GAP_DAYS
 from .errors import ConfigError
 from .frames import normal_frame_type
 from .units import DEFAULT_SCALE_FACTOR
@@ -59,13 +62,17 @@ KEYWORDS = "keywords"
 PATH = "path"
 SWITCH = "switch"
 CHOICE = "choice"
-KINDS = (NUMBER, INTEGER, KEYWORDS, PATH, SWITCH, CHOICE)
+#: A date: ISO text (``2026-03-01``, ``2026-03-01T12:00:00``) or an MJD number, held as a UTC
+#: datetime (:func:`bias_pipeline.dates.parse_date`); in a TOML file also a TOML date or datetime.
+DATE = "date"
+KINDS = (NUMBER, INTEGER, KEYWORDS, PATH, SWITCH, CHOICE, DATE)
 
 #: Group titles, in the order of ``--help`` and ``--write-config``.
 GROUP_IO = "input and output"
 GROUP_FRAMES = "frame selection"
 GROUP_COMBINE = "grouping, combining and evaluation"
-GROUPS = (GROUP_IO, GROUP_FRAMES, GROUP_COMBINE)
+GROUP_DATES = "dates and validity"
+GROUPS = (GROUP_IO, GROUP_FRAMES, GROUP_COMBINE, GROUP_DATES)
 
 #: Earlier names of options -> their name now. They keep working as keyword arguments of
 #: :class:`PipelineConfig` (with a DeprecationWarning), as attributes, and as keys of an
@@ -165,6 +172,8 @@ class Option:
 
 
 def _shown_value(value: object) -> str:
+    if isinstance(value, _dt.datetime):
+        return format_date(value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -185,6 +194,8 @@ def _of_kind(value: object, opt: Option) -> None:
         for item in value if opt.nargs and isinstance(value, (tuple, list)) else (value,):
             if isinstance(item, bool) or not isinstance(item, numbers.Real):
                 raise ConfigError(f"{opt.flag} must be a number, got {value!r}")
+    if opt.kind == DATE and value is not None and not isinstance(value, _dt.datetime):
+        raise ConfigError(f"{opt.flag} must be a date, got {value!r}")
 
 
 def _positive(value: object, option: str, *, allow_zero: bool = False) -> None:
@@ -302,6 +313,18 @@ def _optional_keys(value: object, flag: str) -> tuple[str, ...]:
     return _keys(value, flag, optional=True)
 
 
+def _date(value: object, flag: str) -> _dt.datetime | None:
+    """A date option's value as a UTC datetime: ISO text, an MJD number, a datetime or a date."""
+    if value is None:
+        return None
+    if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):  # a TOML date
+        value = _dt.datetime(value.year, value.month, value.day, tzinfo=_dt.timezone.utc)
+    try:
+        return parse_date(value)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}; give a date such as 2026-03-01 or 2026-03-01T12:00:00 (UTC)") from None
+
+
 def _upper(value: object, flag: str) -> str:
     return str(value).upper()
 
@@ -326,10 +349,13 @@ _CONVERT: dict[str, Callable[[object, str], object]] = {
     "exposure_keys": _required_keys,
     "frame_type_keys": _optional_keys,
     "set_point_keys": _optional_keys,
+    "date_keys": _optional_keys,
     "bias_types": _bias_types,
     "temperature_unit": _upper,
     "input_bits": _text,
     "temperature_limits": _pair,
+    "valid_from": _date,
+    "valid_to": _date,
 }
 
 
@@ -366,6 +392,9 @@ class PipelineConfig:
         Keywords of the thermal set point; when every frame has one, frames are grouped by set
         point (the group temperature stays the mean of its frames' readings). Empty
         (``"none"``) groups by the readings alone.
+    date_keys
+        Keywords of the observation date, in order (ISO text or an MJD number); a frame without
+        a date is used, undated. Empty (``"none"``) reads no dates.
     max_exposure
         Longest exposure [s] still accepted as a bias frame.
     temp_bin_width
@@ -413,6 +442,14 @@ class PipelineConfig:
         this [deg C] is flagged in the manifest.
     evaluation
         Run step 5 (evaluation and plots).
+    date_gap
+        Days between two used frames' dates that start a new date cluster (epoch); a fit
+        across epochs whose temperatures follow their dates is warned about
+        (:mod:`bias_pipeline.epochs`).
+    valid_from, valid_to
+        The dates (UTC) the user declares the model valid for, written as ``VALID-FROM`` and
+        ``VALID-TO`` into the model; ISO text, an MJD number or a datetime. ``valid_to`` must be
+        after ``valid_from``.
     show_progress
         Draw tqdm progress bars (only when stderr is a terminal).
 
@@ -508,6 +545,16 @@ class PipelineConfig:
         "--set-point-keys",
         "header keywords for the thermal set point, deg C; when every frame has one, frames are grouped by it; "
         f"{NO_KEYS}: group by the readings",
+        KEYWORDS,
+        GROUP_FRAMES,
+        metavar="KEY[,KEY...]",
+        parse=parse_optional_keywords,
+    )
+    date_keys: tuple[str, ...] = option(
+        DEFAULT_DATE_KEYS,
+        "--date-keys",
+        "header keywords for the observation date (ISO UTC or an MJD number), first found wins; a frame without "
+        f"one is used, undated; {NO_KEYS}: no dates",
         KEYWORDS,
         GROUP_FRAMES,
         metavar="KEY[,KEY...]",
@@ -688,6 +735,33 @@ class PipelineConfig:
         SWITCH,
         GROUP_COMBINE,
     )
+    # ---- dates and validity
+    date_gap: float = option(
+        DEFAULT_DATE_GAP_DAYS,
+        "--date-gap",
+        "frames whose dates leave a gap longer than this start a new epoch (date cluster), days; a fit across "
+        "epochs whose temperatures follow the dates is warned about",
+        NUMBER,
+        GROUP_DATES,
+        metavar="DAYS",
+        check=_positive,
+    )
+    valid_from: _dt.datetime | None = option(
+        None,
+        "--valid-from",
+        "first date the model is declared valid for (UTC), written as VALID-FROM into the model",
+        DATE,
+        GROUP_DATES,
+        metavar="DATE",
+    )
+    valid_to: _dt.datetime | None = option(
+        None,
+        "--valid-to",
+        "last date the model is declared valid for (UTC), after --valid-from, written as VALID-TO into the model",
+        DATE,
+        GROUP_DATES,
+        metavar="DATE",
+    )
     # Not an option of its own: the command line sets it from -q (and from whether stderr is a terminal).
     show_progress: bool = True
 
@@ -732,6 +806,11 @@ class PipelineConfig:
                 _one_of(value, opt.flag, opt.choices)
             if opt.check is not None:
                 opt.check(value, opt.flag)
+        if self.valid_from is not None and self.valid_to is not None and self.valid_to <= self.valid_from:
+            raise ConfigError(
+                f"--valid-to {format_date(self.valid_to)} must be after --valid-from {format_date(self.valid_from)}; "
+                "give a later --valid-to or an earlier --valid-from"
+            )
 
     def as_dict(self) -> dict[str, object]:
         """Every field as plain JSON-friendly values (tuples as lists, paths as strings); the
@@ -763,6 +842,8 @@ PipelineConfig.__init__ = _init_with_deprecated_names  # type: ignore[method-ass
 
 
 def _plain(value: object) -> object:
+    if isinstance(value, _dt.datetime):
+        return format_date(value)
     if isinstance(value, tuple):
         return list(value)
     if isinstance(value, Path):

@@ -12,6 +12,8 @@ The rules:
   are interchangeable (``output-dir`` or ``output_dir``). A switch is ``true``/``false``
   (``generate-set = true``; ``no-evaluation = true`` works too); an option taking several values
   is an array (``temperature-limits = [-60, 80]``, ``temperature-keys = ["TEMPERATURE", "TEMP"]``).
+  A date is a TOML date or date-time (``valid-from = 2026-03-01``, UTC unless it states an
+  offset) or a string (``valid-from = "2026-03-01T12:00:00"``, an MJD number as ``"61100.5"``).
 - A relative path in a file is taken relative to the file's folder, not to the working
   directory, so a configuration kept beside its data works from anywhere. ``~`` is expanded.
 - Precedence: a flag on the command line wins over the file, the file wins over the defaults.
@@ -28,6 +30,7 @@ The reader is :mod:`tomllib` (Python 3.11+) or its backport ``tomli``; the write
 
 from __future__ import annotations
 
+import datetime as _dt
 import difflib
 import json
 import logging
@@ -43,6 +46,7 @@ from types import ModuleType
 
 from .config import (
     CHOICE,
+    DATE,
     DEPRECATED_NAMES,
     GROUPS,
     INTEGER,
@@ -56,6 +60,7 @@ from .config import (
     option_defaults,
     options,
 )
+from .dates import format_date, parse_date
 from .errors import BiasPipelineError, ConfigError, one_line
 
 logger = logging.getLogger(__name__)
@@ -67,6 +72,7 @@ _EXPECTED = {
     CHOICE: ("a string", "strings"),
     PATH: ("a path (a string)", "paths"),
     KEYWORDS: ("a list of header keywords", "keyword lists"),
+    DATE: ('a date (a TOML date or datetime, or a string such as "2026-03-01T12:00:00")', "dates"),
 }
 
 _TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
@@ -279,6 +285,13 @@ def _file_item(opt: Option, key: str, value: object, where: str, base: Path, def
             return opt.parse(value if isinstance(value, str) else ",".join(value))
         except ValueError as exc:
             raise ConfigError(f"{where}: key {key!r}: {exc}; correct the value") from None
+    if kind == DATE and isinstance(value, (str, _dt.date, int, float)) and not isinstance(value, bool):
+        if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):  # a TOML date: midnight UTC
+            value = value.isoformat()
+        try:
+            return parse_date(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: key {key!r}: {exc}; give a date such as 2026-03-01T12:00:00 (UTC)") from None
     if kind == NUMBER and number:
         if not math.isfinite(value):  # type: ignore[arg-type]
             raise ConfigError(f"{where}: key {key!r}: {value!r} is not a finite number; correct the value")
@@ -320,7 +333,8 @@ def toml_value(value: object) -> str:
     r"""The TOML form of an option's value.
 
     Booleans, integers, floats (their ``repr``, which reads back to the same float), strings
-    and paths (basic strings, escaped), and lists or tuples of those.
+    and paths (basic strings, escaped), datetimes (a TOML date-time in UTC, ``Z``), and lists or
+    tuples of those.
 
     Raises
     ------
@@ -334,9 +348,13 @@ def toml_value(value: object) -> str:
     ["TEMP", "C:\\raw \"new\"\n"]
     >>> toml_value((-60.0, 80.0)), toml_value(1e-4), toml_value(True), toml_value(3)
     ('[-60.0, 80.0]', '0.0001', 'true', '3')
+    >>> toml_value(parse_date("2026-03-01T12:00"))
+    '2026-03-01T12:00:00Z'
     """
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, _dt.datetime):  # a TOML offset date-time, in UTC
+        return format_date(value) + "Z"
     if isinstance(value, numbers.Integral):
         return str(int(value))
     if isinstance(value, numbers.Real):

@@ -4,6 +4,7 @@ decide, and writes the run's manifest, record and report; the work is in the ste
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from .compiled import describe_engine
 from .config import PipelineConfig, resolve_path
+from .dates import date_span, format_date
+from .epochs import EpochCheck, check_run_epochs
 from .errors import BiasPipelineError, InputDataError, OutputError
 from .frames import (
     STATUS_ACCEPTED,
@@ -28,7 +31,7 @@ from .master_writer import MasterFrame
 from .model import BiasModel
 from .output_folder import StagedRun, keep_stopped_run, output_lock, publish, stage_run
 from .plots import plot_temperature_check
-from .products import run_cards
+from .products import date_cards, run_cards
 from .provenance import input_digest, now_utc, provenance_cards, run_config_document, run_log, write_run_config
 from .registry import MANIFEST_NAME, TEMPERATURE_PLOT
 from .report import report_data, write_report
@@ -63,6 +66,12 @@ class PipelineResult:
         Per-temperature evaluation rows (empty when evaluation was skipped).
     synthetic_paths
         Synthetic frames written with ``generate_set``.
+    epochs
+        The used frames' date clusters and whether temperature is confounded with date
+        (:mod:`bias_pipeline.epochs`).
+    warnings
+        The run's warnings about its result as a whole (the confounding warning), also in
+        ``run_config.json`` and the report.
     """
 
     output_dir: Path
@@ -72,6 +81,8 @@ class PipelineResult:
     input_bits: int
     summary: list[dict[str, object]] = field(default_factory=list)
     synthetic_paths: list[Path] = field(default_factory=list)
+    epochs: EpochCheck = field(default_factory=EpochCheck)
+    warnings: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         """Number of files with ``status`` (``"used"``, ``"rejected"``, ``"ignored"``)."""
@@ -265,10 +276,16 @@ def _run_logged(context: RunContext) -> PipelineResult:
         "frames_used": result.count(STATUS_USED),
         "frames_rejected": result.count(STATUS_REJECTED),
         "files_ignored": result.count(STATUS_IGNORED),
-        "masters": [{"label": m.label, "temperature": m.temperature, "frames": m.n_frames} for m in result.masters],
+        "masters": [
+            {"label": m.label, "temperature": m.temperature, "frames": m.n_frames, **_date_record(m.date_range)}
+            for m in result.masters
+        ],
+        "date_range": _date_record(result.model.date_range) or None,
+        "epochs": result.epochs.as_dict(),
     }
     document = run_config_document(options=options, records=result.records, base=raw, started=started,
-                                   command_line=context.command_line, extra=facts)  # fmt: skip
+                                   command_line=context.command_line, extra=facts,
+                                   warnings=result.warnings)  # fmt: skip
     write_run_config(run.staging, document)
     data = report_data(
         result,
@@ -285,6 +302,13 @@ def _run_logged(context: RunContext) -> PipelineResult:
         logger.warning("report.html not written: %s: %s (the other products are complete)", type(exc).__name__, exc)
         logger.debug("report failure", exc_info=True)
     return result
+
+
+def _date_record(date_range: tuple[_dt.datetime, _dt.datetime] | None) -> dict[str, str]:
+    """``{"date_beg": ..., "date_end": ...}`` (ISO UTC) of a date range, empty when unknown."""
+    if date_range is None:
+        return {}
+    return {"date_beg": format_date(date_range[0]), "date_end": format_date(date_range[1])}
 
 
 def _as_published(result: PipelineResult, run: StagedRun) -> PipelineResult:
@@ -338,6 +362,7 @@ def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResul
             sum(r.status == STATUS_REJECTED for r in final),
             sum(r.status == STATUS_IGNORED for r in final),
         )
+        epochs = check_run_epochs(final, {m.label: m.temperature for m in masters}, config.date_gap)
         # Step 3: the model. The fit on the masters also serves step 5's held-out check, so with
         # --fit-on frames it is made only when the evaluation runs.
         masters_model = fit_model(masters, mask, config) if config.fit_on == "masters" or config.evaluation else None
@@ -347,8 +372,21 @@ def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResul
         else:
             assert masters_model is not None
             model = masters_model
+        # The model's dates: those of the frames behind it, and the validity the user declared.
+        used_dates = date_span(r.date_obs for r in final if r.status == STATUS_USED)
+        model = dataclasses.replace(
+            model, date_range=used_dates, valid_from=config.valid_from, valid_to=config.valid_to
+        )
         model.save(dirs["model"], cards={"INBITS": (input_bits, "bit depth of the input values")})
-        result = PipelineResult(context.run.staging, final, masters, model, input_bits)
+        result = PipelineResult(
+            context.run.staging,
+            final,
+            masters,
+            model,
+            input_bits,
+            epochs=epochs,
+            warnings=[epochs.warning] if epochs.warning else [],
+        )
         # Step 4: synthetic frames at the masters' temperatures.
         if config.generate_set:
             result.synthetic_paths = write_synthetic_set(
@@ -358,7 +396,8 @@ def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResul
                 "%d synthetic frames for %s", len(result.synthetic_paths), context.run.final_path(dirs["synthetic"])
             )
         if config.evaluation:
-            result.summary, checks = _evaluate(context, model, masters, final, masters_model)
+            with run_cards(date_cards(model.date_range, "the frames behind the model")):
+                result.summary, checks = _evaluate(context, model, masters, final, masters_model)
             result.records = decided = with_temperature_checks(final, checks)
             plot_temperature_check(result.records, dirs["evaluation"] / TEMPERATURE_PLOT, config.temperature_tolerance)
     except BaseException as exc:

@@ -6,6 +6,7 @@ published (renamed to the final names, all or none) or discarded.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import logging
 import math
 import os
@@ -20,9 +21,10 @@ from astropy.io import fits
 
 from .combine import Combined
 from .config import PipelineConfig
+from .dates import date_span
 from .errors import InputDataError, OutputError, fits_problem
 from .grouping import FrameGroup
-from .products import TEMPORARY_SUFFIX, product_header, read_image, write_image
+from .products import TEMPORARY_SUFFIX, date_cards, product_header, read_image, write_image
 from .registry import MASTER, labelled_name
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ class MasterFrame:
     """A master bias written to disk, with what downstream steps need to know about it.
 
     The pixels are read back on demand with :meth:`load`, so steps 3 and 5 hold one master in
-    memory at a time however many groups there are.
+    memory at a time however many groups there are. ``date_range`` is the first and last
+    observation date (UTC) of its frames (``DATE-BEG``, ``DATE-END``), ``None`` when none had one.
     """
 
     label: str
@@ -71,6 +74,7 @@ class MasterFrame:
     temperature_span: tuple[float, float] = (math.nan, math.nan)
     method: str = "median"
     noise_median: float = math.nan
+    date_range: tuple[_dt.datetime, _dt.datetime] | None = None
 
     def load(self) -> np.ndarray:
         """The master's pixels, float32 16-bit ADU."""
@@ -227,6 +231,7 @@ def write_master(
         noise_median = float(np.nanmedian(combined.noise))
     else:
         noise_median = combined.typical_noise  # measured by the combiner (the same median)
+    dates = date_span(r.date_obs for r in group.records)
     header = product_header(
         "MASTER_BIAS",
         f"master bias, {config.combine_method} of {len(group.records)} frames",
@@ -239,6 +244,7 @@ def write_master(
             "COMBMETH": (config.combine_method, "how the frames were combined"),
             "INBITS": (input_bits, "bit depth of the input values"),
             "NOISEMED": (noise_median, "[adu] median temporal noise of one frame"),
+            **date_cards(dates, "the frames combined"),
         },
     )
     extensions = [
@@ -263,6 +269,7 @@ def write_master(
         (low, high),
         method=config.combine_method,
         noise_median=noise_median,
+        date_range=dates,
     )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from astropy.io import fits
 
 from ._version import __version__
+from .dates import DATE_BEGIN_KEY, DATE_END_KEY, format_date
 from .errors import InputDataError, OutputError, fits_problem
 
 logger = logging.getLogger(__name__)
@@ -142,6 +143,41 @@ def product_header(
             value, comment = value
         add_card(header, key, value, comment)
     return header
+
+
+def date_cards(
+    date_range: tuple[_dt.datetime, _dt.datetime] | None, what: str = "the frames behind it"
+) -> dict[str, tuple[str, str]]:
+    """``DATE-BEG`` and ``DATE-END`` cards (the FITS standard's first and last observation) of a
+    product, or none when no date is known.
+
+    Parameters
+    ----------
+    date_range
+        ``(first, last)`` observation date (UTC), or ``None``.
+    what
+        What the dates are of, for the cards' comments.
+
+    Returns
+    -------
+    dict
+        ``{keyword: (ISO date, comment)}`` for :func:`product_header`'s ``cards``.
+
+    Examples
+    --------
+    >>> from bias_pipeline.dates import parse_date
+    >>> date_cards((parse_date("2026-03-01"), parse_date(61100.5)))["DATE-END"][0]
+    '2026-03-01T12:00:00'
+    >>> date_cards(None)
+    {}
+    """
+    if date_range is None:
+        return {}
+    first, last = date_range
+    return {
+        DATE_BEGIN_KEY: (format_date(first), f"[UTC] first observation of {what}"),
+        DATE_END_KEY: (format_date(last), f"[UTC] last observation of {what}"),
+    }
 
 
 def add_card(header: fits.Header, keyword: str, value: object, comment: str = "") -> None:

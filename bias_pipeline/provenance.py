@@ -101,6 +101,7 @@ def run_config_document(
     started: str,
     command_line: Sequence[str] | None = None,
     extra: Mapping[str, object] | None = None,
+    warnings: Sequence[str] = (),
 ) -> dict[str, object]:
     """What ``OUT_DIR/run_config.json`` records of a run, as a JSON-friendly dict that
     :func:`write_run_config` writes.
@@ -119,13 +120,17 @@ def run_config_document(
     command_line
         The command as typed (default ``sys.argv``).
     extra
-        Further facts of the run (input bit depth, counts).
+        Further facts of the run (input bit depth, counts, dates).
+    warnings
+        Warnings about the run's result as a whole (temperature confounded with date), each one
+        line; recorded as ``warnings`` (an empty list when there are none).
 
     Returns
     -------
     dict
-        ``software``, ``command_line``, ``started``, ``finished``, ``options``, ``run`` and
-        ``inputs`` (count, digest, and path, SHA-256, size and status of each input).
+        ``software``, ``command_line``, ``started``, ``finished``, ``options``, ``run``,
+        ``warnings`` and ``inputs`` (count, digest, and path, SHA-256, size and status of each
+        input).
     """
     count, digest = input_digest(records, base)
     return {
@@ -135,6 +140,7 @@ def run_config_document(
         "finished": now_utc(),
         "options": dict(options),
         "run": dict(extra or {}),
+        "warnings": list(warnings),
         "inputs": {
             "count": count,
             "digest_sha256": digest,

@@ -4,15 +4,18 @@ The page has no external resource (images are embedded as ``data:`` URIs, the st
 inline, no script), so it opens from a file, from an e-mail attachment or from an archive. Its
 links to the products are relative, so they keep working when the output folder is moved.
 
-Sections: the run (software, command, times), the frames (found, used, rejected by reason,
-ignored), the temperature groups, the model (a, b, and read-noise maps with histograms, drawn
-from a block-averaged copy whose factor is stated), the pixel flags, the per-temperature
-errors and their plot, the worst pixels, and a list of every product.
+Sections: the run's warnings about its result (temperature confounded with date), the run
+(software, command, times), the frames (found, used, rejected by reason, ignored; when they
+were taken, and their date clusters), the temperature groups (with their dates), the model
+(a, b, and read-noise maps with histograms, drawn from a block-averaged copy whose factor is
+stated), the pixel flags, the per-temperature errors and their plot, the worst pixels, and a
+list of every product.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import html
 import json
 import logging
@@ -30,6 +33,8 @@ import numpy as np
 from . import eval_kernels
 from ._version import __version__
 from .compiled import engine
+from .dates import date_span, format_date
+from .epochs import EpochCheck
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
 from .master_writer import MasterFrame
 from .model import BiasModel
@@ -54,6 +59,7 @@ class GroupRow:
     n_frames: int
     path: Path | None = None
     temperature_span: tuple[float, float] = (math.nan, math.nan)
+    date_range: tuple[_dt.datetime, _dt.datetime] | None = None
 
 
 @dataclass
@@ -87,6 +93,12 @@ class ReportData:
     temperature_tolerance
         ``--temperature-tolerance`` of the run [deg C], for the temperature-check figure (not
         drawn when ``None``).
+    warnings
+        Warnings about the run as a whole (temperature confounded with date), shown in a block
+        at the top of the page.
+    epochs
+        The used frames' date clusters (:mod:`bias_pipeline.epochs`), listed when there are two
+        or more.
     """
 
     output_dir: Path
@@ -100,6 +112,8 @@ class ReportData:
     files_dir: Path | None = None
     files: Sequence[tuple[Path, Path]] | None = None
     temperature_tolerance: float | None = None
+    warnings: Sequence[str] = ()
+    epochs: EpochCheck | None = None
 
     @property
     def source(self) -> Path:
@@ -155,9 +169,20 @@ def report_data(
     if run_info is None:
         run_info = read_run_info(out)
     groups = [
-        GroupRow(m.label, float(m.temperature), int(m.n_frames), Path(m.path), tuple(m.temperature_span))
+        GroupRow(
+            m.label,
+            float(m.temperature),
+            int(m.n_frames),
+            Path(m.path),
+            tuple(m.temperature_span),
+            getattr(m, "date_range", None),
+        )
         for m in result.masters
     ]
+    warnings = getattr(result, "warnings", None)
+    if warnings is None:  # a result without them: those the run recorded
+        recorded = run_info.get("warnings")
+        warnings = [str(w) for w in recorded] if isinstance(recorded, list) else []
     found = run_info.get("options")
     options: Mapping[str, object] = found if isinstance(found, dict) else {}
     raw = options.get("basepath")
@@ -176,6 +201,8 @@ def report_data(
         temperature_tolerance=temperature_tolerance,
         files_dir=files_dir,
         files=files,
+        warnings=list(warnings),
+        epochs=getattr(result, "epochs", None),
     )
 
 
@@ -242,8 +269,9 @@ def render_report(data: ReportData) -> str:
     model = data.model
     low, high = model.temperature_range or (math.nan, math.nan)
     sections = [
+        _warnings_section(data.warnings),
         _run_section(data),
-        _frames_section(data.records),
+        _frames_section(data.records, data.epochs),
         _groups_section(data),
         _model_section(model),
         _flags_section(model),
@@ -285,7 +313,42 @@ def _run_section(data: ReportData) -> str:
     return _section("Run", body)
 
 
-def _frames_section(records: Sequence[FrameRecord]) -> str:
+def _warnings_section(warnings: Sequence[str]) -> str:
+    """The run's warnings about its result as a whole, in a block above everything else."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
+    return f'<div class="warning" id="warnings" role="alert"><strong>Warning</strong><ul>{items}</ul></div>'
+
+
+def _dates_paragraph(used: Sequence[FrameRecord], epochs: EpochCheck | None) -> str:
+    """When the used frames were taken, and their date clusters when there are several."""
+    span = date_span(r.date_obs for r in used)
+    undated = sum(r.date_obs is None for r in used)
+    if span is None:
+        return "<p>No frame used has an observation date (see --date-keys).</p>" if used else ""
+    text = (
+        f'<p>Frames used were taken <span id="date-range">{format_date(span[0])} to {format_date(span[1])}</span> '
+        "(UTC, first and last observation)" + (f"; {undated} without a date" if undated else "") + ".</p>"
+    )
+    if epochs is not None and len(epochs.clusters) > 1:
+        rows = [
+            (
+                str(i + 1),
+                format_date(c.begin),
+                format_date(c.end),
+                str(c.n_frames),
+                ", ".join(f"{label} ({n})" for label, _, n in c.groups),
+            )
+            for i, c in enumerate(epochs.clusters)
+        ]
+        text += f"<h3>Date clusters (gaps longer than {epochs.gap_days:g} days)</h3>" + _table(
+            ("epoch", "first (UTC)", "last (UTC)", "frames", "groups (frames)"), rows, css="epochs"
+        )
+    return text
+
+
+def _frames_section(records: Sequence[FrameRecord], epochs: EpochCheck | None = None) -> str:
     counts = Counter(r.status for r in records)
     rejected = [r for r in records if r.status == STATUS_REJECTED]
     ignored = [r for r in records if r.status == STATUS_IGNORED]
@@ -309,6 +372,7 @@ def _frames_section(records: Sequence[FrameRecord]) -> str:
         temps = [float(r.temperature) for r in used if r.temperature is not None]
         if temps:
             body += f"<p>Frames used span {min(temps):.2f} to {max(temps):.2f} deg C (header temperatures).</p>"
+        body += _dates_paragraph(used, epochs)
     for what, chosen in (("Rejected", rejected), ("Ignored", ignored)):
         if not chosen:
             continue
@@ -335,13 +399,14 @@ def _groups_section(data: ReportData) -> str:
         span = g.temperature_span
         spread = f"{span[0]:.2f} to {span[1]:.2f}" if all(math.isfinite(s) for s in span) else ""
         link = _link(data.output_dir, g.path) if g.path else ""
-        rows.append((_esc(g.label), f"{g.temperature:.3f}", spread, str(g.n_frames), link))
+        dates = f"{format_date(g.date_range[0])} to {format_date(g.date_range[1])}" if g.date_range else ""
+        rows.append((_esc(g.label), f"{g.temperature:.3f}", spread, str(g.n_frames), dates, link))
     body = (
         f"<p>{len(data.groups)} temperature groups, {sum(g.n_frames for g in data.groups)} frames, "
         f'fitted temperature range <span id="temperature-range">{low:.2f} to {high:.2f}</span> deg C.</p>'
     )
     body += _table(
-        ("group (deg C)", "mean temperature (deg C)", "frame temperatures (deg C)", "frames", "master"),
+        ("group (deg C)", "mean temperature (deg C)", "frame temperatures (deg C)", "frames", "dates (UTC)", "master"),
         rows,
         escape=False,
         css="groups",
@@ -619,6 +684,8 @@ dd { margin: 0; overflow-wrap: anywhere; }
 .number .value { display: block; font-size: 1.8em; font-weight: 600; } .number .label { color: #555; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.9em; }
+.warning { border: 2px solid #c60; background: #fff4e5; border-radius: 6px; padding: 0.6em 1em; margin: 1em 0; }
+.warning ul { margin: 0.3em 0 0 0; }
 """
 
 _PAGE = """<!DOCTYPE html>

@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..config import KELVIN_OFFSET, PipelineConfig
+from ..dates import format_date
 from ..errors import FrameReadError, InputDataError
 from ..frames import (
     STATUS_ACCEPTED,
@@ -56,6 +57,7 @@ __all__ = [
     "manifest_text",
     "not_regular",
     "scan_frames",
+    "warn_unreadable_dates",
     "write_manifest",
     *LEGACY_NAMES,
 ]
@@ -72,6 +74,9 @@ MANIFEST_COLUMNS = (
     "exposure_key",
     "frame_type",
     "set_point",
+    "date_obs",
+    "date_key",
+    "date_problem",
     "offset_adu",
     "offset_sigma",
     "temperature_est",
@@ -384,7 +389,42 @@ def scan_frames(
     for record in records:
         if record.status == STATUS_ACCEPTED:
             logger.debug("accepted %s: %.3f deg C, %g s", record.path, record.temperature, record.exposure)
+    warn_unreadable_dates(records)
     return records, bits
+
+
+#: Frames with an unreadable date named one by one in the log; the rest are counted.
+NAMED_DATE_PROBLEMS = 5
+
+
+def warn_unreadable_dates(records: Sequence[FrameRecord], named: int = NAMED_DATE_PROBLEMS) -> list[FrameRecord]:
+    """Warn about the accepted frames whose date card could not be read: each is still used,
+    undated. The first ``named`` are one warning each, naming the file and the problem; the
+    others one warning that counts them (the manifest's ``date_problem`` column has them all).
+
+    Parameters
+    ----------
+    records
+        The scan's records.
+    named
+        How many frames to name one by one.
+
+    Returns
+    -------
+    list of FrameRecord
+        The accepted frames with a date problem.
+    """
+    troubled = [r for r in records if r.status == STATUS_ACCEPTED and r.date_problem]
+    for record in troubled[:named]:
+        logger.warning("%s: the date cannot be read (%s); the frame is used, undated", record.path, record.date_problem)
+    if len(troubled) > named:
+        logger.warning(
+            "%d more frames with an unreadable date are used, undated (%d in all; see the date_problem column of %s)",
+            len(troubled) - named,
+            len(troubled),
+            MANIFEST_NAME,
+        )
+    return troubled
 
 
 def _ignore_copies(records: Sequence[FrameRecord]) -> None:
@@ -423,6 +463,7 @@ def _inspect_file(path: Path, config: PipelineConfig, reader: FrameReader) -> tu
         config.exposure_keys,
         frame_type_keys=config.frame_type_keys,
         set_point_keys=config.set_point_keys,
+        date_keys=config.date_keys,
         scale_factor=config.scale_factor,
         reader=reader,
     )
@@ -463,6 +504,9 @@ def manifest_text(records: Sequence[FrameRecord], base_path: Path | None = None)
                 record.exposure_key,
                 record.frame_type,
                 "" if record.set_point is None else f"{record.set_point:g}",
+                "" if record.date_obs is None else format_date(record.date_obs),
+                record.date_key,
+                record.date_problem,
                 "" if record.offset is None else f"{record.offset:.4f}",
                 "" if record.offset_sigma is None else f"{record.offset_sigma:.2f}",
                 "" if record.temperature_est is None else f"{record.temperature_est:.4f}",

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import InputDataError
 from ..lazy import forward
 from ..model import BiasModel
-from ..products import product_header, temperature_label, unique_labels, write_image
+from ..products import date_cards, product_header, temperature_label, unique_labels, write_image
 from ..registry import MODEL_DIR, MODEL_FILE_NAME, SYNTHETIC, labelled_name
 from ..units import DEFAULT_SCALE_FACTOR, quantise_to_adc
 
@@ -71,7 +71,8 @@ def generate_synthetic_bias(
 
 
 def synthetic_header(model: BiasModel, temperature: float, extra: dict[str, object] | None = None):
-    """Header of a synthetic frame: what it is, its temperature and the model's range."""
+    """Header of a synthetic frame: what it is, its temperature and the model's range (of
+    temperatures, and of dates: ``DATE-BEG``, ``DATE-END``)."""
     cards: dict[str, object] = {
         "TEMPERATURE": (float(temperature), "[deg C] temperature the frame is modelled at"),
         "NMASKED": (int(model.mask.sum()), "pixels without a model (NaN)"),
@@ -83,6 +84,7 @@ def synthetic_header(model: BiasModel, temperature: float, extra: dict[str, obje
         cards["EXTRAPOL"] = (bool(temperature < low or temperature > high), "outside the fit range")
     cards["MODEL"] = (model.law, "T in deg C")
     cards["DEGREE"] = (model.degree, "polynomial degree in temperature")
+    cards.update(date_cards(model.date_range, "the frames behind the model"))
     cards.update(extra or {})
     return product_header(
         "SYNTHETIC_BIAS",
