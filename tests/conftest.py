@@ -132,3 +132,23 @@ def one_line_error(done: subprocess.CompletedProcess[str], code: int, *fragments
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def _package_logging_restored():
+    """A test that calls a command's ``main`` in-process (verify, compare) lets it configure the
+    console logging, bound to that test's captured stderr; restore the loggers afterwards so the
+    next test sees logging as a library caller left it."""
+    import logging
+
+    saved = {}
+    for name in ("bias_pipeline", "py.warnings"):
+        logger = logging.getLogger(name)
+        saved[name] = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+    logging.captureWarnings(False)
