@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -28,28 +28,22 @@ from .command import (
     EXIT_TERMINATED,
     ConsoleHandler,
     OneLineParser,
+    argparse_type,
     finite_float,
     guarded,
     setup_logging,
 )
 from .config import (
     CHOICE,
-    DATE,
     GROUP_IO,
     GROUPS,
-    INTEGER,
-    KEYWORDS,
-    NUMBER,
-    PATH,
     SWITCH,
-    Option,
     PipelineConfig,
     help_text,
     option_defaults,
     options,
 )
 from .config_file import blame_file, format_config, load_config_file
-from .dates import parse_date
 from .errors import BiasPipelineError, ConfigError
 from .registry import (
     A_MAP_NAME,
@@ -146,39 +140,6 @@ _COMMAND_LINE_GROUPS = {
 }
 
 
-def _argparse_type(opt: Option) -> Callable[[str], object] | None:
-    """The argparse ``type`` of a schema option's kind."""
-    if opt.kind == NUMBER:
-        return finite_float
-    if opt.kind == INTEGER:
-        return int
-    if opt.kind == PATH:
-        return Path
-    if opt.kind == KEYWORDS:
-        parse = opt.parse
-        assert parse is not None
-
-        def keywords(text: str) -> object:
-            try:
-                return parse(text)
-            except ValueError as exc:
-                raise argparse.ArgumentTypeError(str(exc)) from None
-
-        return keywords
-    if opt.kind == DATE:
-        return _date_argument
-    return None  # a choice (argparse checks it) or a switch
-
-
-def _date_argument(text: str) -> object:
-    """A date option's text as a UTC datetime (ISO or an MJD number)."""
-    try:
-        return parse_date(text)
-    except ValueError as exc:
-        example = "2026-03-01 or 2026-03-01T12:00:00 (UTC)"
-        raise argparse.ArgumentTypeError(f"{exc}; give a date such as {example}") from None
-
-
 def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
     """The argument parser of the pipeline command, made from the option schema.
 
@@ -203,7 +164,7 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
         if opt.kind == SWITCH:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs.update(type=_argparse_type(opt), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
+            kwargs.update(type=argparse_type(opt), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
             if opt.kind == CHOICE or (opt.choices is not None and opt.metavar is None):
                 del kwargs["metavar"]
         groups[opt.group].add_argument(opt.flag, **kwargs)  # type: ignore[arg-type]

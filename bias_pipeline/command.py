@@ -15,9 +15,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from tqdm import tqdm
 
+from .config import DATE, INTEGER, KEYWORDS, NUMBER, PATH, Option
+from .dates import parse_date
 from .errors import BiasPipelineError
 from .interrupts import Terminated, raise_terminated
 from .provenance import PACKAGE_LOGGER
@@ -54,6 +57,39 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
+
+
+def argparse_type(opt: Option) -> Callable[[str], object] | None:
+    """The argparse ``type`` of a schema option's kind (every command that offers schema options uses it)."""
+    if opt.kind == NUMBER:
+        return finite_float
+    if opt.kind == INTEGER:
+        return int
+    if opt.kind == PATH:
+        return Path
+    if opt.kind == KEYWORDS:
+        parse = opt.parse
+        assert parse is not None
+
+        def keywords(text: str) -> object:
+            try:
+                return parse(text)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        return keywords
+    if opt.kind == DATE:
+        return _date_argument
+    return None  # a choice (argparse checks it) or a switch
+
+
+def _date_argument(text: str) -> object:
+    """A date option's text as a UTC datetime (ISO or an MJD number)."""
+    try:
+        return parse_date(text)
+    except ValueError as exc:
+        example = "2026-03-01 or 2026-03-01T12:00:00 (UTC)"
+        raise argparse.ArgumentTypeError(f"{exc}; give a date such as {example}") from None
 
 
 class ConsoleHandler(logging.StreamHandler):

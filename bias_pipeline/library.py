@@ -307,7 +307,7 @@ class BiasLibrary:
             When the temperature or date is unusable, or no model is valid on ``date``.
         """
         temperature = _as_temperature(temperature)
-        when = _as_date(date)
+        when = date_argument(date)
         candidates = list(self._entries)
         if when is not None:
             candidates = [entry for entry in candidates if entry.valid_on(when)]
@@ -372,7 +372,14 @@ def _as_temperature(temperature: object) -> float:
     return value
 
 
-def _as_date(date: object) -> _dt.datetime | None:
+def date_argument(date: object) -> _dt.datetime | None:
+    """A caller's ``date=`` (ISO text, MJD, datetime or ``None``) as a UTC datetime.
+
+    Raises
+    ------
+    InputDataError
+        When it is not a date.
+    """
     if date is None:
         return None
     try:

@@ -35,7 +35,7 @@ from .config import DEFAULT_EXPOSURE_KEYS, DEFAULT_TEMPERATURE_KEYS
 from .dates import DEFAULT_DATE_KEYS, format_date, parse_date
 from .errors import FrameReadError, InputDataError
 from .frames import inspect_frame, lookup_number, read_frame
-from .library import BiasLibrary, LibraryEntry
+from .library import BiasLibrary, LibraryEntry, date_argument
 from .model import BiasModel
 from .products import add_card
 from .units import input_factor, to_adu16
@@ -128,21 +128,12 @@ def subtract_bias(
         if temperature is None:
             raise InputDataError("an array has no header: pass temperature= (deg C)")
         frame = np.asarray(frame_or_path, dtype=np.float32)
-        when, what = _as_date(date), "the frame"
+        when, what = date_argument(date), "the frame"
     chosen, _ = _choose(chooser, float(temperature), when, what)
     _check_shape(frame.shape, chosen)
     frame = to_adu16(frame, input_bits, chosen.scale_factor)
     bias = chosen.predict(float(temperature))
     return (frame - bias).astype(np.float32)
-
-
-def _as_date(date: object) -> _dt.datetime | None:
-    if date is None:
-        return None
-    try:
-        return parse_date(date)
-    except ValueError as exc:
-        raise InputDataError(f"date= {exc}") from None
 
 
 def _from_path(
@@ -154,7 +145,7 @@ def _from_path(
     date_keys: Sequence[str],
 ) -> tuple[float, _dt.datetime | None]:
     """The temperature and date of a frame file: the arguments, else its header."""
-    when = _as_date(date)
+    when = date_argument(date)
     needs_date = isinstance(chooser, BiasLibrary) and when is None
     if temperature is not None and not needs_date:
         return float(temperature), when
@@ -242,7 +233,7 @@ def _subtract_from_ccd(
             raise InputDataError(f"{what}: {exc}; pass temperature=") from None
         assert found is not None
         temperature, source = found[0], found[1]
-    when = _as_date(date)
+    when = date_argument(date)
     if when is None and isinstance(chooser, BiasLibrary):
         when = _ccd_date(header, date_keys, what)
         _note_undated(when, chooser, what, date_keys)

@@ -37,7 +37,7 @@ import logging
 import math
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +45,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ._version import __version__
-from .command import OneLineParser, finite_float, guarded, setup_logging
-from .config import CHOICE, GROUP_FRAMES, INTEGER, KEYWORDS, NUMBER, PATH, SWITCH, PipelineConfig, help_text, options
+from .command import OneLineParser, argparse_type, finite_float, guarded, setup_logging
+from .config import CHOICE, GROUP_FRAMES, SWITCH, PipelineConfig, help_text, options
 from .dates import format_date
 from .errors import FrameReadError, InputDataError, OutputError
 from .frames import STATUS_ACCEPTED, STATUS_IGNORED, FrameRecord, read_frame
@@ -776,29 +776,6 @@ SCHEMA_OPTIONS = tuple(name for name, opt in options().items() if opt.group == G
 HELP_OVERRIDES = {"threads": "worker threads of the scan; 0: as many as CPUs, at most 8 (default 0)"}
 
 
-def _schema_type(name: str) -> Callable[[str], object] | None:
-    """The argparse ``type`` of a schema option (as the run command reads it)."""
-    opt = options()[name]
-    if opt.kind == NUMBER:
-        return finite_float
-    if opt.kind == INTEGER:
-        return int
-    if opt.kind == PATH:
-        return Path
-    if opt.kind == KEYWORDS:
-        parse = opt.parse
-        assert parse is not None
-
-        def keywords(text: str) -> object:
-            try:
-                return parse(text)
-            except ValueError as exc:
-                raise argparse.ArgumentTypeError(str(exc)) from None
-
-        return keywords
-    return None
-
-
 def _positive_number(text: str) -> float:
     value = finite_float(text)
     if value <= 0:
@@ -877,7 +854,7 @@ def build_parser(prog: str = "python -m bias_pipeline verify") -> argparse.Argum
         if opt.kind == SWITCH:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs.update(type=_schema_type(name), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
+            kwargs.update(type=argparse_type(opt), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
             if opt.kind == CHOICE or (opt.choices is not None and opt.metavar is None):
                 del kwargs["metavar"]
         frames.add_argument(opt.flag, **kwargs)  # type: ignore[arg-type]
