@@ -9,6 +9,7 @@ record.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -21,6 +22,7 @@ import numpy as np
 from .combine import (
     BYTES_PER_PIXEL_MAPS,
     COMBINE_METHODS,
+    MEDIAN_EFFICIENCY,
     Combined,
     bytes_per_frame_pixel,
     combine_sorted,
@@ -42,6 +44,14 @@ from .frames import (
     read_uint16_rows,
     reading,
 )
+from .row_noise import (
+    MIN_ROW_PIXELS,
+    RowNoiseTest,
+    expected_row_variance,
+    frame_row_noise,
+    row_noise_significant,
+    row_offsets,
+)
 from .units import DEFAULT_SCALE_FACTOR, input_factor
 from .workers import default_threads, worker_pool
 
@@ -60,9 +70,15 @@ MAX_BLOCK_ROWS = 128  # taller blocks gain nothing; shorter ones spend time in t
 WORKING_SET_MB = 12.0  # frame buffers per worker: memory stays flat in the number of frames
 
 
-def block_bytes_per_row(n_frames: int, columns: int, itemsize: int = 2) -> int:
-    """Bytes one worker holds per row of its block: frame buffers plus per-pixel maps."""
-    return columns * (max(1, n_frames) * bytes_per_frame_pixel(itemsize) + BYTES_PER_PIXEL_MAPS)
+#: Bytes per frame pixel the row correction adds: the frames as float32 values, corrected.
+BYTES_PER_CORRECTED_PIXEL = 4
+
+
+def block_bytes_per_row(n_frames: int, columns: int, itemsize: int = 2, corrected: bool = False) -> int:
+    """Bytes one worker holds per row of its block: frame buffers plus per-pixel maps (plus the
+    corrected frames when row noise may be removed)."""
+    per_frame_pixel = bytes_per_frame_pixel(itemsize) + (BYTES_PER_CORRECTED_PIXEL if corrected else 0)
+    return columns * (max(1, n_frames) * per_frame_pixel + BYTES_PER_PIXEL_MAPS)
 
 
 def block_rows(
@@ -74,6 +90,7 @@ def block_rows(
     itemsize: int = 2,
     *,
     tall: bool = False,
+    corrected: bool = False,
 ) -> int:
     """Rows per block so that every worker's block buffers fit the memory limit together.
 
@@ -83,7 +100,8 @@ def block_rows(
     frame buffers are kept near :data:`WORKING_SET_MB` per worker, so memory does not grow
     with the group size, and never above the limit. At least one row (a group too large for
     the limit then exceeds it, and step 2 says so). ``tall`` asks for the tallest blocks the
-    limit allows (compressed frames are decoded whole for every block).
+    limit allows (compressed frames are decoded whole for every block). ``corrected``: the
+    block also holds its frames as float32 for the row correction.
 
     >>> block_rows(15, 2048, 2048, 512, threads=2)
     51
@@ -95,10 +113,11 @@ def block_rows(
     48
     """
     budget = memory_limit * 1024 * 1024 / max(1, threads)
-    by_limit = budget // block_bytes_per_row(n_frames, columns, itemsize)
+    by_limit = budget // block_bytes_per_row(n_frames, columns, itemsize, corrected)
     if tall:
         return int(max(1, min(rows, by_limit)))
-    working_set = WORKING_SET_MB * 1024 * 1024 // (columns * max(1, n_frames) * bytes_per_frame_pixel(itemsize))
+    per_frame_pixel = bytes_per_frame_pixel(itemsize) + (BYTES_PER_CORRECTED_PIXEL if corrected else 0)
+    working_set = WORKING_SET_MB * 1024 * 1024 // (columns * max(1, n_frames) * per_frame_pixel)
     return int(max(1, min(rows, MAX_BLOCK_ROWS, working_set, by_limit)))
 
 
@@ -122,6 +141,16 @@ class GroupResult:
     fingerprint
         Per frame: sums that two frames with identical pixels share exactly (a copy is then
         confirmed pixel by pixel).
+    row_offsets
+        ``(n_frames, rows)`` each frame's row offsets against the preliminary master [ADU];
+        ``None`` when row noise was not measured (one frame, or rows too short).
+    row_noise
+        Per frame: its row-noise amplitude [ADU] (:func:`~bias_pipeline.row_noise.frame_row_noise`);
+        NaN when not measured.
+    row_test
+        The group's test of row noise against read noise (the ``auto`` rule).
+    row_corrected
+        Whether the row offsets were removed before the final combine.
     """
 
     combined: Combined
@@ -129,6 +158,10 @@ class GroupResult:
     offset: np.ndarray
     offset_error: np.ndarray
     fingerprint: list[tuple[float, float, int]]
+    row_offsets: np.ndarray | None = None
+    row_noise: np.ndarray | None = None
+    row_test: RowNoiseTest | None = None
+    row_corrected: bool = False
 
 
 def _frame_statistics(
@@ -192,6 +225,12 @@ class BlockPlan:
         Whether every frame is plain unsigned 16-bit (read as integers, else as float32).
     engine
         ``"numba"`` or ``"numpy"`` (:func:`bias_pipeline.compiled.engine`).
+    measure_rows, correct_rows
+        Whether to measure each frame's row offsets against the block's preliminary master, and
+        whether to remove them and combine again (:mod:`bias_pipeline.row_noise`).
+    efficiency
+        The combine's efficiency (1.2533 for a median, 1 otherwise), for the row offsets'
+        expected variance.
     """
 
     records: tuple[FrameRecord, ...]
@@ -205,6 +244,9 @@ class BlockPlan:
     factor: float
     as_uint16: bool
     engine: str
+    measure_rows: bool = False
+    correct_rows: bool = False
+    efficiency: float = 1.0
 
 
 @dataclass
@@ -222,6 +264,10 @@ class BlockResult:
     outliers, sums, squares, inside
         Per frame: pixels beyond ``outlier_sigma`` noise of the master, and the sum, sum of
         squares and count of the other pixels' differences from it (stored units).
+    row_offsets, row_expected
+        ``(n_frames, stop - start)`` each frame's row offsets against the preliminary master
+        [ADU] and ``(stop - start,)`` the variance read noise alone gives them [ADU^2]; ``None``
+        when not measured.
     """
 
     start: int
@@ -234,6 +280,8 @@ class BlockResult:
     sums: np.ndarray
     squares: np.ndarray
     inside: np.ndarray
+    row_offsets: np.ndarray | None = None
+    row_expected: np.ndarray | None = None
 
 
 # Buffers one thread reuses from block to block: allocating them anew for every block would
@@ -304,10 +352,31 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
                 read_uint16_rows(record, start, stop, raw[index])
         except FrameReadError as exc:
             raise CombineReadError(str(exc), record) from exc
-    if compiled:
-        master, noise, error, n_used, (outliers, sums, squares, inside) = combine_block_compiled(
-            raw,
-            swapped=plan.as_uint16,
+    master, noise, error, n_used, statistics = _combine_values(plan, raw, swapped=compiled and plan.as_uint16)
+    measured = _measure_rows(plan, raw, master, noise, held)
+    if measured is None:
+        return BlockResult(start, stop, master, noise, error, n_used, *statistics)
+    offsets, expected, values = measured
+    if values is not None:
+        # Each frame's row offsets against the preliminary master removed, the frames combined
+        # again: the noise map is then the pixels' own, and the master keeps the frames' mean
+        # row offsets (which no estimator can tell from a static row pattern).
+        values -= offsets[:, :, None] / np.float32(plan.factor)
+        master, noise, error, n_used, statistics = _combine_values(plan, values, swapped=False)
+    return BlockResult(start, stop, master, noise, error, n_used, *statistics, offsets, expected)
+
+
+def _combine_values(
+    plan: BlockPlan, values: np.ndarray, *, swapped: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """One block's frames (stored units; ``swapped``: the file's bytes) combined by ``plan``'s
+    engine: the maps in 16-bit ADU, counts, and the frame statistics in stored units."""
+    n = values.shape[0]
+    held = _buffers()
+    if plan.engine == "numba":
+        return combine_block_compiled(
+            values,
+            swapped=swapped,
             method=plan.method,
             clip_sigma=plan.clip_sigma,
             clip_iters=plan.clip_iters,
@@ -318,9 +387,8 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
             factor=plan.factor,
             scratch=held,
         )
-        return BlockResult(start, stop, master, noise, error, n_used, outliers, sums, squares, inside)
-    work_copy = _buffer(held, "sorted", raw.shape, dtype)
-    np.copyto(work_copy, raw)
+    work_copy = _buffer(held, "sorted", values.shape, values.dtype.type)
+    np.copyto(work_copy, values)
     combined = combine_sorted(
         sort_frames(work_copy),  # sorted for "mean" too: sums in one order, whatever the files' order
         plan.method,
@@ -330,15 +398,38 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
         quantum=plan.quantum,
     )
     if plan.judged:
-        outliers, sums, squares, inside = _frame_statistics(raw, combined, plan.outlier_sigma, plan.pool, plan.quantum)
+        statistics = _frame_statistics(values, combined, plan.outlier_sigma, plan.pool, plan.quantum)
     else:
-        outliers, sums, squares, inside = (np.zeros(n, np.int64), np.zeros(n), np.zeros(n), np.zeros(n, np.int64))
+        statistics = (np.zeros(n, np.int64), np.zeros(n), np.zeros(n), np.zeros(n, np.int64))
     maps = [combined.master, combined.noise, combined.error]
     if plan.factor != 1:
         maps = [image * plan.factor for image in maps]
-    return BlockResult(
-        start, stop, *maps, combined.n_used.astype(count_dtype(n)), outliers, sums, squares, inside
-    )  # fmt: skip
+    return (*maps, combined.n_used.astype(count_dtype(n)), statistics)  # type: ignore[return-value]
+
+
+def _measure_rows(
+    plan: BlockPlan, raw: np.ndarray, master: np.ndarray, noise: np.ndarray, held: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """Each frame's row offsets against the block's preliminary master [ADU], what read noise
+    alone would give them [ADU^2], and, when the plan corrects, the frames as float32 stored
+    values; ``None`` when the plan measures no row noise."""
+    if not plan.measure_rows:
+        return None
+    n = raw.shape[0]
+    values = _buffer(held, "values", raw.shape, np.float32) if plan.correct_rows else None
+    reference = master / np.float32(plan.factor)
+    offsets = np.empty(raw.shape[:2], dtype=np.float32)
+    difference = _buffer(held, "difference", raw.shape[1:], np.float32)
+    for index in range(n):
+        frame = difference if values is None else values[index]
+        if plan.engine == "numba" and plan.as_uint16:  # the file's bytes: big-endian int16 + 32768
+            np.bitwise_xor(raw[index].view(np.dtype(">u2")), np.uint16(0x8000), out=frame, casting="unsafe")
+        else:
+            np.copyto(frame, raw[index], casting="unsafe")
+        np.subtract(frame, reference, out=difference)
+        offsets[index] = row_offsets(difference)
+    offsets *= np.float32(plan.factor)
+    return offsets, expected_row_variance(noise, n, plan.efficiency), values
 
 
 def combine_records(
@@ -353,6 +444,7 @@ def combine_records(
     outlier_sigma: float = 6.0,
     threads: int = 0,
     on_rows: Callable[[int], None] | None = None,
+    row_correction: str = "off",
 ) -> GroupResult:
     """Combine frames on disk block by block into a master with its noise and error maps.
 
@@ -380,6 +472,11 @@ def combine_records(
         Worker threads; 0 for :func:`default_threads`.
     on_rows
         Called with the number of frame-rows read after each block (progress).
+    row_correction
+        ``"off"``: row noise measured (``GroupResult.row_noise``) but left in; ``"on"``: each
+        frame's row offsets against the preliminary master removed before combining;
+        ``"auto"``: removed when :func:`~bias_pipeline.row_noise.row_noise_significant` says so
+        (the frames are then read and combined a second time).
 
     Returns
     -------
@@ -403,7 +500,9 @@ def combine_records(
     dtype = np.dtype(np.uint16 if as_uint16 else np.float32)
     workers = min(threads or default_threads(), rows)
     compressed = any(r.data_offset is None for r in records)
-    step = block_rows(n, columns, rows, memory_limit, workers, dtype.itemsize, tall=compressed)
+    measurable = n >= 2 and columns >= MIN_ROW_PIXELS
+    correctable = measurable and row_correction != "off"
+    step = block_rows(n, columns, rows, memory_limit, workers, dtype.itemsize, tall=compressed, corrected=correctable)
     # A narrow frame's rows share their noise floor in pools; a block holds whole pools, so
     # the products do not depend on how the frame is cut into blocks.
     floor_pool = pool_rows(columns)
@@ -421,8 +520,16 @@ def combine_records(
         factor=factor,
         as_uint16=as_uint16,
         engine=engine(),
+        measure_rows=measurable,
+        correct_rows=correctable and row_correction == "on",
+        efficiency=MEDIAN_EFFICIENCY if method == "median" else 1.0,
     )
-    needed_mb = workers * step * block_bytes_per_row(n, columns, dtype.itemsize) / 2**20
+    if row_correction == "on" and not plan.correct_rows:
+        logger.warning(
+            "--row-correction on: rows of %d pixels (%d frames) are too few to measure row noise on; not corrected",
+            columns, n,
+        )  # fmt: skip
+    needed_mb = workers * step * block_bytes_per_row(n, columns, dtype.itemsize, correctable) / 2**20
     if needed_mb > memory_limit:
         logger.warning(
             "%d frames of %d columns need %.3g MiB per row block, more than --memory-limit %g MiB",
@@ -434,10 +541,32 @@ def combine_records(
         "combining %d frames of %dx%d in %d blocks of up to %d rows on %d threads (%s)",
         n, rows, columns, len(starts), step, workers, plan.engine,
     )  # fmt: skip
+    result = _combine_pass(plan, starts, step, workers, on_rows)
+    if row_correction == "auto" and result.row_test is not None and result.row_test.significant:
+        logger.info(
+            "row noise %.2f ADU rms a frame, %.1f sigma beyond read noise: frames corrected and combined again",
+            float(np.sqrt(np.nanmean(np.square(result.row_noise)))) if result.row_noise is not None else math.nan,
+            result.row_test.excess_sigma,
+        )  # fmt: skip
+        del result  # one group's maps at a time
+        result = _combine_pass(dataclasses.replace(plan, correct_rows=True), starts, step, workers, on_rows)
+    return result
+
+
+def _combine_pass(
+    plan: BlockPlan, starts: Sequence[int], step: int, workers: int, on_rows: Callable[[int], None] | None
+) -> GroupResult:
+    """One pass of :func:`combine_rows` over every block of ``plan``, put together."""
+    records = plan.records
+    assert records[0].shape is not None
+    rows, columns = records[0].shape
+    n = len(records)
     master = np.empty((rows, columns), dtype=np.float32)
     noise = np.empty_like(master)
     error = np.empty_like(master)
     n_used = np.empty((rows, columns), dtype=count_dtype(n))
+    offsets = np.zeros((n, rows), dtype=np.float32) if plan.measure_rows else None
+    expected = np.zeros(rows, dtype=np.float64)
     # Per block, so that the totals are summed in one order whatever the thread count.
     outliers = np.zeros((len(starts), n), dtype=np.int64)
     sums = np.zeros((len(starts), n), dtype=np.float64)
@@ -451,6 +580,8 @@ def combine_records(
         )  # fmt: skip
         outliers[block_index], sums[block_index] = result.outliers, result.sums
         squares[block_index], inside[block_index] = result.squares, result.inside
+        if offsets is not None and result.row_offsets is not None and result.row_expected is not None:
+            offsets[:, rows_], expected[rows_] = result.row_offsets, result.row_expected
         if on_rows is not None:
             on_rows((result.stop - result.start) * n)
 
@@ -462,9 +593,18 @@ def combine_records(
     finally:
         release_buffers()  # the buffers of a single-threaded run live in this thread
     typical_noise = nan_median(noise) if plan.engine == "numba" else float(np.nanmedian(noise))
-    combined = Combined(master, noise, error, n_used, typical_noise)
+    row_test = row_noise = None
+    removed = 0.0
+    if offsets is not None:
+        measured = np.isfinite(expected)
+        squared = np.square(offsets[:, measured], dtype=np.float64)
+        row_test = row_noise_significant(float(squared.sum()), float(expected[measured].sum()) * n, squared.size)
+        row_noise = frame_row_noise(squared.mean(axis=1), float(expected[measured].mean()))
+        if plan.correct_rows:
+            removed = float(np.sqrt(np.mean(np.square(row_noise))))
+    combined = Combined(master, noise, error, n_used, typical_noise, row_noise=removed)
     total_sum, total_squares, total_inside = sums.sum(axis=0), squares.sum(axis=0), inside.sum(axis=0)
-    typical = typical_noise / float(factor) if plan.judged else math.nan  # in stored units, as the sums
+    typical = typical_noise / float(plan.factor) if plan.judged else math.nan  # in stored units, as the sums
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total_sum / total_inside
         # The scatter of a frame's differences, at least the typical noise: in a frame of a few
@@ -475,9 +615,13 @@ def combine_records(
     return GroupResult(
         combined,
         outliers.sum(axis=0) / float(rows * columns),
-        mean * float(factor) if plan.judged else unknown,
-        mean_error * float(factor) if plan.judged else unknown,
+        mean * float(plan.factor) if plan.judged else unknown,
+        mean_error * float(plan.factor) if plan.judged else unknown,
         [(float(a), float(b), int(c)) for a, b, c in zip(total_sum, total_squares, total_inside, strict=True)],
+        row_offsets=offsets,
+        row_noise=row_noise if row_noise is not None else unknown,
+        row_test=row_test,
+        row_corrected=plan.correct_rows,
     )
 
 

@@ -60,6 +60,9 @@ class Combined:
     n_used: np.ndarray
     #: The median of ``noise`` (NaN left out), when the combiner has measured it already.
     typical_noise: float = math.nan
+    #: The rms row-noise amplitude of the frames removed before combining [ADU] (0: none
+    #: removed): the master still holds their mean row offsets, ``row_noise / sqrt(n)`` a row.
+    row_noise: float = 0.0
 
 
 # ----------------------------------------------------------------------------- sorting

@@ -20,6 +20,7 @@ from .dates import DEFAULT_DATE_KEYS, format_date, parse_date
 from .epochs import DEFAULT_DATE_GAP_DAYS
 from .errors import ConfigError
 from .frames import normal_frame_type
+from .row_noise import ROW_CORRECTION_MODES
 from .units import DEFAULT_SCALE_FACTOR
 
 #: Header keywords looked up, in this order, for the sensor temperature [deg C].
@@ -406,6 +407,11 @@ class PipelineConfig:
         frames, see the README), ``"median"`` or ``"mean"``.
     clip_sigma, clip_iters
         Threshold (robust standard deviations) and maximum passes of ``sigma-clip``.
+    row_correction
+        ``"auto"`` (default): remove each frame's row offsets (row noise, measured against its
+        group's preliminary master) before the final combine when the group's row noise is
+        significant (:mod:`bias_pipeline.row_noise`); ``"on"``: always; ``"off"``: never (the
+        row noise is still measured and recorded in the manifest).
     outlier_sigma, outlier_fraction
         A frame with more than ``outlier_fraction`` of its pixels further than
         ``outlier_sigma`` noise standard deviations from its group's master is rejected and
@@ -645,6 +651,15 @@ class PipelineConfig:
     )
     clip_iters: int = option(
         5, "--clip-iters", "sigma-clip: at most N passes", INTEGER, GROUP_COMBINE, metavar="N", check=_at_least_one
+    )
+    row_correction: str = option(
+        "auto",
+        "--row-correction",
+        "remove each frame's row offsets (row noise) before combining: auto (when the group's row noise is "
+        "significant against read noise), on or off",
+        CHOICE,
+        GROUP_COMBINE,
+        choices=ROW_CORRECTION_MODES,
     )
     outlier_sigma: float = option(
         6.0,

@@ -148,6 +148,9 @@ class FrameRecord:
         Whether every pixel holds the same value (a stuck readout).
     temperature_est, temperature_est_err
         The frame's temperature estimated from its own pixels with the fitted model [deg C].
+    row_noise
+        The frame's row-noise amplitude measured against its group's master [ADU]
+        (:mod:`bias_pipeline.row_noise`); ``None`` when not measured.
     flag
         A warning that does not reject the frame (``temperature_mismatch``).
     sha256
@@ -184,6 +187,7 @@ class FrameRecord:
     passed_checks: bool = False
     offset: float | None = None
     offset_sigma: float | None = None
+    row_noise: float | None = None
     negative_count: int = 0
     min_value: float = math.nan
     constant: bool = False
@@ -240,6 +244,8 @@ class FrameDecision:
     offset, offset_sigma
         The frame's level offset from the rest of its group [ADU] and that in units of its
         error; ``None`` when not measured.
+    row_noise
+        The frame's row-noise amplitude [ADU]; ``None`` when not measured.
     """
 
     status: str
@@ -247,6 +253,7 @@ class FrameDecision:
     group: str = ""
     offset: float | None = None
     offset_sigma: float | None = None
+    row_noise: float | None = None
 
     @classmethod
     def rejected(
@@ -257,10 +264,11 @@ class FrameDecision:
         group: str = "",
         offset: float | None = None,
         offset_sigma: float | None = None,
+        row_noise: float | None = None,
     ) -> FrameDecision:
         """A rejection of ``record`` with ``reason`` (logged, as :meth:`FrameRecord.reject` does)."""
         logger.debug("rejected %s: %s", record.path, reason)
-        return cls(STATUS_REJECTED, reason, group, offset, offset_sigma)
+        return cls(STATUS_REJECTED, reason, group, offset, offset_sigma, row_noise)
 
 
 def apply_decisions(records: Sequence[FrameRecord], decisions: Mapping[Path, FrameDecision]) -> list[FrameRecord]:

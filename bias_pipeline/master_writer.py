@@ -75,6 +75,10 @@ class MasterFrame:
     method: str = "median"
     noise_median: float = math.nan
     date_range: tuple[_dt.datetime, _dt.datetime] | None = None
+    #: The rms row-noise amplitude removed from its frames before combining [ADU]; 0 when none
+    #: was (header ``ROWNOISE``). Its ``NOISE`` map is then the pixels' own noise, and each of its
+    #: rows still carries the mean of its frames' row offsets, ``row_noise / sqrt(n)``.
+    row_noise: float = 0.0
 
     def load(self) -> np.ndarray:
         """The master's pixels, float32 16-bit ADU."""
@@ -244,6 +248,7 @@ def write_master(
             "COMBMETH": (config.combine_method, "how the frames were combined"),
             "INBITS": (input_bits, "bit depth of the input values"),
             "NOISEMED": (noise_median, "[adu] median temporal noise of one frame"),
+            "ROWNOISE": (combined.row_noise, "[adu] rms row noise removed from the frames (0: none)"),
             **date_cards(dates, "the frames combined"),
         },
     )
@@ -270,6 +275,7 @@ def write_master(
         method=config.combine_method,
         noise_median=noise_median,
         date_range=dates,
+        row_noise=combined.row_noise,
     )
 
 

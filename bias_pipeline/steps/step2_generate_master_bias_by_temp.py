@@ -174,12 +174,12 @@ def combine_group(
     decisions: dict[Path, FrameDecision] = {}
     # The offsets last measured for each frame: a frame rejected keeps those of the pass that
     # rejected it, a used frame those of the last pass.
-    measured: dict[Path, tuple[float | None, float | None]] = {}
+    measured: dict[Path, tuple[float | None, float | None, float | None]] = {}
 
     def reject(record: FrameRecord, reason: str) -> None:
-        offset, sigma = measured.get(record.path, (None, None))
+        offset, sigma, row_noise = measured.get(record.path, (None, None, None))
         decisions[record.path] = FrameDecision.rejected(
-            record, reason, group=group.label, offset=offset, offset_sigma=sigma
+            record, reason, group=group.label, offset=offset, offset_sigma=sigma, row_noise=row_noise
         )
 
     while len(members) >= config.min_frames_per_group:
@@ -195,14 +195,16 @@ def combine_group(
                 outlier_sigma=config.outlier_sigma,
                 threads=config.threads,
                 on_rows=on_rows,
+                row_correction=config.row_correction,
             )
         except CombineReadError as exc:
             reject(exc.record, f"became unreadable while combining: {exc}")
             members = [r for r in members if r is not exc.record]
             continue
         offsets, sigmas = level_offsets(members, result)
-        for record, offset, sigma in zip(members, offsets, sigmas, strict=True):
-            measured[record.path] = (_number_or_none(offset), _number_or_none(sigma))
+        row_noise = result.row_noise if result.row_noise is not None else [math.nan] * len(members)
+        for record, offset, sigma, rows in zip(members, offsets, sigmas, row_noise, strict=True):
+            measured[record.path] = (_number_or_none(offset), _number_or_none(sigma), _number_or_none(rows))
         rejected = (
             outlying_frames(members, result, config)
             or copied_frames(members, result)
@@ -210,8 +212,8 @@ def combine_group(
         )
         if not rejected:
             for record in members:
-                offset, sigma = measured[record.path]
-                decisions[record.path] = FrameDecision(STATUS_USED, "", group.label, offset, sigma)
+                offset, sigma, rows = measured[record.path]
+                decisions[record.path] = FrameDecision(STATUS_USED, "", group.label, offset, sigma, rows)
             return GroupOutcome(FrameGroup(group.label, members), result.combined, decisions)
         for record, reason in rejected:
             reject(record, reason)
