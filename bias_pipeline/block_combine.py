@@ -361,8 +361,11 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
         # Each frame's row offsets against the preliminary master removed, the frames combined
         # again: the noise map is then the pixels' own, and the master keeps the frames' mean
         # row offsets (which no estimator can tell from a static row pattern).
+        # The frame statistics stay those against the preliminary master, before the correction:
+        # a frame's level offset from the rest (a constant over its rows) must not be corrected
+        # away before step 2 judges it.
         values -= offsets[:, :, None] / np.float32(plan.factor)
-        master, noise, error, n_used, statistics = _combine_values(plan, values, swapped=False)
+        master, noise, error, n_used, _ = _combine_values(plan, values, swapped=False)
     return BlockResult(start, stop, master, noise, error, n_used, *statistics, offsets, expected)
 
 
@@ -597,7 +600,10 @@ def _combine_pass(
     removed = 0.0
     if offsets is not None:
         measured = np.isfinite(expected)
-        squared = np.square(offsets[:, measured], dtype=np.float64)
+        # About each frame's mean over its rows: a level offset of the whole frame is no row noise.
+        centred = offsets[:, measured].astype(np.float64)
+        centred -= centred.mean(axis=1, keepdims=True)
+        squared = np.square(centred)
         row_test = row_noise_significant(float(squared.sum()), float(expected[measured].sum()) * n, squared.size)
         row_noise = frame_row_noise(squared.mean(axis=1), float(expected[measured].mean()))
         if plan.correct_rows:

@@ -210,10 +210,13 @@ def frame_row_noise(mean_squares: np.ndarray, expected: float) -> np.ndarray:
 def remove_row_offsets(
     frame: np.ndarray, reference: np.ndarray, valid: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``frame`` with its row offsets against ``reference`` removed.
+    """``frame`` with its row offsets against ``reference`` removed, its mean level kept.
 
-    Safe for a frame whose own signal is flat along rows (a bias, a dark without structure
-    along rows): whatever is common to a row (row noise, but also a row-shaped signal) goes.
+    Each row loses its offset minus the mean offset over the rows: the row-to-row pattern goes,
+    the frame's level (a dark's mean dark current, a global bias offset a verification must
+    see) stays. Safe for a frame whose own signal is flat along rows and has no structure from
+    row to row (a bias, a dark without gradients): whatever differs from row to row, row noise
+    or a signal, goes.
 
     Parameters
     ----------
@@ -227,19 +230,20 @@ def remove_row_offsets(
     Returns
     -------
     corrected, offsets
-        ``frame`` minus each row's offset (float32, or float64 for a float64 frame), and the
-        ``(rows,)`` offsets.
+        ``frame`` minus each row's offset about their mean (float32, or float64 for a float64
+        frame), and the ``(rows,)`` offsets removed (mean zero).
 
     Examples
     --------
     >>> frame = np.array([[10.0, 11.0, 12.0], [5.0, 5.0, 50.0]])
-    >>> corrected, offsets = remove_row_offsets(frame, np.array([[9.0, 10.0, 11.0], [1.0, 1.0, 1.0]]))
-    >>> offsets.tolist(), corrected[1].tolist()
-    ([1.0, 4.0], [1.0, 1.0, 46.0])
+    >>> corrected, removed = remove_row_offsets(frame, np.array([[9.0, 10.0, 11.0], [1.0, 1.0, 1.0]]))
+    >>> removed.tolist(), corrected[1].tolist()
+    ([-1.5, 1.5], [3.5, 3.5, 48.5])
     """
     data = np.asarray(frame)
     dtype = np.float64 if data.dtype == np.float64 else np.float32
     difference = data.astype(dtype) - np.asarray(reference, dtype=dtype)
     usable = np.isfinite(difference) if valid is None else (np.asarray(valid, dtype=bool) & np.isfinite(difference))
-    offsets = row_offsets(difference, usable)
-    return data.astype(dtype) - offsets.astype(dtype)[:, None], offsets
+    offsets = row_offsets(difference, usable).astype(np.float64)
+    offsets -= offsets.mean()
+    return data.astype(dtype) - offsets.astype(dtype)[:, None], offsets.astype(np.float32)
