@@ -1,0 +1,354 @@
+"""Random-telegraph pixels: values that jump between two levels, told apart from merely noisy ones.
+
+The test, per pixel:
+
+- **Per group** (step 2, on the values the final combine used): the pixel's values sorted, the
+  best split into a low and a high level, each of at least :data:`MIN_LEVEL_VALUES` values (so
+  that one cosmic-ray hit is no level), is the one with the largest between-level sum of
+  squares ``B`` (the within-level sum ``W`` is then the smallest). Both are divided by the
+  variance of one value, ``sigma^2``: the median over the pixel's row (or pool of rows) of the
+  pixels' sums of squares about their means, over the median of a chi-square with ``n - 1``
+  degrees of freedom (exact for Gaussian noise; a minority of odd pixels cannot move it). The
+  quantisation noise of the values is in that variance, so it needs no term of its own. The two
+  maps are the master's ``LEVELB`` and ``LEVELW`` extensions.
+- **Pooled over the groups** (step 3): TELEGRAPH where both
+  (1) the summed ``B / sigma^2`` lies beyond its pure-noise quantile at the false-alarm rate
+  :data:`FALSE_ALARM` (1e-3), calibrated by Monte Carlo for the groups' actual sizes
+  (:func:`between_level_limit`: Gaussian values, fixed seed, cached), and
+  (2) in every group the within-level scatter is what the read noise gives: ``W / sigma^2``
+  below the chi-square quantile with ``n - 1`` degrees of freedom at :data:`WITHIN_MISS` / G.
+  ``W`` of the best split is at most the sum of squares of the pixel's true levels about
+  their means, a chi-square with ``n - 2`` (two levels) or ``n - 1`` (one level) degrees of
+  freedom: a telegraph pixel passes with probability at least ``1 - WITHIN_MISS``. A merely
+  noisy pixel (5 x the read noise: ``W / sigma^2`` about 60 in a group of 10, limit about 31)
+  and a pixel with one cosmic-ray hit in a group (the hit and its partner far apart within the
+  high level) fail it, and stay NOISY or unflagged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from .compiled import engine, kernel
+
+#: A pure-noise pixel is flagged TELEGRAPH with at most this probability (the between-level test's size).
+FALSE_ALARM = 1e-3
+#: A telegraph pixel with the read noise fails the within-level test with at most this probability.
+WITHIN_MISS = 1e-3
+#: Values a level needs at least: a single cosmic-ray hit is no level.
+MIN_LEVEL_VALUES = 2
+#: Frames a group needs for a split into two levels of two values.
+MIN_FRAMES = 2 * MIN_LEVEL_VALUES
+#: Pure-noise pixels the Monte Carlo null is drawn from (its 1e-3 quantile then rests on 400 of them).
+NULL_SAMPLES = 400_000
+NULL_SEED = 20_150_015
+#: Master extensions holding a group's ``B / sigma^2`` and ``W / sigma^2``.
+BETWEEN_EXTENSION = "LEVELB"
+WITHIN_EXTENSION = "LEVELW"
+CHUNK_PIXELS = 2048  # pixels whose running sums stay in cache while the splits are scanned
+
+
+@kernel
+def _best_split(ordered, first, count, lo, hi, shift, total, prefix, best):  # pragma: no cover - compiled
+    """Per pixel ``first + p`` (``p < count``) of sorted ``ordered``: the largest between-level sum
+    of squares of the values ``lo:hi`` over the splits leaving :data:`MIN_LEVEL_VALUES` or more
+    on each side (float64 sums of the values minus ``shift``), into ``best``."""
+    n = hi - lo
+    for p in range(count):
+        total[p] = 0.0
+        prefix[p] = 0.0
+        best[p] = 0.0
+    for k in range(lo, hi):
+        row = ordered[k, first : first + count]
+        for p in range(count):
+            total[p] += np.float64(row[p]) - shift[p]
+    for m in range(1, n - MIN_LEVEL_VALUES + 1):  # m values in the low level
+        row = ordered[lo + m - 1, first : first + count]
+        for p in range(count):
+            prefix[p] += np.float64(row[p]) - shift[p]
+        if m < MIN_LEVEL_VALUES:
+            continue
+        for p in range(count):
+            rest = total[p] - prefix[p]
+            b = prefix[p] * prefix[p] / m + rest * rest / (n - m) - total[p] * total[p] / n
+            best[p] = max(best[p], b)
+
+
+@kernel
+def _split_sums(ordered, between, within, spread):  # pragma: no cover - compiled
+    """Per pixel of ``ordered`` (``(n, pixels)``, sorted along the frames): the between-level sum
+    of squares of the best split, the smallest of those of all the values, of all but the
+    highest and of all but the lowest (one cosmic-ray hit makes no level); and the total sum of
+    squares about the mean (``spread``) minus the best split's of all values (float64 sums of the
+    values shifted by the median value, so that a level near 60000 loses no precision)."""
+    n, pixels = ordered.shape
+    total = np.empty(CHUNK_PIXELS, dtype=np.float64)
+    prefix = np.empty(CHUNK_PIXELS, dtype=np.float64)
+    squares = np.empty(CHUNK_PIXELS, dtype=np.float64)
+    full = np.empty(CHUNK_PIXELS, dtype=np.float64)
+    trimmed = np.empty(CHUNK_PIXELS, dtype=np.float64)
+    shift = np.empty(CHUNK_PIXELS, dtype=np.float64)
+    for first in range(0, pixels, CHUNK_PIXELS):
+        count = min(pixels, first + CHUNK_PIXELS) - first
+        middle = ordered[n // 2, first : first + count]
+        for p in range(count):
+            shift[p] = np.float64(middle[p])
+            squares[p] = 0.0
+        for k in range(n):
+            row = ordered[k, first : first + count]
+            for p in range(count):
+                d = np.float64(row[p]) - shift[p]
+                squares[p] += d * d
+        _best_split(ordered, first, count, 0, n, shift, total, prefix, full)
+        for p in range(count):
+            centred = squares[p] - total[p] * total[p] / n
+            spread[first + p] = centred
+            between[first + p] = full[p]
+            within[first + p] = max(0.0, centred - full[p])
+        if n - 1 >= 2 * MIN_LEVEL_VALUES:
+            for lo, hi in ((0, n - 1), (1, n)):
+                _best_split(ordered, first, count, lo, hi, shift, total, prefix, trimmed)
+                for p in range(count):
+                    between[first + p] = min(between[first + p], trimmed[p])
+
+
+def _best_split_numpy(values: np.ndarray) -> np.ndarray:
+    """The numpy reference of :func:`_best_split` on sorted, shifted float64 ``values``."""
+    n = values.shape[0]
+    total = values.sum(axis=0)
+    prefix = np.cumsum(values, axis=0)
+    best = np.zeros(values.shape[1:])
+    for m in range(MIN_LEVEL_VALUES, n - MIN_LEVEL_VALUES + 1):
+        rest = total - prefix[m - 1]
+        np.maximum(best, prefix[m - 1] ** 2 / m + rest * rest / (n - m) - total * total / n, out=best)
+    return best
+
+
+def _split_sums_numpy(ordered: np.ndarray, between: np.ndarray, within: np.ndarray, spread: np.ndarray) -> None:
+    """The numpy reference of :func:`_split_sums`."""
+    n = ordered.shape[0]
+    values = ordered.astype(np.float64) - ordered[n // 2].astype(np.float64)
+    total = values.sum(axis=0)
+    full = _best_split_numpy(values)
+    spread[...] = np.square(values).sum(axis=0) - total * total / n
+    within[...] = np.maximum(0.0, spread - full)
+    if n - 1 >= 2 * MIN_LEVEL_VALUES:
+        full = np.minimum(full, np.minimum(_best_split_numpy(values[:-1]), _best_split_numpy(values[1:])))
+    between[...] = full
+
+
+def chi2_median(dof: int) -> float:
+    """The median of a chi-square with ``dof`` degrees of freedom.
+
+    >>> round(chi2_median(9), 3)
+    8.343
+    """
+    from scipy.special import chdtri
+
+    return float(chdtri(dof, 0.5))
+
+
+def level_statistics(ordered: np.ndarray, columns: int, pool: int = 1) -> np.ndarray | None:
+    """A group's two-level statistics of every pixel of a row block.
+
+    Parameters
+    ----------
+    ordered
+        ``(n_frames, rows * columns)`` (or ``(n_frames, rows, columns)``) the block's values,
+        sorted along the frames (any real type, one unit: stored values or ADU).
+    columns
+        Pixels of a row.
+    pool
+        Rows sharing one noise variance (:func:`~bias_pipeline.combine.pool_rows`); the block
+        holds whole pools.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(2, rows, columns)`` float32: ``B / sigma^2`` and ``W / sigma^2`` of the best split
+        (module docstring); ``None`` for fewer than :data:`MIN_FRAMES` frames. NaN in a pool of
+        rows whose pixels have no scatter at all.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> values = np.sort(rng.normal(0.0, 1.0, (10, 4, 500)), axis=0)
+    >>> values[:, 0, 0] = [-3, -3, -3, -3, -3, 3, 3, 3, 3, 3]  # two levels 6 sigma apart
+    >>> maps = level_statistics(values, 500)
+    >>> bool(maps[0, 0, 0] > 50 and maps[1, 0, 0] < 1)
+    True
+    """
+    n = ordered.shape[0]
+    if n < MIN_FRAMES:
+        return None
+    flat = np.ascontiguousarray(ordered.reshape(n, -1))
+    pixels = flat.shape[1]
+    rows = pixels // columns
+    between = np.empty(pixels, dtype=np.float64)
+    within = np.empty(pixels, dtype=np.float64)
+    spread = np.empty(pixels, dtype=np.float64)
+    if engine() == "numba":
+        _split_sums(flat, between, within, spread)
+    else:
+        _split_sums_numpy(flat, between, within, spread)
+    # The sum of squares about the mean of each pixel, per pool of rows: its median over the
+    # chi-square's median is the variance of one value (Gaussian noise), whatever few odd
+    # pixels the rows hold.
+    pools = [spread[start * columns : (start + pool) * columns] for start in range(0, rows, pool)]
+    variance = np.array([np.median(part) for part in pools]) / chi2_median(n - 1)
+    per_row = np.repeat(variance, pool)[:rows, None]
+    maps = np.empty((2, rows, columns), dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.divide(between.reshape(rows, columns), np.where(per_row > 0, per_row, np.nan), out=maps[0])
+        np.divide(within.reshape(rows, columns), np.where(per_row > 0, per_row, np.nan), out=maps[1])
+    return maps
+
+
+@functools.lru_cache(maxsize=32)
+def between_level_limit(sizes: tuple[int, ...], false_alarm: float = FALSE_ALARM) -> float:
+    """The summed ``B / sigma^2`` of groups of ``sizes`` frames that pure Gaussian noise exceeds
+    with probability ``false_alarm``: the quantile of :data:`NULL_SAMPLES` simulated pixels
+    (seed :data:`NULL_SEED`, so every run draws the same; cached per sizes).
+
+    Parameters
+    ----------
+    sizes
+        Frames of each group with a statistic (each at least :data:`MIN_FRAMES`), sorted.
+    false_alarm
+        The test's size.
+
+    Returns
+    -------
+    float
+    """
+    rng = np.random.default_rng(NULL_SEED)
+    total = np.zeros(NULL_SAMPLES)
+    for n in sizes:
+        between, within, spread = np.empty(NULL_SAMPLES), np.empty(NULL_SAMPLES), np.empty(NULL_SAMPLES)
+        values = np.sort(rng.standard_normal((n, NULL_SAMPLES)).astype(np.float32), axis=0)
+        if engine() == "numba":
+            _split_sums(values, between, within, spread)
+        else:
+            _split_sums_numpy(values, between, within, spread)
+        total += between
+    return float(np.quantile(total, 1.0 - false_alarm))
+
+
+def within_level_limit(n: int, groups: int, miss: float = WITHIN_MISS) -> float:
+    """The largest ``W / sigma^2`` of a group of ``n`` frames that a telegraph pixel with the read
+    noise reaches with probability below ``miss / groups``: the chi-square quantile with
+    ``n - 1`` degrees of freedom (``W`` of the best split is at most the sum of squares about
+    the true levels' means).
+
+    >>> round(within_level_limit(10, 5), 1)
+    31.4
+    """
+    from scipy.special import chdtri
+
+    return float(chdtri(n - 1, miss / max(1, groups)))
+
+
+class LevelSource(Protocol):
+    """What :func:`telegraph_pixels` reads of a master (:class:`~bias_pipeline.master_writer.MasterFrame` is one)."""
+
+    @property
+    def n_frames(self) -> int: ...
+
+    def load_extension(self, name: str) -> np.ndarray | None: ...
+
+
+def decide(
+    between: Sequence[np.ndarray],
+    within: Sequence[np.ndarray],
+    sizes: Sequence[int],
+    *,
+    false_alarm: float = FALSE_ALARM,
+    miss: float = WITHIN_MISS,
+) -> np.ndarray:
+    """The TELEGRAPH decision from each group's ``B / sigma^2`` and ``W / sigma^2`` maps.
+
+    Parameters
+    ----------
+    between, within
+        One map per group (:func:`level_statistics`).
+    sizes
+        The groups' frame counts.
+    false_alarm, miss
+        The between-level test's size and the within-level test's miss rate.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool: True for a telegraph pixel (a NaN statistic anywhere: False).
+
+    Raises
+    ------
+    ValueError
+        Without any group.
+    """
+    pooled = _Pooled()
+    for b, w, n in zip(between, within, sizes, strict=True):
+        pooled.add(b, w, int(n))
+    decision = pooled.decision(false_alarm, miss)
+    if decision is None:
+        raise ValueError("decide needs the statistics of one group or more")
+    return decision
+
+
+def telegraph_pixels(masters: Sequence[LevelSource]) -> np.ndarray | None:
+    """The TELEGRAPH map of a set of masters: :func:`decide` over those with ``LEVELB`` and
+    ``LEVELW`` extensions (groups of :data:`MIN_FRAMES` frames or more), read one master at a time.
+
+    Parameters
+    ----------
+    masters
+        Step 2's masters.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        bool map; ``None`` when no master carries the statistics.
+    """
+    pooled = _Pooled()
+    for master in masters:
+        if int(master.n_frames) < MIN_FRAMES:
+            continue
+        between = master.load_extension(BETWEEN_EXTENSION)
+        within = master.load_extension(WITHIN_EXTENSION) if between is not None else None
+        if between is not None and within is not None:
+            pooled.add(between, within, int(master.n_frames))
+    return pooled.decision(FALSE_ALARM, WITHIN_MISS)
+
+
+class _Pooled:
+    """Running sums over groups: the summed ``B / sigma^2`` and, per pixel, the smallest
+    chi-square tail probability of a group's ``W / sigma^2`` (the number of groups, which sets
+    the within-level limit, is known only at the end)."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.tail: np.ndarray | None = None
+        self.sizes: list[int] = []
+
+    def add(self, between: np.ndarray, within: np.ndarray, n: int) -> None:
+        from scipy.special import chdtrc
+
+        if self.total is None or self.tail is None:
+            self.total = np.zeros(between.shape, dtype=np.float32)
+            self.tail = np.ones(between.shape, dtype=np.float32)
+        self.total += between
+        with np.errstate(invalid="ignore"):
+            tail = chdtrc(n - 1, np.asarray(within, dtype=np.float32)).astype(np.float32)
+            np.fmin(self.tail, np.where(np.isnan(within), np.float32(0.0), tail), out=self.tail)
+        self.sizes.append(n)
+
+    def decision(self, false_alarm: float, miss: float) -> np.ndarray | None:
+        if self.total is None or self.tail is None:
+            return None
+        limit = between_level_limit(tuple(sorted(self.sizes)), false_alarm)
+        with np.errstate(invalid="ignore"):
+            return (self.tail >= np.float32(miss / len(self.sizes))) & (self.total > limit)
