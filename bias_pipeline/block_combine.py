@@ -1,6 +1,6 @@
 """The block combiner: frames on disk combined row block by row block into a master, and
-the tests that judge each frame against its group (pixels far from the master, a copy of
-another frame, a level offset from the rest).
+the tests that judge each frame against its group (pixels far from the master, a periodic
+pattern, a copy of another frame, a level offset from the rest).
 
 Memory depends on the block height (chosen from ``memory_limit``), not on the number of
 frames. The judging functions return the frames to reject with their reasons and change no
@@ -441,8 +441,8 @@ def _measure_rows(
     difference = _buffer(held, "difference", raw.shape[1:], np.float32)
     spectra = np.empty((n, raw.shape[2] // 2 + 1), dtype=np.float64)
     means = np.empty(raw.shape[:2], dtype=np.float64)
-    # Pixels far from the master (cosmic rays, telegraph jumps) are left out of the spectra: their
-    # power is white but large, and would hide a pattern. Floors as for the frame statistics.
+    # Pixels far from the master (cosmic rays, telegraph jumps) are left out of the spectra (set to
+    # 0): their power is white but large, and would hide a pattern. Floors as for the frame statistics.
     floor = np.fmax(noise, typical_noise(noise, plan.pool)) / np.float32(plan.factor)
     reach = np.float32(plan.outlier_sigma) * np.fmax(floor, quantisation_floor(plan.quantum))
     for index in range(n):
@@ -453,7 +453,7 @@ def _measure_rows(
             np.copyto(frame, raw[index], casting="unsafe")
         np.subtract(frame, reference, out=difference)
         offsets[index] = row_offsets(difference)
-        np.putmask(difference, np.abs(difference) > reach, np.float32(0.0))
+        np.putmask(difference, ~(np.abs(difference) <= reach), np.float32(0.0))  # NaN too
         spectra[index], means[index] = block_spectra(difference)
     offsets *= np.float32(plan.factor)
     return offsets, expected_row_variance(noise, n, plan.efficiency), values, (spectra, means)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from bias_pipeline import PipelineConfig, run_bias_pipeline
+from bias_pipeline import PipelineConfig, compiled, run_bias_pipeline
 from bias_pipeline.block_combine import combine_records, patterned_frames
 from bias_pipeline.pattern_noise import (
     ALONG_ROWS,
@@ -223,3 +223,25 @@ def test_groups_too_small_to_judge_are_skipped(patterned_set):
     assert [record.path.name for record, _ in patterned_frames(group, whole)] == [name]
     pair = group[:2]
     assert patterned_frames(pair, combine_records(pair)) == []
+
+
+def test_a_groups_spectra_do_not_depend_on_threads_blocks_or_engine(patterned_set, monkeypatch):
+    records, _ = scan_frames(patterned_set.raw_dir, PipelineConfig(show_progress=False))
+    group = sorted((r for r in records if r.path.name.startswith("bias_-10.0C")), key=lambda r: r.path.name)
+    results = {}
+    for engine in ("numpy", "numba"):
+        monkeypatch.setenv(compiled.ENGINE_VARIABLE, engine)
+        for threads in (1, 2):
+            # a tiny memory limit: many blocks of a few rows each; the default: one block
+            for limit in (0.05, 512.0):
+                results[engine, threads, limit] = combine_records(group, memory_limit=limit, threads=threads)
+    reference = results["numba", 1, 512.0]
+    assert reference.row_spectrum is not None and reference.row_means is not None
+    for key, result in results.items():
+        assert result.row_spectrum is not None and result.row_means is not None
+        if key[0] == "numba" and key[2] == 512.0:
+            continue
+        # Blocks are added in one order whatever the threads: the same sums for the same blocks.
+        np.testing.assert_array_equal(result.row_spectrum, results[key[0], 1, key[2]].row_spectrum)
+        np.testing.assert_allclose(result.row_spectrum, reference.row_spectrum, rtol=1e-5)
+        np.testing.assert_allclose(result.row_means, reference.row_means, rtol=1e-5, atol=1e-3)
