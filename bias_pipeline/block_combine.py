@@ -47,10 +47,9 @@ from .frames import (
 from .row_noise import (
     MIN_ROW_PIXELS,
     RowNoiseTest,
-    expected_row_variance,
     frame_row_noise,
     row_noise_significant,
-    row_offsets,
+    split_row_offsets,
 )
 from .units import DEFAULT_SCALE_FACTOR, input_factor
 from .workers import default_threads, worker_pool
@@ -266,8 +265,7 @@ class BlockResult:
         squares and count of the other pixels' differences from it (stored units).
     row_offsets, row_expected
         ``(n_frames, stop - start)`` each frame's row offsets against the preliminary master
-        [ADU] and ``(stop - start,)`` the variance read noise alone gives them [ADU^2]; ``None``
-        when not measured.
+        [ADU] and the read noise's part of their squares [ADU^2]; ``None`` when not measured.
     """
 
     start: int
@@ -353,7 +351,7 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
         except FrameReadError as exc:
             raise CombineReadError(str(exc), record) from exc
     master, noise, error, n_used, statistics = _combine_values(plan, raw, swapped=compiled and plan.as_uint16)
-    measured = _measure_rows(plan, raw, master, noise, held)
+    measured = _measure_rows(plan, raw, master, held)
     if measured is None:
         return BlockResult(start, stop, master, noise, error, n_used, *statistics)
     offsets, expected, values = measured
@@ -411,17 +409,19 @@ def _combine_values(
 
 
 def _measure_rows(
-    plan: BlockPlan, raw: np.ndarray, master: np.ndarray, noise: np.ndarray, held: dict[str, np.ndarray]
+    plan: BlockPlan, raw: np.ndarray, master: np.ndarray, held: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """Each frame's row offsets against the block's preliminary master [ADU], what read noise
-    alone would give them [ADU^2], and, when the plan corrects, the frames as float32 stored
-    values; ``None`` when the plan measures no row noise."""
+    """Each frame's row offsets against the block's preliminary master [ADU] and the read noise's
+    part of their squares [ADU^2] (:func:`~bias_pipeline.row_noise.split_row_offsets`), and,
+    when the plan corrects, the frames as float32 stored values; ``None`` when the plan measures
+    no row noise."""
     if not plan.measure_rows:
         return None
     n = raw.shape[0]
     values = _buffer(held, "values", raw.shape, np.float32) if plan.correct_rows else None
     reference = master / np.float32(plan.factor)
     offsets = np.empty(raw.shape[:2], dtype=np.float32)
+    expected = np.empty(raw.shape[:2], dtype=np.float64)
     difference = _buffer(held, "difference", raw.shape[1:], np.float32)
     for index in range(n):
         frame = difference if values is None else values[index]
@@ -430,9 +430,10 @@ def _measure_rows(
         else:
             np.copyto(frame, raw[index], casting="unsafe")
         np.subtract(frame, reference, out=difference)
-        offsets[index] = row_offsets(difference)
+        offsets[index], expected[index] = split_row_offsets(difference)
     offsets *= np.float32(plan.factor)
-    return offsets, expected_row_variance(noise, n, plan.efficiency), values
+    expected *= float(plan.factor) ** 2
+    return offsets, expected, values
 
 
 def combine_records(
@@ -569,7 +570,7 @@ def _combine_pass(
     error = np.empty_like(master)
     n_used = np.empty((rows, columns), dtype=count_dtype(n))
     offsets = np.zeros((n, rows), dtype=np.float32) if plan.measure_rows else None
-    expected = np.zeros(rows, dtype=np.float64)
+    expected = np.zeros((n, rows), dtype=np.float64)
     # Per block, so that the totals are summed in one order whatever the thread count.
     outliers = np.zeros((len(starts), n), dtype=np.int64)
     sums = np.zeros((len(starts), n), dtype=np.float64)
@@ -584,7 +585,7 @@ def _combine_pass(
         outliers[block_index], sums[block_index] = result.outliers, result.sums
         squares[block_index], inside[block_index] = result.squares, result.inside
         if offsets is not None and result.row_offsets is not None and result.row_expected is not None:
-            offsets[:, rows_], expected[rows_] = result.row_offsets, result.row_expected
+            offsets[:, rows_], expected[:, rows_] = result.row_offsets, result.row_expected
         if on_rows is not None:
             on_rows((result.stop - result.start) * n)
 
@@ -599,13 +600,12 @@ def _combine_pass(
     row_test = row_noise = None
     removed = 0.0
     if offsets is not None:
-        measured = np.isfinite(expected)
         # About each frame's mean over its rows: a level offset of the whole frame is no row noise.
-        centred = offsets[:, measured].astype(np.float64)
+        centred = offsets.astype(np.float64)
         centred -= centred.mean(axis=1, keepdims=True)
         squared = np.square(centred)
-        row_test = row_noise_significant(float(squared.sum()), float(expected[measured].sum()) * n, squared.size)
-        row_noise = frame_row_noise(squared.mean(axis=1), float(expected[measured].mean()))
+        row_test = row_noise_significant(float(squared.sum()), float(expected.sum()), squared.size)
+        row_noise = frame_row_noise(squared.mean(axis=1), expected.mean(axis=1))
         if plan.correct_rows:
             removed = float(np.sqrt(np.mean(np.square(row_noise))))
     combined = Combined(master, noise, error, n_used, typical_noise, row_noise=removed)
