@@ -453,6 +453,12 @@ def simulate_dataset(
     -------
     SimulationTruth
 
+    Raises
+    ------
+    ValueError
+        A field of ``spec`` out of its range (a negative amplitude, a fraction or rate outside
+        0..1) or a ``start_date`` that is not a date.
+
     Examples
     --------
     >>> import tempfile
