@@ -453,6 +453,12 @@ def simulate_dataset(
     -------
     SimulationTruth
 
+    Raises
+    ------
+    ValueError
+        A field of ``spec`` out of its range (a negative amplitude, a fraction or rate outside
+        0..1) or a ``start_date`` that is not a date.
+
     Examples
     --------
     >>> import tempfile
@@ -580,7 +586,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     int
         The exit code.
     """
-    from .command import OneLineParser, guarded  # here: the simulator is imported by tests without a command
+    from .command import (
+        OneLineParser,
+        finite_float,
+        guarded,
+    )  # here: the simulator is imported by tests without a command
 
     parser = OneLineParser(
         prog=prog,
@@ -625,7 +635,61 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     parser.add_argument(
         "--new-hot-fraction", type=float, default=0.0, help="fraction of pixels turned hot in this epoch (default 0)"
     )
+    cmos = parser.add_argument_group("CMOS structure")
+    cmos.add_argument(
+        "--row-noise",
+        type=finite_float,
+        default=SimulationSpec.row_noise_dn,
+        metavar="DN",
+        help="row noise: each row of each frame shifted by a common N(0, DN) offset, 12-bit DN (default 0)",
+    )
+    cmos.add_argument(
+        "--column-offset",
+        type=finite_float,
+        default=SimulationSpec.column_offset_dn,
+        metavar="DN",
+        help="spread of the column offsets of the bias, 12-bit DN (default %(default)s)",
+    )
+    cmos.add_argument(
+        "--column-slope",
+        type=finite_float,
+        default=SimulationSpec.column_slope_adu,
+        metavar="ADU",
+        help="spread of the column pattern of the slope, ADU per deg C (default %(default)s)",
+    )
+    cmos.add_argument(
+        "--telegraph-fraction",
+        type=finite_float,
+        default=SimulationSpec.telegraph_fraction,
+        metavar="F",
+        help="fraction of pixels that are random-telegraph pixels, two levels (default 0)",
+    )
+    cmos.add_argument(
+        "--telegraph-amplitude",
+        type=finite_float,
+        default=SimulationSpec.telegraph_amplitude_dn,
+        metavar="DN",
+        help="separation of a telegraph pixel's two levels, 12-bit DN (default %(default)s)",
+    )
+    cmos.add_argument(
+        "--telegraph-rate",
+        type=finite_float,
+        default=SimulationSpec.telegraph_rate,
+        metavar="R",
+        help="probability per frame that a telegraph pixel switches level (default %(default)s)",
+    )
     args = parser.parse_args(argv)
+    for flag, value in (
+        ("--row-noise", args.row_noise),
+        ("--column-offset", args.column_offset),
+        ("--column-slope", args.column_slope),
+        ("--telegraph-amplitude", args.telegraph_amplitude),
+    ):
+        if value < 0:
+            parser.error(f"{flag} must be 0 or more, not {value:g}")
+    for flag, value in (("--telegraph-fraction", args.telegraph_fraction), ("--telegraph-rate", args.telegraph_rate)):
+        if not 0.0 <= value <= 1.0:
+            parser.error(f"{flag} must lie in 0..1, not {value:g}")
     if min(args.shape) < 1 or args.frames_per_temperature < 1:
         parser.error("--shape and --frames-per-temperature must be positive")
     try:
@@ -652,6 +716,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
         damaged_region=region,
         damage_adu=args.damage[4] if args.damage is not None else 0.0,
         new_hot_fraction=args.new_hot_fraction,
+        row_noise_dn=args.row_noise,
+        column_offset_dn=args.column_offset,
+        column_slope_adu=args.column_slope,
+        telegraph_fraction=args.telegraph_fraction,
+        telegraph_amplitude_dn=args.telegraph_amplitude,
+        telegraph_rate=args.telegraph_rate,
     )
 
     def body() -> int:

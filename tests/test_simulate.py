@@ -11,6 +11,7 @@ import pytest
 from astropy.io import fits
 
 from bias_pipeline.simulate import SimulationSpec, simulate_dataset
+from bias_pipeline.simulate import main as simulate_main
 
 
 def test_frames_look_like_the_camera(sim):
@@ -269,3 +270,46 @@ def test_out_of_range_fields_are_refused(tmp_path):
     for field_name, value in (("row_noise_dn", -1.0), ("telegraph_fraction", 1.5), ("telegraph_rate", -0.1)):
         with pytest.raises(ValueError, match=field_name):
             simulate_dataset(tmp_path / field_name, replace(CMOS, **{field_name: value}))
+
+
+def test_command_line_cmos_flags(tmp_path):
+    out = tmp_path / "c"
+    flags = ["--row-noise", "1.5", "--telegraph-fraction", "0.01", "--telegraph-amplitude", "8"]
+    flags += ["--telegraph-rate", "0.2", "--column-offset", "0", "--column-slope", "0.1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bias_pipeline", "simulate", str(out), "--frames-per-temperature", "1", *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "wrote 5 frames" in done.stdout
+    offsets = fits.getdata(out / "truth" / "row_offsets.fits")
+    assert offsets.shape == (5, 48) and offsets.std() > 0
+    telegraph = fits.open(out / "truth" / "telegraph_pixels.fits")[0]
+    assert telegraph.data.sum() == round(0.01 * 48 * 64) and telegraph.header["TELAMP"] == 8 * 16
+    assert telegraph.header["TELRATE"] == 0.2
+    assert not fits.getdata(out / "truth" / "column_offsets.fits").any()
+    # 0.1 ADU/deg C over 64 columns: the spread within a chi-square tolerance.
+    slopes = fits.getdata(out / "truth" / "column_slopes.fits")
+    assert abs(np.var(slopes) / 0.1**2 - 1) < 5 * np.sqrt(2 / slopes.size)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--row-noise", "-1", "--row-noise must be 0 or more"),
+        ("--column-offset", "-0.5", "--column-offset must be 0 or more"),
+        ("--column-slope", "-1e-3", "--column-slope must be 0 or more"),
+        ("--telegraph-amplitude", "-2", "--telegraph-amplitude must be 0 or more"),
+        ("--telegraph-fraction", "1.5", "--telegraph-fraction must lie in 0..1"),
+        ("--telegraph-rate", "-0.1", "--telegraph-rate must lie in 0..1"),
+        ("--telegraph-rate", "nan", "not a finite number"),
+    ],
+)
+def test_command_line_cmos_errors(tmp_path, capsys, flag, value, says):
+    with pytest.raises(SystemExit) as exited:
+        simulate_main([str(tmp_path / "x"), flag, value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
