@@ -553,7 +553,8 @@ def combine_records(
             result.row_test.excess_sigma,
         )  # fmt: skip
         del result  # one group's maps at a time
-        result = _combine_pass(dataclasses.replace(plan, correct_rows=True), starts, step, workers, on_rows)
+        # Not counted again on the progress bar: its total is one reading of every frame.
+        result = _combine_pass(dataclasses.replace(plan, correct_rows=True), starts, step, workers, None)
     return result
 
 

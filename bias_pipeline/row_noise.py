@@ -99,7 +99,7 @@ def split_row_offsets(difference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> d = np.array([[1.0, 3.0, 9.0, 5.0, 7.0]])
     >>> offsets, variance = split_row_offsets(d)
     >>> offsets.tolist(), variance.tolist()
-    [[4.0], [9.0]]
+    ([4.0], [4.0])
     """
     data = np.asarray(difference, dtype=np.float32)
     half = data.shape[-1] // 2
