@@ -48,10 +48,9 @@ from .pattern_noise import block_spectra, frame_pattern, is_patterned, pattern_r
 from .row_noise import (
     MIN_ROW_PIXELS,
     RowNoiseTest,
-    expected_row_variance,
     frame_row_noise,
     row_noise_significant,
-    row_offsets,
+    split_row_offsets,
 )
 from .units import DEFAULT_SCALE_FACTOR, input_factor
 from .workers import default_threads, worker_pool
@@ -274,8 +273,7 @@ class BlockResult:
         squares and count of the other pixels' differences from it (stored units).
     row_offsets, row_expected
         ``(n_frames, stop - start)`` each frame's row offsets against the preliminary master
-        [ADU] and ``(stop - start,)`` the variance read noise alone gives them [ADU^2]; ``None``
-        when not measured.
+        [ADU] and the read noise's part of their squares [ADU^2]; ``None`` when not measured.
     row_spectrum, row_means
         ``(n_frames, columns // 2 + 1)`` each frame's power along the block's rows against the
         preliminary master, summed over them, and ``(n_frames, stop - start)`` its mean
@@ -428,16 +426,18 @@ def _combine_values(
 def _measure_rows(
     plan: BlockPlan, raw: np.ndarray, master: np.ndarray, noise: np.ndarray, held: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray]] | None:
-    """Each frame's row offsets against the block's preliminary master [ADU], what read noise
-    alone would give them [ADU^2], when the plan corrects the frames as float32 stored values,
-    and each frame's spectra for the pattern-noise test (stored units); ``None`` when the plan
-    measures no row noise."""
+    """Each frame's row offsets against the block's preliminary master [ADU] and the read noise's
+    part of their squares [ADU^2] (:func:`~bias_pipeline.row_noise.split_row_offsets`), when the
+    plan corrects the frames as float32 stored values, and each frame's spectra for the
+    pattern-noise test (stored units; ``noise`` [ADU] says which pixels they leave out); ``None``
+    when the plan measures no row noise."""
     if not plan.measure_rows:
         return None
     n = raw.shape[0]
     values = _buffer(held, "values", raw.shape, np.float32) if plan.correct_rows else None
     reference = master / np.float32(plan.factor)
     offsets = np.empty(raw.shape[:2], dtype=np.float32)
+    expected = np.empty(raw.shape[:2], dtype=np.float64)
     difference = _buffer(held, "difference", raw.shape[1:], np.float32)
     spectra = np.empty((n, raw.shape[2] // 2 + 1), dtype=np.float64)
     means = np.empty(raw.shape[:2], dtype=np.float64)
@@ -452,11 +452,12 @@ def _measure_rows(
         else:
             np.copyto(frame, raw[index], casting="unsafe")
         np.subtract(frame, reference, out=difference)
-        offsets[index] = row_offsets(difference)
+        offsets[index], expected[index] = split_row_offsets(difference)
         np.putmask(difference, ~(np.abs(difference) <= reach), np.float32(0.0))  # NaN too
         spectra[index], means[index] = block_spectra(difference)
     offsets *= np.float32(plan.factor)
-    return offsets, expected_row_variance(noise, n, plan.efficiency), values, (spectra, means)
+    expected *= float(plan.factor) ** 2
+    return offsets, expected, values, (spectra, means)
 
 
 def combine_records(
@@ -576,7 +577,8 @@ def combine_records(
             result.row_test.excess_sigma,
         )  # fmt: skip
         del result  # one group's maps at a time
-        result = _combine_pass(dataclasses.replace(plan, correct_rows=True), starts, step, workers, on_rows)
+        # Not counted again on the progress bar: its total is one reading of every frame.
+        result = _combine_pass(dataclasses.replace(plan, correct_rows=True), starts, step, workers, None)
     return result
 
 
@@ -593,7 +595,7 @@ def _combine_pass(
     error = np.empty_like(master)
     n_used = np.empty((rows, columns), dtype=count_dtype(n))
     offsets = np.zeros((n, rows), dtype=np.float32) if plan.measure_rows else None
-    expected = np.zeros(rows, dtype=np.float64)
+    expected = np.zeros((n, rows), dtype=np.float64)
     spectrum = np.zeros((n, columns // 2 + 1)) if plan.measure_rows else None
     row_means = np.zeros((n, rows)) if plan.measure_rows else None
     # The blocks' spectra are added in block order, whatever order they come in: the same sums
@@ -615,7 +617,7 @@ def _combine_pass(
         outliers[block_index], sums[block_index] = result.outliers, result.sums
         squares[block_index], inside[block_index] = result.squares, result.inside
         if offsets is not None and result.row_offsets is not None and result.row_expected is not None:
-            offsets[:, rows_], expected[rows_] = result.row_offsets, result.row_expected
+            offsets[:, rows_], expected[:, rows_] = result.row_offsets, result.row_expected
         if spectrum is not None and row_means is not None and result.row_spectrum is not None:
             row_means[:, rows_] = result.row_means
             waiting[block_index] = result.row_spectrum
@@ -636,13 +638,12 @@ def _combine_pass(
     row_test = row_noise = None
     removed = 0.0
     if offsets is not None:
-        measured = np.isfinite(expected)
         # About each frame's mean over its rows: a level offset of the whole frame is no row noise.
-        centred = offsets[:, measured].astype(np.float64)
+        centred = offsets.astype(np.float64)
         centred -= centred.mean(axis=1, keepdims=True)
         squared = np.square(centred)
-        row_test = row_noise_significant(float(squared.sum()), float(expected[measured].sum()) * n, squared.size)
-        row_noise = frame_row_noise(squared.mean(axis=1), float(expected[measured].mean()))
+        row_test = row_noise_significant(float(squared.sum()), float(expected.sum()), squared.size)
+        row_noise = frame_row_noise(squared.mean(axis=1), expected.mean(axis=1))
         if plan.correct_rows:
             removed = float(np.sqrt(np.mean(np.square(row_noise))))
     combined = Combined(master, noise, error, n_used, typical_noise, row_noise=removed)

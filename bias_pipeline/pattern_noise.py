@@ -25,10 +25,12 @@ Why 0.5 read-noise sigmas: a pattern of amplitude ``a`` adds ``a^2 / 2`` to its 
 6 % of the noise at ``a = 0.5 sigma``, and enters a master of ``n`` frames as ``a / n``, below the
 master's own noise ``sigma / sqrt(n)`` for any group; fainter patterns (and faint fixed patterns
 common to all frames, which belong in the master and cancel in the difference) reject nothing.
-Noise alone comes near the amplitude limit only on tiny frames (0.3 sigma at 48 x 64): at
+Noise alone comes near the amplitude limit only on small frames (up to 0.3 sigma at 48 x 64;
+with row noise of 0.6 sigma, which the row means carry, a peak of 40 rows' means at the
+false-alarm limit is about 0.5 sigma: there frames are rejected at the false-alarm rate): at
 2048 x 2048 a bin just at the false-alarm limit implies 0.015 sigma along rows and 0.004 sigma
-down the columns (0.1 sigma with row noise of 0.6 sigma, which the row means carry: it is white,
-so it raises the level, not a peak).
+down the columns (0.1 sigma with row noise of 0.6 sigma: it is white, so it raises the level, not
+a peak).
 """
 
 from __future__ import annotations
