@@ -265,3 +265,10 @@ def test_a_groups_spectra_do_not_depend_on_threads_blocks_or_engine(patterned_se
         np.testing.assert_array_equal(result.row_spectrum, results[key[0], 1, key[2]].row_spectrum)
         np.testing.assert_allclose(result.row_spectrum, reference.row_spectrum, rtol=1e-5)
         np.testing.assert_allclose(result.row_means, reference.row_means, rtol=1e-5, atol=1e-3)
+
+
+def test_a_direction_of_fewer_than_23_pixels_is_not_tested():
+    # 8 frequencies of at least 4 cycles are needed (the README's rule).
+    rng = np.random.default_rng(9)
+    assert spectrum_bins(row_power(rng.normal(0, 1, (10, 22))), 10, 22).bins.size == 0
+    assert spectrum_bins(row_power(rng.normal(0, 1, (10, 23))), 10, 23).bins.size == 8
