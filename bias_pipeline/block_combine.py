@@ -52,6 +52,8 @@ from .row_noise import (
     row_noise_significant,
     split_row_offsets,
 )
+from .telegraph import MIN_FRAMES as TELEGRAPH_MIN_FRAMES
+from .telegraph import level_statistics
 from .units import DEFAULT_SCALE_FACTOR, input_factor
 from .workers import default_threads, worker_pool
 
@@ -295,6 +297,7 @@ class BlockResult:
     row_expected: np.ndarray | None = None
     row_spectrum: np.ndarray | None = None
     row_means: np.ndarray | None = None
+    levels: np.ndarray | None = None
 
 
 # Buffers one thread reuses from block to block: allocating them anew for every block would
@@ -368,7 +371,7 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
     master, noise, error, n_used, statistics = _combine_values(plan, raw, swapped=compiled and plan.as_uint16)
     measured = _measure_rows(plan, raw, master, noise, held)
     if measured is None:
-        return BlockResult(start, stop, master, noise, error, n_used, *statistics)
+        return BlockResult(start, stop, master, noise, error, n_used, *statistics, levels=_levels(plan, raw, held))
     offsets, expected, values, (spectrum, means) = measured
     if values is not None:
         # Each frame's row offsets against the preliminary master removed, the frames combined
@@ -379,7 +382,23 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
         # away before step 2 judges it.
         values -= offsets[:, :, None] / np.float32(plan.factor)
         master, noise, error, n_used, _ = _combine_values(plan, values, swapped=False)
-    return BlockResult(start, stop, master, noise, error, n_used, *statistics, offsets, expected, spectrum, means)
+    levels = _levels(plan, raw if values is None else values, held)
+    return BlockResult(
+        start, stop, master, noise, error, n_used, *statistics, offsets, expected, spectrum, means, levels=levels
+    )
+
+
+def _levels(plan: BlockPlan, values: np.ndarray, held: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The two-level statistics of the block (:func:`~bias_pipeline.telegraph.level_statistics`)
+    from the values the last combine used: the compiled combine leaves them sorted along the
+    frames in its ``ordered`` buffer (decoded, stored units); the numpy path sorts a copy."""
+    n, height, columns = values.shape
+    if n < TELEGRAPH_MIN_FRAMES:
+        return None
+    ordered = held.get("ordered") if plan.engine == "numba" else None
+    if ordered is not None and ordered.size >= n * height * columns:
+        return level_statistics(ordered[: n * height * columns].reshape(n, -1), columns, plan.pool)
+    return level_statistics(np.sort(values, axis=0).reshape(n, -1), columns, plan.pool)
 
 
 def _combine_values(
@@ -598,6 +617,7 @@ def _combine_pass(
     expected = np.zeros((n, rows), dtype=np.float64)
     spectrum = np.zeros((n, columns // 2 + 1)) if plan.measure_rows else None
     row_means = np.zeros((n, rows)) if plan.measure_rows else None
+    levels = np.empty((2, rows, columns), dtype=np.float32) if n >= TELEGRAPH_MIN_FRAMES else None
     # The blocks' spectra are added in block order, whatever order they come in: the same sums
     # for any thread count. Blocks come about in order, so few wait.
     waiting: dict[int, np.ndarray] = {}
@@ -616,6 +636,8 @@ def _combine_pass(
         )  # fmt: skip
         outliers[block_index], sums[block_index] = result.outliers, result.sums
         squares[block_index], inside[block_index] = result.squares, result.inside
+        if levels is not None and result.levels is not None:
+            levels[:, rows_] = result.levels
         if offsets is not None and result.row_offsets is not None and result.row_expected is not None:
             offsets[:, rows_], expected[:, rows_] = result.row_offsets, result.row_expected
         if spectrum is not None and row_means is not None and result.row_spectrum is not None:
@@ -646,7 +668,7 @@ def _combine_pass(
         row_noise = frame_row_noise(squared.mean(axis=1), expected.mean(axis=1))
         if plan.correct_rows:
             removed = float(np.sqrt(np.mean(np.square(row_noise))))
-    combined = Combined(master, noise, error, n_used, typical_noise, row_noise=removed)
+    combined = Combined(master, noise, error, n_used, typical_noise, row_noise=removed, levels=levels)
     total_sum, total_squares, total_inside = sums.sum(axis=0), squares.sum(axis=0), inside.sum(axis=0)
     typical = typical_noise / float(plan.factor) if plan.judged else math.nan  # in stored units, as the sums
     with np.errstate(invalid="ignore", divide="ignore"):

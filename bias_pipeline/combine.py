@@ -63,6 +63,9 @@ class Combined:
     #: The rms row-noise amplitude of the frames removed before combining [ADU] (0: none
     #: removed): the master still holds their mean row offsets, ``row_noise / sqrt(n)`` a row.
     row_noise: float = 0.0
+    #: ``(2, rows, columns)`` float32: each pixel's two-level statistics ``B / sigma^2`` and
+    #: ``W / sigma^2`` (:func:`bias_pipeline.telegraph.level_statistics`); ``None`` when not measured.
+    levels: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- sorting

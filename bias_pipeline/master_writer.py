@@ -26,6 +26,7 @@ from .errors import InputDataError, OutputError, fits_problem
 from .grouping import FrameGroup
 from .products import TEMPORARY_SUFFIX, date_cards, product_header, read_image, write_image
 from .registry import MASTER, labelled_name
+from .telegraph import BETWEEN_EXTENSION, WITHIN_EXTENSION
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class MasterFrame:
         return data
 
     def load_extension(self, name: str) -> np.ndarray | None:
-        """An extension of the master file (``ERR``, ``NOISE``, ``NUSED``), or ``None``.
+        """An extension of the master file (``ERR``, ``NOISE``, ``NUSED``, ``LEVELB``, ``LEVELW``), or ``None``.
 
         ``ERR`` and ``NOISE`` come as float32, ``NUSED`` (frames kept per pixel) as the
         integers it is stored in (int16, :func:`counts_array`)."""
@@ -257,6 +258,13 @@ def write_master(
         _extension(combined.noise, "NOISE", "temporal noise of one frame (read noise) [adu]"),
         fits.ImageHDU(counts_array(combined.n_used, len(group.records)), name="NUSED"),
     ]
+    if combined.levels is not None:
+        # What step 3 pools into the TELEGRAPH flag (bias_pipeline.telegraph): dimensionless.
+        for plane, name, what in (
+            (0, BETWEEN_EXTENSION, "two-level test: between-level sum of squares / sigma^2"),
+            (1, WITHIN_EXTENSION, "two-level test: within-level sum of squares / sigma^2"),
+        ):
+            extensions.append(_extension(combined.levels[plane], name, what, unit=""))
     final = masters_dir / labelled_name(MASTER, group.label)
     path = write_image(staged_name(final), combined.master, header, extensions)
     logger.info(
@@ -304,9 +312,9 @@ def counts_array(n_used: np.ndarray, most: int) -> np.ndarray:
     return np.asarray(n_used).astype(dtype, copy=False)
 
 
-def _extension(data: np.ndarray, name: str, what: str) -> fits.ImageHDU:
+def _extension(data: np.ndarray, name: str, what: str, unit: str = "adu") -> fits.ImageHDU:
     hdu = fits.ImageHDU(np.asarray(data, dtype=np.float32), name=name)
-    hdu.header["BUNIT"] = "adu"
+    hdu.header["BUNIT"] = unit
     hdu.header["CONTENT"] = what[:68]
     return hdu
 

@@ -33,7 +33,8 @@ NONLINEAR = DQBit(1, "NONLINEAR", "fit chi-square beyond the p-value limit: not 
 NOISY = DQBit(2, "NOISY", "temporal noise far above typical, or many values clipped (telegraph)")
 DEAD = DQBit(3, "DEAD", "no or far too little temporal noise: a stuck or dead pixel")
 SATURATED = DQBit(4, "SATURATED", "a master reaches the ADC maximum (4095 x scale factor)")
-DQ_BITS: tuple[DQBit, ...] = (HOT_MASK, NONLINEAR, NOISY, DEAD, SATURATED)
+TELEGRAPH = DQBit(5, "TELEGRAPH", "two separated levels within groups: a telegraph pixel")
+DQ_BITS: tuple[DQBit, ...] = (HOT_MASK, NONLINEAR, NOISY, DEAD, SATURATED, TELEGRAPH)
 
 #: More of a pixel's frame values clipped than this marks it NOISY (a telegraph pixel).
 MAX_CLIPPED_FRACTION = 0.2
@@ -71,6 +72,7 @@ def flag_pixels(
     noise_sigma: float = 6.0,
     max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
     too_clipped: np.ndarray | None = None,
+    telegraph: np.ndarray | None = None,
 ) -> np.ndarray:
     """Combine the tests into a ``uint32`` DQ map (see :data:`DQ_BITS`).
 
@@ -95,6 +97,9 @@ def flag_pixels(
     too_clipped
         Instead of ``clipped_fraction``: True where the caller found it above
         ``max_clipped_fraction`` (a bool map, not a float64 one, for a large frame).
+    telegraph
+        True where the two-level test found a telegraph pixel
+        (:func:`bias_pipeline.telegraph.telegraph_pixels`; ``None``: no test).
 
     Returns
     -------
@@ -126,6 +131,8 @@ def flag_pixels(
     if too_clipped is not None:
         dq[valid & too_clipped] |= NOISY.value
     dq[valid & saturated] |= SATURATED.value
+    if telegraph is not None:
+        dq[valid & telegraph] |= TELEGRAPH.value
     return dq
 
 

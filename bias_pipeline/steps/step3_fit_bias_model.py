@@ -44,6 +44,7 @@ from ..master_writer import Master
 from ..model import BiasModel, ScaledCovariance
 from ..products import read_image
 from ..quality import MAX_CLIPPED_FRACTION, describe, flag_pixels, robust_outliers
+from ..telegraph import telegraph_pixels
 from ..units import adc_maximum, input_factor
 from ..workers import default_threads, worker_pool
 
@@ -263,6 +264,7 @@ def fit_model(
         config,
         scale,
         inputs=FitInputs(tuple(temps), tuple(frames), (min(temps), max(temps)), tuple(float(h) for h in fit.leverage)),
+        telegraph=telegraph_pixels(masters),
     )
     _log_fit(model, f"{len(temps)} masters ({sum(frames)} frames)")
     return model
@@ -320,6 +322,7 @@ def fit_model_on_frames(
             config,
             config.scale_factor,
             inputs=FitInputs(tuple(float(m.temperature) for m in masters), tuple(counts), (min(temps), max(temps))),
+            telegraph=telegraph_pixels(masters),
         )
         _log_fit(model, f"{len(ordered)} frames at their own temperatures")
         return model
@@ -363,6 +366,7 @@ def fit_model_on_frames(
         config,
         config.scale_factor,
         inputs=FitInputs(tuple(float(m.temperature) for m in masters), tuple(counts), (min(temps), max(temps))),
+        telegraph=telegraph_pixels(masters),
     )
     _log_fit(model, f"{len(ordered)} frames at their own temperatures")
     return model
@@ -437,6 +441,7 @@ def _assemble(
     scale: float,
     *,
     inputs: FitInputs,
+    telegraph: np.ndarray | None = None,
 ) -> BiasModel:
     """A :class:`BiasModel` from a fit: NaN at masked pixels, statistics and DQ flags, and what
     the fit was made from (``inputs``), all given to the constructor. The fit's maps are taken
@@ -456,6 +461,7 @@ def _assemble(
         too_clipped=clipped if clipped is not None and clipped.dtype == bool else None,
         saturated=saturated if saturated is not None else np.zeros(mask.shape, dtype=bool),
         p_value=config.nonlinear_pvalue,
+        telegraph=telegraph,  # the masters' two-level statistics pooled (bias_pipeline.telegraph)
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         if fit.dof > 0:
