@@ -43,8 +43,8 @@ WITHIN_MISS = 1e-3
 MIN_LEVEL_VALUES = 2
 #: Frames a group needs for a split into two levels of two values.
 MIN_FRAMES = 2 * MIN_LEVEL_VALUES
-#: Pure-noise pixels the Monte Carlo null is drawn from (its 1e-3 quantile then rests on 400 of them).
-NULL_SAMPLES = 400_000
+#: Pure-noise pixels the Monte Carlo null is drawn from (its 1e-3 quantile then rests on 1000 of them).
+NULL_SAMPLES = 1_000_000
 NULL_SEED = 20_150_015
 #: Master extensions holding a group's ``B / sigma^2`` and ``W / sigma^2``.
 BETWEEN_EXTENSION = "LEVELB"
@@ -229,7 +229,9 @@ def between_level_limit(sizes: tuple[int, ...], false_alarm: float = FALSE_ALARM
     total = np.zeros(NULL_SAMPLES)
     for n in sizes:
         between, within, spread = np.empty(NULL_SAMPLES), np.empty(NULL_SAMPLES), np.empty(NULL_SAMPLES)
-        values = np.sort(rng.standard_normal((n, NULL_SAMPLES)).astype(np.float32), axis=0)
+        drawn = rng.standard_normal((NULL_SAMPLES, n), dtype=np.float32)
+        drawn.sort(axis=1)  # each pixel's values side by side: a fast sort
+        values = np.ascontiguousarray(drawn.T)
         if engine() == "numba":
             _split_sums(values, between, within, spread)
         else:

@@ -145,7 +145,7 @@ def test_model_file_is_self_describing(pipeline_run):
         header = hdul[0].header
         assert header["TREF"] == pytest.approx(pipeline_run.model.tref)
         assert header["TMIN"] < header["TMAX"] and header["NFRAMES"] == 25 and header["SCALEFAC"] == 16
-        assert list(hdul["DQ_DEF"].data["NAME"]) == ["HOT_MASK", "NONLINEAR", "NOISY", "DEAD", "SATURATED"]
+        assert list(hdul["DQ_DEF"].data["NAME"]) == ["HOT_MASK", "NONLINEAR", "NOISY", "DEAD", "SATURATED", "TELEGRAPH"]
         # A is the bias at 0 deg C, as in bias_a_map.fits.
         np.testing.assert_array_equal(hdul["A"].data, fits.getdata(path.with_name("bias_a_map.fits")))
     model = BiasModel.load(pipeline_run.output_dir)
