@@ -2,27 +2,30 @@
 
 The test, per pixel:
 
-- **Per group** (step 2, on the values the final combine used): the pixel's values sorted, the
-  best split into a low and a high level, each of at least :data:`MIN_LEVEL_VALUES` values (so
-  that one cosmic-ray hit is no level), is the one with the largest between-level sum of
-  squares ``B`` (the within-level sum ``W`` is then the smallest). Both are divided by the
-  variance of one value, ``sigma^2``: the median over the pixel's row (or pool of rows) of the
-  pixels' sums of squares about their means, over the median of a chi-square with ``n - 1``
-  degrees of freedom (exact for Gaussian noise; a minority of odd pixels cannot move it). The
-  quantisation noise of the values is in that variance, so it needs no term of its own. The two
-  maps are the master's ``LEVELB`` and ``LEVELW`` extensions.
+- **Per group** (step 2, on the values the final combine used, after any row correction): the
+  pixel's values sorted, the best split into a low and a high level, each of at least
+  :data:`MIN_LEVEL_VALUES` values, is the one with the largest between-level sum of squares.
+  ``B`` is the smallest of that of all the values, of all but the highest and of all but the
+  lowest (so that one cosmic-ray hit, or one glitch, makes no level); ``W``, the within-level
+  sum of squares of the best split of all the values. Both are divided by the variance of one
+  value, ``sigma^2``: the median over the pixel's row (or pool of rows) of the pixels' sums of
+  squares about their means, over the median of a chi-square with ``n - 1`` degrees of
+  freedom (exact for Gaussian noise; a minority of odd pixels cannot move it). The quantisation
+  noise of the values is in that variance, so it needs no term of its own. The two maps are
+  the master's ``LEVELB`` and ``LEVELW`` extensions.
 - **Pooled over the groups** (step 3): TELEGRAPH where both
   (1) the summed ``B / sigma^2`` lies beyond its pure-noise quantile at the false-alarm rate
   :data:`FALSE_ALARM` (1e-3), calibrated by Monte Carlo for the groups' actual sizes
   (:func:`between_level_limit`: Gaussian values, fixed seed, cached), and
-  (2) in every group the within-level scatter is what the read noise gives: ``W / sigma^2``
-  below the chi-square quantile with ``n - 1`` degrees of freedom at :data:`WITHIN_MISS` / G.
-  ``W`` of the best split is at most the sum of squares of the pixel's true levels about
-  their means, a chi-square with ``n - 2`` (two levels) or ``n - 1`` (one level) degrees of
-  freedom: a telegraph pixel passes with probability at least ``1 - WITHIN_MISS``. A merely
-  noisy pixel (5 x the read noise: ``W / sigma^2`` about 60 in a group of 10, limit about 31)
-  and a pixel with one cosmic-ray hit in a group (the hit and its partner far apart within the
-  high level) fail it, and stay NOISY or unflagged.
+  (2) the within-level scatter is what the read noise gives: in every group ``W / sigma^2``
+  below the chi-square quantile with ``n - 1`` degrees of freedom at ``WITHIN_MISS / (2 G)``,
+  and summed over the G groups below that with ``sum(n - 1)`` at ``WITHIN_MISS / 2``
+  (:data:`WITHIN_MISS` 1e-3). ``W`` of the best split is at most the sum of squares of the
+  pixel's true levels about their means, a chi-square with ``n - 2`` (two levels) or ``n - 1``
+  (one level) degrees of freedom: a telegraph pixel with the read noise passes with
+  probability at least ``1 - WITHIN_MISS``. A merely noisy pixel (5 x the read noise:
+  ``W / sigma^2`` about 60 in a group of 10, limit 33.7; about 300 summed over 5 groups, limit
+  83) fails it and stays NOISY only.
 """
 
 from __future__ import annotations
@@ -241,17 +244,17 @@ def between_level_limit(sizes: tuple[int, ...], false_alarm: float = FALSE_ALARM
 
 
 def within_level_limit(n: int, groups: int, miss: float = WITHIN_MISS) -> float:
-    """The largest ``W / sigma^2`` of a group of ``n`` frames that a telegraph pixel with the read
-    noise reaches with probability below ``miss / groups``: the chi-square quantile with
+    """The largest ``W / sigma^2`` of one group of ``n`` frames that a telegraph pixel with the
+    read noise reaches with probability below ``miss / (2 groups)``: the chi-square quantile with
     ``n - 1`` degrees of freedom (``W`` of the best split is at most the sum of squares about
-    the true levels' means).
+    the true levels' means). The groups' sum has its own limit, at ``miss / 2``.
 
     >>> round(within_level_limit(10, 5), 1)
-    31.4
+    33.7
     """
     from scipy.special import chdtri
 
-    return float(chdtri(n - 1, miss / max(1, groups)))
+    return float(chdtri(n - 1, miss / (2 * max(1, groups))))
 
 
 class LevelSource(Protocol):
@@ -327,30 +330,39 @@ def telegraph_pixels(masters: Sequence[LevelSource]) -> np.ndarray | None:
 
 
 class _Pooled:
-    """Running sums over groups: the summed ``B / sigma^2`` and, per pixel, the smallest
-    chi-square tail probability of a group's ``W / sigma^2`` (the number of groups, which sets
-    the within-level limit, is known only at the end)."""
+    """Running sums over groups: the summed ``B / sigma^2`` and ``W / sigma^2`` and, per pixel, the
+    smallest chi-square tail probability of a group's ``W / sigma^2`` (the number of groups,
+    which sets the per-group limit, is known only at the end)."""
 
     def __init__(self) -> None:
         self.total: np.ndarray | None = None
+        self.within: np.ndarray | None = None
         self.tail: np.ndarray | None = None
         self.sizes: list[int] = []
 
     def add(self, between: np.ndarray, within: np.ndarray, n: int) -> None:
         from scipy.special import chdtrc
 
-        if self.total is None or self.tail is None:
+        if self.total is None or self.tail is None or self.within is None:
             self.total = np.zeros(between.shape, dtype=np.float32)
+            self.within = np.zeros(between.shape, dtype=np.float32)
             self.tail = np.ones(between.shape, dtype=np.float32)
         self.total += between
+        self.within += within
         with np.errstate(invalid="ignore"):
             tail = chdtrc(n - 1, np.asarray(within, dtype=np.float32)).astype(np.float32)
             np.fmin(self.tail, np.where(np.isnan(within), np.float32(0.0), tail), out=self.tail)
         self.sizes.append(n)
 
     def decision(self, false_alarm: float, miss: float) -> np.ndarray | None:
-        if self.total is None or self.tail is None:
+        if self.total is None or self.tail is None or self.within is None:
             return None
+        from scipy.special import chdtri
+
         limit = between_level_limit(tuple(sorted(self.sizes)), false_alarm)
+        # Half the miss rate to the groups one by one (a cosmic-ray hit in one group), half to
+        # their sum (a noisy pixel whose every group happens to scatter little).
+        pooled_limit = chdtri(sum(n - 1 for n in self.sizes), miss / 2)
         with np.errstate(invalid="ignore"):
-            return (self.tail >= np.float32(miss / len(self.sizes))) & (self.total > limit)
+            clean = (self.tail >= np.float32(miss / (2 * len(self.sizes)))) & (self.within <= pooled_limit)
+            return clean & (self.total > limit)
