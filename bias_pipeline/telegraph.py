@@ -75,9 +75,12 @@ def _best_split(ordered, first, count, lo, hi, shift, total, prefix, best):  # p
             prefix[p] += np.float64(row[p]) - shift[p]
         if m < MIN_LEVEL_VALUES:
             continue
+        low = 1.0 / m  # reciprocals once a split, not divisions for every pixel
+        high = 1.0 / (n - m)
+        whole = 1.0 / n
         for p in range(count):
             rest = total[p] - prefix[p]
-            b = prefix[p] * prefix[p] / m + rest * rest / (n - m) - total[p] * total[p] / n
+            b = prefix[p] * prefix[p] * low + rest * rest * high - total[p] * total[p] * whole
             best[p] = max(best[p], b)
 
 
@@ -194,21 +197,38 @@ def level_statistics(ordered: np.ndarray, columns: int, pool: int = 1) -> np.nda
     between = np.empty(pixels, dtype=np.float64)
     within = np.empty(pixels, dtype=np.float64)
     spread = np.empty(pixels, dtype=np.float64)
+    maps = np.empty((2, rows, columns), dtype=np.float32)
     if engine() == "numba":
         _split_sums(flat, between, within, spread)
-    else:
-        _split_sums_numpy(flat, between, within, spread)
+        _normalise(between, within, spread, columns, pool, chi2_median(n - 1), maps.reshape(2, -1))
+        return maps
+    _split_sums_numpy(flat, between, within, spread)
     # The sum of squares about the mean of each pixel, per pool of rows: its median over the
     # chi-square's median is the variance of one value (Gaussian noise), whatever few odd
     # pixels the rows hold.
     pools = [spread[start * columns : (start + pool) * columns] for start in range(0, rows, pool)]
     variance = np.array([np.median(part) for part in pools]) / chi2_median(n - 1)
     per_row = np.repeat(variance, pool)[:rows, None]
-    maps = np.empty((2, rows, columns), dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         np.divide(between.reshape(rows, columns), np.where(per_row > 0, per_row, np.nan), out=maps[0])
         np.divide(within.reshape(rows, columns), np.where(per_row > 0, per_row, np.nan), out=maps[1])
     return maps
+
+
+@kernel
+def _normalise(between, within, spread, columns, pool, median_chi2, out):  # pragma: no cover - compiled
+    """``between`` and ``within`` over the variance of one value of their pool of rows (the median
+    of ``spread`` over the pool, over ``median_chi2``; NaN where it is 0), as float32 into
+    ``out`` (``(2, pixels)``): the numpy path of :func:`level_statistics`."""
+    pixels = spread.shape[0]
+    step = pool * columns
+    for first in range(0, pixels, step):
+        stop = min(pixels, first + step)
+        variance = np.median(spread[first:stop]) / median_chi2
+        scale = 1.0 / variance if variance > 0 else np.nan
+        for p in range(first, stop):
+            out[0, p] = np.float32(between[p] * scale)
+            out[1, p] = np.float32(within[p] * scale)
 
 
 @functools.lru_cache(maxsize=32)
@@ -295,7 +315,7 @@ def decide(
     ValueError
         Without any group.
     """
-    pooled = _Pooled()
+    pooled = _Pooled(len(sizes), miss)
     for b, w, n in zip(between, within, sizes, strict=True):
         pooled.add(b, w, int(n))
     decision = pooled.decision(false_alarm, miss)
@@ -318,10 +338,11 @@ def telegraph_pixels(masters: Sequence[LevelSource]) -> np.ndarray | None:
     numpy.ndarray or None
         bool map; ``None`` when no master carries the statistics.
     """
-    pooled = _Pooled()
-    for master in masters:
-        if int(master.n_frames) < MIN_FRAMES:
-            continue
+    usable = [m for m in masters if int(m.n_frames) >= MIN_FRAMES]
+    # Groups are counted before they are read, so that each is judged as it comes; a master
+    # without the statistics (written before them) still counts, which only tightens the limits.
+    pooled = _Pooled(len(usable), WITHIN_MISS)
+    for master in usable:
         between = master.load_extension(BETWEEN_EXTENSION)
         within = master.load_extension(WITHIN_EXTENSION) if between is not None else None
         if between is not None and within is not None:
@@ -330,39 +351,36 @@ def telegraph_pixels(masters: Sequence[LevelSource]) -> np.ndarray | None:
 
 
 class _Pooled:
-    """Running sums over groups: the summed ``B / sigma^2`` and ``W / sigma^2`` and, per pixel, the
-    smallest chi-square tail probability of a group's ``W / sigma^2`` (the number of groups,
-    which sets the per-group limit, is known only at the end)."""
+    """Running sums over ``groups`` groups, one master's maps at a time: the summed ``B / sigma^2``
+    and ``W / sigma^2``, and where every group so far kept ``W / sigma^2`` within its limit."""
 
-    def __init__(self) -> None:
+    def __init__(self, groups: int, miss: float) -> None:
+        self.groups = max(1, groups)
+        self.miss = miss
         self.total: np.ndarray | None = None
         self.within: np.ndarray | None = None
-        self.tail: np.ndarray | None = None
+        self.clean: np.ndarray | None = None
         self.sizes: list[int] = []
 
     def add(self, between: np.ndarray, within: np.ndarray, n: int) -> None:
-        from scipy.special import chdtrc
-
-        if self.total is None or self.tail is None or self.within is None:
+        if self.total is None or self.within is None or self.clean is None:
             self.total = np.zeros(between.shape, dtype=np.float32)
             self.within = np.zeros(between.shape, dtype=np.float32)
-            self.tail = np.ones(between.shape, dtype=np.float32)
+            self.clean = np.ones(between.shape, dtype=bool)
         self.total += between
         self.within += within
-        with np.errstate(invalid="ignore"):
-            tail = chdtrc(n - 1, np.asarray(within, dtype=np.float32)).astype(np.float32)
-            np.fmin(self.tail, np.where(np.isnan(within), np.float32(0.0), tail), out=self.tail)
+        with np.errstate(invalid="ignore"):  # NaN (a row without scatter) is never clean
+            self.clean &= within <= np.float32(within_level_limit(n, self.groups, self.miss))
         self.sizes.append(n)
 
     def decision(self, false_alarm: float, miss: float) -> np.ndarray | None:
-        if self.total is None or self.tail is None or self.within is None:
+        if self.total is None or self.within is None or self.clean is None:
             return None
         from scipy.special import chdtri
 
         limit = between_level_limit(tuple(sorted(self.sizes)), false_alarm)
         # Half the miss rate to the groups one by one (a cosmic-ray hit in one group), half to
         # their sum (a noisy pixel whose every group happens to scatter little).
-        pooled_limit = chdtri(sum(n - 1 for n in self.sizes), miss / 2)
+        pooled_limit = np.float32(chdtri(sum(n - 1 for n in self.sizes), miss / 2))
         with np.errstate(invalid="ignore"):
-            clean = (self.tail >= np.float32(miss / (2 * len(self.sizes)))) & (self.within <= pooled_limit)
-            return clean & (self.total > limit)
+            return self.clean & (self.within <= pooled_limit) & (self.total > limit)
