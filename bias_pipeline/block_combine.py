@@ -397,8 +397,8 @@ def _levels(plan: BlockPlan, values: np.ndarray, held: dict[str, np.ndarray]) ->
         return None
     ordered = held.get("ordered") if plan.engine == "numba" else None
     if ordered is not None and ordered.size >= n * height * columns:
-        return level_statistics(ordered[: n * height * columns].reshape(n, -1), columns, plan.pool)
-    return level_statistics(np.sort(values, axis=0).reshape(n, -1), columns, plan.pool)
+        return level_statistics(ordered[: n * height * columns].reshape(n, -1), columns, plan.pool, held)
+    return level_statistics(np.sort(values, axis=0).reshape(n, -1), columns, plan.pool, held)
 
 
 def _combine_values(

@@ -158,7 +158,9 @@ def chi2_median(dof: int) -> float:
     return float(chdtri(dof, 0.5))
 
 
-def level_statistics(ordered: np.ndarray, columns: int, pool: int = 1) -> np.ndarray | None:
+def level_statistics(
+    ordered: np.ndarray, columns: int, pool: int = 1, scratch: dict[str, np.ndarray] | None = None
+) -> np.ndarray | None:
     """A group's two-level statistics of every pixel of a row block.
 
     Parameters
@@ -171,6 +173,9 @@ def level_statistics(ordered: np.ndarray, columns: int, pool: int = 1) -> np.nda
     pool
         Rows sharing one noise variance (:func:`~bias_pipeline.combine.pool_rows`); the block
         holds whole pools.
+    scratch
+        Buffers kept between calls of one thread (the per-pixel float64 sums), allocated here
+        when missing or too small.
 
     Returns
     -------
@@ -194,9 +199,8 @@ def level_statistics(ordered: np.ndarray, columns: int, pool: int = 1) -> np.nda
     flat = np.ascontiguousarray(ordered.reshape(n, -1))
     pixels = flat.shape[1]
     rows = pixels // columns
-    between = np.empty(pixels, dtype=np.float64)
-    within = np.empty(pixels, dtype=np.float64)
-    spread = np.empty(pixels, dtype=np.float64)
+    held = {} if scratch is None else scratch
+    between, within, spread = (_held(held, name, pixels) for name in ("level_between", "level_within", "level_spread"))
     maps = np.empty((2, rows, columns), dtype=np.float32)
     if engine() == "numba":
         _split_sums(flat, between, within, spread)
@@ -229,6 +233,13 @@ def _normalise(between, within, spread, columns, pool, median_chi2, out):  # pra
         for p in range(first, stop):
             out[0, p] = np.float32(between[p] * scale)
             out[1, p] = np.float32(within[p] * scale)
+
+
+def _held(scratch: dict[str, np.ndarray], name: str, size: int) -> np.ndarray:
+    array = scratch.get(name)
+    if array is None or array.dtype != np.float64 or array.size < size:
+        array = scratch[name] = np.empty(size, dtype=np.float64)
+    return array[:size]
 
 
 @functools.lru_cache(maxsize=32)

@@ -14,7 +14,7 @@ from astropy.io import fits
 
 from bias_pipeline import BiasModel, PipelineConfig, run_bias_pipeline
 from bias_pipeline.master_writer import MasterFrame
-from bias_pipeline.quality import DQ_BITS, NOISY, TELEGRAPH, describe
+from bias_pipeline.quality import DQ_BITS, HOT_MASK, NOISY, TELEGRAPH, describe, flag_pixels
 from bias_pipeline.simulate import SimulationSpec, simulate_dataset
 from bias_pipeline.steps.step3_fit_bias_model import fit_model
 from bias_pipeline.telegraph import (
@@ -24,6 +24,7 @@ from bias_pipeline.telegraph import (
     WITHIN_EXTENSION,
     decide,
     level_statistics,
+    telegraph_pixels,
     within_level_limit,
 )
 
@@ -156,6 +157,31 @@ def test_within_level_limit_is_the_chi_square_quantile():
     draws = np.square(rng.standard_normal((1_000_000, 9))).sum(axis=1)
     rate = (draws > limit).mean()
     assert abs(rate - 1e-4) <= binomial_reach(draws.size, 1e-4) / draws.size
+
+
+def test_flag_pixels_sets_telegraph_outside_the_hot_mask():
+    hot = np.array([[True, False, False]])
+    telegraph = np.array([[True, True, False]])
+    dq = flag_pixels(
+        hot_mask=hot, chi2=None, dof=0, noise=None, clipped_fraction=None,
+        saturated=np.zeros(hot.shape, bool), telegraph=telegraph,
+    )  # fmt: skip
+    assert dq.tolist() == [[HOT_MASK.value, TELEGRAPH.value, 0]]
+
+
+class _OldMaster:
+    """A master written before the two-level statistics: no LEVELB / LEVELW."""
+
+    n_frames = 10
+
+    def load_extension(self, name: str) -> np.ndarray | None:
+        return None
+
+
+def test_masters_without_statistics_give_no_decision():
+    assert telegraph_pixels([_OldMaster(), _OldMaster()]) is None
+    with pytest.raises(ValueError, match="one group"):
+        decide([], [], [])
 
 
 # ---- end to end ------------------------------------------------------------------------------
