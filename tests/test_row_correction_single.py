@@ -26,6 +26,7 @@ from bias_pipeline.row_noise import MEDIAN_VARIANCE_FACTOR
 from bias_pipeline.simulate import SimulationSpec, SimulationTruth, simulate_dataset
 from bias_pipeline.temperature_check import FLAG_TEMPERATURE, MISMATCH_SIGMAS, check_frame_temperatures
 from bias_pipeline.thermometry import estimate_temperature, sample_model
+from bias_pipeline.verification import VerificationRules, verify_residual
 from bias_pipeline.verification import main as verify_main
 
 SHAPE = (96, 128)
@@ -291,3 +292,22 @@ def test_temperature_check_keeps_its_false_alarm_rate_on_frames_with_row_noise(t
     assert 1.0 - (1.0 - rate) ** 40 - 40 * rate * (1.0 - rate) ** 39 < 0.01
     assert flagged["auto"] <= 1, flagged
     assert flagged["off"] >= 10  # the read-noise error alone flags most frames whose rows moved them
+
+
+def test_the_mean_residuals_error_counts_the_level_row_noise_leaves():
+    """Each frame's row offsets share a mean that moves its mean residual: the standard error
+    verify gives must cover it (pulls of standard deviation 1), whether or not the offsets are
+    removed (their removal keeps the level)."""
+    rng = np.random.default_rng(51)
+    shape, frames, noise = (64, 128), 200, 32.0
+    model, read_noise = np.full(shape, 3200.0), np.full(shape, noise)
+    usable, rules = np.ones(shape, dtype=bool), VerificationRules(tolerance=3.2)
+    pulls = {"auto": [], "off": []}
+    for _ in range(frames):
+        frame = model + rng.normal(0.0, noise, shape) + rng.normal(0.0, ROW_NOISE_FRACTION * noise, (shape[0], 1))
+        for mode, found in pulls.items():
+            result = verify_residual(frame, model, np.zeros(shape), read_noise, usable, rules, row_correction=mode)
+            found.append(result.mean_residual / result.mean_error)
+    bound = 5.0 / math.sqrt(2 * frames)
+    assert abs(np.std(pulls["auto"]) - 1.0) < bound
+    assert abs(np.std(pulls["off"]) - 1.0) < bound
