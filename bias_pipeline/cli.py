@@ -181,6 +181,14 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(**{name: getattr(args, name) for name in options()}, show_progress=not args.quiet)
 
 
+# The demo's sensor has a CMOS camera's structure: row noise 0.3 x the 2 DN read noise, and one
+# pixel in a thousand a random-telegraph pixel whose levels are 3 x the read noise apart.
+DEMO_ROW_NOISE_DN = 0.6
+DEMO_TELEGRAPH_FRACTION = 0.001
+DEMO_TELEGRAPH_AMPLITUDE_DN = 6.0
+DEMO_TELEGRAPH_RATE = 0.3
+
+
 def _run_demo(config: PipelineConfig) -> int:
     """``--demo``: simulate a data set in ``OUT_DIR/demo_data``, run on it, compare with its truth."""
     from .main_pipeline import run_bias_pipeline
@@ -194,6 +202,10 @@ def _run_demo(config: PipelineConfig) -> int:
         temperatures=(-10.0, 0.0, 10.0, 20.0, 30.0),
         frames_per_temperature=16,
         seed=2026,
+        row_noise_dn=DEMO_ROW_NOISE_DN,
+        telegraph_fraction=DEMO_TELEGRAPH_FRACTION,
+        telegraph_amplitude_dn=DEMO_TELEGRAPH_AMPLITUDE_DN,
+        telegraph_rate=DEMO_TELEGRAPH_RATE,
     )
     logger.info(
         "demo: simulating %d frames of %dx%d in %s",

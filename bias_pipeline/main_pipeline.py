@@ -277,7 +277,13 @@ def _run_logged(context: RunContext) -> PipelineResult:
         "frames_rejected": result.count(STATUS_REJECTED),
         "files_ignored": result.count(STATUS_IGNORED),
         "masters": [
-            {"label": m.label, "temperature": m.temperature, "frames": m.n_frames, **_date_record(m.date_range)}
+            {
+                "label": m.label,
+                "temperature": m.temperature,
+                "frames": m.n_frames,
+                "row_noise_removed": m.row_noise,
+                **_date_record(m.date_range),
+            }
             for m in result.masters
         ],
         "date_range": _date_record(result.model.date_range) or None,

@@ -60,6 +60,8 @@ class GroupRow:
     path: Path | None = None
     temperature_span: tuple[float, float] = (math.nan, math.nan)
     date_range: tuple[_dt.datetime, _dt.datetime] | None = None
+    #: The rms row noise removed from its frames [ADU]; 0 when none was.
+    row_noise: float = 0.0
 
 
 @dataclass
@@ -176,6 +178,7 @@ def report_data(
             Path(m.path),
             tuple(m.temperature_span),
             getattr(m, "date_range", None),
+            float(getattr(m, "row_noise", 0.0)),
         )
         for m in result.masters
     ]
@@ -400,13 +403,22 @@ def _groups_section(data: ReportData) -> str:
         spread = f"{span[0]:.2f} to {span[1]:.2f}" if all(math.isfinite(s) for s in span) else ""
         link = _link(data.output_dir, g.path) if g.path else ""
         dates = f"{format_date(g.date_range[0])} to {format_date(g.date_range[1])}" if g.date_range else ""
-        rows.append((_esc(g.label), f"{g.temperature:.3f}", spread, str(g.n_frames), dates, link))
+        removed = f"{g.row_noise:.2f}" if g.row_noise > 0 else "none"
+        rows.append((_esc(g.label), f"{g.temperature:.3f}", spread, str(g.n_frames), removed, dates, link))
     body = (
         f"<p>{len(data.groups)} temperature groups, {sum(g.n_frames for g in data.groups)} frames, "
         f'fitted temperature range <span id="temperature-range">{low:.2f} to {high:.2f}</span> deg C.</p>'
     )
     body += _table(
-        ("group (deg C)", "mean temperature (deg C)", "frame temperatures (deg C)", "frames", "dates (UTC)", "master"),
+        (
+            "group (deg C)",
+            "mean temperature (deg C)",
+            "frame temperatures (deg C)",
+            "frames",
+            "row noise removed (ADU rms)",
+            "dates (UTC)",
+            "master",
+        ),
         rows,
         escape=False,
         css="groups",

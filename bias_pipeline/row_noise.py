@@ -6,18 +6,19 @@ frame's temperature) a frame's row offsets are the medians over each row of fram
 reference: robust to hot pixels, cosmic rays and telegraph pixels, which touch few pixels of a
 row.
 
-What read noise alone gives. The median of ``C`` differences with per-pixel noise ``s`` scatters
-by ``sqrt(pi / 2) * s / sqrt(C)``; against a master of the ``n`` frames themselves, a frame's
-difference has variance ``s^2 (1 + (e^2 - 2) / n)`` (``e`` the combine's efficiency: 1 for a
-mean, 1.2533 for a median), so the expected variance of a row offset without row noise is
-``pi / 2 * (1 + (e^2 - 2) / n) * s^2 / C`` (:func:`expected_row_variance`).
+What read noise alone gives. In a group, each row's offset is measured twice, on the left and on
+the right half of the row (:func:`split_row_offsets`): the offset is their mean, and their
+difference, which row noise (common to the whole row) cannot touch, measures the read noise's
+part: ``((left - right) / 2)^2`` has the expectation of the offset's variance from read noise
+alone, whatever the combine method, the quantisation or the pixels' noise distribution (a
+median master, for one, makes a frame's differences pile up at zero, which no closed formula
+of the Gaussian case describes). Against a model (no noise of its own), a row median of ``C``
+pixels of noise ``s`` scatters by ``sqrt(pi / 2) s / sqrt(C)`` (:func:`expected_row_variance`).
 
 The rule of ``--row-correction auto`` (:func:`row_noise_significant`): a group's frames are
-corrected when their row offsets' mean square exceeds what read noise alone gives by more than
-:data:`ROW_EXCESS` (10 %) and by more than :data:`ROW_SIGNIFICANCE` (5) standard errors of that
-mean square (``sqrt(2 / N)`` of it for ``N`` row offsets). Data without row noise then keep their
-products exactly; the 10 % keeps an approximation of a few per cent in the expected variance
-(the median's variance for few columns, quantisation) from ever switching it on.
+corrected when their row offsets' mean square exceeds the read noise's part by more than
+:data:`ROW_EXCESS` (10 %) and by more than :data:`ROW_SIGNIFICANCE` (5) standard errors of their
+ratio (``sqrt(4 / N)`` for ``N`` row offsets). Data without row noise then keep their products.
 """
 
 from __future__ import annotations
@@ -78,6 +79,35 @@ def row_offsets(difference: np.ndarray, valid: np.ndarray | None = None) -> np.n
     return np.nan_to_num(offsets, nan=0.0).astype(np.float32)
 
 
+def split_row_offsets(difference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's offset from the medians of its two halves, and the read noise's part of it.
+
+    Parameters
+    ----------
+    difference
+        ``(..., rows, columns)`` float array without NaN (frame minus master).
+
+    Returns
+    -------
+    offsets, noise_variance
+        ``(..., rows)``: ``(left + right) / 2`` and ``((left - right) / 2) ** 2`` of the halves'
+        medians (the middle column of an odd row is left out). The second has the expectation
+        of the first's variance without row noise; float32 and float64.
+
+    Examples
+    --------
+    >>> d = np.array([[1.0, 3.0, 9.0, 5.0, 7.0]])
+    >>> offsets, variance = split_row_offsets(d)
+    >>> offsets.tolist(), variance.tolist()
+    ([4.0], [4.0])
+    """
+    data = np.asarray(difference, dtype=np.float32)
+    half = data.shape[-1] // 2
+    left = np.median(data[..., :half], axis=-1).astype(np.float64)
+    right = np.median(data[..., data.shape[-1] - half :], axis=-1).astype(np.float64)
+    return ((left + right) / 2).astype(np.float32), ((left - right) / 2) ** 2
+
+
 def expected_row_variance(noise: np.ndarray, n_frames: int | None, efficiency: float = 1.0) -> np.ndarray:
     """Variance of each row's offset that read noise alone gives, ``(rows,)`` float64.
 
@@ -115,7 +145,7 @@ class RowNoiseTest:
     mean_square
         Mean square of the row offsets.
     expected
-        What read noise alone gives (mean of :func:`expected_row_variance` over rows).
+        What read noise alone gives (the mean of the read noise's parts).
     count
         Row offsets tested.
     significant
@@ -132,7 +162,7 @@ class RowNoiseTest:
         """The excess in standard errors of the mean square."""
         if self.count == 0 or not self.expected > 0:
             return math.nan
-        return (self.mean_square / self.expected - 1.0) / math.sqrt(2.0 / self.count)
+        return (self.mean_square / self.expected - 1.0) / math.sqrt(4.0 / self.count)
 
 
 def row_noise_significant(sum_squares: float, sum_expected: float, count: int) -> RowNoiseTest:
@@ -143,7 +173,7 @@ def row_noise_significant(sum_squares: float, sum_expected: float, count: int) -
     sum_squares
         Sum over frames and rows of the squared row offsets.
     sum_expected
-        Sum over the same of the variance read noise alone gives.
+        Sum over the same of the read noise's part (:func:`split_row_offsets`).
     count
         Number of row offsets summed.
 
@@ -162,11 +192,11 @@ def row_noise_significant(sum_squares: float, sum_expected: float, count: int) -
         return RowNoiseTest(math.nan, math.nan, count, False)
     mean_square, expected = sum_squares / count, sum_expected / count
     ratio = mean_square / expected
-    significant = ratio > 1.0 + ROW_EXCESS and (ratio - 1.0) > ROW_SIGNIFICANCE * math.sqrt(2.0 / count)
+    significant = ratio > 1.0 + ROW_EXCESS and (ratio - 1.0) > ROW_SIGNIFICANCE * math.sqrt(4.0 / count)
     return RowNoiseTest(mean_square, expected, count, bool(significant))
 
 
-def frame_row_noise(mean_squares: np.ndarray, expected: float) -> np.ndarray:
+def frame_row_noise(mean_squares: np.ndarray, expected: float | np.ndarray) -> np.ndarray:
     """Each frame's row-noise amplitude from its row offsets against its group's master.
 
     A frame's offset against the master is its own row offset minus the group's mean one, so
@@ -180,7 +210,7 @@ def frame_row_noise(mean_squares: np.ndarray, expected: float) -> np.ndarray:
     mean_squares
         ``(n,)`` each frame's mean square row offset over the rows.
     expected
-        The mean over rows of what read noise alone gives (:func:`expected_row_variance`).
+        The mean over rows of what read noise alone gives, one for all frames or ``(n,)``.
 
     Returns
     -------
@@ -195,7 +225,7 @@ def frame_row_noise(mean_squares: np.ndarray, expected: float) -> np.ndarray:
     >>> np.round(frame_row_noise((seen**2).mean(axis=1), 0.0), 1).tolist()
     [3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
     """
-    excess = np.asarray(mean_squares, dtype=np.float64) - float(expected)
+    excess = np.asarray(mean_squares, dtype=np.float64) - np.asarray(expected, dtype=np.float64)
     n = excess.size
     if n < 2:
         return np.full(n, np.nan)

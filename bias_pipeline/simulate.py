@@ -4,7 +4,10 @@ Each pixel's bias in 12-bit DN is ``a12 + b12 * T`` with column and row patterns
 intercept and the slope; a frame adds Gaussian read noise, a few cosmic-ray hits, quantises
 to 12 bits and stores the value times 16 in a uint16 FITS file with ``HIERARCH TEMPERATURE``
 and ``EXPOSURE`` cards. A few hot pixels grow exponentially with temperature and so do not
-follow the linear law. The true maps are saved beside the frames in 16-bit ADU:
+follow the linear law. Optionally, as a CMOS sensor does: row noise (each row of each frame
+shifted by a common random offset, from the column-parallel readout) and random-telegraph
+pixels (two levels, switching at random from frame to frame). The true maps are saved beside
+the frames in 16-bit ADU:
 
     OUT/raw/bias_-10.0C_000.fits ...        the frames
     OUT/truth/bias_a_true.fits              a: bias at 0 deg C [ADU]
@@ -13,11 +16,15 @@ follow the linear law. The true maps are saved beside the frames in 16-bit ADU:
     OUT/truth/noisy_pixels.fits, dead_pixels.fits    1 = noisy (5x read noise) / stuck pixel
     OUT/truth/bias_c_true.fits              c [ADU / deg C^2], with a quadratic population
     OUT/truth/damaged_pixels.fits, new_hot_pixels.fits   1 = changed since epoch 0 (a later epoch)
+    OUT/truth/column_offsets.fits, column_slopes.fits    the column patterns of a [ADU] and b [ADU / deg C]
+    OUT/truth/row_offsets.fits              with row noise: frames x rows [ADU], in the frames' order
+    OUT/truth/telegraph_pixels.fits         with telegraph pixels: 1 = telegraph pixel
 
 Every frame carries ``DATE-OBS``: the set points are visited in order from ``start_date``, one
 frame every ``frame_interval`` seconds. A later epoch of the same sensor (``epoch`` > 0, with
 the same ``seed``) has the same pixels aged: a global offset, a damaged region whose bias
-stepped, and new hot pixels; the truth maps of that epoch include the ageing.
+stepped, and new hot pixels; the truth maps of that epoch include the ageing. Telegraph pixels
+belong to the sensor (the same in every epoch); their states and the row noise are drawn anew.
 
 Run ``python -m bias_pipeline.simulate OUT --help`` for the options.
 """
@@ -27,7 +34,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +102,22 @@ class SimulationSpec:
         The step of the damaged region's bias [ADU].
     new_hot_fraction
         Fraction of the pixels (normal ones until then) that turned hot in this epoch.
+    row_noise_dn
+        Row noise [12-bit DN]: in each frame each row is shifted by a common offset drawn from
+        ``N(0, row_noise_dn)`` before quantisation (0: none).
+    column_offset_dn
+        Standard deviation [12-bit DN] of the column offsets of the intercept (the readout
+        amplifiers' fixed pattern).
+    column_slope_adu
+        Standard deviation [16-bit ADU per deg C] of the column pattern of the slope.
+    telegraph_fraction
+        Fraction of pixels that are random-telegraph pixels (at least 2 when non-zero), distinct
+        from hot, noisy, dead and quadratic pixels; a property of the sensor, the same in every epoch.
+    telegraph_amplitude_dn
+        Separation of a telegraph pixel's two levels [12-bit DN]; the high level adds it to the bias.
+    telegraph_rate
+        Probability per frame that a telegraph pixel switches level (a Markov chain through the
+        frames in their order; the first frame's state is high or low with equal odds).
     """
 
     shape: tuple[int, int] = (48, 64)
@@ -118,6 +141,12 @@ class SimulationSpec:
     damaged_region: tuple[int, int, int, int] | None = None
     damage_adu: float = 0.0
     new_hot_fraction: float = 0.0
+    row_noise_dn: float = 0.0
+    column_offset_dn: float = 3.0
+    column_slope_adu: float = 0.4
+    telegraph_fraction: float = 0.0
+    telegraph_amplitude_dn: float = 6.0
+    telegraph_rate: float = 0.3
 
     @property
     def aged(self) -> bool:
@@ -127,7 +156,15 @@ class SimulationSpec:
 
 @dataclass
 class SimulationTruth:
-    """The truth behind a simulated data set (all maps in 16-bit ADU)."""
+    """The truth behind a simulated data set (all maps in 16-bit ADU).
+
+    ``a_map`` of a telegraph pixel is its low level; its high level adds ``telegraph_amplitude``.
+    ``row_offsets`` holds each frame's row offsets (frames in the order of ``frame_paths``,
+    zeros without row noise), ``frame_row_noise`` their rms over the rows of each frame, and
+    ``telegraph_states`` the level of each telegraph pixel in each frame (frames x telegraph
+    pixels, ``True`` = high; the pixels in the order of ``numpy.flatnonzero(telegraph_mask)``).
+    ``column_offsets`` and ``column_slopes`` are the column patterns of a and b.
+    """
 
     a_map: np.ndarray
     b_map: np.ndarray
@@ -144,6 +181,13 @@ class SimulationTruth:
     new_hot_mask: np.ndarray | None = None
     raw_dir: Path | None = None
     truth_dir: Path | None = None
+    row_offsets: np.ndarray | None = None
+    frame_row_noise: np.ndarray | None = None
+    telegraph_mask: np.ndarray | None = None
+    telegraph_amplitude: np.ndarray | None = None
+    telegraph_states: np.ndarray | None = None
+    column_offsets: np.ndarray | None = None
+    column_slopes: np.ndarray | None = None
 
     def bias_adu(self, temperature: float) -> np.ndarray:
         """Noise-free bias [ADU] at ``temperature`` (hot and dead pixels excepted)."""
@@ -154,9 +198,10 @@ class SimulationTruth:
 
     @property
     def abnormal_mask(self) -> np.ndarray:
-        """Pixels that do not behave as ``a + b T`` with the nominal noise: hot, noisy, dead."""
+        """Pixels that do not behave as ``a + b T`` with the nominal noise: hot, noisy, dead,
+        newly hot and telegraph pixels."""
         mask = self.hot_mask.copy()
-        for extra in (self.noisy_mask, self.dead_mask, self.new_hot_mask):
+        for extra in (self.noisy_mask, self.dead_mask, self.new_hot_mask, self.telegraph_mask):
             if extra is not None:
                 mask |= extra
         return mask
@@ -174,6 +219,28 @@ class PixelPopulation:
     noise_factor: np.ndarray
     dead_mask: np.ndarray
     dead_value: np.ndarray
+    column_offsets: np.ndarray | None = None
+    column_slopes: np.ndarray | None = None
+    telegraph_mask: np.ndarray | None = None
+    telegraph_amplitude: np.ndarray | None = None
+
+
+def _stream(spec: SimulationSpec, what: str) -> list[int]:
+    """The seed of the generator of one kind of draw.
+
+    The sensor and epoch 0's frames come from ``seed``, a later epoch's frames from
+    ``[seed, epoch]`` and its ageing from ``[seed, epoch, 1]`` (as before row noise and telegraph
+    pixels existed, so those files stay as they were). The draws added since have generators of
+    their own, so that switching them on leaves every other draw unchanged; none ends in 0
+    (``[s, e, 0]`` seeds the same stream as ``[s, e]``), and telegraph pixels, a property of the
+    sensor, do not depend on the epoch.
+    """
+    keys = {
+        "row offsets": [spec.seed, spec.epoch, 2],
+        "telegraph pixels": [spec.seed, 0, 3],
+        "telegraph states": [spec.seed, spec.epoch, 4],
+    }
+    return keys[what]
 
 
 def _choose(rng: np.random.Generator, size: int, fraction: float, minimum: int, taken: np.ndarray) -> np.ndarray:
@@ -186,15 +253,30 @@ def _choose(rng: np.random.Generator, size: int, fraction: float, minimum: int, 
 
 def make_truth(spec: SimulationSpec, rng: np.random.Generator) -> PixelPopulation:
     """Draw the per-pixel truth: intercept and slope with column and row patterns, hot,
-    noisy, dead and (optionally) quadratic pixels, each population distinct."""
+    noisy, dead, (optionally) quadratic and telegraph pixels, each population distinct.
+
+    Parameters
+    ----------
+    spec
+        What to simulate.
+    rng
+        The generator of the sensor's pixels (telegraph pixels are drawn from a generator of
+        their own, seeded by ``spec.seed``, so that they leave this stream as it was).
+
+    Returns
+    -------
+    PixelPopulation
+    """
     rows, cols = spec.shape
+    column_offsets = rng.normal(0.0, spec.column_offset_dn, cols)  # the readout amplifiers' offsets
     a12 = (
         spec.bias_level_dn
-        + rng.normal(0.0, 3.0, cols)[None, :]  # column offsets of the readout amplifiers
+        + column_offsets[None, :]
         + rng.normal(0.0, 0.5, rows)[:, None]  # row pattern
         + rng.normal(0.0, 1.5, spec.shape)  # fixed pattern per pixel
     )
-    b = spec.slope_adu + rng.normal(0.0, 0.4, cols)[None, :] + rng.normal(0.0, 0.2, spec.shape)
+    column_slopes = rng.normal(0.0, spec.column_slope_adu, cols)
+    b = spec.slope_adu + column_slopes[None, :] + rng.normal(0.0, 0.2, spec.shape)
     taken = np.zeros(spec.shape, dtype=bool)
     hot = _choose(rng, rows * cols, spec.hot_fraction, 3, taken)
     taken |= hot
@@ -204,6 +286,10 @@ def make_truth(spec: SimulationSpec, rng: np.random.Generator) -> PixelPopulatio
     taken |= dead
     quadratic = _choose(rng, rows * cols, spec.quadratic_fraction, 2, taken)
     c_map = np.where(quadratic, rng.uniform(0.05, 0.2, spec.shape) * rng.choice([-1, 1], spec.shape), 0.0)
+    taken |= quadratic
+    telegraph = _choose(
+        np.random.default_rng(_stream(spec, "telegraph pixels")), rows * cols, spec.telegraph_fraction, 2, taken
+    )
     return PixelPopulation(
         a_map=(a12 * SCALE).astype(np.float32),
         b_map=b.astype(np.float32),
@@ -213,6 +299,10 @@ def make_truth(spec: SimulationSpec, rng: np.random.Generator) -> PixelPopulatio
         noise_factor=np.where(noisy, 5.0, 1.0).astype(np.float32),
         dead_mask=dead,
         dead_value=np.round(rng.uniform(150, 250, spec.shape)).astype(np.float32),
+        column_offsets=(column_offsets * SCALE).astype(np.float32),
+        column_slopes=column_slopes.astype(np.float32),
+        telegraph_mask=telegraph,
+        telegraph_amplitude=np.where(telegraph, spec.telegraph_amplitude_dn * SCALE, 0.0).astype(np.float32),
     )
 
 
@@ -233,27 +323,92 @@ def age_population(population: PixelPopulation, spec: SimulationSpec) -> tuple[n
         damaged[row0:row1, col0:col1] = True
         population.a_map[damaged] += np.float32(spec.damage_adu)
     taken = population.hot_mask | population.dead_mask | (population.noise_factor > 1) | damaged
+    if population.telegraph_mask is not None:
+        taken = taken | population.telegraph_mask
     new_hot = _choose(rng, damaged.size, spec.new_hot_fraction, 1, taken)
     population.hot_amplitude[new_hot] = rng.uniform(50.0, 400.0, int(new_hot.sum())).astype(np.float32)
     return damaged, new_hot
 
 
 def make_frame(
-    population: PixelPopulation, temperature: float, spec: SimulationSpec, rng: np.random.Generator
+    population: PixelPopulation,
+    temperature: float,
+    spec: SimulationSpec,
+    rng: np.random.Generator,
+    *,
+    row_offsets_dn: np.ndarray | None = None,
+    telegraph_high: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One raw frame as stored: 12-bit DN x 16 in uint16."""
+    """One raw frame as stored: 12-bit DN x 16 in uint16.
+
+    Parameters
+    ----------
+    population
+        The pixels.
+    temperature
+        The frame's temperature [deg C].
+    spec
+        What to simulate (read noise, cosmic-ray rate).
+    rng
+        The generator of the frame's read noise and cosmic rays.
+    row_offsets_dn
+        This frame's offset of each row [12-bit DN], added before quantisation (``None``: none).
+    telegraph_high
+        Boolean map of the pixels whose telegraph level is high in this frame (``None``: none).
+
+    Returns
+    -------
+    numpy.ndarray
+        The frame, uint16.
+    """
     t = np.float32(temperature)
     adu = population.a_map + population.b_map * t + population.c_map * t * t
     # Hot pixels: a dark-current-like term doubling every 6 deg C, not linear in T.
     adu = adu + population.hot_amplitude * np.float32(2.0 ** (temperature / 6.0))
+    if telegraph_high is not None and population.telegraph_amplitude is not None:
+        adu = adu + np.where(telegraph_high, population.telegraph_amplitude, np.float32(0.0))
     noise = rng.normal(0.0, spec.read_noise_dn, population.a_map.shape) * population.noise_factor
     dn = adu / SCALE + noise
     dn = np.where(population.dead_mask, population.dead_value, dn)
+    if row_offsets_dn is not None:
+        # After the stuck pixels: the offset comes from the row's readout, which a stuck pixel shares.
+        dn = dn + row_offsets_dn[:, None]
     n_hits = rng.poisson(spec.cosmic_rate * dn.size)
     if n_hits:
         hits = rng.choice(dn.size, n_hits, replace=False)
         dn.flat[hits] += rng.uniform(200.0, 3000.0, n_hits)
     return (np.clip(np.rint(dn), 0, DN_MAX).astype(np.uint16) * SCALE).astype(np.uint16)
+
+
+def _frame_structure(
+    population: PixelPopulation, spec: SimulationSpec
+) -> Iterator[tuple[np.ndarray | None, np.ndarray | None, np.ndarray]]:
+    """Each frame's row offsets [DN] and telegraph-high map in turn, and the telegraph pixels'
+    states (``None`` for what the spec leaves off), from generators of their own."""
+    rows = spec.shape[0]
+    row_rng = np.random.default_rng(_stream(spec, "row offsets")) if spec.row_noise_dn > 0 else None
+    telegraph = population.telegraph_mask if population.telegraph_mask is not None else np.zeros(spec.shape, bool)
+    pixels = np.flatnonzero(telegraph)
+    state_rng = np.random.default_rng(_stream(spec, "telegraph states"))
+    states = state_rng.random(pixels.size) < 0.5
+    while True:
+        row_offsets = row_rng.normal(0.0, spec.row_noise_dn, rows) if row_rng is not None else None
+        high = None
+        if pixels.size:
+            high = np.zeros(spec.shape, dtype=bool)
+            high.flat[pixels] = states
+        yield row_offsets, high, states.copy()
+        states ^= state_rng.random(pixels.size) < spec.telegraph_rate
+
+
+def _check_spec(spec: SimulationSpec) -> None:
+    """Raise ValueError naming the first field of ``spec`` out of its range."""
+    for name in ("row_noise_dn", "column_offset_dn", "column_slope_adu", "telegraph_amplitude_dn"):
+        if not getattr(spec, name) >= 0:  # NaN fails too
+            raise ValueError(f"{name} must be 0 or more, not {getattr(spec, name)}")
+    for name in ("telegraph_fraction", "telegraph_rate"):
+        if not 0.0 <= getattr(spec, name) <= 1.0:
+            raise ValueError(f"{name} must lie in 0..1, not {getattr(spec, name)}")
 
 
 def frame_header(
@@ -298,6 +453,12 @@ def simulate_dataset(
     -------
     SimulationTruth
 
+    Raises
+    ------
+    ValueError
+        A field of ``spec`` out of its range (a negative amplitude, a fraction or rate outside
+        0..1) or a ``start_date`` that is not a date.
+
     Examples
     --------
     >>> import tempfile
@@ -306,6 +467,7 @@ def simulate_dataset(
     (15, (48, 64))
     """
     spec = spec or SimulationSpec()
+    _check_spec(spec)
     rng = np.random.default_rng(spec.seed)
     out = Path(out_dir)
     raw_dir, truth_dir = out / "raw", out / "truth"
@@ -320,6 +482,7 @@ def simulate_dataset(
         start = parse_date(spec.start_date)
     except ValueError as exc:
         raise ValueError(f"start_date: {exc}") from None
+    structure = _frame_structure(population, spec)
     truth = SimulationTruth(
         population.a_map,
         population.b_map,
@@ -333,11 +496,19 @@ def simulate_dataset(
         offset_adu=spec.offset_adu,
         damaged_mask=damaged,
         new_hot_mask=new_hot,
+        telegraph_mask=population.telegraph_mask,
+        telegraph_amplitude=population.telegraph_amplitude,
+        column_offsets=population.column_offsets,
+        column_slopes=population.column_slopes,
     )
+    row_offsets, states = [], []
     for set_number, set_point in enumerate(spec.temperatures):
         for index in range(spec.frames_per_temperature):
             temperature = set_point + rng.normal(0.0, spec.jitter)
-            data = make_frame(population, temperature, spec, rng)
+            frame_rows, high, frame_states = next(structure)
+            data = make_frame(population, temperature, spec, rng, row_offsets_dn=frame_rows, telegraph_high=high)
+            row_offsets.append(np.zeros(spec.shape[0]) if frame_rows is None else frame_rows)
+            states.append(frame_states)
             path = raw_dir / f"bias_{set_point:+.1f}C_{index:03d}.fits"
             sequence = set_number * spec.frames_per_temperature + index
             taken = start + _dt.timedelta(seconds=spec.frame_interval * sequence)
@@ -345,8 +516,11 @@ def simulate_dataset(
             truth.frame_paths.append(path)
             truth.frame_temperatures.append(round(float(temperature), 3))
             truth.frame_dates.append(taken)
+    truth.row_offsets = (np.array(row_offsets).reshape(-1, spec.shape[0]) * SCALE).astype(np.float32)
+    truth.frame_row_noise = np.sqrt(np.mean(truth.row_offsets.astype(np.float64) ** 2, axis=1))
+    truth.telegraph_states = np.array(states, dtype=bool).reshape(len(states), -1)
     if faults:
-        _write_faults(raw_dir, population, spec, rng)
+        _write_faults(raw_dir, population, spec, rng, structure)
     header = fits.Header()
     header["BUNIT"] = "adu"
     _write(truth_dir / "bias_a_true.fits", population.a_map, header)
@@ -359,13 +533,33 @@ def simulate_dataset(
     if damaged is not None and new_hot is not None:
         _write(truth_dir / "damaged_pixels.fits", damaged.astype(np.uint8))
         _write(truth_dir / "new_hot_pixels.fits", new_hot.astype(np.uint8))
+    _write(truth_dir / "column_offsets.fits", population.column_offsets, header)
+    slope_header = fits.Header()
+    slope_header["BUNIT"] = "adu / deg C"
+    _write(truth_dir / "column_slopes.fits", population.column_slopes, slope_header)
+    if spec.row_noise_dn > 0:
+        row_header = header.copy()
+        row_header["COMMENT"] = "row offsets: one row per frame (in the frames' order), one column per sensor row"
+        _write(truth_dir / "row_offsets.fits", truth.row_offsets, row_header)
+    if truth.telegraph_mask is not None and truth.telegraph_mask.any():
+        telegraph_header = fits.Header()
+        telegraph_header["TELAMP"] = (spec.telegraph_amplitude_dn * SCALE, "[adu] separation of the two levels")
+        telegraph_header["TELRATE"] = (spec.telegraph_rate, "probability per frame of switching level")
+        _write(truth_dir / "telegraph_pixels.fits", truth.telegraph_mask.astype(np.uint8), telegraph_header)
     logger.info("simulated %d frames in %s", len(truth.frame_paths), raw_dir)
     return truth
 
 
-def _write_faults(raw_dir: Path, population: PixelPopulation, spec: SimulationSpec, rng: np.random.Generator) -> None:
+def _write_faults(
+    raw_dir: Path,
+    population: PixelPopulation,
+    spec: SimulationSpec,
+    rng: np.random.Generator,
+    structure: Iterator[tuple[np.ndarray | None, np.ndarray | None, np.ndarray]],
+) -> None:
     set_point = spec.temperatures[0]
-    frame = make_frame(population, set_point, spec, rng)
+    frame_rows, high, _ = next(structure)  # the fault frames carry the sensor's structure too
+    frame = make_frame(population, set_point, spec, rng, row_offsets_dn=frame_rows, telegraph_high=high)
     _write(raw_dir / "dark_10s.fits", frame, frame_header(set_point, 10.0, set_point, 0))
     dropout = frame.copy()
     dropout[: frame.shape[0] // 2] = 0
@@ -392,7 +586,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     int
         The exit code.
     """
-    from .command import OneLineParser, guarded  # here: the simulator is imported by tests without a command
+    from .command import (
+        OneLineParser,
+        finite_float,
+        guarded,
+    )  # here: the simulator is imported by tests without a command
 
     parser = OneLineParser(
         prog=prog,
@@ -437,7 +635,61 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     parser.add_argument(
         "--new-hot-fraction", type=float, default=0.0, help="fraction of pixels turned hot in this epoch (default 0)"
     )
+    cmos = parser.add_argument_group("CMOS structure")
+    cmos.add_argument(
+        "--row-noise",
+        type=finite_float,
+        default=SimulationSpec.row_noise_dn,
+        metavar="DN",
+        help="row noise: each row of each frame shifted by a common N(0, DN) offset, 12-bit DN (default 0)",
+    )
+    cmos.add_argument(
+        "--column-offset",
+        type=finite_float,
+        default=SimulationSpec.column_offset_dn,
+        metavar="DN",
+        help="spread of the column offsets of the bias, 12-bit DN (default %(default)s)",
+    )
+    cmos.add_argument(
+        "--column-slope",
+        type=finite_float,
+        default=SimulationSpec.column_slope_adu,
+        metavar="ADU",
+        help="spread of the column pattern of the slope, ADU per deg C (default %(default)s)",
+    )
+    cmos.add_argument(
+        "--telegraph-fraction",
+        type=finite_float,
+        default=SimulationSpec.telegraph_fraction,
+        metavar="F",
+        help="fraction of pixels that are random-telegraph pixels, two levels (default 0)",
+    )
+    cmos.add_argument(
+        "--telegraph-amplitude",
+        type=finite_float,
+        default=SimulationSpec.telegraph_amplitude_dn,
+        metavar="DN",
+        help="separation of a telegraph pixel's two levels, 12-bit DN (default %(default)s)",
+    )
+    cmos.add_argument(
+        "--telegraph-rate",
+        type=finite_float,
+        default=SimulationSpec.telegraph_rate,
+        metavar="R",
+        help="probability per frame that a telegraph pixel switches level (default %(default)s)",
+    )
     args = parser.parse_args(argv)
+    for flag, value in (
+        ("--row-noise", args.row_noise),
+        ("--column-offset", args.column_offset),
+        ("--column-slope", args.column_slope),
+        ("--telegraph-amplitude", args.telegraph_amplitude),
+    ):
+        if value < 0:
+            parser.error(f"{flag} must be 0 or more, not {value:g}")
+    for flag, value in (("--telegraph-fraction", args.telegraph_fraction), ("--telegraph-rate", args.telegraph_rate)):
+        if not 0.0 <= value <= 1.0:
+            parser.error(f"{flag} must lie in 0..1, not {value:g}")
     if min(args.shape) < 1 or args.frames_per_temperature < 1:
         parser.error("--shape and --frames-per-temperature must be positive")
     try:
@@ -464,6 +716,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
         damaged_region=region,
         damage_adu=args.damage[4] if args.damage is not None else 0.0,
         new_hot_fraction=args.new_hot_fraction,
+        row_noise_dn=args.row_noise,
+        column_offset_dn=args.column_offset,
+        column_slope_adu=args.column_slope,
+        telegraph_fraction=args.telegraph_fraction,
+        telegraph_amplitude_dn=args.telegraph_amplitude,
+        telegraph_rate=args.telegraph_rate,
     )
 
     def body() -> int:
