@@ -202,7 +202,7 @@ def estimate_temperature(
         # steps move the temperature by far less than would change a row's median.
         if correcting and iteration < 2:
             assert grid is not None
-            noise = np.sqrt(noise_variance) if model.read_noise is not None else None
+            noise = np.sqrt(1.0 / weight) if model.read_noise is not None else None  # the model's variance too
             found = grid.rows(y - _poly(coefficients, temperature), keep, noise)
             if iteration == 0 and row_correction == "auto" and not found.test.significant:
                 correcting = False  # no row noise to speak of: the estimate as without the option

@@ -17,7 +17,8 @@ the frame's own header temperature, over the pixels neither masked nor DQ-flagge
 - whether the temperature lies outside the model's fitted range (a warning, not a failure);
 - the frame's **row noise** (the offset each row of a CMOS frame shares,
   :mod:`bias_pipeline.row_noise`): the rms of its row offsets (each row's median residual) about
-  their mean, less what the model's read noise alone gives in a row median. With
+  their mean, less what noise alone gives in a row median (``pi / 2`` times the mean over the
+  row of ``readnoise^2 + sigma_model^2``, over the number of pixels). With
   ``row_correction`` ``"on"``, or ``"auto"`` (the default) when that row noise is significant
   (:func:`~bias_pipeline.row_noise.row_noise_significant`), the offsets are removed before the
   noise ratio and the outliers are measured: a frame is not failed for the row noise the
@@ -295,7 +296,10 @@ def verify_residual(
             & np.isfinite(read_noise)
             & (np.asarray(read_noise) > 0)
         )
-    rows = measure_frame_rows(frame - prediction, good, read_noise) if frame.ndim == 2 else None
+    # What noise alone gives a row median: the frame's read noise and the model's own error
+    # (which grows towards the ends of the fitted range) together.
+    pixel_noise = np.hypot(np.asarray(read_noise, dtype=np.float64), np.nan_to_num(np.asarray(model_sigma), nan=0.0))
+    rows = measure_frame_rows(frame - prediction, good, pixel_noise) if frame.ndim == 2 else None
     row_noise = rows.amplitude if rows is not None and rows.measured.any() else math.nan
     corrected = (
         rows is not None
