@@ -7,11 +7,12 @@ of every summary statistic.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .fitting import chi2_threshold
+from .fitting import f_threshold
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def flag_pixels(
     noise_sigma: float = 6.0,
     max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
     too_clipped: np.ndarray | None = None,
+    noise_dof: float = math.inf,
 ) -> np.ndarray:
     """Combine the tests into a ``uint32`` DQ map (see :data:`DQ_BITS`).
 
@@ -87,7 +89,8 @@ def flag_pixels(
     saturated
         True where a master reaches the ADC maximum.
     p_value
-        A normal pixel is flagged NONLINEAR with this probability.
+        A normal pixel is flagged NONLINEAR with this probability: ``chi2 / dof`` beyond the
+        upper ``p_value`` quantile of F(``dof``, ``noise_dof``) (:func:`~bias_pipeline.fitting.f_threshold`).
     noise_sigma
         Noise outliers: beyond this many robust standard deviations of the noise map.
     max_clipped_fraction
@@ -95,6 +98,8 @@ def flag_pixels(
     too_clipped
         Instead of ``clipped_fraction``: True where the caller found it above
         ``max_clipped_fraction`` (a bool map, not a float64 one, for a large frame).
+    noise_dof
+        Degrees of freedom of the noise variance ``chi2`` was divided by (``inf``: known).
 
     Returns
     -------
@@ -114,7 +119,7 @@ def flag_pixels(
     valid = ~hot_mask
     if chi2 is not None and dof >= 1:
         with np.errstate(invalid="ignore"):
-            dq[valid & (chi2 > chi2_threshold(dof, p_value))] |= NONLINEAR.value
+            dq[valid & (chi2 > dof * f_threshold(dof, noise_dof, p_value))] |= NONLINEAR.value
     if noise is not None:
         high, low = robust_outliers(noise, valid, noise_sigma)
         dq[valid & high] |= NOISY.value
