@@ -48,7 +48,7 @@ def quantum_ratio(quantum: float, noise: float) -> float:
     is cached on (0 when either is unknown or not positive).
 
     >>> quantum_ratio(16.0, 32.33), quantum_ratio(0.0, 30.0), quantum_ratio(16.0, float("nan"))
-    (0.5, 0.0, 0.0)
+    (0.49, 0.0, 0.0)
     """
     if not (quantum > 0 and noise > 0 and math.isfinite(noise)):
         return 0.0

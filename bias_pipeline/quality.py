@@ -3,6 +3,21 @@
 Flags are decided from the fit and the noise maps; the user's hot-pixel mask is bit 0. A
 flagged pixel keeps its fitted values (except bit 0, which is not fitted: NaN), and is left out
 of every summary statistic.
+
+False alarms on pure noise (every pixel linear in T, Gaussian noise; ``tests/test_test_sizes.py``):
+
+- NONLINEAR: ``p_value`` exactly (an F test, :func:`~bias_pipeline.fitting.f_threshold`, with the
+  degrees of freedom of the noise the chi-square was divided by).
+- NOISY / DEAD from the noise map: the map is a chi distribution of the pooled degrees of freedom
+  ``d`` (35 for 5 groups of 8 frames), whose robust sigma is about ``sigma / sqrt(2 d)``; 6 of them
+  above the median is a chi-square tail of ``d (1 + 6 / sqrt(2 d))^2``: below 1e-6 for ``d >= 10``
+  (3 frames a group), 1e-8 at 35. Below the median the map cannot reach 6 robust sigmas for
+  ``d < 18``, so DEAD never fires on noise then.
+- NOISY from the clipped fraction: the default clip drops 0.3 % of Gaussian values with 8 frames
+  a group (1.5 % with 3: the scale is floored at the row's typical noise, which a chi of 2
+  degrees of freedom puts at 0.83 sigma), and more than 20 % of a pixel's values (4 of 15, 9 of
+  40) is a binomial tail of 7e-5 for 5 groups of 3 frames and 1e-14 for 5 groups of 8.
+- SATURATED: no test (a master at the ADC maximum).
 """
 
 from __future__ import annotations

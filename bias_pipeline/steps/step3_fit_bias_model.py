@@ -9,12 +9,15 @@ the default) every input is read once, a block of rows at a time (a master's ima
 with its master's), on worker threads, into float32 maps; the numpy reference path
 (``BIAS_PIPELINE_KERNELS=numpy``: :func:`~bias_pipeline.fitting.fit_polynomial`) reads whole
 inputs one at a time, twice (sums, then residuals). Both give the same maps. A master of ``n``
-frames weighs ``n / e^2`` (``e`` the combine's efficiency: 1.2533 for a median, 1 otherwise)
-over the read noise squared; the read noise is pooled over the
-groups' ``NOISE`` maps and shrunk towards its typical value (:func:`shrink_noise`), and gives the
-chi-square of each pixel. The model carries the covariance of the coefficients, the fit
-statistics and DQ flags (:mod:`bias_pipeline.quality`: HOT_MASK, NONLINEAR, NOISY, DEAD,
-SATURATED). Pixels of the hot-pixel mask (non-zero = hot) are left out and hold NaN.
+frames weighs ``n / e^2`` (``e`` the combine's efficiency for ``n`` values, measured by simulating
+the combine: :func:`combine_weights`) over the read noise squared; the read noise is pooled over
+the groups' ``NOISE`` maps (each corrected for its combine's bias) and shrunk towards its typical
+value (:func:`shrink_noise`), the row noise the masters still carry is added, and the result
+gives each pixel's chi-square. ``chi2 / dof`` (the model's ``CHI2`` map) is tested against
+F(``dof``, the shrunk noise's effective degrees of freedom, :class:`NoiseShrinkage`), so
+NONLINEAR flags the fraction ``--nonlinear-pvalue`` promises on pure noise. The model carries
+the covariance of the coefficients, the fit statistics and DQ flags (:mod:`bias_pipeline.quality`:
+HOT_MASK, NONLINEAR, NOISY, DEAD, SATURATED). Pixels of the hot-pixel mask (non-zero = hot) are left out and hold NaN.
 
 The legacy call forms (``fit_bias_model``, ``fit_linear``, ``save_bias_model``) live in
 :mod:`bias_pipeline.legacy` and are found here too.
@@ -359,10 +362,13 @@ def fit_model(
 ) -> BiasModel:
     """Fit the model to masters, with uncertainties, fit statistics and bad-pixel flags.
 
-    Each master is weighted by its inverse variance: ``n_k / e^2`` frames over the combine's
-    efficiency squared (``e = 1.2533`` for a median, 1 otherwise) times the pixel's read noise
-    squared, the read noise being pooled over all groups (one stable map rather than a noisy
-    per-group one, which would bias a weighted fit).
+    Each master is weighted by its inverse variance: ``n_k / e_k^2`` frames over the combine's
+    efficiency squared (:func:`combine_weights`: 1 for a mean, 1.04 for a sigma-clip of 8 frames,
+    1.12 of 3, 1.34..1.50 for a median) times the pixel's read noise squared, the read noise
+    being pooled over all groups (one stable map rather than a noisy per-group one, which would
+    bias a weighted fit). A master's ``row_noise`` adds the pooled row variance to every pixel's
+    (``sigma_fit^2 = sigma^2 + R``): the errors of a and b and the chi-square include it, the
+    ``READNOISE`` map does not.
 
     Parameters
     ----------
@@ -681,6 +687,13 @@ def _log_fit(model: BiasModel, what: str, noise_dof: float = math.inf) -> None:
         model.tref,
         ", ".join(f"{name} {count}" for name, count in counts.items()),
     )
+    dof = int(model.ngroups.max()) - model.degree - 1
+    if dof > 0:
+        logger.info(
+            "the fit's noise variance has %.4g effective degrees of freedom: the CHI2 map's reference "
+            "distribution is F(%d, %.4g)",
+            noise_dof, dof, noise_dof,
+        )  # fmt: skip
     if model.c_map is not None and model.covariance is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(model.c_map) / np.sqrt(model.covariance[2, 2])
