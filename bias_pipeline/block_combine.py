@@ -1,6 +1,6 @@
 """The block combiner: frames on disk combined row block by row block into a master, and
-the tests that judge each frame against its group (pixels far from the master, a copy of
-another frame, a level offset from the rest).
+the tests that judge each frame against its group (pixels far from the master, a periodic
+pattern, a copy of another frame, a level offset from the rest).
 
 Memory depends on the block height (chosen from ``memory_limit``), not on the number of
 frames. The judging functions return the frames to reject with their reasons and change no
@@ -44,6 +44,7 @@ from .frames import (
     read_uint16_rows,
     reading,
 )
+from .pattern_noise import block_spectra, frame_pattern, is_patterned, pattern_reason
 from .row_noise import (
     MIN_ROW_PIXELS,
     RowNoiseTest,
@@ -150,6 +151,11 @@ class GroupResult:
         The group's test of row noise against read noise (the ``auto`` rule).
     row_corrected
         Whether the row offsets were removed before the final combine.
+    row_spectrum, row_means
+        ``(n_frames, columns // 2 + 1)`` each frame's power along rows against the preliminary
+        master, summed over its rows [ADU^2], and ``(n_frames, rows)`` its mean difference from
+        that master in each row [ADU] (:mod:`bias_pipeline.pattern_noise`); ``None`` when row
+        noise was not measured.
     """
 
     combined: Combined
@@ -161,6 +167,8 @@ class GroupResult:
     row_noise: np.ndarray | None = None
     row_test: RowNoiseTest | None = None
     row_corrected: bool = False
+    row_spectrum: np.ndarray | None = None
+    row_means: np.ndarray | None = None
 
 
 def _frame_statistics(
@@ -266,6 +274,11 @@ class BlockResult:
     row_offsets, row_expected
         ``(n_frames, stop - start)`` each frame's row offsets against the preliminary master
         [ADU] and the read noise's part of their squares [ADU^2]; ``None`` when not measured.
+    row_spectrum, row_means
+        ``(n_frames, columns // 2 + 1)`` each frame's power along the block's rows against the
+        preliminary master, summed over them, and ``(n_frames, stop - start)`` its mean
+        difference in each row (stored units; :func:`~bias_pipeline.pattern_noise.block_spectra`);
+        ``None`` when not measured.
     """
 
     start: int
@@ -280,6 +293,8 @@ class BlockResult:
     inside: np.ndarray
     row_offsets: np.ndarray | None = None
     row_expected: np.ndarray | None = None
+    row_spectrum: np.ndarray | None = None
+    row_means: np.ndarray | None = None
 
 
 # Buffers one thread reuses from block to block: allocating them anew for every block would
@@ -351,10 +366,10 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
         except FrameReadError as exc:
             raise CombineReadError(str(exc), record) from exc
     master, noise, error, n_used, statistics = _combine_values(plan, raw, swapped=compiled and plan.as_uint16)
-    measured = _measure_rows(plan, raw, master, held)
+    measured = _measure_rows(plan, raw, master, noise, held)
     if measured is None:
         return BlockResult(start, stop, master, noise, error, n_used, *statistics)
-    offsets, expected, values = measured
+    offsets, expected, values, (spectrum, means) = measured
     if values is not None:
         # Each frame's row offsets against the preliminary master removed, the frames combined
         # again: the noise map is then the pixels' own, and the master keeps the frames' mean
@@ -364,7 +379,7 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
         # away before step 2 judges it.
         values -= offsets[:, :, None] / np.float32(plan.factor)
         master, noise, error, n_used, _ = _combine_values(plan, values, swapped=False)
-    return BlockResult(start, stop, master, noise, error, n_used, *statistics, offsets, expected)
+    return BlockResult(start, stop, master, noise, error, n_used, *statistics, offsets, expected, spectrum, means)
 
 
 def _combine_values(
@@ -409,12 +424,13 @@ def _combine_values(
 
 
 def _measure_rows(
-    plan: BlockPlan, raw: np.ndarray, master: np.ndarray, held: dict[str, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    plan: BlockPlan, raw: np.ndarray, master: np.ndarray, noise: np.ndarray, held: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray]] | None:
     """Each frame's row offsets against the block's preliminary master [ADU] and the read noise's
-    part of their squares [ADU^2] (:func:`~bias_pipeline.row_noise.split_row_offsets`), and,
-    when the plan corrects, the frames as float32 stored values; ``None`` when the plan measures
-    no row noise."""
+    part of their squares [ADU^2] (:func:`~bias_pipeline.row_noise.split_row_offsets`), when the
+    plan corrects the frames as float32 stored values, and each frame's spectra for the
+    pattern-noise test (stored units; ``noise`` [ADU] says which pixels they leave out); ``None``
+    when the plan measures no row noise."""
     if not plan.measure_rows:
         return None
     n = raw.shape[0]
@@ -423,6 +439,12 @@ def _measure_rows(
     offsets = np.empty(raw.shape[:2], dtype=np.float32)
     expected = np.empty(raw.shape[:2], dtype=np.float64)
     difference = _buffer(held, "difference", raw.shape[1:], np.float32)
+    spectra = np.empty((n, raw.shape[2] // 2 + 1), dtype=np.float64)
+    means = np.empty(raw.shape[:2], dtype=np.float64)
+    # Pixels far from the master (cosmic rays, telegraph jumps) are left out of the spectra (set to
+    # 0): their power is white but large, and would hide a pattern. Floors as for the frame statistics.
+    floor = np.fmax(noise, typical_noise(noise, plan.pool)) / np.float32(plan.factor)
+    reach = np.float32(plan.outlier_sigma) * np.fmax(floor, quantisation_floor(plan.quantum))
     for index in range(n):
         frame = difference if values is None else values[index]
         if plan.engine == "numba" and plan.as_uint16:  # the file's bytes: big-endian int16 + 32768
@@ -431,9 +453,11 @@ def _measure_rows(
             np.copyto(frame, raw[index], casting="unsafe")
         np.subtract(frame, reference, out=difference)
         offsets[index], expected[index] = split_row_offsets(difference)
+        np.putmask(difference, ~(np.abs(difference) <= reach), np.float32(0.0))  # NaN too
+        spectra[index], means[index] = block_spectra(difference)
     offsets *= np.float32(plan.factor)
     expected *= float(plan.factor) ** 2
-    return offsets, expected, values
+    return offsets, expected, values, (spectra, means)
 
 
 def combine_records(
@@ -572,6 +596,12 @@ def _combine_pass(
     n_used = np.empty((rows, columns), dtype=count_dtype(n))
     offsets = np.zeros((n, rows), dtype=np.float32) if plan.measure_rows else None
     expected = np.zeros((n, rows), dtype=np.float64)
+    spectrum = np.zeros((n, columns // 2 + 1)) if plan.measure_rows else None
+    row_means = np.zeros((n, rows)) if plan.measure_rows else None
+    # The blocks' spectra are added in block order, whatever order they come in: the same sums
+    # for any thread count. Blocks come about in order, so few wait.
+    waiting: dict[int, np.ndarray] = {}
+    added = 0
     # Per block, so that the totals are summed in one order whatever the thread count.
     outliers = np.zeros((len(starts), n), dtype=np.int64)
     sums = np.zeros((len(starts), n), dtype=np.float64)
@@ -579,6 +609,7 @@ def _combine_pass(
     inside = np.zeros((len(starts), n), dtype=np.int64)
 
     def place(block_index: int, result: BlockResult) -> None:
+        nonlocal added
         rows_ = slice(result.start, result.stop)
         master[rows_], noise[rows_], error[rows_], n_used[rows_] = (
             result.master, result.noise, result.error, result.n_used
@@ -587,6 +618,12 @@ def _combine_pass(
         squares[block_index], inside[block_index] = result.squares, result.inside
         if offsets is not None and result.row_offsets is not None and result.row_expected is not None:
             offsets[:, rows_], expected[:, rows_] = result.row_offsets, result.row_expected
+        if spectrum is not None and row_means is not None and result.row_spectrum is not None:
+            row_means[:, rows_] = result.row_means
+            waiting[block_index] = result.row_spectrum
+            while added in waiting:
+                spectrum[:] += waiting.pop(added)
+                added += 1
         if on_rows is not None:
             on_rows((result.stop - result.start) * n)
 
@@ -629,6 +666,8 @@ def _combine_pass(
         row_noise=row_noise if row_noise is not None else unknown,
         row_test=row_test,
         row_corrected=plan.correct_rows,
+        row_spectrum=spectrum * float(plan.factor) ** 2 if spectrum is not None else None,
+        row_means=row_means * float(plan.factor) if row_means is not None else None,
     )
 
 
@@ -792,3 +831,25 @@ def offset_frames(
         for record, offset, sigma, is_off in zip(records, offsets, sigmas, off, strict=True)
         if is_off
     ]
+
+
+def patterned_frames(records: Sequence[FrameRecord], result: GroupResult) -> list[Rejection]:
+    """Frames with a periodic pattern far beyond the noise against their group's master
+    (interference on the readout; the rule: :mod:`bias_pipeline.pattern_noise`). Not judged in
+    groups of fewer than three frames, of tiny frames, or whose rows were too short to measure."""
+    if (
+        len(records) < 3
+        or is_tiny(records[0])
+        or result.row_spectrum is None
+        or result.row_means is None
+        or records[0].shape is None
+    ):
+        return []
+    rows, columns = records[0].shape
+    read_noise = result.combined.typical_noise
+    rejected = []
+    for record, spectrum, means in zip(records, result.row_spectrum, result.row_means, strict=True):
+        peak = frame_pattern(spectrum, means, rows, columns, len(records))
+        if peak is not None and is_patterned(peak, read_noise):
+            rejected.append((record, pattern_reason(peak, read_noise)))
+    return rejected

@@ -35,6 +35,7 @@ from ..block_combine import (
     level_offsets,
     offset_frames,
     outlying_frames,
+    patterned_frames,
     value_step,
 )
 from ..combine import Combined
@@ -151,7 +152,8 @@ def combine_group(
     on_rows: Callable[[int], None] | None = None,
 ) -> GroupOutcome:
     """Combine a group, rejecting frames that cannot be read, that disagree with the master pixel
-    by pixel, whose whole level is offset from the rest, or that copy another frame's pixels,
+    by pixel, that carry a periodic pattern far beyond the noise (pattern noise), whose whole
+    level is offset from the rest, or that copy another frame's pixels,
     and combining again without them until none is left to reject. Neither ``group`` nor its
     records are changed.
 
@@ -207,6 +209,7 @@ def combine_group(
             measured[record.path] = (_number_or_none(offset), _number_or_none(sigma), _number_or_none(rows))
         rejected = (
             outlying_frames(members, result, config)
+            or patterned_frames(members, result)
             or copied_frames(members, result)
             or offset_frames(group.label, members, offsets, sigmas, result.combined, config)
         )
