@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from scipy.special import chdtrc, pdtrc
+from scipy.special import bdtrc, chdtrc, pdtrc
 
 from bias_pipeline import PipelineConfig, run_bias_pipeline
 from bias_pipeline.combine_efficiency import combine_factors
 from bias_pipeline.fitting import f_threshold
-from bias_pipeline.quality import MAD_TO_SIGMA, NOISY, NONLINEAR
+from bias_pipeline.quality import MAD_TO_SIGMA, MAX_CLIPPED_FRACTION, NOISY, NONLINEAR
 from bias_pipeline.simulate import SimulationSpec, simulate_dataset
 from bias_pipeline.steps.step3_fit_bias_model import fit_model, noise_shrinkage
 
@@ -30,7 +30,8 @@ def _run(tmp_path_factory, frames: int, p_value: float, method: str = "sigma-cli
     truth = simulate_dataset(root, SimulationSpec(frames_per_temperature=frames, seed=7, **PURE_NOISE))
     config = PipelineConfig(show_progress=False, evaluation=False, combine_method=method, nonlinear_pvalue=p_value)
     result = run_bias_pipeline(truth.raw_dir, root / "out", None, generate_set=False, config=config)
-    return truth, result.model
+    used = sum(master.load_extension("NUSED").astype(np.int64) for master in result.masters)
+    return truth, result.model, used
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def _pulls(truth, model) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize(("key", "p_value", "goal"), [("8@0.01", 0.01, 0.2), ("8@0.001", 0.001, 0.5)])
 def test_nonlinear_flags_the_promised_fraction(runs, key, p_value, goal):
-    _, model = runs[key]
+    _, model, _ = runs[key]
     fitted = ~model.mask
     rate = np.mean(model.dq[fitted] & NONLINEAR.value > 0)
     binomial = 4 * math.sqrt(p_value * (1 - p_value) / fitted.sum())
@@ -58,7 +59,7 @@ def test_nonlinear_flags_the_promised_fraction(runs, key, p_value, goal):
 
 
 def test_mean_reduced_chi_square_is_one(runs):
-    _, model = runs["8@0.01"]
+    _, model, _ = runs["8@0.01"]
     reduced = model.chi2[~model.mask]
     dof = int(model.ngroups.max()) - (model.degree + 1)
     # A reduced chi-square of `dof` degrees of freedom scatters by sqrt(2 / dof) per pixel.
@@ -68,27 +69,33 @@ def test_mean_reduced_chi_square_is_one(runs):
 
 @pytest.mark.parametrize("key", ["8@0.01", "3"])
 def test_pulls_have_unit_spread(runs, key):
-    truth, model = runs[key]
+    truth, model, _ = runs[key]
     for pulls in _pulls(truth, model):
         # Goal 0.95..1.05; the sample sd of 64,000 pulls scatters by 1 / sqrt(2 N) ~ 0.003.
         assert 0.95 <= float(np.std(pulls)) <= 1.05
         assert abs(float(np.mean(pulls))) < 4 / math.sqrt(pulls.size)
 
 
-def test_noisy_false_alarms_as_its_threshold_implies(runs):
-    """NOISY: the noise map beyond its median + 6 robust sigmas. On pure noise the map is a chi
-    distribution of the pooled degrees of freedom; the threshold's false-alarm rate follows from
-    it, and the observed count must not be improbably high for it (Poisson)."""
+def test_noisy_false_alarms_as_its_thresholds_imply(runs):
+    """NOISY on pure noise, for each of its two rules: the noise map beyond its median + 6 robust
+    sigmas (the map is a chi distribution of the pooled degrees of freedom, whose tail there gives
+    the false-alarm rate), and more than 20 % of a pixel's values clipped (a binomial tail of the
+    measured clip rate per value). The observed count must not be improbably high for the sum of
+    the two (Poisson), and the promised rate is well below 0.1 %."""
     for key in ("8@0.01", "3"):
-        _, model = runs[key]
-        noise = model.read_noise[~model.mask].astype(np.float64)
-        dof = 5 * (int(round(float(np.mean(model.group_frames)))) - 1)
+        _, model, used = runs[key]
+        fitted = ~model.mask
+        noise = model.read_noise[fitted].astype(np.float64)
+        frames = int(sum(model.group_frames))
+        dof = frames - len(model.group_frames)
         centre = np.median(noise)
         spread = np.median(np.abs(noise - centre)) * MAD_TO_SIGMA
-        sigma2 = np.mean(noise**2)
-        expected = noise.size * float(chdtrc(dof, dof * (centre + 6 * spread) ** 2 / sigma2))
-        flagged = int(np.count_nonzero(model.dq[~model.mask] & NOISY.value))
-        assert expected < 1e-3 * noise.size  # the threshold promises a rate well below 0.1 %
+        from_map = float(chdtrc(dof, dof * (centre + 6 * spread) ** 2 / np.mean(noise**2)))
+        clip_rate = 1.0 - float(np.mean(used[fitted])) / frames
+        from_clipping = float(bdtrc(int(MAX_CLIPPED_FRACTION * frames), frames, clip_rate))
+        expected = fitted.sum() * (from_map + from_clipping)
+        flagged = int(np.count_nonzero(model.dq[fitted] & NOISY.value))
+        assert from_map + from_clipping < 1e-3
         assert flagged == 0 or float(pdtrc(flagged - 1, max(expected, 1e-12))) > 1e-4, (flagged, expected)
 
 
