@@ -206,7 +206,7 @@ def combine_weights(
     mean, common to the row). ``e^2`` and the noise map's bias come from
     :func:`~bias_pipeline.combine_efficiency.combine_factors` (by simulation of the combine as
     implemented, with the master's ``n``, the clip options and ``quantum`` over its typical noise):
-    1.12 for a sigma-clip of 3 frames, 1.04 of 8, 1.34..1.46 for a median, 1 for a mean.
+    1.12 for a sigma-clip of 3 frames, 1.04 of 8, 1.34..1.50 for a median, 1 for a mean.
 
     One linear smoother serves all pixels, so the row part enters as one pooled variance ``R``
     added to every pixel's: ``sigma_fit^2 = sigma^2 + R`` with master ``k`` modelled as
