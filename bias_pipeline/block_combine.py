@@ -240,6 +240,9 @@ class BlockPlan:
     efficiency
         The combine's efficiency (1.2533 for a median, 1 otherwise), for the row offsets'
         expected variance.
+    known_offsets
+        ``(n_frames, rows)`` row offsets [ADU] a first pass measured: the frames are corrected
+        by them and combined once, nothing measured or judged (``None``: measure as above).
     """
 
     records: tuple[FrameRecord, ...]
@@ -256,6 +259,7 @@ class BlockPlan:
     measure_rows: bool = False
     correct_rows: bool = False
     efficiency: float = 1.0
+    known_offsets: np.ndarray | None = None
 
 
 @dataclass
@@ -368,6 +372,13 @@ def combine_rows(plan: BlockPlan, start: int, stop: int) -> BlockResult:
                 read_uint16_rows(record, start, stop, raw[index])
         except FrameReadError as exc:
             raise CombineReadError(str(exc), record) from exc
+    if plan.known_offsets is not None:  # a second pass: the first measured the offsets and judged the frames
+        values = _buffer(held, "values", raw.shape, np.float32)
+        for index in range(n):
+            _decode(plan, raw[index], values[index])
+        values -= plan.known_offsets[:, start:stop, None] / np.float32(plan.factor)
+        master, noise, error, n_used, statistics = _combine_values(plan, values, swapped=False)
+        return BlockResult(start, stop, master, noise, error, n_used, *statistics, levels=_levels(plan, values, held))
     master, noise, error, n_used, statistics = _combine_values(plan, raw, swapped=compiled and plan.as_uint16)
     measured = _measure_rows(plan, raw, master, noise, held)
     if measured is None:
@@ -442,6 +453,15 @@ def _combine_values(
     return (*maps, combined.n_used.astype(count_dtype(n)), statistics)  # type: ignore[return-value]
 
 
+def _decode(plan: BlockPlan, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """One frame's block as read (the file's bytes for the compiled path) into float32 stored values."""
+    if plan.engine == "numba" and plan.as_uint16:  # the file's bytes: big-endian int16 + 32768
+        np.bitwise_xor(raw.view(np.dtype(">u2")), np.uint16(0x8000), out=out, casting="unsafe")
+    else:
+        np.copyto(out, raw, casting="unsafe")
+    return out
+
+
 def _measure_rows(
     plan: BlockPlan, raw: np.ndarray, master: np.ndarray, noise: np.ndarray, held: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray]] | None:
@@ -466,10 +486,7 @@ def _measure_rows(
     reach = np.float32(plan.outlier_sigma) * np.fmax(floor, quantisation_floor(plan.quantum))
     for index in range(n):
         frame = difference if values is None else values[index]
-        if plan.engine == "numba" and plan.as_uint16:  # the file's bytes: big-endian int16 + 32768
-            np.bitwise_xor(raw[index].view(np.dtype(">u2")), np.uint16(0x8000), out=frame, casting="unsafe")
-        else:
-            np.copyto(frame, raw[index], casting="unsafe")
+        _decode(plan, raw[index], frame)
         np.subtract(frame, reference, out=difference)
         offsets[index], expected[index] = split_row_offsets(difference)
         np.putmask(difference, ~(np.abs(difference) <= reach), np.float32(0.0))  # NaN too
@@ -595,9 +612,20 @@ def combine_records(
             float(np.sqrt(np.nanmean(np.square(result.row_noise)))) if result.row_noise is not None else math.nan,
             result.row_test.excess_sigma,
         )  # fmt: skip
-        del result  # one group's maps at a time
-        # Not counted again on the progress bar: its total is one reading of every frame.
-        result = _combine_pass(dataclasses.replace(plan, correct_rows=True), starts, step, workers, None)
+        # The second pass reads the frames again and combines them corrected by the offsets the
+        # first measured (the same a one-pass "on" measures); the first's frame statistics,
+        # offsets and spectra stand. Not counted again on the progress bar, whose total is one
+        # reading of every frame.
+        corrected = dataclasses.replace(
+            plan, measure_rows=False, correct_rows=True, judged=False, known_offsets=result.row_offsets
+        )
+        maps = _combine_pass(corrected, starts, step, workers, None).combined
+        removed = float(np.sqrt(np.mean(np.square(result.row_noise)))) if result.row_noise is not None else 0.0
+        combined = dataclasses.replace(maps, row_noise=removed)
+        levels = _frame_levels(result.fingerprint, plan, combined, result.row_noise, rows) if plan.judged else None
+        result = dataclasses.replace(result, combined=combined, row_corrected=True)
+        if levels is not None:  # judged against the final master's typical noise, as "on" does
+            result = dataclasses.replace(result, offset=levels[0], offset_error=levels[1])
     return result
 
 
@@ -617,7 +645,7 @@ def _combine_pass(
     expected = np.zeros((n, rows), dtype=np.float64)
     spectrum = np.zeros((n, columns // 2 + 1)) if plan.measure_rows else None
     row_means = np.zeros((n, rows)) if plan.measure_rows else None
-    levels = np.empty((2, rows, columns), dtype=np.float32) if n >= TELEGRAPH_MIN_FRAMES else None
+    level_maps = np.empty((2, rows, columns), dtype=np.float32) if n >= TELEGRAPH_MIN_FRAMES else None
     # The blocks' spectra are added in block order, whatever order they come in: the same sums
     # for any thread count. Blocks come about in order, so few wait.
     waiting: dict[int, np.ndarray] = {}
@@ -636,8 +664,8 @@ def _combine_pass(
         )  # fmt: skip
         outliers[block_index], sums[block_index] = result.outliers, result.sums
         squares[block_index], inside[block_index] = result.squares, result.inside
-        if levels is not None and result.levels is not None:
-            levels[:, rows_] = result.levels
+        if level_maps is not None and result.levels is not None:
+            level_maps[:, rows_] = result.levels
         if offsets is not None and result.row_offsets is not None and result.row_expected is not None:
             offsets[:, rows_], expected[:, rows_] = result.row_offsets, result.row_expected
         if spectrum is not None and row_means is not None and result.row_spectrum is not None:
@@ -668,22 +696,16 @@ def _combine_pass(
         row_noise = frame_row_noise(squared.mean(axis=1), expected.mean(axis=1))
         if plan.correct_rows:
             removed = float(np.sqrt(np.mean(np.square(row_noise))))
-    combined = Combined(master, noise, error, n_used, typical_noise, row_noise=removed, levels=levels)
+    combined = Combined(master, noise, error, n_used, typical_noise, row_noise=removed, levels=level_maps)
     total_sum, total_squares, total_inside = sums.sum(axis=0), squares.sum(axis=0), inside.sum(axis=0)
-    typical = typical_noise / float(plan.factor) if plan.judged else math.nan  # in stored units, as the sums
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total_sum / total_inside
-        # The scatter of a frame's differences, at least the typical noise: in a frame of a few
-        # pixels the frame's own scatter says nothing.
-        spread = np.fmax(np.sqrt(np.maximum(total_squares / total_inside - mean**2, 0.0)), typical)
-        mean_error = spread / np.sqrt(total_inside)
+    fingerprint = [(float(a), float(b), int(c)) for a, b, c in zip(total_sum, total_squares, total_inside, strict=True)]
     unknown = np.full(n, np.nan)
+    levels = _frame_levels(fingerprint, plan, combined, row_noise, rows) if plan.judged else (unknown, unknown)
     return GroupResult(
         combined,
         outliers.sum(axis=0) / float(rows * columns),
-        mean * float(plan.factor) if plan.judged else unknown,
-        mean_error * float(plan.factor) if plan.judged else unknown,
-        [(float(a), float(b), int(c)) for a, b, c in zip(total_sum, total_squares, total_inside, strict=True)],
+        *levels,
+        fingerprint,
         row_offsets=offsets,
         row_noise=row_noise if row_noise is not None else unknown,
         row_test=row_test,
@@ -691,6 +713,33 @@ def _combine_pass(
         row_spectrum=spectrum * float(plan.factor) ** 2 if spectrum is not None else None,
         row_means=row_means * float(plan.factor) if row_means is not None else None,
     )
+
+
+def _frame_levels(
+    fingerprint: Sequence[tuple[float, float, int]],
+    plan: BlockPlan,
+    combined: Combined,
+    row_noise: np.ndarray | None,
+    rows: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's mean difference from the master [ADU] and its standard error, from the
+    frame statistics' sums (stored units) and the final master's typical noise."""
+    table = np.array(fingerprint, dtype=np.float64).reshape(-1, 3)
+    total_sum, total_squares, total_inside = table[:, 0], table[:, 1], table[:, 2]
+    typical = combined.typical_noise / float(plan.factor)  # in stored units, as the sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total_sum / total_inside
+        # The scatter of a frame's differences, at least the typical noise: in a frame of a few
+        # pixels the frame's own scatter says nothing.
+        spread = np.fmax(np.sqrt(np.maximum(total_squares / total_inside - mean**2, 0.0)), typical)
+        variance = spread**2 / total_inside
+        if row_noise is not None:
+            # Row noise is common to a row: the mean over the frame keeps its mean over the rows,
+            # which its pixels' scatter alone would count as 1 / sqrt(pixels) of itself.
+            n = len(fingerprint)
+            variance = variance + np.nan_to_num(np.square(row_noise / float(plan.factor))) * (1.0 - 1.0 / n) / rows
+        mean_error = np.sqrt(variance)
+    return mean * float(plan.factor), mean_error * float(plan.factor)
 
 
 def run_blocks(

@@ -10,7 +10,10 @@ meaning of the seed's a-map.
 Noise model: input k of a pixel has variance ``noise^2 / w_k``, with ``noise`` the pixel's
 read noise (one frame) and ``w_k`` the input's weight (frames combined, divided by the
 combine's efficiency squared). The coefficient covariance is then ``noise^2 * C`` with one
-``C`` for all pixels; with the noise known, ``chi2 = sum w_k r_k^2 / noise^2`` tests the model.
+``C`` for all pixels, and ``chi2 = sum w_k r_k^2 / noise^2`` tests the model. With the noise
+known, ``chi2`` follows a chi-square of ``dof`` degrees of freedom; with the noise estimated
+from ``noise_dof`` degrees of freedom, independently of the residuals, ``chi2 / dof`` follows
+Fisher's F(``dof``, ``noise_dof``) (:func:`f_threshold`), whose tail is heavier.
 """
 
 from __future__ import annotations
@@ -52,6 +55,10 @@ class PolynomialFit:
         Reference temperature of the fit [deg C].
     dof
         Inputs minus coefficients.
+    noise_dof
+        Degrees of freedom of ``noise_variance`` as an estimate (``inf``: known, or estimated
+        from so much data that it may be taken as known): ``chi2 / dof`` follows
+        F(``dof``, ``noise_dof``).
     """
 
     coefficients: np.ndarray
@@ -63,6 +70,7 @@ class PolynomialFit:
     leverage: np.ndarray
     tref: float
     dof: int
+    noise_dof: float = math.inf
 
     @property
     def degree(self) -> int:
@@ -156,6 +164,7 @@ def fit_polynomial(
     degree: int = 1,
     tref: float | None = None,
     noise: np.ndarray | None = None,
+    noise_dof: float = math.inf,
 ) -> PolynomialFit:
     """Fit ``a + b T (+ c T^2)`` to every pixel, reading the inputs one at a time (twice).
 
@@ -172,6 +181,8 @@ def fit_polynomial(
     noise
         Per-pixel noise of one frame [ADU]; when ``None`` it is estimated from the residuals
         (then the reduced chi-square is 1 by construction).
+    noise_dof
+        Degrees of freedom of ``noise`` as an estimate (``inf``: known).
 
     Returns
     -------
@@ -229,6 +240,7 @@ def fit_polynomial(
         leverage=leverage,
         tref=tref,
         dof=dof,
+        noise_dof=noise_dof,
     )
 
 
@@ -249,3 +261,39 @@ def chi2_threshold(dof: int, p_value: float) -> float:
     from scipy.special import chdtri  # here, and not scipy.stats: that import alone costs a second
 
     return float(chdtri(dof, p_value))
+
+
+def f_threshold(dof: int, noise_dof: float, p_value: float) -> float:
+    """Value of ``chi2 / dof`` exceeded with probability ``p_value`` when ``chi2`` is a sum of
+    ``dof`` squared residuals divided by a noise variance estimated, independently, from
+    ``noise_dof`` degrees of freedom: the upper ``p_value`` quantile of F(``dof``, ``noise_dof``),
+    exact (through the inverse regularised incomplete beta function, so as small a ``p_value``
+    as :func:`chi2_threshold` takes), and ``chi2_threshold(dof, p) / dof`` for ``noise_dof = inf``.
+
+    >>> round(f_threshold(3, 35, 0.01), 4), round(f_threshold(3, math.inf, 0.01) * 3, 4)
+    (4.3957, 11.3449)
+    >>> bool(f_threshold(3, 1e12, 1e-4) * 3 - chi2_threshold(3, 1e-4) < 1e-6)
+    True
+    """
+    from scipy.special import betaincinv
+
+    if not noise_dof < 1e10:  # inf, NaN-free huge: the noise is known
+        return chi2_threshold(dof, p_value) / dof
+    # P(F > x) = I_y(noise_dof / 2, dof / 2) with y = noise_dof / (noise_dof + dof x).
+    y = float(betaincinv(noise_dof / 2.0, dof / 2.0, p_value))
+    return noise_dof * (1.0 - y) / (dof * y)
+
+
+def f_pvalue(reduced_chi2: np.ndarray, dof: int, noise_dof: float) -> np.ndarray:
+    """Probability that F(``dof``, ``noise_dof``) exceeds ``reduced_chi2`` (the inverse of
+    :func:`f_threshold`; the chi-square tail for ``noise_dof = inf``).
+
+    >>> round(float(f_pvalue(np.array(f_threshold(3, 35, 0.01)), 3, 35)), 6)
+    0.01
+    """
+    from scipy.special import chdtrc, fdtrc
+
+    values = np.asarray(reduced_chi2, dtype=np.float64)
+    if not noise_dof < 1e10:
+        return chdtrc(dof, values * dof)
+    return fdtrc(dof, noise_dof, values)

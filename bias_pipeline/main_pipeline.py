@@ -440,6 +440,7 @@ def _evaluate(
         tolerance=config.temperature_tolerance,
         show_progress=config.show_progress,
         threads=config.threads,
+        row_correction=config.row_correction,
     )
     return summary, checks
 

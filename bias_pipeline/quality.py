@@ -3,15 +3,31 @@
 Flags are decided from the fit and the noise maps; the user's hot-pixel mask is bit 0. A
 flagged pixel keeps its fitted values (except bit 0, which is not fitted: NaN), and is left out
 of every summary statistic.
+
+False alarms on pure noise (every pixel linear in T, Gaussian noise; ``tests/test_test_sizes.py``):
+
+- NONLINEAR: ``p_value`` exactly (an F test, :func:`~bias_pipeline.fitting.f_threshold`, with the
+  degrees of freedom of the noise the chi-square was divided by).
+- NOISY / DEAD from the noise map: the map is a chi distribution of the pooled degrees of freedom
+  ``d`` (35 for 5 groups of 8 frames), whose robust sigma is about ``sigma / sqrt(2 d)``; 6 of them
+  above the median is a chi-square tail of ``d (1 + 6 / sqrt(2 d))^2``: below 1e-6 for ``d >= 10``
+  (3 frames a group), 1e-8 at 35. Below the median the map cannot reach 6 robust sigmas for
+  ``d < 18``, so DEAD never fires on noise then.
+- NOISY from the clipped fraction: the default clip drops 0.3 % of Gaussian values with 8 frames
+  a group (1.5 % with 3: the scale is floored at the row's typical noise, which a chi of 2
+  degrees of freedom puts at 0.83 sigma), and more than 20 % of a pixel's values (4 of 15, 9 of
+  40) is a binomial tail of 7e-5 for 5 groups of 3 frames and 1e-14 for 5 groups of 8.
+- SATURATED: no test (a master at the ADC maximum).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from .fitting import chi2_threshold
+from .fitting import f_threshold
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ def flag_pixels(
     noise_sigma: float = 6.0,
     max_clipped_fraction: float = MAX_CLIPPED_FRACTION,
     too_clipped: np.ndarray | None = None,
+    noise_dof: float = math.inf,
     telegraph: np.ndarray | None = None,
 ) -> np.ndarray:
     """Combine the tests into a ``uint32`` DQ map (see :data:`DQ_BITS`).
@@ -89,7 +106,8 @@ def flag_pixels(
     saturated
         True where a master reaches the ADC maximum.
     p_value
-        A normal pixel is flagged NONLINEAR with this probability.
+        A normal pixel is flagged NONLINEAR with this probability: ``chi2 / dof`` beyond the
+        upper ``p_value`` quantile of F(``dof``, ``noise_dof``) (:func:`~bias_pipeline.fitting.f_threshold`).
     noise_sigma
         Noise outliers: beyond this many robust standard deviations of the noise map.
     max_clipped_fraction
@@ -97,6 +115,8 @@ def flag_pixels(
     too_clipped
         Instead of ``clipped_fraction``: True where the caller found it above
         ``max_clipped_fraction`` (a bool map, not a float64 one, for a large frame).
+    noise_dof
+        Degrees of freedom of the noise variance ``chi2`` was divided by (``inf``: known).
     telegraph
         True where the two-level test found a telegraph pixel
         (:func:`bias_pipeline.telegraph.telegraph_pixels`; ``None``: no test).
@@ -119,7 +139,7 @@ def flag_pixels(
     valid = ~hot_mask
     if chi2 is not None and dof >= 1:
         with np.errstate(invalid="ignore"):
-            dq[valid & (chi2 > chi2_threshold(dof, p_value))] |= NONLINEAR.value
+            dq[valid & (chi2 > dof * f_threshold(dof, noise_dof, p_value))] |= NONLINEAR.value
     if noise is not None:
         high, low = robust_outliers(noise, valid, noise_sigma)
         dq[valid & high] |= NOISY.value

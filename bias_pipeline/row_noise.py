@@ -29,6 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .compiled import engine
+from .row_kernels import half_row_medians
+
 #: ``--row-correction`` choices.
 ROW_CORRECTION_MODES = ("auto", "on", "off")
 #: Excess of the row offsets' mean square over the read-noise expectation below which ``auto``
@@ -102,10 +105,24 @@ def split_row_offsets(difference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ([4.0], [4.0])
     """
     data = np.asarray(difference, dtype=np.float32)
-    half = data.shape[-1] // 2
-    left = np.median(data[..., :half], axis=-1).astype(np.float64)
-    right = np.median(data[..., data.shape[-1] - half :], axis=-1).astype(np.float64)
+    left, right = _half_medians(data, data.shape[-1] // 2)
+    left, right = left.astype(np.float64), right.astype(np.float64)
     return ((left + right) / 2).astype(np.float32), ((left - right) / 2) ** 2
+
+
+def _half_medians(data: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 medians of the first and of the last ``half`` values along the last axis of
+    the float32 ``data``: by the compiled kernel (:mod:`bias_pipeline.row_kernels`, numpy's
+    values to the bit, several times faster) unless the numpy reference path is chosen."""
+    if engine() == "numba" and half > 0:
+        rows = np.ascontiguousarray(data).reshape(-1, data.shape[-1])
+        left = np.empty(rows.shape[0], dtype=np.float32)
+        right = np.empty(rows.shape[0], dtype=np.float32)
+        half_row_medians(rows.view(np.uint32), half, left, right)
+        return left.reshape(data.shape[:-1]), right.reshape(data.shape[:-1])
+    left = np.median(data[..., :half], axis=-1).astype(np.float32)
+    right = np.median(data[..., data.shape[-1] - half :], axis=-1).astype(np.float32)
+    return left, right
 
 
 def expected_row_variance(noise: np.ndarray, n_frames: int | None, efficiency: float = 1.0) -> np.ndarray:
@@ -277,3 +294,95 @@ def remove_row_offsets(
     offsets = row_offsets(difference, usable).astype(np.float64)
     offsets -= offsets.mean()
     return data.astype(dtype) - offsets.astype(dtype)[:, None], offsets.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FrameRows:
+    """One frame's row offsets against a reference without row noise (the model at its
+    temperature), from :func:`measure_frame_rows`.
+
+    Attributes
+    ----------
+    offsets
+        ``(rows,)`` float64: each measured row's median of frame minus reference, less their
+        mean over the measured rows (so removing them keeps the frame's level); 0 for a row
+        with fewer than :data:`MIN_ROW_PIXELS` usable pixels, which is left as it is.
+    measured
+        ``(rows,)`` which rows were measured.
+    amplitude
+        The frame's row-noise amplitude: the rms of the offsets less what read noise alone
+        gives in a row median (0 when the offsets are no larger; NaN without a noise map or
+        with fewer than two measured rows).
+    test
+        The ``auto`` rule (:func:`row_noise_significant`) on this frame's offsets.
+    """
+
+    offsets: np.ndarray
+    measured: np.ndarray
+    amplitude: float
+    test: RowNoiseTest
+
+    @property
+    def rms_removed(self) -> float:
+        """The rms of the offsets (what removing them takes out of the measured rows)."""
+        if not bool(self.measured.any()):
+            return 0.0
+        return float(np.sqrt(np.mean(self.offsets[self.measured] ** 2)))
+
+    def removed_from(self, frame: np.ndarray) -> np.ndarray:
+        """``frame`` (rows first) less each row's offset, in the frame's float type."""
+        data = np.asarray(frame)
+        dtype = np.float64 if data.dtype == np.float64 else np.float32
+        return data.astype(dtype) - self.offsets.astype(dtype)[:, None]
+
+
+def measure_frame_rows(
+    difference: np.ndarray, valid: np.ndarray | None = None, noise: np.ndarray | None = None
+) -> FrameRows:
+    """A single frame's row offsets about their mean, its row-noise amplitude and the ``auto`` test.
+
+    For a frame that meets a reference with no noise of its own (a model): what read noise
+    alone gives is :func:`expected_row_variance` of ``noise`` over the usable pixels with
+    ``n_frames=None``. The offsets are taken about their mean, so the mean square compared is
+    ``sum (o_r - mean)^2`` against ``(1 - 1/R)`` times the sum of the expected variances.
+
+    Parameters
+    ----------
+    difference
+        ``(rows, columns)`` frame minus reference [ADU].
+    valid
+        Pixels to measure on (unflagged, unmasked); all when ``None``. Non-finite pixels of
+        ``difference`` are left out too.
+    noise
+        ``(rows, columns)`` one frame's per-pixel read noise [ADU] (the model's ``READNOISE``);
+        ``None``: amplitude and test unknown (NaN, not significant).
+
+    Returns
+    -------
+    FrameRows
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(2)
+    >>> rows = rng.normal(0.0, 20.0, (400, 1))  # row noise 20 ADU
+    >>> found = measure_frame_rows(rng.normal(0.0, 30.0, (400, 500)) + rows, noise=np.full((400, 500), 30.0))
+    >>> bool(found.test.significant), bool(abs(found.amplitude - 20.0) < 2.0)
+    (True, True)
+    """
+    data = np.asarray(difference, dtype=np.float32)
+    usable = np.isfinite(data) if valid is None else (np.asarray(valid, dtype=bool) & np.isfinite(data))
+    measured = np.count_nonzero(usable, axis=-1) >= MIN_ROW_PIXELS
+    raw = row_offsets(data, usable).astype(np.float64)
+    offsets = np.zeros(data.shape[0], dtype=np.float64)
+    count = int(np.count_nonzero(measured))
+    if count:
+        offsets[measured] = raw[measured] - raw[measured].mean()
+    if noise is None or count < 2:
+        return FrameRows(offsets, measured, math.nan, RowNoiseTest(math.nan, math.nan, count, False))
+    expected = expected_row_variance(np.where(usable, noise, np.nan), None)[measured]
+    if not bool(np.all(np.isfinite(expected))):
+        return FrameRows(offsets, measured, math.nan, RowNoiseTest(math.nan, math.nan, count, False))
+    sum_squares = float(np.sum(offsets[measured] ** 2))
+    sum_expected = float(expected.sum()) * (1.0 - 1.0 / count)
+    amplitude = math.sqrt(max(0.0, (sum_squares - sum_expected) / (count - 1)))
+    return FrameRows(offsets, measured, amplitude, row_noise_significant(sum_squares, sum_expected, count))

@@ -16,6 +16,14 @@ one the newest model is used).
 An array or a path gives a float32 array; a ``CCDData`` gives a ``CCDData``: the frame minus
 :meth:`BiasModel.at`, by NDData arithmetic (uncertainties combined in quadrature, masks ORed),
 with the frame's header and cards naming the bias used.
+
+``row_correction=True`` also removes the frame's own row noise (the offset each row of a CMOS
+frame shares, :mod:`bias_pipeline.row_noise`): each row's median of frame minus bias, over the
+model's unflagged pixels, less the mean of those medians, is taken out of the row, so the
+frame's level (a dark's dark current) is kept. This is safe only for a frame whose own signal is
+flat along its rows and has no structure from row to row: a bias, or a dark without gradients
+along its columns. Whatever differs from row to row goes, so a science frame with stars, or a
+dark with a glow or a gradient, must not be corrected this way.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from .frames import inspect_frame, lookup_number, read_frame
 from .library import BiasLibrary, LibraryEntry, date_argument
 from .model import BiasModel
 from .products import add_card
+from .row_noise import MIN_ROW_PIXELS, FrameRows, measure_frame_rows
 from .units import input_factor, to_adu16
 
 logger = logging.getLogger(__name__)
@@ -53,6 +62,7 @@ def subtract_bias(
     date_keys: Sequence[str] = DEFAULT_DATE_KEYS,
     input_bits: int = 16,
     model: BiasModel | BiasLibrary | None = None,
+    row_correction: bool = False,
 ) -> np.ndarray | CCDData:
     """The frame minus the model's bias at its temperature, in 16-bit ADU.
 
@@ -77,6 +87,12 @@ def subtract_bias(
         (a ``CCDData``'s uncertainty with them).
     model
         The former name of ``model_or_library``, still accepted as a keyword.
+    row_correction
+        Also remove the frame's own row offsets against the bias (row noise), keeping its mean
+        level; the rows are measured on the model's unflagged pixels where the frame is finite.
+        Only for a frame whose signal is flat along its rows with no row-to-row structure (a
+        bias, a dark without gradients along its columns); never for a science frame with
+        stars or a gradient, whose structure would be removed with the noise.
 
     Returns
     -------
@@ -87,14 +103,17 @@ def subtract_bias(
         (the model's alone when the frame has none), the masks ORed (the model's mask is
         :attr:`BiasModel.flagged`), the frame's ``flags`` when it has some, else the model's DQ
         bits, and the frame's header with ``BIASTEMP``, ``BIASFILE`` (a library's model),
-        ``BIASDBEG``/``BIASDEND`` and a ``HISTORY`` card.
+        ``BIASDBEG``/``BIASDEND`` and a ``HISTORY`` card; with ``row_correction``, also
+        ``ROWCORR = True`` and ``ROWRMS``, the rms of the row offsets removed [ADU].
 
     Raises
     ------
     InputDataError
         When the frame cannot be read, has no usable temperature (or date, when its header
         holds an unreadable one), is not the model's shape or not in ADU, or no model of the
-        library is valid for it.
+        library is valid for it; with ``row_correction``, when the frame has fewer than
+        :data:`~bias_pipeline.row_noise.MIN_ROW_PIXELS` columns (a row's median would be its
+        pixels' own signal).
     TypeError
         When no model is given, or it is given twice (``model_or_library`` and ``model``).
 
@@ -115,7 +134,9 @@ def subtract_bias(
     if not isinstance(chooser, (BiasModel, BiasLibrary)):
         raise TypeError(f"subtract_bias() takes a BiasModel or a BiasLibrary, not {type(chooser).__name__}")
     if isinstance(frame_or_path, CCDData):
-        return _subtract_from_ccd(frame_or_path, chooser, temperature, date, temperature_keys, date_keys, input_bits)
+        return _subtract_from_ccd(
+            frame_or_path, chooser, temperature, date, temperature_keys, date_keys, input_bits, row_correction
+        )
     if isinstance(frame_or_path, (str, Path)):
         path = Path(frame_or_path)
         temperature, when = _from_path(path, chooser, temperature, date, temperature_keys, date_keys)
@@ -133,7 +154,25 @@ def subtract_bias(
     _check_shape(frame.shape, chosen)
     frame = to_adu16(frame, input_bits, chosen.scale_factor)
     bias = chosen.predict(float(temperature))
+    if row_correction:
+        frame = _row_noise(frame, bias, chosen, what).removed_from(frame)
     return (frame - bias).astype(np.float32)
+
+
+def _row_noise(
+    frame: np.ndarray, bias: np.ndarray, model: BiasModel, what: str, mask: np.ndarray | None = None
+) -> FrameRows:
+    """The frame's row offsets against the bias, on the model's unflagged pixels (and those
+    not in the frame's own ``mask``)."""
+    if frame.shape[-1] < MIN_ROW_PIXELS:
+        raise InputDataError(
+            f"{what} has {frame.shape[-1]} columns: too few for row_correction=True (a row's median of fewer "
+            f"than {MIN_ROW_PIXELS} pixels is their own signal); subtract without it"
+        )
+    valid = ~model.flagged if mask is None else ~(model.flagged | mask)
+    rows = measure_frame_rows(np.asarray(frame, dtype=np.float32) - bias, valid)
+    logger.debug("%s: row offsets removed, rms %.3f ADU", what, rows.rms_removed)
+    return rows
 
 
 def _from_path(
@@ -222,6 +261,7 @@ def _subtract_from_ccd(
     temperature_keys: Sequence[str],
     date_keys: Sequence[str],
     input_bits: int,
+    row_correction: bool,
 ) -> CCDData:
     what = "the CCDData frame"
     header = _meta_header(ccd.meta)
@@ -253,6 +293,10 @@ def _subtract_from_ccd(
         wcs=ccd.wcs,
     )
     bias = chosen.at(float(temperature))
+    rows = None
+    if row_correction:
+        rows = _row_noise(frame.data, np.asarray(bias.data, dtype=np.float32), chosen, what, frame.mask)
+        frame.data = rows.removed_from(frame.data)
     if frame.uncertainty is not None and bias.uncertainty is not None:
         # NDData arithmetic combines uncertainties of one kind only: the model's in the frame's.
         bias.uncertainty = bias.uncertainty.represent_as(type(frame.uncertainty))
@@ -261,7 +305,7 @@ def _subtract_from_ccd(
     if result.uncertainty is not None:
         result.uncertainty.array = np.asarray(result.uncertainty.array, dtype=np.float32)
     result.flags = ccd.flags if ccd.flags is not None else bias.flags
-    result.meta = _result_meta(ccd.meta, chosen, entry, float(temperature), source)
+    result.meta = _result_meta(ccd.meta, chosen, entry, float(temperature), source, rows)
     return result
 
 
@@ -274,7 +318,12 @@ def _scaled(uncertainty: object, factor: float) -> object:
 
 
 def _result_meta(
-    meta: object, model: BiasModel, entry: LibraryEntry | None, temperature: float, source: str
+    meta: object,
+    model: BiasModel,
+    entry: LibraryEntry | None,
+    temperature: float,
+    source: str,
+    rows: FrameRows | None = None,
 ) -> fits.Header | dict[str, object]:
     """The frame's header kept, with cards naming the bias subtracted."""
     cards: dict[str, tuple[object, str]] = {
@@ -292,9 +341,14 @@ def _result_meta(
             bool(temperature < low - 1e-9 or temperature > high + 1e-9),
             "bias model extrapolated in T",
         )
+    if rows is not None:
+        cards["ROWCORR"] = (True, "row offsets (row noise) removed, level kept")
+        cards["ROWRMS"] = (round(rows.rms_removed, 4), "[adu] rms of the row offsets removed")
     history = f"bias_pipeline {__version__} subtract_bias: bias at {temperature:g} deg C from " + (
         str(entry.path) if entry is not None else "a BiasModel"
     )
+    if rows is not None:
+        history += "; row offsets removed"
     if isinstance(meta, fits.Header):
         header = meta.copy()
         for key, (value, comment) in cards.items():

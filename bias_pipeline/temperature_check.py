@@ -84,6 +84,7 @@ def check_frame_temperatures(
     tolerance: float = 0.5,
     show_progress: bool = True,
     threads: int = 0,
+    row_correction: str = "auto",
 ) -> dict[Path, TemperatureCheck]:
     """Estimate each frame's temperature from its pixels; flag header disagreements.
 
@@ -112,6 +113,11 @@ def check_frame_temperatures(
         tqdm bar on a terminal.
     threads
         Threads reading and estimating (0: as many as CPUs, at most 8).
+    row_correction
+        The run's ``--row-correction``: unless ``"off"``, each frame's row offsets (row noise)
+        are removed about their mean in its estimate, and the level they leave counted in its
+        error (``"auto"``: when its row noise is significant;
+        :func:`~bias_pipeline.thermometry.estimate_temperature`).
 
     Returns
     -------
@@ -130,7 +136,9 @@ def check_frame_temperatures(
 
     def estimate(record: FrameRecord) -> TemperatureEstimate:
         frame = read_row_sample(record, sample) * factor
-        return estimate_temperature(frame, model, start=record.temperature, rows=sample, sample=at_sample)
+        return estimate_temperature(
+            frame, model, start=record.temperature, rows=sample, sample=at_sample, row_correction=row_correction
+        )
 
     progress = tqdm(
         total=len(used), desc="temperatures", unit="frame", disable=None if show_progress else True, leave=False

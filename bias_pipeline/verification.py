@@ -14,7 +14,17 @@ the frame's own header temperature, over the pixels neither masked nor DQ-flagge
   or square root would come out a few per cent low from a model of few frames);
 - the **outlier fraction**: pixels whose residual, less the mean residual, lies beyond
   :data:`OUTLIER_SIGMA` of their own ``sqrt(readnoise_ij^2 + sigma_model_ij^2)``;
-- whether the temperature lies outside the model's fitted range (a warning, not a failure).
+- whether the temperature lies outside the model's fitted range (a warning, not a failure);
+- the frame's **row noise** (the offset each row of a CMOS frame shares,
+  :mod:`bias_pipeline.row_noise`): the rms of its row offsets (each row's median residual) about
+  their mean, less what noise alone gives in a row median (``pi / 2`` times the mean over the
+  row of ``readnoise^2 + sigma_model^2``, over the number of pixels). With
+  ``row_correction`` ``"on"``, or ``"auto"`` (the default) when that row noise is significant
+  (:func:`~bias_pipeline.row_noise.row_noise_significant`), the offsets are removed before the
+  noise ratio and the outliers are measured: a frame is not failed for the row noise the
+  pipeline models. The mean residual keeps the frame's level either way (the offsets are
+  removed about their mean); its standard error includes the row noise's part, the mean of the
+  row offsets.
 
 A frame **fails** (see :class:`VerificationRules`) when its mean residual is beyond the
 tolerance (default :meth:`BiasModel.offset_tolerance`, a tenth of the median read noise) and
@@ -54,6 +64,7 @@ from .model import BiasModel
 from .products import write_text_atomic
 from .quality import MAD_TO_SIGMA
 from .registry import MODEL_FILE_NAME, VERIFICATION_CSV, VERIFICATION_REPORT
+from .row_noise import ROW_CORRECTION_MODES, measure_frame_rows
 from .steps.step1_load_data import check_raw_folder, scan_frames
 from .units import to_adu16
 
@@ -179,6 +190,11 @@ class FrameVerification:
         Why the frame fails (empty: it passes).
     notes
         Remarks that do not fail the frame (extrapolation, an offset too small to test).
+    row_noise
+        The frame's row-noise amplitude [ADU] (module docstring); NaN when not measurable
+        (rows of fewer than :data:`~bias_pipeline.row_noise.MIN_ROW_PIXELS` usable pixels).
+    row_corrected
+        Whether its row offsets were removed before the noise ratio and the outliers.
     """
 
     temperature: float
@@ -196,6 +212,8 @@ class FrameVerification:
     extrapolated: bool = False
     failures: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    row_noise: float = math.nan
+    row_corrected: bool = False
 
     @property
     def passed(self) -> bool:
@@ -213,6 +231,7 @@ def verify_residual(
     *,
     temperature: float = math.nan,
     temperature_range: tuple[float, float] | None = None,
+    row_correction: str = "auto",
 ) -> FrameVerification:
     """Judge one frame against the model's prediction (plain arrays in, nothing changed).
 
@@ -234,10 +253,20 @@ def verify_residual(
         The frame's temperature [deg C] (recorded, and checked against ``temperature_range``).
     temperature_range
         The model's fitted range [deg C]; ``None``: unknown, not checked.
+    row_correction
+        ``"auto"``: remove the frame's row offsets (about their mean) before the noise ratio and
+        the outliers when its row noise is significant; ``"on"``: always (where the rows have
+        enough pixels); ``"off"``: never (the row noise is still measured).
 
     Returns
     -------
     FrameVerification
+
+    Raises
+    ------
+    ValueError
+        When the arrays differ in shape or ``row_correction`` is not one of
+        :data:`~bias_pipeline.row_noise.ROW_CORRECTION_MODES`.
 
     Examples
     --------
@@ -255,6 +284,8 @@ def verify_residual(
     shapes = {np.shape(a) for a in (frame, prediction, model_sigma, read_noise, usable)}
     if len(shapes) != 1:
         raise ValueError(f"frame, prediction, sigma, read noise and usable pixels differ in shape: {sorted(shapes)}")
+    if row_correction not in ROW_CORRECTION_MODES:
+        raise ValueError(f"row_correction {row_correction!r} is not one of {', '.join(ROW_CORRECTION_MODES)}")
     frame = np.asarray(frame, dtype=np.float32)
     prediction = np.asarray(prediction, dtype=np.float32)
     with np.errstate(invalid="ignore"):
@@ -265,6 +296,22 @@ def verify_residual(
             & np.isfinite(read_noise)
             & (np.asarray(read_noise) > 0)
         )
+    # What noise alone gives a row median: the frame's read noise and the model's own error
+    # (which grows towards the ends of the fitted range) together.
+    pixel_noise = np.hypot(np.asarray(read_noise, dtype=np.float64), np.nan_to_num(np.asarray(model_sigma), nan=0.0))
+    rows = measure_frame_rows(frame - prediction, good, pixel_noise) if frame.ndim == 2 else None
+    row_noise = rows.amplitude if rows is not None and rows.measured.any() else math.nan
+    corrected = (
+        rows is not None
+        and bool(rows.measured.any())
+        and (row_correction == "on" or (row_correction == "auto" and rows.test.significant))
+    )
+    if corrected:
+        assert rows is not None
+        frame = rows.removed_from(frame)
+    # The level part of row noise, the mean of the frame's row offsets, is no pixel's own: it
+    # adds to the mean residual's error (when there is row noise to speak of).
+    level_variance = rows.amplitude**2 / int(rows.measured.sum()) if rows is not None and rows.test.significant else 0.0
     residual = (frame[good] - prediction[good]).astype(np.float64)
     sigma_model = np.nan_to_num(np.asarray(model_sigma, dtype=np.float64)[good], nan=0.0)
     sigma = np.sqrt(np.asarray(read_noise, dtype=np.float64)[good] ** 2 + sigma_model**2)
@@ -303,6 +350,8 @@ def verify_residual(
     kept = residual[np.abs(residual - median) <= CLIP_SIGMA * spread]
     mean = float(kept.mean())
     error = float(kept.std(ddof=1) / math.sqrt(kept.size)) if kept.size > 1 else math.nan
+    if level_variance > 0:
+        error = math.hypot(error, math.sqrt(level_variance))
     significance = mean / error if error > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
     expected = float(np.sqrt(np.mean(sigma**2)))
     ratio = spread / expected
@@ -348,6 +397,8 @@ def verify_residual(
         extrapolated=extrapolated,
         failures=tuple(failures),
         notes=tuple(notes),
+        row_noise=row_noise,
+        row_corrected=corrected,
     )
 
 
@@ -368,7 +419,7 @@ def model_read_noise(model: BiasModel, source: str | Path = "the model") -> np.n
 
 
 def verify_frame(
-    frame: np.ndarray, temperature: float, model: BiasModel, rules: VerificationRules
+    frame: np.ndarray, temperature: float, model: BiasModel, rules: VerificationRules, *, row_correction: str = "auto"
 ) -> FrameVerification:
     """Judge one frame [16-bit ADU] against ``model.predict(temperature, return_sigma=True)``.
 
@@ -382,6 +433,9 @@ def verify_frame(
         The model, with a read-noise map; its masked and DQ-flagged pixels are left out.
     rules
         When the frame fails.
+    row_correction
+        ``"auto"``, ``"on"`` or ``"off"``: whether the frame's row offsets are removed before
+        its noise is judged (:func:`verify_residual`).
 
     Returns
     -------
@@ -405,6 +459,7 @@ def verify_frame(
         rules,
         temperature=float(temperature),
         temperature_range=model.temperature_range,
+        row_correction=row_correction,
     )
 
 
@@ -449,6 +504,9 @@ class VerificationRun:
         The bit depth the frames were read as.
     base_path
         The raw folder.
+    row_correction
+        ``--row-correction``: whether each frame's row offsets were removed before its noise
+        was judged (``auto``: when its row noise is significant).
     """
 
     model_path: Path
@@ -457,6 +515,7 @@ class VerificationRun:
     files: tuple[FileVerification, ...]
     input_bits: int
     base_path: Path
+    row_correction: str = "auto"
 
     def count(self, status: str) -> int:
         """Number of files with ``status``."""
@@ -493,7 +552,9 @@ def verify_folder(
     rules
         When a frame fails.
     config
-        The frame-selection options of the scan (defaults if ``None``).
+        The frame-selection options of the scan, and ``row_correction`` (whether each frame's
+        row offsets are removed before its noise is judged, :func:`verify_residual`); defaults
+        if ``None``.
     model_path
         Where the model came from (for the products).
     exclude
@@ -525,6 +586,7 @@ def verify_folder(
         files=tuple(files),
         input_bits=bits,
         base_path=Path(base_path),
+        row_correction=config.row_correction,
     )
 
 
@@ -562,17 +624,20 @@ def _verify_record(
         rules,
         temperature=record.temperature,
         temperature_range=model.temperature_range,
+        row_correction=config.row_correction,
     )
     if result.extrapolated:
         logger.warning("%s: %s", record.path, result.notes[0])
     if result.passed:
         logger.debug(
-            "passed %s: mean residual %+.2f ADU (%+.1f sigma), noise ratio %.3f, %d outliers",
+            "passed %s: mean residual %+.2f ADU (%+.1f sigma), noise ratio %.3f, %d outliers, row noise %.2f ADU%s",
             record.path,
             result.mean_residual,
             result.significance,
             result.noise_ratio,
             result.outliers,
+            result.row_noise,
+            " (removed)" if result.row_corrected else "",
         )
         return FileVerification(record, PASSED, "", result)
     logger.debug("failed %s: %s", record.path, "; ".join(result.failures))  # the summary lists them
@@ -596,6 +661,8 @@ CSV_COLUMNS = (
     "model_noise_adu",
     "noise_ratio",
     "noise_bound",
+    "row_noise_adu",
+    "row_corrected",
     "outliers",
     "outlier_fraction",
     "max_outlier_fraction",
@@ -641,6 +708,8 @@ def _file_row(entry: FileVerification, run: VerificationRun) -> list[str]:
         _number(result.expected_noise, 4),
         _number(result.noise_ratio, 4),
         _number(result.noise_bound, 4),
+        _number(result.row_noise, 4),
+        "yes" if result.row_corrected else "no",
         str(result.outliers),
         f"{result.outlier_fraction:.6g}",
         f"{run.rules.max_outlier_fraction:g}",
@@ -684,6 +753,15 @@ dt { font-weight: 600; } dd { margin: 0; }
 """
 
 
+def _row_correction_fact(mode: str) -> str:
+    what = "each frame's row offsets (row noise, about their mean) removed before its noise ratio and outliers"
+    if mode == "on":
+        return what
+    if mode == "off":
+        return "off: row noise measured (row_noise_adu), not removed"
+    return f"auto: {what} when its row noise is significant against read noise (row_corrected)"
+
+
 def verification_html(run: VerificationRun) -> str:
     """``verification.html``: a self-contained page (inline style, no script, no image) with the
     model verified, the rules, the verdict and the table of files."""
@@ -704,6 +782,7 @@ def verification_html(run: VerificationRun) -> str:
             f"{MEAN_SIGNIFICANCE:g} standard errors",
         ),
         ("noise", f"|noise ratio - 1| <= max({run.rules.noise_tolerance:g}, {NOISE_SIGMAS:g} x its standard error)"),
+        ("row correction", _row_correction_fact(run.row_correction)),
         (
             "outliers",
             f"at most {100 * run.rules.max_outlier_fraction:.3g} % of pixels beyond {OUTLIER_SIGMA:g} sigma",
@@ -772,8 +851,14 @@ def prepare_output_dir(output_dir: str | Path) -> Path:
 #: Options of the run's schema that verify takes too: the frame selection (the same scan and
 #: checks as step 1) and the scan's threads.
 SCHEMA_OPTIONS = tuple(name for name, opt in options().items() if opt.group == GROUP_FRAMES) + ("threads",)
+#: Options of the run's schema that decide how verify judges a frame.
+RULE_OPTIONS = ("row_correction",)
 #: Their help where the run's says more than verify does with them.
-HELP_OVERRIDES = {"threads": "worker threads of the scan; 0: as many as CPUs, at most 8 (default 0)"}
+HELP_OVERRIDES = {
+    "threads": "worker threads of the scan; 0: as many as CPUs, at most 8 (default 0)",
+    "row_correction": "remove each frame's row offsets (row noise, about their mean: the level is kept) before "
+    "its noise ratio and outliers: auto (when its row noise is significant against read noise; default), on or off",
+}
 
 
 def _positive_number(text: str) -> float:
@@ -788,6 +873,20 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must lie in [0, 1)")
     return value
+
+
+def _add_schema_option(group: argparse._ArgumentGroup, name: str) -> None:
+    """One option of the run's schema, as the run's parser has it (unset unless given)."""
+    opt = options()[name]
+    shown = HELP_OVERRIDES.get(name, help_text(name))
+    kwargs: dict[str, object] = {"default": argparse.SUPPRESS, "dest": name, "help": shown}
+    if opt.kind == SWITCH:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs.update(type=argparse_type(opt), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
+        if opt.kind == CHOICE or (opt.choices is not None and opt.metavar is None):
+            del kwargs["metavar"]
+    group.add_argument(opt.flag, **kwargs)  # type: ignore[arg-type]
 
 
 def build_parser(prog: str = "python -m bias_pipeline verify") -> argparse.ArgumentParser:
@@ -846,18 +945,11 @@ def build_parser(prog: str = "python -m bias_pipeline verify") -> argparse.Argum
         help=f"largest accepted fraction of pixels beyond {OUTLIER_SIGMA:g} sigma "
         f"(default {DEFAULT_MAX_OUTLIER_FRACTION:g})",
     )
+    for name in RULE_OPTIONS:
+        _add_schema_option(rules, name)
     frames = parser.add_argument_group("frame selection (as the pipeline's)")
     for name in SCHEMA_OPTIONS:
-        opt = options()[name]
-        shown = HELP_OVERRIDES.get(name, help_text(name))
-        kwargs: dict[str, object] = {"default": argparse.SUPPRESS, "dest": name, "help": shown}
-        if opt.kind == SWITCH:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs.update(type=argparse_type(opt), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
-            if opt.kind == CHOICE or (opt.choices is not None and opt.metavar is None):
-                del kwargs["metavar"]
-        frames.add_argument(opt.flag, **kwargs)  # type: ignore[arg-type]
+        _add_schema_option(frames, name)
     messages = parser.add_argument_group("messages")
     messages.add_argument("-v", "--verbose", action="store_true", help="every file's figures")
     messages.add_argument("-q", "--quiet", action="store_true", help="nothing on stdout; only warnings and errors")
@@ -924,7 +1016,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     setup_logging(args.verbose, quiet=args.quiet)
 
     def body() -> int:
-        given = {name: getattr(args, name) for name in SCHEMA_OPTIONS if hasattr(args, name)}
+        given = {name: getattr(args, name) for name in SCHEMA_OPTIONS + RULE_OPTIONS if hasattr(args, name)}
         config = PipelineConfig(**given, show_progress=not args.quiet)
         model = load_model(args.model)
         model_read_noise(model, args.model)

@@ -2,16 +2,19 @@
 
 The frames here are Gaussian read noise quantised like the camera's (12-bit values x16), with
 or without a per-frame, per-row common offset. The end-to-end behaviour (manifest, noise maps,
-products with auto and off) is in tests/test_row_correction.py.
+products with auto and off) is in tests/test_row_correction.py. The compiled half-row medians
+(bias_pipeline.row_kernels) are checked against numpy's median, the reference, to the bit.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 
+from bias_pipeline import compiled
 from bias_pipeline.combine import combine_block
 from bias_pipeline.row_noise import (
     ROW_EXCESS,
@@ -120,3 +123,72 @@ def test_a_row_without_valid_pixels_gets_no_offset() -> None:
     difference = np.array([[1.0, 2.0], [5.0, 7.0]])
     valid = np.array([[True, True], [False, False]])
     assert row_offsets(difference, valid).tolist() == [1.5, 0.0]
+
+
+needs_numba = pytest.mark.skipif(not compiled.available(), reason="numba cannot be imported")
+
+
+def _numpy_halves(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    half = data.shape[-1] // 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy warns on an empty half (NaN)
+        return np.median(data[..., :half], axis=-1), np.median(data[..., data.shape[-1] - half :], axis=-1)
+
+
+def _kernel_halves(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from bias_pipeline.row_kernels import half_row_medians
+
+    left, right = np.empty(data.shape[0], np.float32), np.empty(data.shape[0], np.float32)
+    half_row_medians(np.ascontiguousarray(data, dtype=np.float32).view(np.uint32), data.shape[1] // 2, left, right)
+    return left, right
+
+
+def _awkward_rows(rng: np.random.Generator, kind: int, rows: int, columns: int) -> np.ndarray:
+    """Rows the selection must get right: noise about 0 or far from it, few distinct values
+    (ties), sorted rows, zeros of both signs, infinities, subnormals and NaN."""
+    if kind == 0:
+        data = rng.normal(0.0, READ_NOISE, (rows, columns))
+    elif kind == 1:
+        data = rng.normal(150.0, READ_NOISE, (rows, columns))  # the middle in a crowded exponent
+    elif kind == 2:
+        data = rng.integers(-3, 4, (rows, columns)) * 16.0
+    elif kind == 3:
+        data = np.sort(rng.integers(-5, 5, (rows, columns)).astype(float), axis=1)[:, ::-1]
+    elif kind == 4:
+        data = rng.choice(np.array([-0.0, 0.0, 1e-40, -1e-40, np.inf, -np.inf, 3.0, -2.5]), (rows, columns))
+    else:
+        data = rng.normal(0.0, 1.0, (rows, columns))
+        data[rng.random(data.shape) < 0.01] = np.nan
+    return data.astype(np.float32)
+
+
+@needs_numba
+@pytest.mark.parametrize("kind", range(6))
+def test_compiled_half_medians_are_numpys_median_to_the_bit(kind: int) -> None:
+    rng = np.random.default_rng(40 + kind)
+    for columns in (*range(1, 70), 255, 256, 1024, 1025):  # odd and even halves, odd rows
+        data = _awkward_rows(rng, kind, 12, columns)
+        for mine, reference in zip(_kernel_halves(data), _numpy_halves(data), strict=True):
+            assert reference.dtype == np.float32
+            np.testing.assert_array_equal(mine, reference, err_msg=f"{columns} columns")
+
+
+@needs_numba
+def test_the_other_middle_value_is_found_among_the_values_dropped() -> None:
+    # An even half whose upper middle value is the smallest of its exponent's byte: the lower
+    # one is among the values the first byte dropped.
+    data = np.array([[-1.0, -0.5, 100.0, 200.0, 7.0, 7.0, 7.0, 7.0]], dtype=np.float32)
+    left, right = _kernel_halves(data)
+    assert (left.tolist(), right.tolist()) == ([49.75], [7.0])
+
+
+@needs_numba
+def test_split_row_offsets_is_the_same_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = _frames(np.random.default_rng(12), 4, row_sigma=READ_NOISE)[0] - 3200.0
+    results = {}
+    for engine in compiled.ENGINES:
+        monkeypatch.setenv(compiled.ENGINE_VARIABLE, engine)
+        results[engine] = split_row_offsets(frames)  # (frames, rows, columns) at once
+    for mine, reference in zip(results["numba"], results["numpy"], strict=True):
+        assert mine.shape == reference.shape == frames.shape[:2] and mine.dtype == reference.dtype
+        np.testing.assert_array_equal(mine, reference)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bias_pipeline import PipelineConfig
+from bias_pipeline.combine_efficiency import combine_factors
 from bias_pipeline.errors import InputDataError
 from bias_pipeline.quality import HOT_MASK, NONLINEAR
 from bias_pipeline.steps.step3_fit_bias_model import fit_model
@@ -99,8 +100,11 @@ def test_a_masked_pixel_is_nan_and_flagged():
 @pytest.mark.parametrize("method", ["mean", "median"])
 def test_a_noisier_master_counts_less(method):
     """Weights are inverse variances: a master of one frame is nine times as noisy as one of nine
-    and pulls the line a ninth as hard (the read noise is pooled, so it is the same for all)."""
+    (for a mean; a median of nine has the variance of a mean of 9 / e^2, e^2 its efficiency for
+    nine values, and a "median" of one frame is that frame) and pulls the line as much less hard
+    (the read noise is pooled, so it is the same for all)."""
     temps, values = (0.0, 10.0, 20.0), (100.0, 130.0, 140.0)
+    weights = [n / combine_factors(method, n).variance for n in (9, 1, 9)]
     noise = np.full((2, 3), 5.0, dtype=np.float32)
 
     def masters(frames: tuple[int, ...]) -> list[MemoryMaster]:
@@ -110,7 +114,7 @@ def test_a_noisier_master_counts_less(method):
         ]
 
     weighted = fit_model(masters((9, 1, 9)), None, QUIET)
-    slope, intercept = np.polyfit(temps, values, 1, w=np.sqrt([9, 1, 9]))
+    slope, intercept = np.polyfit(temps, values, 1, w=np.sqrt(weights))
     assert weighted.b_map[0, 0] == pytest.approx(slope, abs=1e-4)
     assert weighted.a_map[0, 0] == pytest.approx(intercept, abs=1e-3)
     equal = fit_model(masters((9, 9, 9)), None, QUIET)

@@ -193,6 +193,7 @@ SPEC = SimulationSpec(
     seed=15,
     telegraph_fraction=0.01,
     telegraph_amplitude_dn=3 * READ_NOISE_DN,
+    row_noise_dn=0.6 * READ_NOISE_DN,  # corrected (auto): the statistics come from the corrected combine
 )
 
 
@@ -215,6 +216,7 @@ def test_pipeline_flags_telegraph_pixels(cmos_run):
     """Against the simulator's truth: >= 80 % of the telegraph pixels TELEGRAPH, < 0.5 % of the
     normal ones; noisy pixels not TELEGRAPH; the model file's DQ_DEF lists the bit."""
     truth, result = cmos_run
+    assert all(m.row_noise > 0 for m in result.masters)  # the row correction ran
     dq = result.model.dq
     telegraph = truth.telegraph_mask
     assert telegraph is not None and telegraph.sum() >= 50

@@ -9,12 +9,15 @@ the default) every input is read once, a block of rows at a time (a master's ima
 with its master's), on worker threads, into float32 maps; the numpy reference path
 (``BIAS_PIPELINE_KERNELS=numpy``: :func:`~bias_pipeline.fitting.fit_polynomial`) reads whole
 inputs one at a time, twice (sums, then residuals). Both give the same maps. A master of ``n``
-frames weighs ``n / e^2`` (``e`` the combine's efficiency: 1.2533 for a median, 1 otherwise)
-over the read noise squared; the read noise is pooled over the
-groups' ``NOISE`` maps and shrunk towards its typical value (:func:`shrink_noise`), and gives the
-chi-square of each pixel. The model carries the covariance of the coefficients, the fit
-statistics and DQ flags (:mod:`bias_pipeline.quality`: HOT_MASK, NONLINEAR, NOISY, DEAD,
-SATURATED). Pixels of the hot-pixel mask (non-zero = hot) are left out and hold NaN.
+frames weighs ``n / e^2`` (``e`` the combine's efficiency for ``n`` values, measured by simulating
+the combine: :func:`combine_weights`) over the read noise squared; the read noise is pooled over
+the groups' ``NOISE`` maps (each corrected for its combine's bias) and shrunk towards its typical
+value (:func:`shrink_noise`), the row noise the masters still carry is added, and the result
+gives each pixel's chi-square. ``chi2 / dof`` (the model's ``CHI2`` map) is tested against
+F(``dof``, the shrunk noise's effective degrees of freedom, :class:`NoiseShrinkage`), so
+NONLINEAR flags the fraction ``--nonlinear-pvalue`` promises on pure noise. The model carries
+the covariance of the coefficients, the fit statistics and DQ flags (:mod:`bias_pipeline.quality`:
+HOT_MASK, NONLINEAR, NOISY, DEAD, SATURATED). Pixels of the hot-pixel mask (non-zero = hot) are left out and hold NaN.
 
 The legacy call forms (``fit_bias_model``, ``fit_linear``, ``save_bias_model``) live in
 :mod:`bias_pipeline.legacy` and are found here too.
@@ -23,6 +26,7 @@ The legacy call forms (``fit_bias_model``, ``fit_linear``, ``save_bias_model``) 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,12 +36,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..combine import MEDIAN_EFFICIENCY
+from ..combine_efficiency import CombineFactors, combine_factors, quantum_ratio
 from ..compiled import engine
 from ..config import PipelineConfig
 from ..errors import InputDataError
 from ..fit_kernels import fit_frame_rows, fit_rows, pool_noise_rows, sum_counts_rows
-from ..fitting import PolynomialFit, design, fit_polynomial
+from ..fitting import PolynomialFit, design, f_threshold, fit_polynomial
 from ..frames import FrameRecord, plain_uint16, read_frame, read_rows, read_uint16_rows, reading
 from ..lazy import forward
 from ..master_writer import Master
@@ -55,12 +59,17 @@ LEGACY_NAMES = ("fit_bias_model", "fit_linear", "save_bias_model")
 __all__ = [
     "MOSTLY_FLAGGED",
     "MOSTLY_MASKED",
+    "QUADRATIC_PVALUE",
     "QUADRATIC_Z",
     "SLOPE_SAMPLE",
     "check_mask",
     "fit_model",
     "fit_model_on_frames",
     "load_hot_pixel_mask",
+    "CombineWeights",
+    "NoiseShrinkage",
+    "combine_weights",
+    "noise_shrinkage",
     "pooled_read_noise",
     "shrink_noise",
     "warn_if_implausible",
@@ -82,8 +91,11 @@ SLOPE_SAMPLE = 100_000
 
 # |c| / sigma_c beyond this: the quadratic term is warranted at p < 0.001 (two-sided). With
 # the noise known this is the likelihood-ratio (delta chi-square, 1 dof) test of degree 2
-# against degree 1, since delta chi2 = (c / sigma_c)^2 for one added parameter.
+# against degree 1, since delta chi2 = (c / sigma_c)^2 for one added parameter. With the noise
+# estimated (``noise_dof`` degrees of freedom) (c / sigma_c)^2 follows F(1, noise_dof), and the
+# log uses that quantile (Student's t), which this is the limit of.
 QUADRATIC_Z = 3.2905
+QUADRATIC_PVALUE = 0.001
 
 
 def load_hot_pixel_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -139,31 +151,192 @@ def check_mask(mask: np.ndarray, shape: tuple[int, ...] | None, name: str = "hot
     return hot
 
 
-def pooled_read_noise(masters: Sequence[Master]) -> tuple[np.ndarray | None, int]:
+def pooled_read_noise(
+    masters: Sequence[Master], noise_bias: Sequence[float] | None = None
+) -> tuple[np.ndarray | None, int]:
     """Per-pixel read noise pooled over the masters' ``NOISE`` maps, and its degrees of freedom.
 
-    ``sqrt(sum (n_k - 1) s_k^2 / sum (n_k - 1))``: the pooled variance is unbiased, whereas a
-    median of a few per-group standard deviations is biased low (by ~8 % for 5 frames a group).
-    Returns ``(None, 0)`` when no master has a noise map (groups of one frame).
+    ``sqrt(sum (n_k - 1) s_k^2 / g_k / sum (n_k - 1))``: the pooled variance is unbiased, whereas
+    a median of a few per-group standard deviations is biased low (by ~8 % for 5 frames a group).
+    ``g_k`` (``noise_bias``, default 1) is the mean square of master ``k``'s noise map over the
+    true variance (:func:`~bias_pipeline.combine_efficiency.combine_factors`: 0.99 for a
+    sigma-clip of 3 frames). Returns ``(None, 0)`` when no master has a noise map (groups of one frame).
     """
     total: np.ndarray | None = None
     dof = 0
-    for master in masters:
+    for k, master in enumerate(masters):
         noise = master.load_extension("NOISE")
         n = int(master.n_frames)
         if noise is None or n < 2:
             continue
         noise = np.nan_to_num(noise, nan=0.0)  # a copy: the caller's array stays as it was
-        variance = np.float32(n - 1) * noise * noise
+        bias = 1.0 if noise_bias is None else float(noise_bias[k])
+        variance = np.float32((n - 1) / bias) * noise * noise
         total = variance if total is None else np.add(total, variance, out=total)
         dof += n - 1
     return (None, 0) if total is None else (np.sqrt(total / dof).astype(np.float32), dof)
 
 
+@dataclass(frozen=True)
+class CombineWeights:
+    """What the combine of each master means for the fit (:func:`combine_weights`).
+
+    Attributes
+    ----------
+    weights
+        Per master: ``n_k / e_k^2``, its inverse variance in units of one frame's pixel variance.
+    noise_bias
+        Per master: the mean square of its ``NOISE`` map over the true variance.
+    row_variance
+        ``R`` [ADU^2]: the row-correlated variance the fit adds to the pixel variance.
+    """
+
+    weights: tuple[float, ...]
+    noise_bias: tuple[float, ...]
+    row_variance: float
+
+
+def combine_weights(
+    masters: Sequence[Master], config: PipelineConfig, quantum: float = 0.0, *, frames_fit: bool = False
+) -> CombineWeights:
+    """The masters' weights, their noise maps' bias and the row variance, from how they were made.
+
+    A master of ``n`` frames combined by a method of efficiency ``e`` (the master's standard error
+    over ``noise / sqrt(n)``) has variance ``(e^2 sigma^2 + rho^2) / n``: ``sigma`` the pixel's
+    noise, ``rho`` the rms row offset its frames had removed (``row_noise``; the master keeps their
+    mean, common to the row). ``e^2`` and the noise map's bias come from
+    :func:`~bias_pipeline.combine_efficiency.combine_factors` (by simulation of the combine as
+    implemented, with the master's ``n``, the clip options and ``quantum`` over its typical noise):
+    1.12 for a sigma-clip of 3 frames, 1.04 of 8, 1.34..1.50 for a median, 1 for a mean.
+
+    One linear smoother serves all pixels, so the row part enters as one pooled variance ``R``
+    added to every pixel's: ``sigma_fit^2 = sigma^2 + R`` with master ``k`` modelled as
+    ``e_k^2 sigma_fit^2 / n_k``, i.e. ``R`` the weighted mean of ``rho_k^2 / e_k^2`` with the
+    fit's weights ``n_k / e_k^2``: exact when the masters share one row noise and one efficiency
+    (a camera's frames), and the weights stay those of the pixel noise.
+
+    Parameters
+    ----------
+    masters
+        ``method``, ``n_frames`` and, when they have them, ``noise_median`` and ``row_noise``.
+    config
+        ``clip_sigma``, ``clip_iters``.
+    quantum
+        The frames' quantisation step [ADU] (0: continuous).
+    frames_fit
+        For ``--fit-on frames``: each input is one raw frame (weight 1, carrying its full row
+        offsets), so ``R`` is the frames' mean ``rho^2``.
+
+    Returns
+    -------
+    CombineWeights
+    """
+    from scipy.special import chdtri
+
+    factors: list[CombineFactors] = []
+    for master in masters:
+        # The master's median noise is that of a chi distribution of n - 1 degrees of freedom;
+        # its rms (the scale the simulation takes) is larger by 1 / sqrt(median of chi2 / dof).
+        n = int(master.n_frames)
+        typical = float(getattr(master, "noise_median", math.nan))
+        if n >= 2:
+            typical /= math.sqrt(float(chdtri(n - 1, 0.5)) / (n - 1))
+        factors.append(
+            combine_factors(
+                master.method, int(master.n_frames), float(config.clip_sigma), int(config.clip_iters),
+                quantum_ratio(quantum, typical),
+            )
+        )  # fmt: skip
+    frames = [int(m.n_frames) for m in masters]
+    weights = tuple(n / f.variance for n, f in zip(frames, factors, strict=True))
+    rows = [float(getattr(m, "row_noise", 0.0) or 0.0) ** 2 for m in masters]
+    if frames_fit:
+        row_variance = sum(n * r for n, r in zip(frames, rows, strict=True)) / max(sum(frames), 1)
+    else:
+        row_variance = sum(w * r / f.variance for w, r, f in zip(weights, rows, factors, strict=True)) / sum(weights)
+    bias = tuple(f.noise_bias if math.isfinite(f.noise_bias) else 1.0 for f in factors)
+    return CombineWeights(weights, bias, float(row_variance))
+
+
+@dataclass(frozen=True)
+class NoiseShrinkage:
+    """How :func:`shrink_noise` pulls a noise map towards its typical value.
+
+    Attributes
+    ----------
+    centre
+        The typical variance [ADU^2]: the median of the pixels' variances divided by the median
+        of a chi-square of ``dof`` degrees of freedom over ``dof`` (so unbiased for a uniform
+        sensor, where the plain median is low by ~2 / (3 dof), 1.9 % at 35 dof, and as robust
+        as a median to hot and noisy pixels).
+    weight
+        0 (every pixel takes the centre) to 1 (each keeps its own estimate).
+    dof
+        Degrees of freedom of each pixel's variance estimate.
+    pixels
+        Pixels the centre was measured on.
+    """
+
+    centre: float
+    weight: float
+    dof: int
+    pixels: int
+
+    @property
+    def effective_dof(self) -> float:
+        """Degrees of freedom of a shrunk variance as an estimate of the pixel's true variance.
+
+        The shrunk variance ``c + w (s^2 - c)`` errs by ``w (s^2 - sigma^2)`` (estimation) plus
+        ``(1 - w) (c - sigma^2)`` (the pixel's own departure from the centre); with the weight
+        of normal-normal shrinkage the two add up to ``w`` times the estimation variance
+        ``2 c^2 / dof``. A chi-square with the same relative variance has ``dof / w`` degrees of
+        freedom (moment matching), at most those of the centre itself (``dof x pixels``).
+
+        >>> NoiseShrinkage(900.0, 0.25, 35, 64000).effective_dof, NoiseShrinkage(900.0, 0.0, 35, 10).effective_dof
+        (140.0, 350.0)
+        """
+        limit = float(self.dof) * max(self.pixels, 1)
+        return limit if self.weight <= self.dof / limit else float(self.dof) / self.weight
+
+    def apply(self, noise: np.ndarray) -> np.ndarray:
+        """The shrunk noise map, float32 (computed a few MB of rows at a time)."""
+        shrunk = np.empty(noise.shape, dtype=np.float32)
+        flat, out = noise.reshape(-1), shrunk.reshape(-1)
+        step = 1 << 18
+        for start in range(0, flat.size, step):
+            variance = flat[start : start + step].astype(np.float64) ** 2
+            out[start : start + step] = np.sqrt(self.centre + self.weight * (variance - self.centre))
+        return shrunk
+
+
+def noise_shrinkage(noise: np.ndarray, dof: int, valid: np.ndarray) -> NoiseShrinkage | None:
+    """The shrinkage :func:`shrink_noise` applies to ``noise`` (``None``: too few pixels or no
+    degrees of freedom, the map is used as it is).
+
+    >>> rng = np.random.default_rng(0)
+    >>> raw = np.sqrt(rng.chisquare(20, (200, 200)) / 20) * 30.0  # a uniform sensor, 20 dof
+    >>> shrinkage = noise_shrinkage(raw, 20, np.ones(raw.shape, bool))
+    >>> round(shrinkage.centre / 900, 2), shrinkage.weight < 0.05
+    (1.0, True)
+    """
+    from scipy.special import chdtri
+
+    selected = noise[valid & np.isfinite(noise)].astype(np.float64) ** 2
+    if selected.size < 10 or dof < 1 or not np.any(selected > 0):
+        return None
+    # The median of chi2(dof) / dof is below its mean 1: dividing by it makes the median of the
+    # variances an unbiased centre for a uniform sensor.
+    centre = float(np.median(selected)) / (float(chdtri(dof, 0.5)) / dof)
+    measurement = 2.0 * centre**2 / dof  # variance of one pixel's variance estimate
+    sensor = max(0.0, float(np.var(selected)) - measurement)
+    weight = sensor / (sensor + measurement)  # 0: all pixels alike, 1: trust each pixel
+    return NoiseShrinkage(centre, weight, int(dof), int(selected.size))
+
+
 def shrink_noise(noise: np.ndarray, dof: int, valid: np.ndarray) -> np.ndarray:
     """Per-pixel noise for the uncertainties: each pixel's estimate pulled towards the typical
     value by as much as its own estimation noise warrants (normal-normal shrinkage of the
-    variance).
+    variance, :class:`NoiseShrinkage`).
 
     A variance estimated from ``dof`` degrees of freedom scatters by ``sqrt(2/dof)`` of itself;
     with few frames that scatter, not the sensor, dominates the map, and dividing by a noisy
@@ -176,23 +349,8 @@ def shrink_noise(noise: np.ndarray, dof: int, valid: np.ndarray) -> np.ndarray:
     >>> bool(shrunk.std() < raw.std() / 3), round(float(np.median(shrunk)) / 30, 1)
     (True, 1.0)
     """
-    # float64 variances, but never of the whole map at once: the selected pixels, then the
-    # shrunk map a few MB of rows at a time (the same values as whole-map arithmetic).
-    selected = noise[valid & np.isfinite(noise)].astype(np.float64) ** 2
-    if selected.size < 10 or dof < 1 or not np.any(selected > 0):
-        return noise
-    centre = float(np.median(selected))
-    measurement = 2.0 * centre**2 / dof  # variance of one pixel's variance estimate
-    sensor = max(0.0, float(np.var(selected)) - measurement)
-    del selected
-    weight = sensor / (sensor + measurement)  # 0: all pixels alike, 1: trust each pixel
-    shrunk = np.empty(noise.shape, dtype=np.float32)
-    flat, out = noise.reshape(-1), shrunk.reshape(-1)
-    step = 1 << 18
-    for start in range(0, flat.size, step):
-        variance = flat[start : start + step].astype(np.float64) ** 2
-        out[start : start + step] = np.sqrt(centre + weight * (variance - centre))
-    return shrunk
+    shrinkage = noise_shrinkage(noise, dof, valid)
+    return noise if shrinkage is None else shrinkage.apply(noise)
 
 
 def fit_model(
@@ -201,13 +359,17 @@ def fit_model(
     config: PipelineConfig | None = None,
     *,
     scale_factor: float | None = None,
+    quantum: float | None = None,
 ) -> BiasModel:
     """Fit the model to masters, with uncertainties, fit statistics and bad-pixel flags.
 
-    Each master is weighted by its inverse variance: ``n_k / e^2`` frames over the combine's
-    efficiency squared (``e = 1.2533`` for a median, 1 otherwise) times the pixel's read noise
-    squared, the read noise being pooled over all groups (one stable map rather than a noisy
-    per-group one, which would bias a weighted fit).
+    Each master is weighted by its inverse variance: ``n_k / e_k^2`` frames over the combine's
+    efficiency squared (:func:`combine_weights`: 1 for a mean, 1.04 for a sigma-clip of 8 frames,
+    1.12 of 3, 1.34..1.50 for a median) times the pixel's read noise squared, the read noise
+    being pooled over all groups (one stable map rather than a noisy per-group one, which would
+    bias a weighted fit). A master's ``row_noise`` adds the pooled row variance to every pixel's
+    (``sigma_fit^2 = sigma^2 + R``): the errors of a and b and the chi-square include it, the
+    ``READNOISE`` map does not.
 
     Parameters
     ----------
@@ -220,6 +382,9 @@ def fit_model(
         Options (``degree``, ``nonlinear_pvalue``, ``scale_factor``); defaults if ``None``.
     scale_factor
         Overrides ``config.scale_factor`` (kept for old callers).
+    quantum
+        The frames' quantisation step [ADU] (see :func:`combine_weights`; default: the scale
+        factor, the step of 12-bit values in 16-bit ADU).
 
     Returns
     -------
@@ -234,25 +399,27 @@ def fit_model(
     scale = config.scale_factor if scale_factor is None else scale_factor
     temps = [float(m.temperature) for m in masters]
     frames = [int(m.n_frames) for m in masters]
-    efficiency = [MEDIAN_EFFICIENCY if m.method == "median" else 1.0 for m in masters]
-    weights = [n / e**2 for n, e in zip(frames, efficiency, strict=True)]
+    combine = combine_weights(masters, config, scale if quantum is None else quantum)
+    weights = list(combine.weights)
     level = adc_maximum(scale) * 0.9999
     if engine() == "numba":
         fit, noise, clipped, saturated, mask = _fit_masters_in_blocks(
-            masters, temps, weights, hot_pixel_mask, level, config
+            masters, temps, combine, hot_pixel_mask, level, config
         )
     else:  # the reference: whole frames, each master read twice
-        noise, noise_dof = pooled_read_noise(masters)
+        noise, noise_dof = pooled_read_noise(masters, combine.noise_bias)
         shape = masters[0].load().shape if noise is None else noise.shape
         mask = _as_mask(hot_pixel_mask, shape)
         saturation = _SaturationTracker(level)
+        fit_noise, fit_noise_dof = _fit_noise(noise, noise_dof, mask, combine.row_variance)
         with _fit_progress(len(masters), "master", config) as progress:
             fit = fit_polynomial(
                 temps,
                 weights,
                 _counted(lambda k: saturation.see(masters[k].load()), progress),
                 degree=config.degree,
-                noise=_fit_noise(noise, noise_dof, mask),
+                noise=fit_noise,
+                noise_dof=fit_noise_dof,
             )
         clipped, saturated = _clipped_fraction(masters, frames), saturation.map
     model = _assemble(
@@ -266,7 +433,7 @@ def fit_model(
         inputs=FitInputs(tuple(temps), tuple(frames), (min(temps), max(temps)), tuple(float(h) for h in fit.leverage)),
         telegraph=telegraph_pixels(masters),
     )
-    _log_fit(model, f"{len(temps)} masters ({sum(frames)} frames)")
+    _log_fit(model, f"{len(temps)} masters ({sum(frames)} frames)", fit.noise_dof)
     return model
 
 
@@ -324,10 +491,11 @@ def fit_model_on_frames(
             inputs=FitInputs(tuple(float(m.temperature) for m in masters), tuple(counts), (min(temps), max(temps))),
             telegraph=telegraph_pixels(masters),
         )
-        _log_fit(model, f"{len(ordered)} frames at their own temperatures")
+        _log_fit(model, f"{len(ordered)} frames at their own temperatures", fit.noise_dof)
         return model
     by_label = {m.label: m for m in masters}
-    noise, noise_dof = pooled_read_noise(masters)
+    combine = combine_weights(masters, config, config.scale_factor, frames_fit=True)
+    noise, noise_dof = pooled_read_noise(masters, combine.noise_bias)
     if noise is None:
         raise InputDataError("--fit-on frames needs groups of two or more frames to measure the read noise")
     mask = np.zeros(noise.shape, dtype=bool) if hot_pixel_mask is None else check_mask(hot_pixel_mask, noise.shape)
@@ -347,13 +515,15 @@ def fit_model_on_frames(
         data[far] = reference[far]
         return saturation.see(data)
 
+    fit_noise, fit_noise_dof = _fit_noise(noise, noise_dof, mask, combine.row_variance)
     with _fit_progress(len(ordered), "frame", config) as progress:
         fit = fit_polynomial(
             [reading(r) for r in ordered],
             [1.0] * len(ordered),
             _counted(load, progress),
             degree=config.degree,
-            noise=_fit_noise(noise, noise_dof, mask),
+            noise=fit_noise,
+            noise_dof=fit_noise_dof,
         )
     counts = [int(m.n_frames) for m in masters]
     temps = [reading(r) for r in ordered]
@@ -368,7 +538,7 @@ def fit_model_on_frames(
         inputs=FitInputs(tuple(float(m.temperature) for m in masters), tuple(counts), (min(temps), max(temps))),
         telegraph=telegraph_pixels(masters),
     )
-    _log_fit(model, f"{len(ordered)} frames at their own temperatures")
+    _log_fit(model, f"{len(ordered)} frames at their own temperatures", fit.noise_dof)
     return model
 
 
@@ -411,12 +581,29 @@ class _SaturationTracker:
         return data
 
 
-def _fit_noise(noise: np.ndarray | None, dof: int, mask: np.ndarray) -> np.ndarray | None:
+def _fit_noise(
+    noise: np.ndarray | None, dof: int, mask: np.ndarray, row_variance: float = 0.0
+) -> tuple[np.ndarray | None, float]:
+    """The noise the fit divides by, and its degrees of freedom as an estimate: the pooled
+    pixel noise shrunk (:class:`NoiseShrinkage`), plus the row-correlated variance the masters
+    still carry (``row_variance``, measured from whole rows, so taken as known: it adds to the
+    variance without adding to its estimation error, which raises the degrees of freedom by
+    ``((c + R) / c)^2``)."""
     if noise is None:
-        return None
+        return None, math.inf
     # Hot, noisy and dead pixels would widen the spread the shrinkage allows.
     high, low = robust_outliers(noise, ~mask, 6.0)
-    return shrink_noise(noise, dof, ~(mask | high | low))
+    shrinkage = noise_shrinkage(noise, dof, ~(mask | high | low))
+    if shrinkage is None:
+        fit_noise, noise_dof = noise, (float(dof) if dof > 0 else math.inf)
+        centre = float(np.nanmedian(np.square(noise[~mask]))) if (~mask).any() else math.nan
+    else:
+        fit_noise, noise_dof, centre = shrinkage.apply(noise), shrinkage.effective_dof, shrinkage.centre
+    if row_variance > 0:
+        fit_noise = np.sqrt(np.square(fit_noise, dtype=np.float32) + np.float32(row_variance))
+        if centre > 0:
+            noise_dof *= ((centre + row_variance) / centre) ** 2
+    return fit_noise, noise_dof
 
 
 @dataclass(frozen=True)
@@ -461,6 +648,7 @@ def _assemble(
         too_clipped=clipped if clipped is not None and clipped.dtype == bool else None,
         saturated=saturated if saturated is not None else np.zeros(mask.shape, dtype=bool),
         p_value=config.nonlinear_pvalue,
+        noise_dof=fit.noise_dof,
         telegraph=telegraph,  # the masters' two-level statistics pooled (bias_pipeline.telegraph)
     )
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -494,7 +682,7 @@ def _assemble(
     )
 
 
-def _log_fit(model: BiasModel, what: str) -> None:
+def _log_fit(model: BiasModel, what: str, noise_dof: float = math.inf) -> None:
     assert model.dq is not None and model.temperature_range is not None
     counts = describe(model.dq)
     logger.info(
@@ -505,13 +693,22 @@ def _log_fit(model: BiasModel, what: str) -> None:
         model.tref,
         ", ".join(f"{name} {count}" for name, count in counts.items()),
     )
+    dof = int(model.ngroups.max()) - model.degree - 1
+    if dof > 0:
+        logger.info(
+            "the fit's noise variance has %.4g effective degrees of freedom: the CHI2 map's reference "
+            "distribution is F(%d, %.4g)",
+            noise_dof, dof, noise_dof,
+        )  # fmt: skip
     if model.c_map is not None and model.covariance is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(model.c_map) / np.sqrt(model.covariance[2, 2])
+        limit = math.sqrt(f_threshold(1, noise_dof, QUADRATIC_PVALUE))
         logger.info(
-            "quadratic term warranted (|c| / sigma_c > %.2f, p < 0.001) in %d of %d fitted pixels",
-            QUADRATIC_Z,
-            int(np.count_nonzero(z > QUADRATIC_Z)),
+            "quadratic term warranted (|c| / sigma_c > %.2f, p < %g) in %d of %d fitted pixels",
+            limit,
+            QUADRATIC_PVALUE,
+            int(np.count_nonzero(z > limit)),
             int((~model.mask).sum()),
         )
     warn_if_implausible(model)
@@ -711,6 +908,7 @@ class _NoiseSums:
     """What the masters' ``NOISE`` and ``NUSED`` maps give step 3, gathered block by block."""
 
     noise_masters: list[int]  # indices of the masters with a noise map and two or more frames
+    pool_weights: list[float]  # their (n - 1) / noise bias (pooled_read_noise)
     dof: int
     total: np.ndarray | None  # sum (n - 1) s^2, float32
     counts: list[int]  # indices of the masters whose NUSED is summed ([] when not wanted)
@@ -735,7 +933,9 @@ class _NoiseSums:
         return over
 
 
-def _noise_plan(masters: Sequence[Master], readers: list, shape: tuple[int, int]) -> _NoiseSums:
+def _noise_plan(
+    masters: Sequence[Master], readers: list, shape: tuple[int, int], noise_bias: Sequence[float]
+) -> _NoiseSums:
     names = [set(reader.names()) for reader in readers]
     noisy = [k for k, m in enumerate(masters) if "NOISE" in names[k] and int(m.n_frames) >= 2]
     total_frames = sum(int(m.n_frames) for m in masters)
@@ -744,6 +944,7 @@ def _noise_plan(masters: Sequence[Master], readers: list, shape: tuple[int, int]
         counted = []
     return _NoiseSums(
         noisy,
+        [(int(masters[k].n_frames) - 1) / float(noise_bias[k]) for k in noisy],
         sum(int(masters[k].n_frames) - 1 for k in noisy),
         np.empty(shape, dtype=np.float32) if noisy else None,
         counted,
@@ -758,8 +959,7 @@ def _add_noise_rows(plan: _NoiseSums, masters: Sequence[Master], readers: list, 
         stack = np.empty((len(plan.noise_masters), stop - start, columns), dtype=np.float32)
         for index, k in enumerate(plan.noise_masters):
             stack[index] = readers[k].read("NOISE", start, stop)
-        dof = np.array([int(masters[k].n_frames) - 1 for k in plan.noise_masters], dtype=np.float32)
-        pool_noise_rows(stack, dof, plan.total[start:stop])
+        pool_noise_rows(stack, np.array(plan.pool_weights, dtype=np.float32), plan.total[start:stop])
     if plan.used is not None:
         parts = [readers[k].read("NUSED", start, stop) for k in plan.counts]
         sum_counts_rows(np.stack(parts), plan.used[start:stop])
@@ -790,6 +990,7 @@ def _finish_fit(
     weights: Sequence[float],
     degree: int,
     noise_for_fit: np.ndarray | None,
+    noise_dof: float = math.inf,
     own_noise: bool = False,
 ) -> PolynomialFit:
     """A :class:`PolynomialFit` from the block maps, as :func:`fit_polynomial` ends (``own_noise``:
@@ -814,13 +1015,14 @@ def _finish_fit(
         leverage=leverage,
         tref=tref,
         dof=dof,
+        noise_dof=noise_dof,
     )
 
 
 def _fit_masters_in_blocks(
     masters: Sequence[Master],
     temps: Sequence[float],
-    weights: Sequence[float],
+    combine: CombineWeights,
     hot_pixel_mask: np.ndarray | None,
     level: float,
     config: PipelineConfig,
@@ -832,6 +1034,7 @@ def _fit_masters_in_blocks(
     -------
     fit, pooled noise, clipped fraction, saturated, mask
     """
+    weights = combine.weights
     smoother, _, _, _ = design(temps, weights, config.degree)  # raises for too few temperatures
     readers = _row_readers(masters)
     try:
@@ -840,7 +1043,7 @@ def _fit_masters_in_blocks(
             if tuple(reader.shape()) != shape:
                 raise InputDataError(f"master {master.label} has shape {tuple(reader.shape())}, the others {shape}")
         mask = _as_mask(hot_pixel_mask, shape)
-        plan = _noise_plan(masters, readers, shape)
+        plan = _noise_plan(masters, readers, shape, combine.noise_bias)
         maps = _FitMaps.empty(config.degree + 1, shape)
         temps32 = np.asarray(temps, dtype=np.float32)
         weights32 = np.asarray(weights, dtype=np.float32)
@@ -867,8 +1070,8 @@ def _fit_masters_in_blocks(
             reader.close()
     noise = plan.read_noise()
     plan.total = None  # the pooled variance sums are in ``noise`` now
-    shrunk = _fit_noise(noise, plan.dof, mask)
-    fit = _finish_fit(maps, temps, weights, config.degree, shrunk, own_noise=shrunk is not noise)
+    shrunk, noise_dof = _fit_noise(noise, plan.dof, mask, combine.row_variance)
+    fit = _finish_fit(maps, temps, weights, config.degree, shrunk, noise_dof, own_noise=shrunk is not noise)
     del shrunk
     return fit, noise, plan.too_clipped([int(m.n_frames) for m in masters]), maps.saturated, mask
 
@@ -897,7 +1100,8 @@ def _fit_frames_in_blocks(
     readers = _row_readers(masters)
     try:
         shape = tuple(readers[0].shape())
-        plan = _noise_plan(masters, readers, shape)
+        combine = combine_weights(masters, config, config.scale_factor, frames_fit=True)
+        plan = _noise_plan(masters, readers, shape, combine.noise_bias)
         if plan.total is None:
             raise InputDataError("--fit-on frames needs groups of two or more frames to measure the read noise")
         noise_ranges, threads = _blocks(shape[0], len(masters) * shape[1] * 6, config)
@@ -949,7 +1153,7 @@ def _fit_frames_in_blocks(
     finally:
         for reader in readers:
             reader.close()
-    shrunk = _fit_noise(noise, plan.dof, mask)
-    fit = _finish_fit(maps, temps, weights, config.degree, shrunk, own_noise=shrunk is not noise)
+    shrunk, noise_dof = _fit_noise(noise, plan.dof, mask, combine.row_variance)
+    fit = _finish_fit(maps, temps, weights, config.degree, shrunk, noise_dof, own_noise=shrunk is not noise)
     del shrunk
     return fit, noise, plan.too_clipped([int(m.n_frames) for m in masters]), maps.saturated, mask
