@@ -1,6 +1,8 @@
 """The staged master writer: a combined group written as ``master_bias_XX.XC.fits`` with its
-``ERR``, ``NOISE`` and ``NUSED`` extensions under a hidden staging name, and the staged set
-published (renamed to the final names, all or none) or discarded.
+``ERR``, ``NOISE`` and ``NUSED`` extensions (and, for groups of 4 or more frames, the
+two-level statistics ``LEVELB`` and ``LEVELW`` of :mod:`bias_pipeline.telegraph`) under a
+hidden staging name, and the staged set published (renamed to the final names, all or none) or
+discarded.
 """
 
 from __future__ import annotations
