@@ -209,6 +209,12 @@ def value_step(records: Sequence[FrameRecord]) -> float:
     return 1.0 if all(r.integer_valued for r in records) else 0.0
 
 
+def quantisation_step(records: Sequence[FrameRecord], input_bits: int, scale_factor: float) -> float:
+    """The frames' quantisation step in 16-bit ADU (16 for PhotSat's 12-bit values x16; 0 for
+    values that are not quantised): :func:`value_step` in the stored units, converted."""
+    return value_step(records) * float(input_factor(input_bits, scale_factor))
+
+
 @dataclass(frozen=True)
 class BlockPlan:
     """Everything needed to combine any row range of one group: plain values, so that any

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .block_combine import quantisation_step
 from .compiled import describe_engine
 from .config import PipelineConfig, resolve_path
 from .dates import date_span, format_date
@@ -371,7 +372,9 @@ def _run_steps(context: RunContext, records: list[FrameRecord]) -> PipelineResul
         epochs = check_run_epochs(final, {m.label: m.temperature for m in masters}, config.date_gap)
         # Step 3: the model. The fit on the masters also serves step 5's held-out check, so with
         # --fit-on frames it is made only when the evaluation runs.
-        masters_model = fit_model(masters, mask, config) if config.fit_on == "masters" or config.evaluation else None
+        quantum = quantisation_step([r for r in final if r.status == STATUS_USED], input_bits, config.scale_factor)
+        fitted_on_masters = config.fit_on == "masters" or config.evaluation
+        masters_model = fit_model(masters, mask, config, quantum=quantum) if fitted_on_masters else None
         if config.fit_on == "frames":
             used = [r for r in final if r.status == STATUS_USED]
             model = fit_model_on_frames(used, masters, mask, config, input_bits=input_bits)

@@ -114,3 +114,17 @@ def test_read_noise_map_keeps_row_noise_out(runs: dict[str, object]) -> None:
     # Off, the row noise is in the map: sqrt(1 + 0.6^2) = 1.17 times the read noise.
     assert left_in > 1.1 * reference
     assert math.isclose(left_in / reference, math.hypot(1.0, ROW_NOISE), rel_tol=0.05)
+
+
+@pytest.mark.parametrize("run", ["noisy_auto", "noisy_off"])
+def test_pulls_of_a_and_b_stay_honest_with_row_noise(runs: dict[str, object], run: str) -> None:
+    # Corrected or not, each master keeps its frames' mean row offsets (correlated along a row);
+    # step 3 counts them in sigma_a and sigma_b, so the pulls scatter as a unit normal.
+    noisy, model = runs["noisy"], runs[run]
+    assert isinstance(noisy, SimulationTruth) and isinstance(model, BiasModel)
+    assert model.covariance is not None and model.dq is not None
+    unflagged = _normal(noisy) & (model.dq == 0) & np.isfinite(model.a_map)
+    for index, (fitted, true) in enumerate(((model.a_map, noisy.a_map), (model.b_map, noisy.b_map))):
+        sigma = np.sqrt(np.asarray(model.covariance[index, index], dtype=np.float64))
+        pull = ((fitted - true) / sigma)[unflagged]
+        assert 0.9 < float(np.std(pull)) < 1.1, (index, float(np.std(pull)))

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..block_combine import quantisation_step
 from ..combine_efficiency import CombineFactors, combine_factors, quantum_ratio
 from ..compiled import engine
 from ..config import PipelineConfig
@@ -494,7 +495,8 @@ def fit_model_on_frames(
         _log_fit(model, f"{len(ordered)} frames at their own temperatures", fit.noise_dof)
         return model
     by_label = {m.label: m for m in masters}
-    combine = combine_weights(masters, config, config.scale_factor, frames_fit=True)
+    quantum = quantisation_step(frames, input_bits, config.scale_factor)
+    combine = combine_weights(masters, config, quantum, frames_fit=True)
     noise, noise_dof = pooled_read_noise(masters, combine.noise_bias)
     if noise is None:
         raise InputDataError("--fit-on frames needs groups of two or more frames to measure the read noise")
@@ -1100,7 +1102,8 @@ def _fit_frames_in_blocks(
     readers = _row_readers(masters)
     try:
         shape = tuple(readers[0].shape())
-        combine = combine_weights(masters, config, config.scale_factor, frames_fit=True)
+        quantum = quantisation_step(ordered, input_bits, config.scale_factor)
+        combine = combine_weights(masters, config, quantum, frames_fit=True)
         plan = _noise_plan(masters, readers, shape, combine.noise_bias)
         if plan.total is None:
             raise InputDataError("--fit-on frames needs groups of two or more frames to measure the read noise")
