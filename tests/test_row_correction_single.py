@@ -357,3 +357,63 @@ def test_the_runs_temperature_check_on_data_with_row_noise(tmp_path):
     pulls = np.array([(r.temperature_est - true_temperature[r.path.name]) / r.temperature_est_err for r in estimated])
     assert abs(np.std(pulls) - 1.0) < 5.0 / math.sqrt(2 * pulls.size)
     assert sum(r.flag == FLAG_TEMPERATURE for r in estimated) <= 1  # P(2 or more of 40) = 0.5 %
+
+
+# ---------------------------------------------------------------- mistakes a user can make
+def test_row_correction_takes_a_bool_not_the_command_lines_words():
+    # "off" is truthy: taken as it is, it would remove the rows it was meant to keep
+    model = BiasModel.from_maps(np.full((4, 32), 3000.0), np.full((4, 32), 2.0))
+    frame = np.full((4, 32), 3100.0, dtype=np.float32)
+    for word in ("off", "on", "auto", 1):
+        with pytest.raises(TypeError, match="row_correction=True or False"):
+            subtract_bias(frame, model, 20.0, row_correction=word)  # type: ignore[arg-type]
+    assert subtract_bias(frame, model, 20.0, row_correction=np.bool_(True)).shape == (4, 32)
+
+
+def test_a_mask_that_leaves_rows_too_few_pixels_is_said_and_those_rows_kept(fitted, dark_pair, caplog):
+    _, model = fitted
+    _, noisy, _, temperature = dark_pair
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[:20, : SHAPE[1] - 8] = True  # 8 pixels left in each of the first 20 rows
+    with caplog.at_level("WARNING", logger="bias_pipeline.subtract"):
+        result = subtract_bias(CCDData(noisy, unit="adu", mask=mask), model, temperature, row_correction=True)
+    assert "20 of 96 rows have fewer than 16 usable pixels" in caplog.text
+    plain = subtract_bias(noisy, model, temperature)
+    # the rows too masked to measure are the plain subtraction's, to float32 rounding
+    np.testing.assert_allclose(result.data[:20], plain[:20], atol=1e-3, equal_nan=True)
+    assert result.header["ROWCORR"] is True
+    everything = np.ones(SHAPE, dtype=bool)
+    everything[:, :8] = False
+    with caplog.at_level("WARNING", logger="bias_pipeline.subtract"):
+        none = subtract_bias(CCDData(noisy, unit="adu", mask=everything), model, temperature, row_correction=True)
+    assert none.header["ROWCORR"] is False  # nothing could be removed: the card says so
+
+
+def test_verify_on_with_rows_too_narrow_says_so(tmp_path, capsys):
+    sim = simulate_dataset(
+        tmp_path / "sim", SimulationSpec(shape=(24, 12), temperatures=(0.0, 20.0), frames_per_temperature=3, seed=5)
+    )
+    run_bias_pipeline(sim.raw_dir, tmp_path / "run", generate_set=False, config=PipelineConfig(show_progress=False))
+    capsys.readouterr()
+    code = verify_main(
+        [str(tmp_path / "run"), "--basepath", str(sim.raw_dir), "--output-dir", str(tmp_path / "v"),
+         "--row-correction", "on"]
+    )  # fmt: skip
+    assert code in (0, 1)
+    assert capsys.readouterr().err.count("--row-correction on: rows of 12 pixels are too few") == 1  # once, not a frame
+    with (tmp_path / "v" / "verification.csv").open() as handle:
+        assert {row["row_corrected"] for row in csv.DictReader(handle)} == {"no"}
+
+
+def test_thermometry_on_without_a_read_noise_map_still_takes_the_rows_out(thermometer):
+    # a bare model (no READNOISE) cannot measure the amplitude: "on" must not silently become "off"
+    bare = BiasModel(np.asarray(thermometer.a_map), np.asarray(thermometer.b_map), np.zeros(THERMO_SHAPE, bool))
+    frames = _thermo_frames(thermometer, 3.0 * THERMO_NOISE, seed=43)
+    off, _, _ = _estimates(bare, frames, "off")
+    on, _, corrected = _estimates(bare, frames, "on")
+    assert all(corrected)
+    # the plain estimate scatters by the mean of the rows' offsets over the mean slope; with the
+    # rows' common levels down-weighted the within-row slope pattern decides: far less
+    expected_off = 3.0 * THERMO_NOISE / math.sqrt(THERMO_SHAPE[0]) / 3.0
+    assert np.std(off) > 0.5 * expected_off
+    assert np.std(on) < 0.5 * np.std(off)
