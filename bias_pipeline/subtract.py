@@ -155,7 +155,7 @@ def subtract_bias(
         frame = np.asarray(frame_or_path, dtype=np.float32)
         when, what = date_argument(date), "the frame"
     chosen, _ = _choose(chooser, float(temperature), when, what)
-    _check_shape(frame.shape, chosen)
+    _check_shape(frame.shape, chosen, what)
     frame = to_adu16(frame, input_bits, chosen.scale_factor)
     bias = chosen.predict(float(temperature))
     if row_correction:
@@ -234,10 +234,13 @@ def _choose(
     return chooser.load(entry), entry
 
 
-def _check_shape(shape: tuple[int, ...], model: BiasModel) -> None:
+def _check_shape(shape: tuple[int, ...], model: BiasModel, what: str = "the frame") -> None:
     if tuple(shape) != model.shape:
         detail = "x".join(str(n) for n in shape)
-        raise InputDataError(f"frame is {detail} but the model is {model.shape[0]}x{model.shape[1]}")
+        raise InputDataError(
+            f"{what} is {detail} but the model is {model.shape[0]}x{model.shape[1]}: subtract a model fitted to "
+            "frames of this size (a cropped or binned frame needs its own)"
+        )
 
 
 def _meta_header(meta: object) -> fits.Header:
@@ -289,7 +292,7 @@ def _subtract_from_ccd(
         when = _ccd_date(header, date_keys, what)
         _note_undated(when, chooser, what, date_keys)
     chosen, entry = _choose(chooser, float(temperature), when, what)
-    _check_shape(ccd.shape, chosen)
+    _check_shape(ccd.shape, chosen, what)
     if ccd.unit != u.adu:
         raise InputDataError(
             f"{what} is in {ccd.unit}, the bias model in adu: give the frame in ADU (unit='adu') before the dark "

@@ -424,3 +424,16 @@ def test_thermometry_on_without_a_read_noise_map_still_takes_the_rows_out(thermo
     expected_off = 3.0 * THERMO_NOISE / math.sqrt(THERMO_SHAPE[0]) / 3.0
     assert np.std(off) > 0.5 * expected_off
     assert np.std(on) < 0.5 * np.std(off)
+
+
+def test_a_frame_of_another_shape_is_named_with_what_to_do(fitted, dark_pair, tmp_path):
+    _, model = fitted
+    _, noisy, _, temperature = dark_pair
+    path = tmp_path / "cropped.fits"
+    fits.PrimaryHDU(noisy[:, :50], header=fits.Header({"HIERARCH TEMPERATURE": temperature})).writeto(path)
+    with pytest.raises(
+        InputDataError, match=r"cropped\.fits is 96x50 but the model is 96x128: subtract a model fitted"
+    ):
+        subtract_bias(path, model, row_correction=True)
+    with pytest.raises(InputDataError, match="the CCDData frame is 10x128 but the model is 96x128"):
+        subtract_bias(CCDData(noisy[:10], unit="adu", mask=np.zeros((10, 128), bool)), model, temperature)
