@@ -613,11 +613,6 @@ def combine_records(
     )  # fmt: skip
     result = _combine_pass(plan, starts, step, workers, on_rows)
     if row_correction == "auto" and result.row_test is not None and result.row_test.significant:
-        logger.info(
-            "row noise %.2f ADU rms a frame, %.1f sigma beyond read noise: frames corrected and combined again",
-            float(np.sqrt(np.nanmean(np.square(result.row_noise)))) if result.row_noise is not None else math.nan,
-            result.row_test.excess_sigma,
-        )  # fmt: skip
         # The second pass reads the frames again and combines them corrected by the offsets the
         # first measured (the same a one-pass "on" measures); the first's frame statistics,
         # offsets and spectra stand. Not counted again on the progress bar, whose total is one

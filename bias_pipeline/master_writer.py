@@ -251,7 +251,7 @@ def write_master(
             "COMBMETH": (config.combine_method, "how the frames were combined"),
             "INBITS": (input_bits, "bit depth of the input values"),
             "NOISEMED": (noise_median, "[adu] median temporal noise of one frame"),
-            "ROWNOISE": (combined.row_noise, "[adu] rms row noise removed from the frames (0: none)"),
+            "ROWNOISE": (round(combined.row_noise, 3), "[adu] rms row noise removed from the frames"),
             **date_cards(dates, "the frames combined"),
         },
     )

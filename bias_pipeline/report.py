@@ -307,7 +307,7 @@ def _run_section(data: ReportData) -> str:
             ("input read as", f"{data.input_bits}-bit (values in 16-bit ADU, 12-bit x{data.model.scale_factor:g})")
         )
     if options:
-        shown = ("combine_method", "clip_sigma", "temp_bin_width", "max_exposure", "degree", "fit_on")
+        shown = ("combine_method", "clip_sigma", "row_correction", "temp_bin_width", "max_exposure", "degree", "fit_on")
         facts.append(("options", ", ".join(f"{k} = {options[k]}" for k in shown if k in options)))
     body = _facts(facts)
     if (data.source / RUN_CONFIG_NAME).is_file():

@@ -115,7 +115,8 @@ def subtract_bias(
         :data:`~bias_pipeline.row_noise.MIN_ROW_PIXELS` columns (a row's median would be its
         pixels' own signal).
     TypeError
-        When no model is given, or it is given twice (``model_or_library`` and ``model``).
+        When no model is given, or it is given twice (``model_or_library`` and ``model``), or
+        ``row_correction`` is not a bool (``"off"``, the command line's word, would be true).
 
     Examples
     --------
@@ -126,6 +127,9 @@ def subtract_bias(
     >>> subtract_bias(CCDData(dark, unit="adu"), model, 20.0).header["BIASTEMP"]
     20.0
     """
+    if not isinstance(row_correction, (bool, np.bool_)):
+        # A string would be truthy: row_correction="off" must not remove the rows.
+        raise TypeError(f"subtract_bias() takes row_correction=True or False, not {row_correction!r}")
     if model_or_library is not None and model is not None:
         raise TypeError("subtract_bias() got the model twice: as model_or_library and as model=")
     chooser = model_or_library if model_or_library is not None else model
@@ -151,7 +155,7 @@ def subtract_bias(
         frame = np.asarray(frame_or_path, dtype=np.float32)
         when, what = date_argument(date), "the frame"
     chosen, _ = _choose(chooser, float(temperature), when, what)
-    _check_shape(frame.shape, chosen)
+    _check_shape(frame.shape, chosen, what)
     frame = to_adu16(frame, input_bits, chosen.scale_factor)
     bias = chosen.predict(float(temperature))
     if row_correction:
@@ -171,6 +175,13 @@ def _row_noise(
         )
     valid = ~model.flagged if mask is None else ~(model.flagged | mask)
     rows = measure_frame_rows(np.asarray(frame, dtype=np.float32) - bias, valid)
+    left = int(rows.measured.size - np.count_nonzero(rows.measured))
+    if left:
+        logger.warning(
+            "%s: %d of %d rows have fewer than %d usable pixels (the model's flags, the frame's mask or NaN): "
+            "their row offsets are left in",
+            what, left, rows.measured.size, MIN_ROW_PIXELS,
+        )  # fmt: skip
     logger.debug("%s: row offsets removed, rms %.3f ADU", what, rows.rms_removed)
     return rows
 
@@ -223,10 +234,13 @@ def _choose(
     return chooser.load(entry), entry
 
 
-def _check_shape(shape: tuple[int, ...], model: BiasModel) -> None:
+def _check_shape(shape: tuple[int, ...], model: BiasModel, what: str = "the frame") -> None:
     if tuple(shape) != model.shape:
         detail = "x".join(str(n) for n in shape)
-        raise InputDataError(f"frame is {detail} but the model is {model.shape[0]}x{model.shape[1]}")
+        raise InputDataError(
+            f"{what} is {detail} but the model is {model.shape[0]}x{model.shape[1]}: subtract a model fitted to "
+            "frames of this size (a cropped or binned frame needs its own)"
+        )
 
 
 def _meta_header(meta: object) -> fits.Header:
@@ -278,7 +292,7 @@ def _subtract_from_ccd(
         when = _ccd_date(header, date_keys, what)
         _note_undated(when, chooser, what, date_keys)
     chosen, entry = _choose(chooser, float(temperature), when, what)
-    _check_shape(ccd.shape, chosen)
+    _check_shape(ccd.shape, chosen, what)
     if ccd.unit != u.adu:
         raise InputDataError(
             f"{what} is in {ccd.unit}, the bias model in adu: give the frame in ADU (unit='adu') before the dark "
@@ -342,7 +356,7 @@ def _result_meta(
             "bias model extrapolated in T",
         )
     if rows is not None:
-        cards["ROWCORR"] = (True, "row offsets (row noise) removed, level kept")
+        cards["ROWCORR"] = (bool(rows.measured.any()), "row offsets (row noise) removed, level kept")
         cards["ROWRMS"] = (round(rows.rms_removed, 4), "[adu] rms of the row offsets removed")
     history = f"bias_pipeline {__version__} subtract_bias: bias at {temperature:g} deg C from " + (
         str(entry.path) if entry is not None else "a BiasModel"

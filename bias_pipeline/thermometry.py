@@ -143,7 +143,8 @@ def estimate_temperature(
         ``"off"`` (default: the estimate as without row noise), ``"auto"`` (remove the frame's
         row offsets about their mean when they are significant against the model's read noise;
         never for a model without a read-noise map) or ``"on"`` (always, where the rows have
-        enough pixels); module docstring.
+        enough pixels; for a model without a read-noise map the offsets' whole mean square
+        stands for the row noise's variance); module docstring.
 
     Returns
     -------
@@ -242,10 +243,15 @@ def estimate_temperature(
 
 
 def _row_variance(found: FrameRows | None) -> float:
-    """The row noise's variance the weighted fit assumes (0 when unknown)."""
-    if found is None or not math.isfinite(found.amplitude):
+    """The row noise's variance the weighted fit assumes: the measured amplitude's square, or,
+    without a read-noise map to measure it against (``"on"`` with a bare model), the offsets'
+    whole mean square (read noise's part included: an upper bound, so the error is not too
+    small); 0 when no row was measured."""
+    if found is None:
         return 0.0
-    return found.amplitude**2
+    if math.isfinite(found.amplitude):
+        return found.amplitude**2
+    return found.rms_removed**2
 
 
 class _PixelGrid:

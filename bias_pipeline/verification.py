@@ -64,7 +64,7 @@ from .model import BiasModel
 from .products import write_text_atomic
 from .quality import MAD_TO_SIGMA
 from .registry import MODEL_FILE_NAME, VERIFICATION_CSV, VERIFICATION_REPORT
-from .row_noise import ROW_CORRECTION_MODES, measure_frame_rows
+from .row_noise import MIN_ROW_PIXELS, ROW_CORRECTION_MODES, measure_frame_rows
 from .steps.step1_load_data import check_raw_folder, scan_frames
 from .units import to_adu16
 
@@ -575,6 +575,12 @@ def verify_folder(
     read_noise = model_read_noise(model, model_path or "the model")
     records, bits = scan_frames(base_path, config, exclude=exclude)
     usable = ~model.flagged
+    if config.row_correction == "on" and model.shape[1] < MIN_ROW_PIXELS:
+        logger.warning(
+            "--row-correction on: rows of %d pixels are too few (fewer than %d) to measure row offsets on; "
+            "frames verified without removing them",
+            model.shape[1], MIN_ROW_PIXELS,
+        )  # fmt: skip
     files = []
     progress = tqdm(records, desc="verifying", unit="file", leave=False, disable=None if config.show_progress else True)
     for record in progress:

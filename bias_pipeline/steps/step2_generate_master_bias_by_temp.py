@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ..block_combine import (
@@ -214,6 +215,7 @@ def combine_group(
             or offset_frames(group.label, members, offsets, sigmas, result.combined, config)
         )
         if not rejected:
+            _log_row_noise(group.label, result, config.row_correction)
             for record in members:
                 offset, sigma, rows = measured[record.path]
                 decisions[record.path] = FrameDecision(STATUS_USED, "", group.label, offset, sigma, rows)
@@ -233,6 +235,24 @@ def combine_group(
         )
     logger.warning("group %s C dropped: too few usable frames", group.label)
     return GroupOutcome(FrameGroup(group.label, members), None, decisions)
+
+
+def _log_row_noise(label: str, result: GroupResult, mode: str) -> None:
+    """One line per group: its frames' row noise, the test against read noise, what was done."""
+    if result.row_test is None or result.row_noise is None:
+        return
+    amplitudes = np.asarray(result.row_noise, dtype=np.float64)
+    done = "removed" if result.row_corrected else f"left in (--row-correction {mode})"
+    logger.info(
+        "group %s C: row noise %.2f ADU a frame (median; %.2f to %.2f), %.1f sigma %s read noise alone: %s",
+        label,
+        float(np.nanmedian(amplitudes)),
+        float(np.nanmin(amplitudes)),
+        float(np.nanmax(amplitudes)),
+        abs(result.row_test.excess_sigma),
+        "beyond" if result.row_test.excess_sigma > 0 else "below",
+        done,
+    )
 
 
 def _number_or_none(value: float) -> float | None:
