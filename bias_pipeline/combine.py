@@ -586,4 +586,4 @@ def bytes_per_frame_pixel(itemsize: int) -> int:
     return 2 * itemsize + 4
 
 
-BYTES_PER_PIXEL_MAPS = 96  # the per-pixel float32 maps of one block (master, noise, sums, ...)
+BYTES_PER_PIXEL_MAPS = 128  # the per-pixel maps of one block (master, noise, sums, the two-level statistics)
