@@ -472,8 +472,8 @@ def _measure_rows(
     plan: BlockPlan, raw: np.ndarray, master: np.ndarray, noise: np.ndarray, held: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[np.ndarray, np.ndarray]] | None:
     """Each frame's row offsets against the block's preliminary master [ADU] and the read noise's
-    part of their squares [ADU^2] (:func:`~bias_pipeline.row_noise.split_row_offsets`), when the
-    plan corrects the frames as float32 stored values, and each frame's spectra for the
+    part of their squares [ADU^2] (:func:`~bias_pipeline.row_noise.split_row_offsets`), the frames
+    as float32 stored values when the plan corrects (else ``None``), and each frame's spectra for the
     pattern-noise test (stored units; ``noise`` [ADU] says which pixels they leave out); ``None``
     when the plan measures no row noise."""
     if not plan.measure_rows:
