@@ -46,7 +46,7 @@ def run(prog: str | None = None) -> int:
     name = prog or os.path.basename(sys.argv[0])
     with starting(name):
         args = sys.argv[1:]
-        if args and args[0] in COMMANDS:
+        if args and not args[0].startswith("-"):  # a command, or a mistyped one (the run takes no positional)
             return dispatch(args, name)
         from .cli import run_main
 
@@ -144,5 +144,11 @@ def dispatch(args: list[str], prog: str) -> int:
         return _run(args, prog)
     if first in COMMANDS:
         return COMMANDS[first][1](args[1:], f"{prog} {first}")
-    sys.stderr.write(f"{prog}: error: unknown command {first!r}; give one of {', '.join(COMMANDS)} (see --help)\n")
+    import difflib  # here: light, and only a mistyped command needs it
+
+    guess = difflib.get_close_matches(first, list(COMMANDS), n=1)
+    if guess:
+        sys.stderr.write(f"{prog}: error: unknown command {first!r} (did you mean {guess[0]}?)\n")
+    else:
+        sys.stderr.write(f"{prog}: error: unknown command {first!r}; give one of {', '.join(COMMANDS)} (see --help)\n")
     return 2
