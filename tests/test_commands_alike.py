@@ -189,6 +189,11 @@ def test_a_mistyped_command_gets_did_you_mean(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bias-pipeline", "simulat", "sim"])  # the console script
     assert entry.run() == 2
     assert capsys.readouterr().err == "bias-pipeline: error: unknown command 'simulat' (did you mean simulate?)\n"
+    monkeypatch.setattr(sys, "argv", ["bias-pipeline", "raw/"])  # a path is no mistyped command: the run says
+    with pytest.raises(SystemExit) as stop:
+        entry.run()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "bias-pipeline: error: unrecognized arguments: raw/ (see --help)\n"
     code, _, err = dispatched(capsys, "frobnicate")
     assert code == 2 and "give one of run, generate, simulate" in err and "did you mean" not in err
 
