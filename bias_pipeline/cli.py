@@ -28,6 +28,7 @@ from .command import (
     EXIT_TERMINATED,
     ConsoleHandler,
     OneLineParser,
+    add_message_options,
     argparse_type,
     finite_float,
     guarded,
@@ -82,25 +83,34 @@ __all__ = [
 logger = logging.getLogger("bias_pipeline.cli")
 
 RUN_EXAMPLE = """\
-example:
-  python run_pipeline.py --basepath /data/photsat/tvac_bias/ --output-dir results/ \\
+examples:
+  {cmd} --demo --output-dir demo_out/
+  {cmd} --basepath /data/photsat/tvac_bias/ --output-dir results/ \\
       --hot-pixel-mask hot_pixels.fits --generate-set --save-eval-fits
+  {cmd} --config results/run_config.json --output-dir rerun/ -q
 
-  Scans /data/photsat/tvac_bias/ recursively, keeps frames of at most 0.1 s, groups them in
-  0.1 deg C bins, writes masters, the a/b model, synthetic frames and the evaluation under
-  results/; results/frames_manifest.csv says what happened to every file.
-  Try it first on simulated data:  python run_pipeline.py --demo --output-dir demo_out/
+  The first tries the pipeline on simulated data. The second scans /data/photsat/tvac_bias/
+  recursively, keeps frames of at most 0.1 s, groups them in 0.1 deg C bins, writes masters,
+  the a/b model, synthetic frames and the evaluation under results/; results/frames_manifest.csv
+  says what happened to every file. The third repeats that run into rerun/, silently (-q).
 """
 
 GENERATE_EXAMPLE = """\
-example:
-  python generate_bias.py --a-map results/bias_model/bias_a_map.fits \\
+examples:
+  {cmd} --model results/bias_model/bias_model.fits --temperature 12.0 --output synthetic/
+  {cmd} --a-map results/bias_model/bias_a_map.fits \\
       --b-map results/bias_model/bias_b_map.fits --temperature 12.0 --output synthetic/
-  python generate_bias.py --model results/bias_model/bias_model.fits --temperature 12.0 --output synthetic/
+  {cmd} --model results/ --temperature -5 --output raw_like.fits --noise --seed 1
 
-  writes synthetic/synthetic_bias_12.0C.fits and prints its mean and standard deviation. --model
-  takes the whole model (any degree); a degree-2 run's a-map is read with its bias_model.fits.
+  The first two write synthetic/synthetic_bias_12.0C.fits and print its mean and standard deviation.
+  --model takes the whole model (any degree); a degree-2 run's a-map is read with its bias_model.fits.
+  The third adds the sensor's read noise and 12-bit quantisation: a raw-like frame.
 """
+
+
+def _typed(prog: str) -> str:
+    """What a user types to run the command ``prog`` (``python run_pipeline.py`` for a script)."""
+    return f"python {prog}" if prog.endswith(".py") else prog
 
 
 #: Options that choose how one invocation behaves rather than what it computes: declared here
@@ -130,7 +140,13 @@ COMMAND_LINE_ONLY: dict[str, tuple[tuple[str, ...], dict[str, object]]] = {
         {"action": "store_true", "help": f"simulate a small PhotSat data set in OUT_DIR/{DEMO_DIR} and run on it"},
     ),
     "verbose": (("-v", "--verbose"), {"action": "store_true", "help": "show every file's decision"}),
-    "quiet": (("-q", "--quiet"), {"action": "store_true", "help": "only warnings and errors; no progress bars"}),
+    "quiet": (
+        ("-q", "--quiet"),
+        {
+            "action": "store_true",
+            "help": "nothing on stdout (no summary); on stderr only warnings and errors, no progress bars",
+        },
+    ),
 }
 #: Their groups in --help (the schema's groups come between the first and the last).
 _COMMAND_LINE_GROUPS = {
@@ -154,7 +170,7 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
             "frames, combine them into masters per temperature, fit bias = a + b*T per pixel, "
             "write synthetic frames and evaluate the model. Products are float32 in 16-bit ADU."
         ),
-        epilog=RUN_EXAMPLE,
+        epilog=RUN_EXAMPLE.format(cmd=_typed(prog)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     titles = ["configuration file", *GROUPS, "messages"]
@@ -189,8 +205,9 @@ DEMO_TELEGRAPH_AMPLITUDE_DN = 6.0
 DEMO_TELEGRAPH_RATE = 0.3
 
 
-def _run_demo(config: PipelineConfig) -> int:
-    """``--demo``: simulate a data set in ``OUT_DIR/demo_data``, run on it, compare with its truth."""
+def _run_demo(config: PipelineConfig, quiet: bool = False) -> int:
+    """``--demo``: simulate a data set in ``OUT_DIR/demo_data``, run on it, compare with its truth
+    (the summary and the comparison on stdout unless ``quiet``)."""
     from .main_pipeline import run_bias_pipeline
     from .simulate import SimulationSpec, simulate_dataset
 
@@ -219,6 +236,8 @@ def _run_demo(config: PipelineConfig) -> int:
     result = run_bias_pipeline(
         truth.raw_dir, out_dir, mask, generate_set=True, eval_save_fits=config.save_eval_fits, config=config
     )
+    if quiet:
+        return 0
     _print_summary(result)
     good = ~result.model.flagged  # masked and flagged pixels are not part of the model's promise
     b_error = result.model.b_map[good] - truth.b_map[good]
@@ -370,7 +389,7 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if args.demo:
             if config.basepath is not None:
                 raise ConfigError("--demo makes its own data; leave out --basepath")
-            return _run_demo(config)
+            return _run_demo(config, quiet=args.quiet)
         if config.basepath is None:
             raise ConfigError("--basepath RAW_DIR is required (or --demo to try simulated data)")
         result = run_bias_pipeline(
@@ -382,7 +401,8 @@ def run_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             config=config,
             command_line=[prog or Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
         )
-        _print_summary(result)
+        if not args.quiet:  # -q: nothing on stdout; the products and pipeline.log say it all
+            _print_summary(result)
         return 0
 
     def interrupted(exc: KeyboardInterrupt) -> str:
@@ -404,7 +424,7 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
     parser = OneLineParser(
         prog=prog,
         description="Write one synthetic bias frame, the model at a temperature, float32 in 16-bit ADU.",
-        epilog=GENERATE_EXAMPLE,
+        epilog=GENERATE_EXAMPLE.format(cmd=_typed(prog)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     models = parser.add_argument_group("the model (give --model, or --a-map with --b-map)")
@@ -442,9 +462,9 @@ def build_generate_parser(prog: str = "generate_bias.py") -> argparse.ArgumentPa
         help=f"{MODEL_FILE_NAME} (or a FITS read-noise image) for --noise; default: the model's own, or "
         f"{MODEL_FILE_NAME} beside --a-map",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="more messages")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings")
-    parser.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
+    add_message_options(
+        parser, quiet="nothing on stdout (not the 'wrote ...' lines); on stderr only warnings and errors"
+    )
     return parser
 
 
@@ -493,6 +513,8 @@ def generate_main(argv: Sequence[str] | None = None, prog: str | None = None) ->
             raise ConfigError("--seed and --noise-map only apply with --noise")
         output = _synthetic_output(args.output, args.temperature, inputs)
         path, frame = write_synthetic(model, args.temperature, output, noise=args.noise, noise_seed=args.seed)
+        if args.quiet:
+            return 0
         good = np.isfinite(frame)
         rows, columns = frame.shape
         print(

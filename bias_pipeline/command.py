@@ -8,17 +8,19 @@ these; this module imports none of them, so none of them imports another's comma
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import math
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ._version import __version__
 from .config import DATE, INTEGER, KEYWORDS, NUMBER, PATH, Option
 from .dates import parse_date
 from .errors import BiasPipelineError
@@ -41,7 +43,37 @@ class OneLineParser(argparse.ArgumentParser):
         self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        hint = self.suggestion(message)
+        self.exit(2, f"{self.prog}: error: {message}{f' ({hint})' if hint else ' (see --help)'}\n")
+
+    def suggestion(self, message: str) -> str:
+        """The hint for argparse's error ``message`` about a mistyped option or choice.
+
+        Parameters
+        ----------
+        message
+            argparse's message (``unrecognized arguments: --basepth x``, ``argument --m: invalid choice: ...``).
+
+        Returns
+        -------
+        str
+            ``did you mean --basepath?``, or ``""`` when nothing the parser knows is close
+            (``difflib``'s 0.6 similarity).
+        """
+        unknown = re.match(r"unrecognized arguments: (.*)$", message)
+        if unknown:
+            known = [flag for flag in self._option_string_actions if flag.startswith("--")]
+            tokens = [token.split("=", 1)[0] for token in unknown.group(1).split() if token.startswith("--")]
+            guesses = [guess for guess in (close_match(token, known) for token in tokens) if guess]
+            return f"did you mean {', '.join(guesses)}?" if guesses else ""
+        choice = re.match(r"argument (\S+): invalid choice: '?(.*?)'? \(choose from", message)
+        if choice:
+            for action in self._actions:
+                names = "/".join(action.option_strings) or str(action.metavar or action.dest)
+                if names == choice.group(1) and action.choices is not None:
+                    guess = close_match(choice.group(2), (str(c) for c in action.choices))
+                    return f"did you mean {guess}?" if guess else ""
+        return ""
 
 
 # Every float() spelling of a negative number (argparse alone knows -1 and -1.5, not -1e-3 or -inf).
@@ -90,6 +122,47 @@ def _date_argument(text: str) -> object:
     except ValueError as exc:
         example = "2026-03-01 or 2026-03-01T12:00:00 (UTC)"
         raise argparse.ArgumentTypeError(f"{exc}; give a date such as {example}") from None
+
+
+def add_message_options(
+    parser: argparse.ArgumentParser,
+    verbose: str = "more messages (and internal error details)",
+    quiet: str = "nothing on stdout but what was asked for (--json); on stderr only warnings and errors",
+) -> None:
+    """The options every command shares, in a ``messages`` group: ``-v``/``--verbose`` and
+    ``-q``/``--quiet`` (one or the other) and ``--version``.
+
+    Parameters
+    ----------
+    parser
+        The command's parser.
+    verbose, quiet
+        Their help, when the command's own words say more.
+    """
+    group = parser.add_argument_group("messages")
+    either = group.add_mutually_exclusive_group()
+    either.add_argument("-v", "--verbose", action="store_true", help=verbose)
+    either.add_argument("-q", "--quiet", action="store_true", help=quiet)
+    group.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
+
+
+def close_match(word: str, known: Iterable[str]) -> str | None:
+    """The one of ``known`` that ``word`` most likely mistypes.
+
+    Parameters
+    ----------
+    word
+        What the user typed.
+    known
+        The words it may stand for.
+
+    Returns
+    -------
+    str or None
+        The closest of ``known`` by ``difflib`` (similarity 0.6 or more), or ``None``.
+    """
+    found = difflib.get_close_matches(word, list(known), n=1)
+    return found[0] if found else None
 
 
 class ConsoleHandler(logging.StreamHandler):

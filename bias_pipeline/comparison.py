@@ -945,7 +945,7 @@ examples:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The argument parser of ``compare``."""
-    from .command import OneLineParser, finite_float
+    from .command import OneLineParser, add_message_options, finite_float
 
     parser = OneLineParser(
         prog=prog,
@@ -987,9 +987,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="F",
         help="the models differ when more than F of the pixels changed (default %(default)g, as LCO BANZAI)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="more messages (and internal error details)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="nothing on stdout; only warnings and errors")
-    parser.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
+    add_message_options(
+        parser, quiet="nothing on stdout (the exit code is the verdict); on stderr only warnings and errors"
+    )
     return parser
 
 
@@ -1066,7 +1066,10 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
             sys.stdout.write("\n".join(summary_lines(result, written["html"])) + "\n")
         return 1 if result.differ else 0
 
-    return guarded(parser.prog, body)
+    def interrupted(exc: KeyboardInterrupt) -> str:
+        return f"no verdict; the files in {args.output_dir} are whole (each written at once), run it again"
+
+    return guarded(parser.prog, body, interrupted)
 
 
 def _load(path: Path, what: str) -> BiasModel:

@@ -46,7 +46,7 @@ def run(prog: str | None = None) -> int:
     name = prog or os.path.basename(sys.argv[0])
     with starting(name):
         args = sys.argv[1:]
-        if args and args[0] in COMMANDS:
+        if args and (args[0] in COMMANDS or mistyped_command(args[0])):
             return dispatch(args, name)
         from .cli import run_main
 
@@ -127,6 +127,17 @@ def usage(prog: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mistyped_command(word: str) -> str | None:
+    """The command of :data:`COMMANDS` that ``word`` most likely mistypes (``verfy``: ``verify``),
+    or ``None``; an option (``-x``) or a path (``raw/``) is no command."""
+    if word.startswith("-") or "/" in word or "\\" in word:
+        return None
+    import difflib  # here: light, and only a mistyped command needs it
+
+    found = difflib.get_close_matches(word, list(COMMANDS), n=1)
+    return found[0] if found else None
+
+
 def dispatch(args: list[str], prog: str) -> int:
     """Run the command ``args[0]`` names with the rest of ``args``; options without a command
     run the pipeline. ``prog`` is the name the user typed (``python -m bias_pipeline``,
@@ -144,5 +155,9 @@ def dispatch(args: list[str], prog: str) -> int:
         return _run(args, prog)
     if first in COMMANDS:
         return COMMANDS[first][1](args[1:], f"{prog} {first}")
-    sys.stderr.write(f"{prog}: error: unknown command {first!r}; give one of {', '.join(COMMANDS)} (see --help)\n")
+    guess = mistyped_command(first)
+    if guess:
+        sys.stderr.write(f"{prog}: error: unknown command {first!r} (did you mean {guess}?)\n")
+    else:
+        sys.stderr.write(f"{prog}: error: unknown command {first!r}; give one of {', '.join(COMMANDS)} (see --help)\n")
     return 2

@@ -681,7 +681,7 @@ def _json_ready(value: object) -> object:
 
 def build_parser(prog: str = "python -m bias_pipeline inspect") -> argparse.ArgumentParser:
     """The argument parser of ``inspect``."""
-    from .command import OneLineParser
+    from .command import OneLineParser, add_message_options
 
     parser = OneLineParser(
         prog=prog,
@@ -699,8 +699,10 @@ def build_parser(prog: str = "python -m bias_pipeline inspect") -> argparse.Argu
         help=f"a pipeline output folder, or a model file ({MODEL_FILE_NAME}, {A_MAP_NAME})",
     )
     parser.add_argument("--json", action="store_true", help="print the facts as JSON instead of text")
-    parser.add_argument("-v", "--verbose", action="store_true", help="more messages (and internal error details)")
-    parser.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
+    add_message_options(
+        parser,
+        quiet="print the facts only with --json; otherwise nothing: the exit code says whether PATH is readable",
+    )
     return parser
 
 
@@ -723,13 +725,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
 
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, quiet=False)
+    setup_logging(args.verbose, quiet=args.quiet)
 
     def body() -> int:
         if args.json:
             text = json.dumps(_json_ready(inspect_facts(args.path)), indent=2)
         else:
             text = inspect_summary(args.path)
+            if args.quiet:  # as grep -q: the exit code is the answer
+                return 0
         try:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
@@ -737,7 +741,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
-    return guarded(parser.prog, body)
+    return guarded(parser.prog, body, lambda exc: "nothing was written (inspect only reads)")
 
 
 if __name__ == "__main__":

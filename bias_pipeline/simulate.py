@@ -33,16 +33,20 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from tqdm import tqdm
 
 from .dates import format_date, parse_date
 from .errors import OutputError
+from .interrupts import deferred_interrupts
 from .units import TWELVE_BIT_MAX
 
 logger = logging.getLogger(__name__)
@@ -436,6 +440,7 @@ def simulate_dataset(
     spec: SimulationSpec | None = None,
     *,
     faults: bool = False,
+    show_progress: bool = False,
 ) -> SimulationTruth:
     """Write a raw data set under ``out_dir/raw`` and its truth under ``out_dir/truth``.
 
@@ -448,6 +453,8 @@ def simulate_dataset(
     faults
         Also write files the pipeline must reject or ignore: a long-exposure dark, a readout
         dropout (half the pixels zero), a file cut short by a transfer and a text note.
+    show_progress
+        A progress bar of the frames on stderr, when it is a terminal.
 
     Returns
     -------
@@ -502,6 +509,13 @@ def simulate_dataset(
         column_slopes=population.column_slopes,
     )
     row_offsets, states = [], []
+    progress = tqdm(
+        total=len(spec.temperatures) * spec.frames_per_temperature,
+        desc="simulating",
+        unit="frame",
+        disable=None if show_progress else True,
+        leave=False,
+    )
     for set_number, set_point in enumerate(spec.temperatures):
         for index in range(spec.frames_per_temperature):
             temperature = set_point + rng.normal(0.0, spec.jitter)
@@ -516,6 +530,8 @@ def simulate_dataset(
             truth.frame_paths.append(path)
             truth.frame_temperatures.append(round(float(temperature), 3))
             truth.frame_dates.append(taken)
+            progress.update()
+    progress.close()
     truth.row_offsets = (np.array(row_offsets).reshape(-1, spec.shape[0]) * SCALE).astype(np.float32)
     truth.frame_row_noise = np.sqrt(np.mean(truth.row_offsets.astype(np.float64) ** 2, axis=1))
     truth.telegraph_states = np.array(states, dtype=bool).reshape(len(states), -1)
@@ -546,7 +562,7 @@ def simulate_dataset(
         telegraph_header["TELAMP"] = (spec.telegraph_amplitude_dn * SCALE, "[adu] separation of the two levels")
         telegraph_header["TELRATE"] = (spec.telegraph_rate, "probability per frame of switching level")
         _write(truth_dir / "telegraph_pixels.fits", truth.telegraph_mask.astype(np.uint8), telegraph_header)
-    logger.info("simulated %d frames in %s", len(truth.frame_paths), raw_dir)
+    logger.debug("simulated %d frames in %s", len(truth.frame_paths), raw_dir)  # the caller says where they end up
     return truth
 
 
@@ -570,6 +586,89 @@ def _write_faults(
     (raw_dir / "observing_notes.txt").write_text("thermal-vacuum run, bias series\n")
 
 
+SIMULATE_EXAMPLE = """\
+examples:
+  {prog} sim/ --faults
+  {prog} sim_big/ --shape 256 320 --frames-per-temperature 16 --row-noise 0.6
+  {prog} sim_later/ --epoch 1 --offset 3 --new-hot-fraction 0.001
+
+  The first writes 25 frames of 48 x 64 (and four faulty files) in sim/raw and the truth in
+  sim/truth; then: python -m bias_pipeline run --basepath sim/raw --output-dir results/
+"""
+
+#: The hidden folder beside OUT that a data set is written into before it is renamed OUT.
+STAGING_PREFIX = ".partial-"
+
+
+def staging_folder(out: Path) -> Path:
+    """The hidden sibling of ``out`` that :func:`write_dataset` fills.
+
+    Parameters
+    ----------
+    out
+        The data set's folder.
+
+    Returns
+    -------
+    pathlib.Path
+        ``.OUT.partial-PID`` beside it (this process's id: two simulations never share one).
+    """
+    return out.parent / f".{out.name}{STAGING_PREFIX}{os.getpid()}"
+
+
+def write_dataset(
+    out_dir: str | Path,
+    spec: SimulationSpec | None = None,
+    *,
+    faults: bool = False,
+    show_progress: bool = False,
+) -> SimulationTruth:
+    """:func:`simulate_dataset` all or nothing: into a hidden folder beside ``out_dir``, renamed
+    ``out_dir`` once complete, so that a stopped or failed run leaves no partial data set.
+
+    Parameters
+    ----------
+    out_dir
+        A new folder, or an empty one (replaced by the complete data set).
+    spec, faults, show_progress
+        As :func:`simulate_dataset`.
+
+    Returns
+    -------
+    SimulationTruth
+        Its paths are those under ``out_dir``.
+
+    Raises
+    ------
+    OutputError
+        When ``out_dir`` is a file or a folder that is not empty, a file stands where a parent
+        folder should be, or the folder cannot be written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"OUT {out} is a file, not a folder; give a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise OutputError(f"OUT {out} exists and is not empty; give a new folder or remove it")
+    for parent in reversed(out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"cannot write {out}: {parent} is a file, not a folder; choose another OUT")
+    staging = staging_folder(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)  # a pid reused after a kill -9: that run's leftovers
+        truth = simulate_dataset(staging, spec, faults=faults, show_progress=show_progress)
+        with deferred_interrupts():
+            os.replace(staging, out)  # onto a missing or empty folder: one rename
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot write {exc.filename or out}: {exc.strerror or exc}; choose another OUT") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    moved = [out / path.relative_to(staging) for path in truth.frame_paths]
+    return replace(truth, raw_dir=out / "raw", truth_dir=out / "truth", frame_paths=moved)
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline.simulate") -> int:
     """Command line: ``python -m bias_pipeline.simulate OUT [options]``.
 
@@ -586,23 +685,27 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     int
         The exit code.
     """
-    from .command import (
-        OneLineParser,
-        finite_float,
-        guarded,
-    )  # here: the simulator is imported by tests without a command
+    import argparse  # here: the simulator is imported by tests and the demo without a command
+
+    from .command import OneLineParser, add_message_options, finite_float, guarded, setup_logging
 
     parser = OneLineParser(
         prog=prog,
-        description="Write a simulated raw PhotSat bias data set (OUT/raw) and its truth (OUT/truth).",
+        description=(
+            "Write a simulated raw PhotSat bias data set (OUT/raw) and its truth (OUT/truth).\n"
+            "OUT appears complete or not at all: it is written into a hidden folder beside it\n"
+            "(.OUT.partial-PID) and renamed OUT at the end."
+        ),
+        epilog=SIMULATE_EXAMPLE.format(prog=prog),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("out", type=Path, help="folder to write")
+    parser.add_argument("out", type=Path, metavar="OUT", help="folder to write: new, or an empty one")
     parser.add_argument(
         "--shape",
         type=int,
         nargs=2,
         default=(48, 64),
-        metavar=("ROWS", "COLS"),
+        metavar=("ROWS", "COLUMNS"),
         help="frame size (default 48 64)",
     )
     parser.add_argument(
@@ -610,21 +713,33 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
         type=float,
         nargs="+",
         default=[-10.0, 0.0, 10.0, 20.0, 30.0],
-        help="set points in deg C",
+        metavar="T",
+        help="set points in deg C (default -10 0 10 20 30)",
     )
-    parser.add_argument("--frames-per-temperature", type=int, default=5, help="frames at each set point (default 5)")
-    parser.add_argument("--read-noise", type=float, default=2.0, help="read noise in 12-bit DN (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--frames-per-temperature", type=int, default=5, metavar="N", help="frames at each set point (default 5)"
+    )
+    parser.add_argument(
+        "--read-noise", type=float, default=2.0, metavar="DN", help="read noise in 12-bit DN (default 2)"
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     parser.add_argument("--faults", action="store_true", help="add files the pipeline must reject or ignore")
     parser.add_argument(
         "--start-date",
         default=SimulationSpec.start_date,
+        metavar="DATE",
         help="DATE-OBS of the first frame, ISO UTC (default %(default)s)",
     )
     parser.add_argument(
-        "--epoch", type=int, default=0, help="0 = the sensor as made; N > 0 = a later epoch of the same --seed"
+        "--epoch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="0 = the sensor as made; N > 0 = a later epoch of the same --seed",
     )
-    parser.add_argument("--offset", type=float, default=0.0, help="global bias offset of this epoch in ADU (default 0)")
+    parser.add_argument(
+        "--offset", type=float, default=0.0, metavar="ADU", help="global bias offset of this epoch in ADU (default 0)"
+    )
     parser.add_argument(
         "--damage",
         type=float,
@@ -633,7 +748,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
         help="a region rows ROW0..ROW1-1, columns COL0..COL1-1 whose bias stepped by ADU",
     )
     parser.add_argument(
-        "--new-hot-fraction", type=float, default=0.0, help="fraction of pixels turned hot in this epoch (default 0)"
+        "--new-hot-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of pixels turned hot in this epoch (default 0)",
     )
     cmos = parser.add_argument_group("CMOS structure")
     cmos.add_argument(
@@ -678,7 +797,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
         metavar="R",
         help="probability per frame that a telegraph pixel switches level (default %(default)s)",
     )
+    add_message_options(
+        parser,
+        quiet="nothing on stdout (not the 'wrote ...' line); on stderr only warnings and errors; no progress bar",
+    )
     args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
     for flag, value in (
         ("--row-noise", args.row_noise),
         ("--column-offset", args.column_offset),
@@ -725,18 +849,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
     )
 
     def body() -> int:
-        try:
-            truth = simulate_dataset(args.out, spec, faults=args.faults)
-        except OSError as exc:
-            raise OutputError(
-                f"cannot write {exc.filename or args.out}: {exc.strerror or exc}; choose another OUT"
-            ) from None
-        sys.stdout.write(
-            f"wrote {len(truth.frame_paths)} frames to {truth.raw_dir} and the truth to {truth.truth_dir}\n"
-        )
+        truth = write_dataset(args.out, spec, faults=args.faults, show_progress=not args.quiet)
+        if not args.quiet:
+            sys.stdout.write(
+                f"wrote {len(truth.frame_paths)} frames to {truth.raw_dir} and the truth to {truth.truth_dir}\n"
+            )
         return 0
 
-    return guarded(parser.prog, body)
+    def interrupted(exc: KeyboardInterrupt) -> str:
+        return f"no data set was written ({args.out} is left as it was)"
+
+    return guarded(parser.prog, body, interrupted)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ._version import __version__
-from .command import OneLineParser, argparse_type, finite_float, guarded, setup_logging
+from .command import OneLineParser, add_message_options, argparse_type, finite_float, guarded, setup_logging
 from .config import CHOICE, GROUP_FRAMES, SWITCH, PipelineConfig, help_text, options
 from .dates import format_date
 from .errors import FrameReadError, InputDataError, OutputError
@@ -120,8 +120,10 @@ PASSED = "passed"
 FAILED = "failed"
 
 EXAMPLE = f"""\
-example:
+examples:
   python -m bias_pipeline verify results/ --basepath weekly_bias/2026-w23/ --output-dir verify_w23/
+  python -m bias_pipeline verify results/bias_model/bias_model.fits --basepath weekly_bias/2026-w24/ \\
+      --output-dir verify_w24/ -q || echo "the model no longer holds"
 
   Compares every bias frame under weekly_bias/2026-w23/ with the model of the run in results/
   (or give results/bias_model/{MODEL_FILE_NAME}) at the frame's own temperature, and writes
@@ -956,10 +958,11 @@ def build_parser(prog: str = "python -m bias_pipeline verify") -> argparse.Argum
     frames = parser.add_argument_group("frame selection (as the pipeline's)")
     for name in SCHEMA_OPTIONS:
         _add_schema_option(frames, name)
-    messages = parser.add_argument_group("messages")
-    messages.add_argument("-v", "--verbose", action="store_true", help="every file's figures")
-    messages.add_argument("-q", "--quiet", action="store_true", help="nothing on stdout; only warnings and errors")
-    parser.add_argument("--version", action="version", version=f"bias_pipeline {__version__}")
+    add_message_options(
+        parser,
+        verbose="every file's figures",
+        quiet="nothing on stdout (the exit code is the verdict); on stderr only warnings and errors; no progress bar",
+    )
     return parser
 
 
@@ -1043,7 +1046,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bias_pipeline
             sys.stdout.flush()
         return 0 if run.holds else 1
 
-    return guarded(parser.prog, body)
+    def interrupted(exc: KeyboardInterrupt) -> str:
+        return (
+            f"no verdict: not every frame was verified; the files in {args.output_dir} are whole "
+            "(each written at once), run it again"
+        )
+
+    return guarded(parser.prog, body, interrupted)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,12 @@ def test_help_lists_every_option_and_ends_with_an_example():
     assert done.returncode == 0
     for option in OPTIONS:
         assert re.search(rf"(^|\s){re.escape(option)}[\s,]", done.stdout), option
-    assert done.stdout.rstrip().splitlines()[-1].strip().startswith("Try it first on simulated data")
-    assert "example:" in done.stdout
+    examples = done.stdout.rstrip().split("\n\n")[-2:]  # the examples end the help: commands, then what they do
+    assert examples[0].startswith("examples:\n  python run_pipeline.py --demo --output-dir demo_out/")
+    assert examples[1].strip().startswith("The first tries the pipeline on simulated data")
     generate = run_cli("generate_bias.py", "--help")
-    assert generate.returncode == 0 and "example:" in generate.stdout and "--noise" in generate.stdout
+    assert generate.returncode == 0 and "examples:\n  python generate_bias.py --model" in generate.stdout
+    assert "--noise" in generate.stdout
 
 
 @pytest.fixture

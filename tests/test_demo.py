@@ -8,7 +8,7 @@ from conftest import run_cli
 
 
 def test_demo_runs_and_recovers_the_slope(tmp_path):
-    done = run_cli("run_pipeline.py", "--demo", "--output-dir", str(tmp_path / "demo"), "-q")
+    done = run_cli("run_pipeline.py", "--demo", "--output-dir", str(tmp_path / "demo"))  # -q would hide the summary
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "80 frames used in 5 masters" in done.stdout

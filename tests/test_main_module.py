@@ -61,7 +61,7 @@ def simulate_then_run(tmp: Path) -> tuple[subprocess.CompletedProcess[str], subp
     if simulated.returncode != 0:
         return simulated, simulated
     ran = run_module(
-        "run", "--basepath", str(tmp / "sim" / "raw"), "--output-dir", str(tmp / "out"), "-q", "--no-evaluation",
+        "run", "--basepath", str(tmp / "sim" / "raw"), "--output-dir", str(tmp / "out"), "--no-evaluation",
         "--hot-pixel-mask", str(tmp / "sim" / "truth" / "hot_pixel_mask.fits"),
     )  # fmt: skip
     return simulated, ran

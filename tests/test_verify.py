@@ -325,5 +325,5 @@ def test_help_names_the_frame_selection_options_and_ends_with_an_example() -> No
     text = verification.build_parser(PROG).format_help()
     for flag in ("--temperature-keys", "--max-exposure", "--input-bits", "--tolerance", "-q", "--version"):
         assert flag in text
-    assert text.index("example:") > text.index("--version")  # the example ends the help
+    assert text.index("examples:") > text.index("--version")  # the example ends the help
     assert "verify results/ --basepath" in text
