@@ -38,9 +38,27 @@ from .compiled import engine
 from .config import PipelineConfig
 from .master_writer import MasterImage
 from .model import BiasModel
-from .plots import ImagePlot, downsample, draw_plots, plot_factor, plot_summary
+from .plots import (
+    ImagePlot,
+    downsample,
+    draw_plots,
+    plot_factor,
+    plot_summary,
+    shared_limits,
+    symmetric_limits,
+)
 from .products import product_header, write_image, write_text_atomic
-from .registry import HELDOUT_MAE, MAE, MAPE, REAL_PLOT, SUMMARY_CSV, SUMMARY_PNG, SYNTHETIC, labelled_name
+from .registry import (
+    HELDOUT_MAE,
+    MAE,
+    MAPE,
+    REAL_PLOT,
+    RESIDUAL,
+    SUMMARY_CSV,
+    SUMMARY_PNG,
+    SYNTHETIC,
+    labelled_name,
+)
 from .steps.step3_fit_bias_model import combine_weights
 from .units import DEFAULT_SCALE_FACTOR
 from .workers import default_threads
@@ -720,20 +738,46 @@ def _fits_products(evaluation: MasterEvaluation) -> Iterator[tuple[str, np.ndarr
 
 
 def _map_plots(evaluation: MasterEvaluation, out: Path) -> list[ImagePlot]:
-    """The four maps of one master, block-averaged (see :func:`~bias_pipeline.plots.downsample`)."""
+    """The maps of one master, block-averaged (see :func:`~bias_pipeline.plots.downsample`):
+    the master and the model with one colour scale, the signed residual ``real - model`` with a
+    diverging one centred on 0, and the percentage error."""
     label, n_frames = evaluation.label, evaluation.row["n_frames"]
-    where = f"{label} deg C, {n_frames} frames"
     shape = (int(evaluation.real.shape[0]), int(evaluation.real.shape[1]))
+    fitted = evaluation.model.group_frames
+    source = f"fitted to all {sum(fitted)} frames of {len(fitted)} masters" if fitted else "the fitted model"
+    real, factor = evaluation.shown[REAL_PLOT]
+    model, _ = evaluation.shown[SYNTHETIC]
+    residual = (real - model).astype(np.float32)  # block means are linear: the mean of real - model
+    common = shared_limits(real, model)
 
-    def plot(stem: str, title: str, unit: str, cmap: str = "viridis") -> ImagePlot:
-        shown, factor = evaluation.shown[stem]
-        return ImagePlot(shown, factor, shape, out / labelled_name(stem, label, ".png"), title, unit, cmap)
+    def plot(
+        stem: str,
+        shown: np.ndarray,
+        title: str,
+        unit: str,
+        cmap: str = "viridis",
+        limits: tuple[float, float] | None = None,
+    ) -> ImagePlot:
+        return ImagePlot(shown, factor, shape, out / labelled_name(stem, label, ".png"), title, unit, cmap, limits)
 
     return [
-        plot(REAL_PLOT, f"Real master bias, {where}", "bias (ADU)"),
-        plot(SYNTHETIC, f"Model bias, {where}", "bias (ADU)"),
-        plot(MAE, f"|real - model|, {where}", "MAE (ADU)", "magma"),
-        plot(MAPE, f"100 |real - model| / |real|, {where}", "MAPE (%)", "magma"),
+        plot(REAL_PLOT, real, f"Real master bias at {label} deg C ({n_frames} frames)", "bias (ADU)", limits=common),
+        plot(SYNTHETIC, model, f"Model bias at {label} deg C ({source})", "bias (ADU)", limits=common),
+        plot(
+            RESIDUAL,
+            residual,
+            f"Residual real - model at {label} deg C ({n_frames} frames)",
+            "real - model (ADU)",
+            "RdBu_r",
+            symmetric_limits(residual),
+        ),
+        plot(
+            MAPE,
+            evaluation.shown[MAPE][0],
+            f"100 |real - model| / |real| at {label} deg C (small whatever the fit: the offset is large)",
+            "MAPE (%)",
+            "magma",
+        ),
     ]
 
 

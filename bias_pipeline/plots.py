@@ -118,6 +118,37 @@ def robust_limits(image: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def symmetric_limits(image: np.ndarray) -> tuple[float, float]:
+    """Colour limits ``(-m, m)`` for a signed map, ``m`` the 99.5 percentile of the finite
+    pixels' absolute values, so that 0 sits in the middle of a diverging colour map.
+
+    >>> symmetric_limits(np.array([-1.0, 0.5, 2.0, np.nan]))[1] > 1.9
+    True
+    """
+    finite = np.abs(image[np.isfinite(image)])
+    if finite.size == 0:
+        return -1.0, 1.0
+    largest = float(np.percentile(finite, 99.5))
+    largest = largest if largest > 0 else 1.0
+    return -largest, largest
+
+
+def shared_limits(*images: np.ndarray) -> tuple[float, float]:
+    """Colour limits common to several maps (:func:`robust_limits` of each, the widest range),
+    so that maps drawn with them can be compared by eye."""
+    limits = [robust_limits(image) for image in images]
+    return min(low for low, _ in limits), max(high for _, high in limits)
+
+
+def block_note(factor: int) -> str:
+    """What a map downsampled by ``factor`` shows (empty for every pixel).
+
+    >>> block_note(4), block_note(1)
+    ('4 x 4 block means', '')
+    """
+    return f"{factor} x {factor} block means" if factor > 1 else ""
+
+
 @dataclass
 class ImagePlot:
     """One map to draw: the downsampled image and what the figure says about it (small enough
@@ -130,6 +161,8 @@ class ImagePlot:
     title: str
     unit: str
     cmap: str = "viridis"
+    #: Colour limits; None: :func:`robust_limits` of the map.
+    limits: tuple[float, float] | None = None
 
     @classmethod
     def of(cls, image: np.ndarray, path: str | Path, title: str, unit: str, cmap: str = "viridis") -> ImagePlot:
@@ -147,11 +180,19 @@ def plot_image(image: np.ndarray, path: str | Path, title: str, unit: str, cmap:
     return ImagePlot.of(image, path, title, unit, cmap).draw()
 
 
-def draw_map(figure: Any, axes: Any, shown: np.ndarray, shape: tuple[int, int], cmap: str, unit: str) -> None:
+def draw_map(
+    figure: Any,
+    axes: Any,
+    shown: np.ndarray,
+    shape: tuple[int, int],
+    cmap: str,
+    unit: str,
+    limits: tuple[float, float] | None = None,
+) -> None:
     """Draw a (block-averaged) map on ``axes`` in the full frame's pixel coordinates, with
-    robust colour limits (:func:`robust_limits`) and a colour bar labelled ``unit``."""
+    colour limits ``limits`` (default: :func:`robust_limits`) and a colour bar labelled ``unit``."""
     rows, cols = shape
-    low, high = robust_limits(shown)
+    low, high = limits if limits is not None else robust_limits(shown)
     artist = axes.imshow(
         shown,
         origin="lower",
@@ -184,13 +225,13 @@ class _MapPainter:
     def draw(self, plot: ImagePlot) -> Path:
         title = plot.title
         if plot.factor > 1:
-            title = f"{title}\n(mean of {plot.factor}x{plot.factor} pixel blocks)"
+            title = f"{title}\n({block_note(plot.factor)})"
         rows, cols = plot.shape
         key = (plot.shape, plot.shown.shape)
         if self.figure is None or key != self.key:
             self.figure = _figure(figsize=(7.0, 5.6), dpi=100)
             self.axes = self.figure.add_subplot()
-            draw_map(self.figure, self.axes, plot.shown, plot.shape, plot.cmap, plot.unit)
+            draw_map(self.figure, self.axes, plot.shown, plot.shape, plot.cmap, plot.unit, plot.limits)
             self.image = self.axes.images[0]
             self.colorbar = self.image.colorbar
             self.title = self.axes.set_title(title, fontsize=10, y=TITLE_Y)
@@ -198,7 +239,7 @@ class _MapPainter:
             self.figure.subplots_adjust(left=0.1, right=0.92, bottom=0.1, top=0.9)
             self.key = key
         else:
-            low, high = robust_limits(plot.shown)
+            low, high = plot.limits if plot.limits is not None else robust_limits(plot.shown)
             self.image.set_data(plot.shown)
             self.image.set_cmap(plot.cmap)
             self.image.set_clim(low, high)

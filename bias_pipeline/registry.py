@@ -78,7 +78,8 @@ REAL_PLOT = "real_bias"
 MAE = "mae"
 MAPE = "mape"
 HELDOUT_MAE = "heldout_mae"
-LABELLED_STEMS: tuple[str, ...] = (MASTER, SYNTHETIC, REAL_PLOT, HELDOUT_MAE, MAE, MAPE)
+RESIDUAL = "residual"  # real - model, the signed map of the plots
+LABELLED_STEMS: tuple[str, ...] = (MASTER, SYNTHETIC, REAL_PLOT, HELDOUT_MAE, MAE, MAPE, RESIDUAL)
 
 #: The fixed names inside each sub-folder.
 FIXED_NAMES: dict[str, tuple[str, ...]] = {

@@ -217,7 +217,7 @@ def test_large_maps_are_shown_downsampled_with_the_factor_stated() -> None:
     page.feed(render_report(ReportData(output_dir=Path("/nonexistent"), records=[], groups=[], model=model)))
     captions = [image["alt"] for image in page.images]
     assert len(captions) == 2
-    assert all("mean of 3x3 pixel blocks" in caption for caption in captions), captions
+    assert all("3 x 3 block means" in caption for caption in captions), captions
 
 
 def test_a_failed_run_keeps_the_earlier_report_and_says_why_it_stopped(sim, tmp_path: Path) -> None:

@@ -67,8 +67,9 @@ def test_evaluate_model_writes_everything(tmp_path):
     assert rows[0]["n_pixels"] == 48 * 64 - 1
     assert 3 < rows[0]["mae_mean"] < 5  # |N(0, 5)| has mean 4
     for label in ("-5.0", "5.0"):
-        for stem in ("real_bias", "synthetic_bias", "mae", "mape"):
+        for stem in ("real_bias", "synthetic_bias", "residual", "mape"):
             assert (tmp_path / f"{stem}_{label}C.png").stat().st_size > 5000
+        assert not (tmp_path / f"mae_{label}C.png").exists()  # the signed residual map replaces it
         for stem in ("synthetic_bias", "mae", "mape"):
             data = fits.getdata(tmp_path / f"{stem}_{label}C.fits")
             assert data.shape == (48, 64) and data.dtype == np.dtype(">f4")
