@@ -95,6 +95,17 @@ SUMMARY_COLUMNS = (
     "residual_per_error",
     "heldout_residual_per_error",
     "per_error_tolerance",
+    "bias_p05",
+    "bias_median",
+    "bias_p95",
+)
+#: The columns :func:`noise_floor_columns` fills.
+NOISE_FLOOR_COLUMNS = (
+    "expected_error_median",
+    "leverage",
+    "residual_per_error",
+    "heldout_residual_per_error",
+    "per_error_tolerance",
 )
 #: The noise-floor rule (:func:`noise_floor_verdict`): a ratio of residual to expected error is
 #: at the floor when it is at most ``1 + NOISE_FLOOR_MARGIN`` plus ``NOISE_FLOOR_SIGMAS`` times
@@ -297,7 +308,7 @@ def noise_floor_columns(
     relative standard deviation from the number of pixels, ``1.166 / sqrt(N)``. NaN where the
     expected error or the leverage is unknown.
     """
-    columns = {name: math.nan for name in SUMMARY_COLUMNS[-5:]}
+    columns = {name: math.nan for name in NOISE_FLOOR_COLUMNS}
     columns["leverage"] = float(leverage)
     noise_model = heldout_model if heldout_model is not None else model
     noise = noise_model.read_noise if noise_model.read_noise is not None else model.read_noise
@@ -368,7 +379,7 @@ def noise_floor_verdict(rows: Sequence[Mapping[str, object]]) -> NoiseFloorVerdi
     Parameters
     ----------
     rows
-        Step 5's summary rows (keys :data:`SUMMARY_COLUMNS`).
+        Step 5's summary rows (keys :data:`SUMMARY_COLUMNS`), as numbers or as the CSV's text.
 
     Returns
     -------
@@ -377,7 +388,10 @@ def noise_floor_verdict(rows: Sequence[Mapping[str, object]]) -> NoiseFloorVerdi
 
     def number(row: Mapping[str, object], key: str) -> float:
         value = row.get(key, math.nan)
-        return float(value) if isinstance(value, (int, float)) else math.nan
+        try:  # a row read back from the CSV holds text
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return math.nan
 
     known = [r for r in rows if math.isfinite(number(r, "heldout_residual_per_error"))]
     if not known:
@@ -530,6 +544,9 @@ def evaluate_master(
     row["mae_per_read_noise"] = stats["per_noise"]
     row["heldout_mae_per_read_noise"] = stats["heldout_per_noise"]
     row.update(noise_floor_columns(model, real, temp, ~flagged, expected, leverage, None if same else heldout_model))
+    levels = real[~flagged & np.isfinite(real)]
+    low, median, high = np.percentile(levels, [5.0, 50.0, 95.0]) if levels.size else (math.nan,) * 3
+    row.update(bias_p05=float(low), bias_median=float(median), bias_p95=float(high))
     return MasterEvaluation(row, real, model, inflation, None if same else heldout_model, shown)
 
 
@@ -737,7 +754,7 @@ def _fits_products(evaluation: MasterEvaluation) -> Iterator[tuple[str, np.ndarr
     yield HELDOUT_MAE, heldout, "HELDOUT_MAE", "|real - model fitted without this master|", "adu"
 
 
-def _map_plots(evaluation: MasterEvaluation, out: Path) -> list[ImagePlot]:
+def map_plots(evaluation: MasterEvaluation, out: Path) -> list[ImagePlot]:
     """The maps of one master, block-averaged (see :func:`~bias_pipeline.plots.downsample`):
     the master and the model with one colour scale, the signed residual ``real - model`` with a
     diverging one centred on 0, and the percentage error."""
@@ -774,7 +791,7 @@ def _map_plots(evaluation: MasterEvaluation, out: Path) -> list[ImagePlot]:
         plot(
             MAPE,
             evaluation.shown[MAPE][0],
-            f"100 |real - model| / |real| at {label} deg C (small whatever the fit: the offset is large)",
+            f"100 |real - model| / |real| at {label} deg C\n(small for any fit: the offset is large)",
             "MAPE (%)",
             "magma",
         ),
@@ -838,7 +855,7 @@ def write_evaluation(
             row = evaluation.row
             rows.append(row)
             if plots:
-                pending += _map_plots(evaluation, out)
+                pending += map_plots(evaluation, out)
             if save_fits:
                 cards = {
                     "TEMPERATURE": (row["temperature"], "[deg C] temperature of the master"),

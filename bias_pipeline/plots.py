@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -579,7 +580,7 @@ def map_histogram_png(
     figure = _figure(figsize=(10.0, 4.2), dpi=90)
     map_axes, hist_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": (1.25, 1.0)})
     draw_map(figure, map_axes, shown, (rows, cols), cmap, unit)
-    shown_how = f"mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel"
+    shown_how = block_note(factor) if factor > 1 else "every pixel"
     map_axes.set_title(f"{title} ({rows}x{cols}; {shown_how})", fontsize=9, y=TITLE_Y)
     if stats.count and stats.histogram is not None:
         counts, edges = stats.histogram
@@ -595,3 +596,155 @@ def map_histogram_png(
     hist_axes.set_ylabel("pixels")
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.88, wspace=0.3)
     return figure_png(figure, compress_level=6), factor
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+#: Percentiles of the band in :func:`bias_temperature_figure` [%].
+BAND_PERCENTILES = (5.0, 95.0)
+#: At most this many unflagged pixels (an even stride) make the model's curve in
+#: :func:`bias_temperature_figure`: its percentiles are then good to ~0.1 % of the band.
+CURVE_PIXELS = 200_000
+
+
+def bias_temperature_figure(
+    temperatures: Sequence[float],
+    levels: Sequence[tuple[float, float, float]],
+    a_map: np.ndarray,
+    b_map: np.ndarray,
+    flagged: np.ndarray,
+    c_map: np.ndarray | None = None,
+) -> Any:
+    """The median bias of each master (and its 5-95 % band over unflagged pixels) against
+    temperature, with the fitted law's median and band over the same pixels.
+
+    Parameters
+    ----------
+    temperatures
+        The masters' temperatures [deg C].
+    levels
+        Per master: ``(5 %, median, 95 %)`` of its unflagged pixels [ADU].
+    a_map, b_map, c_map
+        The model's coefficients.
+    flagged
+        Pixels left out.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    temps = np.asarray(temperatures, dtype=np.float64)
+    valid = ~flagged & np.isfinite(a_map) & np.isfinite(b_map)
+    stride = max(1, int(np.count_nonzero(valid)) // CURVE_PIXELS)
+    a = a_map[valid][::stride].astype(np.float64)
+    b = b_map[valid][::stride].astype(np.float64)
+    c = None if c_map is None else np.nan_to_num(c_map[valid][::stride].astype(np.float64))
+    grid = np.linspace(temps.min(), temps.max(), 25) if temps.size else np.zeros(0)
+    curve = np.array(
+        [np.percentile(a + t * b + (0.0 if c is None else t * t * c), [BAND_PERCENTILES[0], 50.0, BAND_PERCENTILES[1]])
+         for t in grid]
+    ).reshape(-1, 3)  # fmt: skip
+    measured = np.asarray(levels, dtype=np.float64).reshape(-1, 3)
+    figure = _figure(figsize=(8.0, 4.6), dpi=90)
+    axes = figure.add_subplot()
+    if grid.size and a.size:
+        axes.fill_between(grid, curve[:, 0], curve[:, 2], color="C0", alpha=0.2, label="model, 5-95 % of pixels")
+        axes.plot(grid, curve[:, 1], color="C0", label="model median (fitted law)")
+    axes.errorbar(
+        temps,
+        measured[:, 1],
+        yerr=[measured[:, 1] - measured[:, 0], measured[:, 2] - measured[:, 1]],
+        fmt="o",
+        color="C3",
+        capsize=4,
+        label="masters: median, 5-95 % of pixels",
+    )
+    axes.set_xlabel("temperature (deg C)")
+    axes.set_ylabel("bias (ADU)")
+    axes.set_title(f"Bias against temperature over {int(np.count_nonzero(valid))} unflagged pixels", fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def flag_map_figure(dq: np.ndarray, bits: Sequence[tuple[str, int]], max_pixels: int = PLOT_MAX_PIXELS) -> Any:
+    """Where the flagged pixels are: each pixel (or display block) coloured by its first flag.
+
+    Parameters
+    ----------
+    dq
+        The DQ map (bit flags).
+    bits
+        ``(name, value)`` of each flag, in the order of precedence for a pixel with several.
+    max_pixels
+        Largest side drawn; a larger map shows, per block, the first flag any of its pixels has.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    rows, cols = dq.shape
+    factor = plot_factor(dq.shape, max_pixels)
+    trimmed = dq[: rows // factor * factor, : cols // factor * factor].astype(np.int64)
+    blocks = trimmed.reshape(rows // factor, factor, cols // factor, factor)
+    present = np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1) if factor > 1 else trimmed
+    category = np.zeros(present.shape, dtype=np.int64)
+    for index, (_, value) in reversed(list(enumerate(bits, start=1))):
+        category[(present & value) != 0] = index
+    colours = ["#ffffff"] + [f"C{i % 10}" for i in range(len(bits))]
+    figure = _figure(figsize=(8.0, 5.6), dpi=90)
+    axes = figure.add_subplot()
+    artist = axes.imshow(
+        category,
+        origin="lower",
+        cmap=ListedColormap(colours),
+        norm=BoundaryNorm(np.arange(len(bits) + 2) - 0.5, len(bits) + 1),
+        extent=(-0.5, cols - 0.5, -0.5, rows - 0.5),
+        interpolation="nearest",
+    )
+    bar = figure.colorbar(artist, ax=axes, ticks=range(len(bits) + 1))
+    counts = [int(np.count_nonzero(dq & value)) for _, value in bits]
+    bar.ax.set_yticklabels(["none"] + [f"{name} ({n})" for (name, _), n in zip(bits, counts, strict=True)], fontsize=8)
+    how = f"; {block_note(factor)}: first flag in each block" if factor > 1 else ""
+    axes.set_title(f"Flagged pixels by flag ({int(np.count_nonzero(dq))} of {dq.size}{how})", fontsize=10)
+    axes.set_xlabel("column (pixel)")
+    axes.set_ylabel("row (pixel)")
+    figure.subplots_adjust(left=0.1, right=0.85, bottom=0.1, top=0.92)
+    return figure
+
+
+def profile_figure(maps: Sequence[tuple[str, np.ndarray, str]], flagged: np.ndarray) -> Any:
+    """Row and column profiles (medians over unflagged pixels) of each map: a column pattern
+    shows as structure in the column profile, a row pattern in the row profile.
+
+    Parameters
+    ----------
+    maps
+        ``(name, map, unit)``.
+    flagged
+        Pixels left out of the medians.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    figure = _figure(figsize=(10.0, 2.8 * len(maps)), dpi=90)
+    grid = figure.subplots(len(maps), 2, squeeze=False)
+    for (name, image, unit), (by_column, by_row) in zip(maps, grid, strict=True):
+        values = np.where(flagged | ~np.isfinite(image), np.nan, image.astype(np.float64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-flagged row or column
+            columns = np.nanmedian(values, axis=0)
+            rows = np.nanmedian(values, axis=1)
+        by_column.plot(np.arange(columns.size), columns, lw=0.7, color="C0")
+        by_column.set_title(f"{name}: median of each column", fontsize=9)
+        by_column.set_xlabel("column (pixel)")
+        by_row.plot(np.arange(rows.size), rows, lw=0.7, color="C1")
+        by_row.set_title(f"{name}: median of each row", fontsize=9)
+        by_row.set_xlabel("row (pixel)")
+        for axes in (by_column, by_row):
+            axes.set_ylabel(unit)
+    figure.tight_layout()
+    return figure

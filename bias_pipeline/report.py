@@ -39,7 +39,17 @@ from .evaluation import floor_limit, noise_floor_verdict
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
 from .master_writer import MasterFrame
 from .model import BiasModel
-from .plots import MapStats, block_note, figure_png, map_histogram_png, summary_figure, temperature_check_figure
+from .plots import (
+    MapStats,
+    bias_temperature_figure,
+    block_note,
+    figure_png,
+    flag_map_figure,
+    map_histogram_png,
+    profile_figure,
+    summary_figure,
+    temperature_check_figure,
+)
 from .products import TEMPORARY_SUFFIX, human_size, write_text_atomic
 from .quality import DQ_BITS
 from .registry import EVALUATION_DIR, MANIFEST_NAME, REPORT_NAME, RESIDUAL, RUN_CONFIG_NAME, labelled_name
@@ -280,6 +290,7 @@ def render_report(data: ReportData) -> str:
         _groups_section(data),
         _model_section(model),
         _flags_section(model),
+        _diagnostics_section(data),
         _evaluation_section(data),
         _worst_pixels_section(model),
         _products_section(data),
@@ -498,6 +509,47 @@ def _flags_section(model: BiasModel) -> str:
     body = f"<p>{flagged} of {total} pixels ({100 * flagged / total:.3f} %) carry a flag.</p>"
     body += _table(("flag", "value", "pixels", "fraction", "meaning"), rows, css="flags")
     return _section("Pixel flags", body)
+
+
+def _diagnostics_section(data: ReportData) -> str:
+    """The figures that show whether the fit is sound: the bias against temperature with the
+    fitted law, where the flags are, the fit's uncertainty and quality maps, and the profiles
+    of a and b (a column or row pattern shows there)."""
+    model = data.model
+    flagged = model.flagged
+    body = ""
+    levels = [
+        (float(r["bias_p05"]), float(r["bias_median"]), float(r["bias_p95"]))  # type: ignore[arg-type]
+        for r in data.summary
+        if all(isinstance(r.get(k), float) for k in ("bias_p05", "bias_median", "bias_p95"))
+    ]
+    if data.summary and len(levels) == len(data.summary):
+        temps = [float(r["temperature"]) for r in data.summary]  # type: ignore[arg-type]
+        figure = bias_temperature_figure(temps, levels, model.a_map, model.b_map, flagged, model.c_map)
+        body += _figure_html(
+            figure_png(figure), "Median bias of each master (bars: 5-95 % of its unflagged pixels) and the fitted law"
+        )
+    if model.dq is not None and np.any(model.dq):
+        bits = [(bit.name, bit.value) for bit in DQ_BITS]
+        body += _figure_html(figure_png(flag_map_figure(model.dq, bits)), "Where the flagged pixels are, by flag")
+    maps: list[tuple[str, np.ndarray, str, str]] = []
+    if model.covariance is not None and model.degree >= 1:
+        sigma_b = np.sqrt(np.maximum(np.asarray(model.covariance[1, 1], dtype=np.float32), 0))
+        maps.append(("sigma_b: standard error of b", sigma_b, "ADU / deg C", "magma"))
+    if model.chi2 is not None:
+        maps.append(("CHI2: reduced chi-square of the fit", model.chi2, "", "magma"))
+    if model.rms is not None:
+        maps.append(("RMS: rms of the fit residuals", model.rms, "ADU", "magma"))
+    for title, image, unit, cmap in maps:
+        stats = MapStats.of(image, ~flagged)
+        png, factor = map_histogram_png(image, flagged, stats, title, unit, cmap)
+        shown = f"shown as {block_note(factor)}" if factor > 1 else "every pixel shown"
+        body += _figure_html(png, f"{title} [{unit or 'no unit'}]: map ({shown}) and histogram")
+    profiles = [("a", model.a_map, "ADU"), ("b", model.b_map, "ADU / deg C")]
+    body += _figure_html(
+        figure_png(profile_figure(profiles, flagged)), "Row and column profiles of a and b (unflagged pixels)"
+    )
+    return _section("Diagnostics", body)
 
 
 def _evaluation_section(data: ReportData) -> str:
