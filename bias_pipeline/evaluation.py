@@ -40,20 +40,30 @@ from .master_writer import MasterImage
 from .model import BiasModel
 from .plots import (
     ImagePlot,
+    bias_temperature_figure,
     downsample,
     draw_plots,
+    flag_map_figure,
     plot_factor,
     plot_summary,
+    profile_figure,
     shared_limits,
     symmetric_limits,
 )
-from .products import product_header, write_image, write_text_atomic
+from .products import product_header, write_image, write_png_atomic, write_text_atomic
+from .quality import DQ_BITS
 from .registry import (
+    BIAS_TEMPERATURE_PLOT,
+    CHI2_PLOT,
+    FLAG_MAP_PLOT,
     HELDOUT_MAE,
     MAE,
     MAPE,
+    PROFILES_PLOT,
     REAL_PLOT,
     RESIDUAL,
+    RMS_PLOT,
+    SIGMA_B_PLOT,
     SUMMARY_CSV,
     SUMMARY_PNG,
     SYNTHETIC,
@@ -798,6 +808,49 @@ def map_plots(evaluation: MasterEvaluation, out: Path) -> list[ImagePlot]:
     ]
 
 
+def diagnostic_maps(model: BiasModel) -> list[tuple[str, str, np.ndarray, str]]:
+    """The fit's uncertainty and quality maps the model carries: ``(file name, title, map, unit)``
+    for sigma_b (the standard error of b), the reduced chi-square and the rms of the residuals."""
+    maps: list[tuple[str, str, np.ndarray, str]] = []
+    if model.covariance is not None:
+        sigma_b = np.sqrt(np.maximum(np.asarray(model.covariance[1, 1], dtype=np.float32), 0))
+        maps.append((SIGMA_B_PLOT, "sigma_b: standard error of b", sigma_b, "ADU / deg C"))
+    if model.chi2 is not None:
+        maps.append((CHI2_PLOT, "CHI2: reduced chi-square of the fit", model.chi2, "reduced chi-square"))
+    if model.rms is not None:
+        maps.append((RMS_PLOT, "RMS: rms of the fit residuals", model.rms, "ADU"))
+    return maps
+
+
+def master_levels(rows: Sequence[Mapping[str, object]]) -> list[tuple[float, float, float]] | None:
+    """Each master's ``(5 %, median, 95 %)`` from the rows (None when a row lacks them)."""
+    try:
+        return [(float(r["bias_p05"]), float(r["bias_median"]), float(r["bias_p95"])) for r in rows]  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def write_diagnostics(model: BiasModel, rows: Sequence[Mapping[str, object]], out: Path) -> list[ImagePlot]:
+    """Write the fit's diagnostic figures into ``out`` (the bias against temperature with the
+    fitted law, the flag map, the profiles of a and b) and return the maps still to draw
+    (sigma_b, chi-square, rms: :func:`diagnostic_maps`, flagged pixels left out)."""
+    flagged = model.flagged
+    levels = master_levels(rows)
+    if levels:
+        temps = [float(r["temperature"]) for r in rows]  # type: ignore[arg-type]
+        figure = bias_temperature_figure(temps, levels, model.a_map, model.b_map, flagged, model.c_map)
+        write_png_atomic(out / BIAS_TEMPERATURE_PLOT, figure)
+    if model.dq is not None:
+        bits = [(bit.name, bit.value) for bit in DQ_BITS]
+        write_png_atomic(out / FLAG_MAP_PLOT, flag_map_figure(model.dq, bits))
+    profiles = [("a", model.a_map, "ADU"), ("b", model.b_map, "ADU / deg C")]
+    write_png_atomic(out / PROFILES_PLOT, profile_figure(profiles, flagged))
+    return [
+        ImagePlot.of(np.where(flagged, np.float32(np.nan), image).astype(np.float32), out / name, title, unit, "magma")
+        for name, title, image, unit in diagnostic_maps(model)
+    ]
+
+
 def write_evaluation(
     evaluations: Iterable[MasterEvaluation],
     evaluation_dir: str | Path,
@@ -846,6 +899,7 @@ def write_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
     pending: list[ImagePlot] = []
+    model: BiasModel | None = None
     # A bar updated by hand rather than wrapped round the iterable: tqdm's own loop would hold
     # the previous master's maps while the next one is computed.
     with tqdm(
@@ -854,6 +908,7 @@ def write_evaluation(
         for evaluation in evaluations:
             row = evaluation.row
             rows.append(row)
+            model = evaluation.model
             if plots:
                 pending += map_plots(evaluation, out)
             if save_fits:
@@ -884,6 +939,8 @@ def write_evaluation(
     write_text_atomic(out / SUMMARY_CSV, summary_csv_text(rows))
     if rows:
         logger.info("%s", noise_floor_verdict(rows).sentence)
+    if plots and model is not None:
+        pending += write_diagnostics(model, rows, out)
     draw_plots(pending, workers=threads or default_threads(), show_progress=show_progress)
     if plots and rows:
         plot_summary(rows, out / SUMMARY_PNG)

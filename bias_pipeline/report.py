@@ -35,7 +35,7 @@ from ._version import __version__
 from .compiled import engine
 from .dates import date_span, format_date
 from .epochs import EpochCheck
-from .evaluation import floor_limit, noise_floor_verdict
+from .evaluation import diagnostic_maps, floor_limit, master_levels, noise_floor_verdict
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
 from .master_writer import MasterFrame
 from .model import BiasModel
@@ -512,39 +512,27 @@ def _flags_section(model: BiasModel) -> str:
 
 
 def _diagnostics_section(data: ReportData) -> str:
-    """The figures that show whether the fit is sound: the bias against temperature with the
-    fitted law, where the flags are, the fit's uncertainty and quality maps, and the profiles
-    of a and b (a column or row pattern shows there)."""
+    """The figures that show whether the fit is sound (the PNGs step 5 writes, drawn here from
+    memory): the bias against temperature with the fitted law, where the flags are, the fit's
+    uncertainty and quality maps, and the profiles of a and b (a column or row pattern shows there)."""
     model = data.model
     flagged = model.flagged
     body = ""
-    levels = [
-        (float(r["bias_p05"]), float(r["bias_median"]), float(r["bias_p95"]))  # type: ignore[arg-type]
-        for r in data.summary
-        if all(isinstance(r.get(k), float) for k in ("bias_p05", "bias_median", "bias_p95"))
-    ]
-    if data.summary and len(levels) == len(data.summary):
+    levels = master_levels(data.summary) if data.summary else None
+    if levels:
         temps = [float(r["temperature"]) for r in data.summary]  # type: ignore[arg-type]
         figure = bias_temperature_figure(temps, levels, model.a_map, model.b_map, flagged, model.c_map)
         body += _figure_html(
             figure_png(figure), "Median bias of each master (bars: 5-95 % of its unflagged pixels) and the fitted law"
         )
-    if model.dq is not None and np.any(model.dq):
+    if model.dq is not None:
         bits = [(bit.name, bit.value) for bit in DQ_BITS]
         body += _figure_html(figure_png(flag_map_figure(model.dq, bits)), "Where the flagged pixels are, by flag")
-    maps: list[tuple[str, np.ndarray, str, str]] = []
-    if model.covariance is not None and model.degree >= 1:
-        sigma_b = np.sqrt(np.maximum(np.asarray(model.covariance[1, 1], dtype=np.float32), 0))
-        maps.append(("sigma_b: standard error of b", sigma_b, "ADU / deg C", "magma"))
-    if model.chi2 is not None:
-        maps.append(("CHI2: reduced chi-square of the fit", model.chi2, "", "magma"))
-    if model.rms is not None:
-        maps.append(("RMS: rms of the fit residuals", model.rms, "ADU", "magma"))
-    for title, image, unit, cmap in maps:
+    for _, title, image, unit in diagnostic_maps(model):
         stats = MapStats.of(image, ~flagged)
-        png, factor = map_histogram_png(image, flagged, stats, title, unit, cmap)
+        png, factor = map_histogram_png(image, flagged, stats, title, unit, "magma")
         shown = f"shown as {block_note(factor)}" if factor > 1 else "every pixel shown"
-        body += _figure_html(png, f"{title} [{unit or 'no unit'}]: map ({shown}) and histogram")
+        body += _figure_html(png, f"{title} [{unit}]: map ({shown}) and histogram")
     profiles = [("a", model.a_map, "ADU"), ("b", model.b_map, "ADU / deg C")]
     body += _figure_html(
         figure_png(profile_figure(profiles, flagged)), "Row and column profiles of a and b (unflagged pixels)"

@@ -18,6 +18,7 @@ import pytest
 
 from bias_pipeline import BiasModel
 from bias_pipeline.frames import reason_kind
+from bias_pipeline.registry import DIAGNOSTIC_PLOTS
 from bias_pipeline.report import ReportData, render_report
 from bias_pipeline.simulate import SimulationSpec, simulate_dataset
 
@@ -207,6 +208,7 @@ def test_report_links_every_product_and_only_existing_files(faulty_run: Path) ->
         "pipeline.log",
         "bias_model/bias_model.fits",
         "evaluation/evaluation_summary.csv",
+        *(f"evaluation/{name}" for name in DIAGNOSTIC_PLOTS),  # step 5's diagnostics as PNGs
     ):
         assert expected in targets
 
