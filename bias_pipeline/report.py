@@ -4,12 +4,14 @@ The page has no external resource (images are embedded as ``data:`` URIs, the st
 inline, no script), so it opens from a file, from an e-mail attachment or from an archive. Its
 links to the products are relative, so they keep working when the output folder is moved.
 
-Sections: the run's warnings about its result (temperature confounded with date), the run
+Sections: the run's warnings about its result (temperature confounded with date), the
+noise-floor verdict in one sentence (:func:`~bias_pipeline.evaluation.noise_floor_verdict`), the run
 (software, command, times), the frames (found, used, rejected by reason, ignored; when they
 were taken, and their date clusters), the temperature groups (with their dates), the model
 (a, b, and read-noise maps with histograms, drawn from a block-averaged copy whose factor is
-stated), the pixel flags, the per-temperature errors and their plot, the worst pixels, and a
-list of every product.
+stated), the pixel flags, the per-temperature errors (residuals over their expected errors) and
+their plot, the diagnostics (bias against temperature with the fitted law, the flag map, sigma_b,
+chi-square and rms maps, profiles of a and b), the worst unflagged pixels, and a list of every product.
 """
 
 from __future__ import annotations
@@ -290,8 +292,8 @@ def render_report(data: ReportData) -> str:
         _groups_section(data),
         _model_section(model),
         _flags_section(model),
-        _diagnostics_section(data),
         _evaluation_section(data),
+        _diagnostics_section(data),
         _worst_pixels_section(model),
         _products_section(data),
     ]
