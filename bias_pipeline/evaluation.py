@@ -314,7 +314,9 @@ def noise_floor_columns(
     expected error ``err / sqrt(1 - h)`` (the master's error and the refitted model's,
     ``err^2 + sigma_model^2``, combined); for a fit on the masters this is the same number
     (``r / (1 - h)`` over ``err / sqrt(1 - h)`` is ``r / (err sqrt(1 - h))``), for a fit on
-    frames it is that of the masters fit ``heldout_model``. ``per_error_tolerance``: the ratios'
+    frames it is that of the masters fit ``heldout_model``, and the in-sample residual's expected
+    variance is ``err^2 (1 - h / e^2)`` (the frames fit follows the frames' mean, not the master).
+    ``per_error_tolerance``: the ratios'
     relative standard deviation from the number of pixels, ``1.166 / sqrt(N)``. NaN where the
     expected error or the leverage is unknown.
     """
@@ -334,12 +336,20 @@ def noise_floor_columns(
     if not (0.0 <= leverage < 1.0):
         return columns
     root = np.float32(math.sqrt(1.0 - leverage))
+    same = heldout_model is None or heldout_model is model
+    # A fit on frames weights the frames' plain mean, not the master: the master's residual then
+    # has variance err^2 - h sigma_fit^2 / n = err^2 (1 - h / e^2) (the master's departure from
+    # the frames' mean is independent of that mean for Gaussian noise), 1.2 x err^2 (1 - h) for
+    # a median of 16 frames at h = 0.6. For a fit on the masters it is err^2 (1 - h).
+    shrink = leverage if same else leverage / max(expected.variance_factor, 1.0)
+    own_root = np.float32(math.sqrt(1.0 - shrink))
     residual = (np.asarray(real, dtype=np.float32) - prediction(model, temperature))[usable]
-    per_error = residual / (error[usable] * root)
+    per_error = residual / (error[usable] * own_root)
     columns["residual_per_error"] = robust_rms(per_error[np.isfinite(per_error)])
-    if heldout_model is None or heldout_model is model:
+    if same:
         columns["heldout_residual_per_error"] = columns["residual_per_error"]
     else:
+        assert heldout_model is not None
         held = (np.asarray(real, dtype=np.float32) - prediction(heldout_model, temperature))[usable]
         held_per_error = held / (error[usable] * root)  # (r / (1 - h)) / (err / sqrt(1 - h))
         columns["heldout_residual_per_error"] = robust_rms(held_per_error[np.isfinite(held_per_error)])

@@ -83,6 +83,18 @@ def test_on_pure_noise_the_ratios_are_one_and_the_verdict_says_at_the_floor(pure
     assert f"{verdict.heldout:.2f} x" in verdict.sentence
 
 
+def test_a_fit_on_frames_of_median_masters_is_at_the_floor_too(pure, tmp_path: Path) -> None:
+    """A fit on frames follows the frames' mean, not the median master: the in-sample residual's
+    expected variance is err^2 (1 - h / e^2), not err^2 (1 - h) (which would read 1.2 x here)."""
+    truth, _ = pure
+    config = PipelineConfig(show_progress=False, fit_on="frames", combine_method="median")
+    result = run_bias_pipeline(truth.raw_dir, tmp_path / "out", None, config=config)
+    for row in result.summary:
+        for key in ("residual_per_error", "heldout_residual_per_error"):
+            assert abs(row[key] - 1) < 4 * row["per_error_tolerance"] + 0.5 / 35, (row["label"], key, row[key])
+    assert noise_floor_verdict(result.summary).at_floor is True
+
+
 def _predicted_ratio(mu: np.ndarray) -> float:
     """The robust rms of ``mu + N(0, 1)`` over pixels: m with mean P(|mu + e| < m) = 1/2."""
     low, high = 0.0, 10.0 + float(np.abs(mu).max())
