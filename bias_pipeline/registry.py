@@ -13,7 +13,8 @@ An output folder holds::
     bias_masks_by_temp/synthetic_bias_<T>C.fits                          (SYNTHETIC)
     evaluation/evaluation_summary.csv  evaluation_summary.png  temperature_check.png
     evaluation/bias_vs_temperature.png  flag_map.png  profiles.png  sigma_b.png  chi2.png  rms.png
-    evaluation/{real_bias,synthetic_bias,residual,mape}_<T>C.png, {synthetic_bias,mae,mape,heldout_mae}_<T>C.fits
+    evaluation/{real_bias,synthetic_bias,residual,mape,significance}_<T>C.png
+    evaluation/{synthetic_bias,mae,mape,heldout_mae}_<T>C.fits
     stopped_run/         the manifest and log of a run that stopped before publishing
 
 ``<T>`` is a temperature label such as ``12.0`` or ``-5.0``; a second master of the same label
@@ -95,7 +96,8 @@ MAE = "mae"
 MAPE = "mape"
 HELDOUT_MAE = "heldout_mae"
 RESIDUAL = "residual"  # real - model, the signed map of the plots
-LABELLED_STEMS: tuple[str, ...] = (MASTER, SYNTHETIC, REAL_PLOT, HELDOUT_MAE, MAE, MAPE, RESIDUAL)
+SIGNIFICANCE = "significance"  # held-out residual / expected error, the map of the plots
+LABELLED_STEMS: tuple[str, ...] = (MASTER, SYNTHETIC, REAL_PLOT, HELDOUT_MAE, MAE, MAPE, RESIDUAL, SIGNIFICANCE)
 
 #: The fixed names inside each sub-folder.
 FIXED_NAMES: dict[str, tuple[str, ...]] = {

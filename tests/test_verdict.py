@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.special import ndtr
+from scipy.special import ndtr, stdtr
 
 from bias_pipeline import PipelineConfig, run_bias_pipeline
 from bias_pipeline.evaluation import (
     HALF_NORMAL_MEDIAN,
     ROBUST_RMS_RELATIVE_SD,
+    evaluate_masters,
     expected_errors,
     floor_limit,
     noise_floor_verdict,
@@ -133,6 +134,28 @@ def test_quadratic_pixels_fitted_with_a_line_raise_the_ratio_by_the_predicted_fa
     assert verdict.sentence.startswith("The model is not at the noise floor")
     assert f"{worst['heldout_residual_per_error']:.2f} x" in verdict.sentence
     assert f"at {worst['label']} deg C" in verdict.sentence
+
+
+def test_the_significance_map_is_a_standard_normal_on_pure_noise_and_not_with_bent_pixels(pure, quadratic) -> None:
+    beyond = {}
+    for name, (_, result) in (("pure", pure), ("quadratic", quadratic)):
+        evaluation = next(evaluate_masters(result.model, result.masters))
+        shown, factor = evaluation.shown["significance"]
+        assert factor == 1 and shown.shape == SHAPE
+        values = shown[np.isfinite(shown)]
+        assert values.size == np.count_nonzero(~result.model.flagged)
+        beyond[name] = float(np.mean(np.abs(values) > 3))
+        if name == "pure":
+            assert robust_rms(values) == pytest.approx(
+                1, abs=4 * ROBUST_RMS_RELATIVE_SD / math.sqrt(values.size) + 0.5 / 35
+            )
+        assert (result.output_dir / "evaluation" / "significance_-10.0C.png").is_file()
+    # Beyond 3 sigma by chance: the pooled noise has 5 x (8 - 1) = 35 degrees of freedom, so the
+    # ratio is Student's t of 35 (0.49 %), not a normal (0.27 %).
+    rate = 2 * float(stdtr(35, -3.0))
+    sigma = math.sqrt(rate / (SHAPE[0] * SHAPE[1]))
+    assert abs(beyond["pure"] - rate) < 4 * sigma
+    assert beyond["quadratic"] > rate + 10 * sigma
 
 
 def test_the_verdict_without_expected_errors_says_why() -> None:
