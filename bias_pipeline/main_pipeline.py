@@ -434,6 +434,7 @@ def _evaluate(
         show_progress=config.show_progress,
         heldout_model=masters_model,
         threads=config.threads,
+        config=config,
     )
     checks = check_frame_temperatures(
         model,

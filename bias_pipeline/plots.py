@@ -35,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -118,6 +119,37 @@ def robust_limits(image: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def symmetric_limits(image: np.ndarray) -> tuple[float, float]:
+    """Colour limits ``(-m, m)`` for a signed map, ``m`` the 99.5 percentile of the finite
+    pixels' absolute values, so that 0 sits in the middle of a diverging colour map.
+
+    >>> symmetric_limits(np.array([-1.0, 0.5, 2.0, np.nan]))[1] > 1.9
+    True
+    """
+    finite = np.abs(image[np.isfinite(image)])
+    if finite.size == 0:
+        return -1.0, 1.0
+    largest = float(np.percentile(finite, 99.5))
+    largest = largest if largest > 0 else 1.0
+    return -largest, largest
+
+
+def shared_limits(*images: np.ndarray) -> tuple[float, float]:
+    """Colour limits common to several maps (:func:`robust_limits` of each, the widest range),
+    so that maps drawn with them can be compared by eye."""
+    limits = [robust_limits(image) for image in images]
+    return min(low for low, _ in limits), max(high for _, high in limits)
+
+
+def block_note(factor: int) -> str:
+    """What a map downsampled by ``factor`` shows (empty for every pixel).
+
+    >>> block_note(4), block_note(1)
+    ('4 x 4 block means', '')
+    """
+    return f"{factor} x {factor} block means" if factor > 1 else ""
+
+
 @dataclass
 class ImagePlot:
     """One map to draw: the downsampled image and what the figure says about it (small enough
@@ -130,6 +162,8 @@ class ImagePlot:
     title: str
     unit: str
     cmap: str = "viridis"
+    #: Colour limits; None: :func:`robust_limits` of the map.
+    limits: tuple[float, float] | None = None
 
     @classmethod
     def of(cls, image: np.ndarray, path: str | Path, title: str, unit: str, cmap: str = "viridis") -> ImagePlot:
@@ -147,11 +181,19 @@ def plot_image(image: np.ndarray, path: str | Path, title: str, unit: str, cmap:
     return ImagePlot.of(image, path, title, unit, cmap).draw()
 
 
-def draw_map(figure: Any, axes: Any, shown: np.ndarray, shape: tuple[int, int], cmap: str, unit: str) -> None:
+def draw_map(
+    figure: Any,
+    axes: Any,
+    shown: np.ndarray,
+    shape: tuple[int, int],
+    cmap: str,
+    unit: str,
+    limits: tuple[float, float] | None = None,
+) -> None:
     """Draw a (block-averaged) map on ``axes`` in the full frame's pixel coordinates, with
-    robust colour limits (:func:`robust_limits`) and a colour bar labelled ``unit``."""
+    colour limits ``limits`` (default: :func:`robust_limits`) and a colour bar labelled ``unit``."""
     rows, cols = shape
-    low, high = robust_limits(shown)
+    low, high = limits if limits is not None else robust_limits(shown)
     artist = axes.imshow(
         shown,
         origin="lower",
@@ -184,13 +226,13 @@ class _MapPainter:
     def draw(self, plot: ImagePlot) -> Path:
         title = plot.title
         if plot.factor > 1:
-            title = f"{title}\n(mean of {plot.factor}x{plot.factor} pixel blocks)"
+            title = f"{title}\n({block_note(plot.factor)})"
         rows, cols = plot.shape
         key = (plot.shape, plot.shown.shape)
         if self.figure is None or key != self.key:
             self.figure = _figure(figsize=(7.0, 5.6), dpi=100)
             self.axes = self.figure.add_subplot()
-            draw_map(self.figure, self.axes, plot.shown, plot.shape, plot.cmap, plot.unit)
+            draw_map(self.figure, self.axes, plot.shown, plot.shape, plot.cmap, plot.unit, plot.limits)
             self.image = self.axes.images[0]
             self.colorbar = self.image.colorbar
             self.title = self.axes.set_title(title, fontsize=10, y=TITLE_Y)
@@ -198,7 +240,7 @@ class _MapPainter:
             self.figure.subplots_adjust(left=0.1, right=0.92, bottom=0.1, top=0.9)
             self.key = key
         else:
-            low, high = robust_limits(plot.shown)
+            low, high = plot.limits if plot.limits is not None else robust_limits(plot.shown)
             self.image.set_data(plot.shown)
             self.image.set_cmap(plot.cmap)
             self.image.set_clim(low, high)
@@ -538,7 +580,7 @@ def map_histogram_png(
     figure = _figure(figsize=(10.0, 4.2), dpi=90)
     map_axes, hist_axes = figure.subplots(1, 2, gridspec_kw={"width_ratios": (1.25, 1.0)})
     draw_map(figure, map_axes, shown, (rows, cols), cmap, unit)
-    shown_how = f"mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel"
+    shown_how = block_note(factor) if factor > 1 else "every pixel"
     map_axes.set_title(f"{title} ({rows}x{cols}; {shown_how})", fontsize=9, y=TITLE_Y)
     if stats.count and stats.histogram is not None:
         counts, edges = stats.histogram
@@ -554,3 +596,155 @@ def map_histogram_png(
     hist_axes.set_ylabel("pixels")
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.88, wspace=0.3)
     return figure_png(figure, compress_level=6), factor
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+#: Percentiles of the band in :func:`bias_temperature_figure` [%].
+BAND_PERCENTILES = (5.0, 95.0)
+#: At most this many unflagged pixels (an even stride) make the model's curve in
+#: :func:`bias_temperature_figure`: its percentiles are then good to ~0.1 % of the band.
+CURVE_PIXELS = 200_000
+
+
+def bias_temperature_figure(
+    temperatures: Sequence[float],
+    levels: Sequence[tuple[float, float, float]],
+    a_map: np.ndarray,
+    b_map: np.ndarray,
+    flagged: np.ndarray,
+    c_map: np.ndarray | None = None,
+) -> Any:
+    """The median bias of each master (and its 5-95 % band over unflagged pixels) against
+    temperature, with the fitted law's median and band over the same pixels.
+
+    Parameters
+    ----------
+    temperatures
+        The masters' temperatures [deg C].
+    levels
+        Per master: ``(5 %, median, 95 %)`` of its unflagged pixels [ADU].
+    a_map, b_map, c_map
+        The model's coefficients.
+    flagged
+        Pixels left out.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    temps = np.asarray(temperatures, dtype=np.float64)
+    valid = ~flagged & np.isfinite(a_map) & np.isfinite(b_map)
+    stride = max(1, int(np.count_nonzero(valid)) // CURVE_PIXELS)
+    a = a_map[valid][::stride].astype(np.float64)
+    b = b_map[valid][::stride].astype(np.float64)
+    c = None if c_map is None else np.nan_to_num(c_map[valid][::stride].astype(np.float64))
+    grid = np.linspace(temps.min(), temps.max(), 25) if temps.size else np.zeros(0)
+    curve = np.array(
+        [np.percentile(a + t * b + (0.0 if c is None else t * t * c), [BAND_PERCENTILES[0], 50.0, BAND_PERCENTILES[1]])
+         for t in grid]
+    ).reshape(-1, 3)  # fmt: skip
+    measured = np.asarray(levels, dtype=np.float64).reshape(-1, 3)
+    figure = _figure(figsize=(8.0, 4.6), dpi=90)
+    axes = figure.add_subplot()
+    if grid.size and a.size:
+        axes.fill_between(grid, curve[:, 0], curve[:, 2], color="C0", alpha=0.2, label="model, 5-95 % of pixels")
+        axes.plot(grid, curve[:, 1], color="C0", label="model median (fitted law)")
+    axes.errorbar(
+        temps,
+        measured[:, 1],
+        yerr=[measured[:, 1] - measured[:, 0], measured[:, 2] - measured[:, 1]],
+        fmt="o",
+        color="C3",
+        capsize=4,
+        label="masters: median, 5-95 % of pixels",
+    )
+    axes.set_xlabel("temperature (deg C)")
+    axes.set_ylabel("bias (ADU)")
+    axes.set_title(f"Bias against temperature over {int(np.count_nonzero(valid))} unflagged pixels", fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def flag_map_figure(dq: np.ndarray, bits: Sequence[tuple[str, int]], max_pixels: int = PLOT_MAX_PIXELS) -> Any:
+    """Where the flagged pixels are: each pixel (or display block) coloured by its first flag.
+
+    Parameters
+    ----------
+    dq
+        The DQ map (bit flags).
+    bits
+        ``(name, value)`` of each flag, in the order of precedence for a pixel with several.
+    max_pixels
+        Largest side drawn; a larger map shows, per block, the first flag any of its pixels has.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    rows, cols = dq.shape
+    factor = plot_factor(dq.shape, max_pixels)
+    trimmed = dq[: rows // factor * factor, : cols // factor * factor].astype(np.int64)
+    blocks = trimmed.reshape(rows // factor, factor, cols // factor, factor)
+    present = np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1) if factor > 1 else trimmed
+    category = np.zeros(present.shape, dtype=np.int64)
+    for index, (_, value) in reversed(list(enumerate(bits, start=1))):
+        category[(present & value) != 0] = index
+    colours = ["#ffffff"] + [f"C{i % 10}" for i in range(len(bits))]
+    figure = _figure(figsize=(8.0, 5.6), dpi=90)
+    axes = figure.add_subplot()
+    artist = axes.imshow(
+        category,
+        origin="lower",
+        cmap=ListedColormap(colours),
+        norm=BoundaryNorm(np.arange(len(bits) + 2) - 0.5, len(bits) + 1),
+        extent=(-0.5, cols - 0.5, -0.5, rows - 0.5),
+        interpolation="nearest",
+    )
+    bar = figure.colorbar(artist, ax=axes, ticks=range(len(bits) + 1))
+    counts = [int(np.count_nonzero(dq & value)) for _, value in bits]
+    bar.ax.set_yticklabels(["none"] + [f"{name} ({n})" for (name, _), n in zip(bits, counts, strict=True)], fontsize=8)
+    how = f"; {block_note(factor)}: first flag in each block" if factor > 1 else ""
+    axes.set_title(f"Flagged pixels by flag ({int(np.count_nonzero(dq))} of {dq.size}{how})", fontsize=10)
+    axes.set_xlabel("column (pixel)")
+    axes.set_ylabel("row (pixel)")
+    figure.subplots_adjust(left=0.1, right=0.85, bottom=0.1, top=0.92)
+    return figure
+
+
+def profile_figure(maps: Sequence[tuple[str, np.ndarray, str]], flagged: np.ndarray) -> Any:
+    """Row and column profiles (medians over unflagged pixels) of each map: a column pattern
+    shows as structure in the column profile, a row pattern in the row profile.
+
+    Parameters
+    ----------
+    maps
+        ``(name, map, unit)``.
+    flagged
+        Pixels left out of the medians.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    figure = _figure(figsize=(10.0, 2.8 * len(maps)), dpi=90)
+    grid = figure.subplots(len(maps), 2, squeeze=False)
+    for (name, image, unit), (by_column, by_row) in zip(maps, grid, strict=True):
+        values = np.where(flagged | ~np.isfinite(image), np.nan, image.astype(np.float64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-flagged row or column
+            columns = np.nanmedian(values, axis=0)
+            rows = np.nanmedian(values, axis=1)
+        by_column.plot(np.arange(columns.size), columns, lw=0.7, color="C0")
+        by_column.set_title(f"{name}: median of each column", fontsize=9)
+        by_column.set_xlabel("column (pixel)")
+        by_row.plot(np.arange(rows.size), rows, lw=0.7, color="C1")
+        by_row.set_title(f"{name}: median of each row", fontsize=9)
+        by_row.set_xlabel("row (pixel)")
+        for axes in (by_column, by_row):
+            axes.set_ylabel(unit)
+    figure.tight_layout()
+    return figure

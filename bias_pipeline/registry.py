@@ -12,7 +12,9 @@ An output folder holds::
     bias_model/bias_a_map.fits  bias_b_map.fits  bias_model.fits
     bias_masks_by_temp/synthetic_bias_<T>C.fits                          (SYNTHETIC)
     evaluation/evaluation_summary.csv  evaluation_summary.png  temperature_check.png
-    evaluation/{real_bias,synthetic_bias,mae,mape}_<T>C.png, {synthetic_bias,mae,mape,heldout_mae}_<T>C.fits
+    evaluation/bias_vs_temperature.png  flag_map.png  profiles.png  sigma_b.png  chi2.png  rms.png
+    evaluation/{real_bias,synthetic_bias,residual,mape,significance}_<T>C.png
+    evaluation/{synthetic_bias,mae,mape,heldout_mae}_<T>C.fits
     stopped_run/         the manifest and log of a run that stopped before publishing
 
 ``<T>`` is a temperature label such as ``12.0`` or ``-5.0``; a second master of the same label
@@ -60,6 +62,21 @@ MODEL_FILE_NAME = "bias_model.fits"
 SUMMARY_CSV = "evaluation_summary.csv"
 SUMMARY_PNG = "evaluation_summary.png"
 TEMPERATURE_PLOT = "temperature_check.png"
+#: The fit's diagnostics (step 5, with the plots).
+BIAS_TEMPERATURE_PLOT = "bias_vs_temperature.png"
+FLAG_MAP_PLOT = "flag_map.png"
+PROFILES_PLOT = "profiles.png"
+SIGMA_B_PLOT = "sigma_b.png"
+CHI2_PLOT = "chi2.png"
+RMS_PLOT = "rms.png"
+DIAGNOSTIC_PLOTS: tuple[str, ...] = (
+    BIAS_TEMPERATURE_PLOT,
+    FLAG_MAP_PLOT,
+    PROFILES_PLOT,
+    SIGMA_B_PLOT,
+    CHI2_PLOT,
+    RMS_PLOT,
+)
 
 # ------------------------------------------------------------------ verify and compare
 # The two lifetime commands write into an output folder of their own (``--output-dir``), not
@@ -78,12 +95,14 @@ REAL_PLOT = "real_bias"
 MAE = "mae"
 MAPE = "mape"
 HELDOUT_MAE = "heldout_mae"
-LABELLED_STEMS: tuple[str, ...] = (MASTER, SYNTHETIC, REAL_PLOT, HELDOUT_MAE, MAE, MAPE)
+RESIDUAL = "residual"  # real - model, the signed map of the plots
+SIGNIFICANCE = "significance"  # held-out residual / expected error, the map of the plots
+LABELLED_STEMS: tuple[str, ...] = (MASTER, SYNTHETIC, REAL_PLOT, HELDOUT_MAE, MAE, MAPE, RESIDUAL, SIGNIFICANCE)
 
 #: The fixed names inside each sub-folder.
 FIXED_NAMES: dict[str, tuple[str, ...]] = {
     MODEL_DIR: (A_MAP_NAME, B_MAP_NAME, MODEL_FILE_NAME),
-    EVALUATION_DIR: (SUMMARY_CSV, SUMMARY_PNG, TEMPERATURE_PLOT),
+    EVALUATION_DIR: (SUMMARY_CSV, SUMMARY_PNG, TEMPERATURE_PLOT, *DIAGNOSTIC_PLOTS),
 }
 _LABELLED = re.compile(r"^(" + "|".join(LABELLED_STEMS) + r")_-?\d+(\.\d+)?(_\d+)?C\.(fits|png)$")
 

@@ -4,12 +4,14 @@ The page has no external resource (images are embedded as ``data:`` URIs, the st
 inline, no script), so it opens from a file, from an e-mail attachment or from an archive. Its
 links to the products are relative, so they keep working when the output folder is moved.
 
-Sections: the run's warnings about its result (temperature confounded with date), the run
+Sections: the run's warnings about its result (temperature confounded with date), the
+noise-floor verdict in one sentence (:func:`~bias_pipeline.evaluation.noise_floor_verdict`), the run
 (software, command, times), the frames (found, used, rejected by reason, ignored; when they
 were taken, and their date clusters), the temperature groups (with their dates), the model
 (a, b, and read-noise maps with histograms, drawn from a block-averaged copy whose factor is
-stated), the pixel flags, the per-temperature errors and their plot, the worst pixels, and a
-list of every product.
+stated), the pixel flags, the per-temperature errors (residuals over their expected errors) and
+their plot, the diagnostics (bias against temperature with the fitted law, the flag map, sigma_b,
+chi-square and rms maps, profiles of a and b), the worst unflagged pixels, and a list of every product.
 """
 
 from __future__ import annotations
@@ -35,13 +37,24 @@ from ._version import __version__
 from .compiled import engine
 from .dates import date_span, format_date
 from .epochs import EpochCheck
+from .evaluation import diagnostic_maps, floor_limit, master_levels, noise_floor_verdict
 from .frames import STATUS_IGNORED, STATUS_REJECTED, STATUS_USED, FrameRecord, reason_kind
 from .master_writer import MasterFrame
 from .model import BiasModel
-from .plots import MapStats, figure_png, map_histogram_png, summary_figure, temperature_check_figure
+from .plots import (
+    MapStats,
+    bias_temperature_figure,
+    block_note,
+    figure_png,
+    flag_map_figure,
+    map_histogram_png,
+    profile_figure,
+    summary_figure,
+    temperature_check_figure,
+)
 from .products import TEMPORARY_SUFFIX, human_size, write_text_atomic
 from .quality import DQ_BITS
-from .registry import EVALUATION_DIR, MAE, MANIFEST_NAME, REPORT_NAME, RUN_CONFIG_NAME, labelled_name
+from .registry import EVALUATION_DIR, MANIFEST_NAME, REPORT_NAME, RESIDUAL, RUN_CONFIG_NAME, labelled_name
 
 logger = logging.getLogger(__name__)
 
@@ -273,12 +286,14 @@ def render_report(data: ReportData) -> str:
     low, high = model.temperature_range or (math.nan, math.nan)
     sections = [
         _warnings_section(data.warnings),
+        _verdict_section(data),
         _run_section(data),
         _frames_section(data.records, data.epochs),
         _groups_section(data),
         _model_section(model),
         _flags_section(model),
         _evaluation_section(data),
+        _diagnostics_section(data),
         _worst_pixels_section(model),
         _products_section(data),
     ]
@@ -314,6 +329,16 @@ def _run_section(data: ReportData) -> str:
         link = f'<a href="{RUN_CONFIG_NAME}">{RUN_CONFIG_NAME}</a>'
         body += f'<p class="note">Every option and input checksum: {link}.</p>'
     return _section("Run", body)
+
+
+def _verdict_section(data: ReportData) -> str:
+    """The noise-floor verdict in one sentence (:func:`~bias_pipeline.evaluation.noise_floor_verdict`),
+    above everything but the warnings."""
+    if not data.summary:
+        return ""
+    verdict = noise_floor_verdict(data.summary)
+    css = {True: "verdict good", False: "verdict bad", None: "verdict"}[verdict.at_floor]
+    return f'<div class="{css}" id="verdict"><strong>Summary.</strong> {_esc(verdict.sentence)}</div>'
 
 
 def _warnings_section(warnings: Sequence[str]) -> str:
@@ -379,9 +404,10 @@ def _frames_section(records: Sequence[FrameRecord], epochs: EpochCheck | None = 
     for what, chosen in (("Rejected", rejected), ("Ignored", ignored)):
         if not chosen:
             continue
-        by_reason = Counter(reason_kind(r.reason) for r in chosen).most_common()
-        rows = [(str(n), kind) for kind, n in by_reason]
-        body += f"<h3>{what} by reason</h3>" + _table(("files", "reason"), rows, css=f"{what.lower()}-reasons")
+        rows = [(str(n), kind, example) for kind, n, example in reason_groups([r.reason for r in chosen])]
+        body += f"<h3>{what} by reason</h3>" + _table(
+            ("files", "reason", "example"), rows, css=f"{what.lower()}-reasons"
+        )
         listed = [(_esc(r.path), _esc(r.reason or "")) for r in chosen[:LISTED_FILES]]
         more = f" (first {LISTED_FILES} of {len(chosen)})" if len(chosen) > LISTED_FILES else ""
         body += (
@@ -391,6 +417,24 @@ def _frames_section(records: Sequence[FrameRecord], epochs: EpochCheck | None = 
         )
     body += f'<p class="note">Every file and its decision: <a href="{MANIFEST_NAME}">{MANIFEST_NAME}</a>.</p>'
     return _section("Frames", body)
+
+
+def reason_groups(reasons: Sequence[str | None]) -> list[tuple[str, int, str]]:
+    """Like reasons together: ``(kind, count, example)`` per group, most frequent first.
+
+    The kind is the reason with its numbers and quoted values replaced
+    (:func:`~bias_pipeline.frames.reason_kind`), the example the first real reason of the group.
+
+    >>> reason_groups(["exposure 10 s is too long", "exposure 2 s is too long", None])
+    [('exposure N s is too long', 2, 'exposure 10 s is too long'), ('no reason recorded', 1, 'no reason recorded')]
+    """
+    examples: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for reason in reasons:
+        kind = reason_kind(reason)
+        counts[kind] += 1
+        examples.setdefault(kind, (reason or "no reason recorded").strip())
+    return [(kind, n, examples[kind]) for kind, n in counts.most_common()]
 
 
 def _groups_section(data: ReportData) -> str:
@@ -449,7 +493,7 @@ def _model_section(model: BiasModel) -> str:
     body += '<p class="note">Statistics and histograms leave out masked and flagged pixels.</p>'
     for (title, image, unit, cmap), st in zip(maps, stats, strict=True):
         png, factor = map_histogram_png(image, flagged, st, title, unit, cmap)
-        shown = f"shown as the mean of {factor}x{factor} pixel blocks" if factor > 1 else "every pixel shown"
+        shown = f"shown as {block_note(factor)}" if factor > 1 else "every pixel shown"
         body += _figure_html(png, f"{title} [{unit}]: map ({shown}) and histogram")
     return _section("Model", body)
 
@@ -469,40 +513,80 @@ def _flags_section(model: BiasModel) -> str:
     return _section("Pixel flags", body)
 
 
+def _diagnostics_section(data: ReportData) -> str:
+    """The figures that show whether the fit is sound (the PNGs step 5 writes, drawn here from
+    memory): the bias against temperature with the fitted law, where the flags are, the fit's
+    uncertainty and quality maps, and the profiles of a and b (a column or row pattern shows there)."""
+    model = data.model
+    flagged = model.flagged
+    body = ""
+    levels = master_levels(data.summary) if data.summary else None
+    if levels:
+        temps = [float(r["temperature"]) for r in data.summary]  # type: ignore[arg-type]
+        figure = bias_temperature_figure(temps, levels, model.a_map, model.b_map, flagged, model.c_map)
+        body += _figure_html(
+            figure_png(figure), "Median bias of each master (bars: 5-95 % of its unflagged pixels) and the fitted law"
+        )
+    if model.dq is not None:
+        bits = [(bit.name, bit.value) for bit in DQ_BITS]
+        body += _figure_html(figure_png(flag_map_figure(model.dq, bits)), "Where the flagged pixels are, by flag")
+    for _, title, image, unit in diagnostic_maps(model):
+        stats = MapStats.of(image, ~flagged)
+        png, factor = map_histogram_png(image, flagged, stats, title, unit, "magma")
+        shown = f"shown as {block_note(factor)}" if factor > 1 else "every pixel shown"
+        body += _figure_html(png, f"{title} [{unit}]: map ({shown}) and histogram")
+    profiles = [("a", model.a_map, "ADU"), ("b", model.b_map, "ADU / deg C")]
+    body += _figure_html(
+        figure_png(profile_figure(profiles, flagged)), "Row and column profiles of a and b (unflagged pixels)"
+    )
+    return _section("Diagnostics", body)
+
+
 def _evaluation_section(data: ReportData) -> str:
     evaluation = data.output_dir / EVALUATION_DIR
     if not data.summary:
         return _section("Model error", "<p>The evaluation was not run (--no-evaluation).</p>")
+    verdict = noise_floor_verdict(data.summary)
     rows = []
     for r in data.summary:
+        limit = floor_limit(_float(r.get("per_error_tolerance")))
         rows.append(
             (
                 str(r["label"]),
                 str(r["n_frames"]),
+                _num(r.get("expected_error_median"), 3, "f"),
+                _ratio(r.get("residual_per_error"), limit),
+                _ratio(r.get("heldout_residual_per_error"), limit),
                 _num(r["mae_mean"], 3, "f"),
-                _num(r["mae_median"], 3, "f"),
-                _num(r["mae_p95"], 3, "f"),
                 _num(r["heldout_mae_mean"], 3, "f"),
                 _num(r["mape_mean"], 4, "f"),
                 _num(r["mae_per_read_noise"], 3, "f"),
-                _link(data.output_dir, evaluation / labelled_name(MAE, str(r["label"]), ".png"), "map"),
+                _link(data.output_dir, evaluation / labelled_name(RESIDUAL, str(r["label"]), ".png"), "map"),
             )
         )
-    body = (
-        "<p>Per master: |real - model| over unflagged pixels. Held out: the model refitted without "
-        "that master (leave-one-out), the honest error at a temperature the fit has not seen.</p>"
+    body = f'<p class="verdict-line"><strong>{_esc(verdict.sentence)}</strong></p>'
+    body += (
+        "<p>Per master, over unflagged pixels. <em>Expected error</em>: the master's standard error from the "
+        "pooled read noise, its frame count and the combine's efficiency (as the fit weighted it). "
+        "<em>Residual / expected error</em>: the robust rms (median |z| / 0.6745) of (real - model) over that "
+        "error times sqrt(1 - h), h the master's leverage (the fit absorbs that part of the master's noise), so "
+        "1.00 is the noise floor. <em>Held out</em>: the model refitted without that master (leave-one-out), "
+        "its residual over the prediction's expected error (master and model combined); for a fit on the "
+        "masters the two ratios are the same number by construction. MAE / read noise divides by one frame's "
+        "noise, not the master's; MAPE of an offset of thousands of ADU is small whatever the fit.</p>"
     )
     body += _table(
         (
             "group (deg C)",
             "frames",
+            "expected error (ADU)",
+            "residual / expected error",
+            "held-out residual / expected error",
             "MAE mean (ADU)",
-            "MAE median (ADU)",
-            "MAE 95 % (ADU)",
             "held-out MAE mean (ADU)",
             "MAPE mean (%)",
             "MAE / read noise",
-            "MAE map",
+            "residual map",
         ),
         rows,
         escape=False,
@@ -518,17 +602,34 @@ def _evaluation_section(data: ReportData) -> str:
     return _section("Model error", body)
 
 
+def _float(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _ratio(value: object, limit: float) -> str:
+    """A residual / expected error ratio, marked when above the noise floor's ``limit``."""
+    text = _num(value, 3, "f")
+    number = _float(value)
+    return f'<span class="above">{text}</span>' if math.isfinite(number) and number > limit else text
+
+
 def _worst_pixels_section(model: BiasModel) -> str:
     if model.rms is None:
         return ""
-    flat = worst_pixels(model.rms, model.mask, WORST_PIXELS)
+    flagged = model.flagged
+    flat = worst_pixels(model.rms, flagged, WORST_PIXELS)
     count = int(flat.size)
+    n_flagged = int(np.count_nonzero(flagged))
+    flagged_note = (
+        f"<p>{n_flagged} flagged or masked pixels are left out of this table (see Pixel flags).</p>"
+        if n_flagged
+        else ""
+    )
     if count == 0:
-        return ""
+        return _section("Worst pixels", "<p>No unflagged pixel has a fit rms.</p>" + flagged_note) if n_flagged else ""
     rows = []
     for index in flat:
         row, col = (int(i) for i in np.unravel_index(index, model.shape))
-        names = _flag_names(int(model.dq[row, col])) if model.dq is not None else ""
         quadratic = [] if model.c_map is None else [_num(model.c_map[row, col], 4)]
         rows.append(
             (
@@ -540,13 +641,12 @@ def _worst_pixels_section(model: BiasModel) -> str:
                 _num(model.rms[row, col], 4),
                 _num(model.chi2[row, col], 4) if model.chi2 is not None else "",
                 _num(model.read_noise[row, col], 3) if model.read_noise is not None else "",
-                names,
             )
         )
     body = (
-        f"<p>The {count} pixels that follow the model worst: largest rms of the fit residuals over "
+        f"<p>The {count} unflagged pixels that follow the model worst: largest rms of the fit residuals over "
         "the temperature groups. Rows and columns count from 0 (numpy order; FITS pixel = index + 1).</p>"
-    )
+    ) + flagged_note
     body += _table(
         (
             "row",
@@ -557,7 +657,6 @@ def _worst_pixels_section(model: BiasModel) -> str:
             "residual rms (ADU)",
             "reduced chi2",
             "read noise (ADU)",
-            "flags",
         ),
         rows,
         css="worst",
@@ -586,10 +685,6 @@ def worst_pixels(rms: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     flat = np.argpartition(masked.ravel(), -count)[-count:]
     return flat[np.argsort(masked.ravel()[flat])[::-1]]
-
-
-def _flag_names(value: int) -> str:
-    return " ".join(bit.name for bit in DQ_BITS if value & bit.value)
 
 
 def _products_section(data: ReportData) -> str:
@@ -698,6 +793,9 @@ figure { margin: 1em 0; } img { max-width: 100%; height: auto; border: 1px solid
 figcaption { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.9em; }
 .warning { border: 2px solid #c60; background: #fff4e5; border-radius: 6px; padding: 0.6em 1em; margin: 1em 0; }
 .warning ul { margin: 0.3em 0 0 0; }
+.verdict { border: 2px solid #888; border-radius: 6px; padding: 0.6em 1em; margin: 1em 0; }
+.verdict.good { border-color: #2a7; background: #effaf3; } .verdict.bad { border-color: #c33; background: #fdeeee; }
+.above { color: #b00; font-weight: 600; }
 """
 
 _PAGE = """<!DOCTYPE html>

@@ -14,6 +14,7 @@ from astropy.io import fits
 import bias_pipeline
 from bias_pipeline import BiasModel, PipelineConfig, run_bias_pipeline
 from bias_pipeline.main_pipeline import run_bias_pipeline as run_from_main
+from bias_pipeline.registry import DIAGNOSTIC_PLOTS
 from bias_pipeline.steps import (
     step0_create_dirs,
     step1_load_data,
@@ -103,12 +104,14 @@ def test_every_output_name(pipeline_run, sim):
     expected.add("bias_model/bias_model.fits")
     expected |= {"evaluation/evaluation_summary.png", "evaluation/evaluation_summary.csv"}
     expected |= {"evaluation/temperature_check.png", "run_config.json", "pipeline.log", "report.html"}
+    expected |= {f"evaluation/{name}" for name in DIAGNOSTIC_PLOTS}
     for label in labels:
         expected |= {
             f"bias_grouped_by_temp/master_bias_{label}C.fits",
             f"bias_masks_by_temp/synthetic_bias_{label}C.fits",
         }
-        expected |= {f"evaluation/{stem}_{label}C.png" for stem in ("real_bias", "synthetic_bias", "mae", "mape")}
+        stems = ("real_bias", "synthetic_bias", "residual", "mape", "significance")
+        expected |= {f"evaluation/{stem}_{label}C.png" for stem in stems}
         expected |= {f"evaluation/{stem}_{label}C.fits" for stem in ("synthetic_bias", "mae", "mape", "heldout_mae")}
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     # Written through temporary files, yet readable like any new file (not mkstemp's 0600).

@@ -18,6 +18,7 @@ import pytest
 
 from bias_pipeline import BiasModel
 from bias_pipeline.frames import reason_kind
+from bias_pipeline.registry import DIAGNOSTIC_PLOTS
 from bias_pipeline.report import ReportData, render_report
 from bias_pipeline.simulate import SimulationSpec, simulate_dataset
 
@@ -124,9 +125,13 @@ def test_report_has_the_summary_numbers(faulty_run: Path) -> None:
     assert page.ids["count-files-ignored"] == str(status["ignored"])
     # Rejections counted by reason, each as the manifest has it.
     expected = Counter(reason_kind(r["reason"]) for r in rows if r["status"] == "rejected")
-    shown = {reason: int(n) for n, reason in page.tables["rejected-reasons"][1:]}
+    shown = {reason: int(n) for n, reason, _ in page.tables["rejected-reasons"][1:]}
     for reason, count in expected.items():
         assert shown.get(reason) == count, (reason, shown)
+    # Beside each kind, one of the run's own reasons of that kind (numbers and all).
+    reasons = {r["reason"] for r in rows if r["status"] == "rejected"}
+    for _, kind, example in page.tables["rejected-reasons"][1:]:
+        assert example in reasons and reason_kind(example) == kind
     # Groups with their temperatures and frame counts, and the fitted range.
     groups = page.tables["groups"][1:]
     used_by_group = Counter(r["group"] for r in rows if r["status"] == "used")
@@ -144,16 +149,38 @@ def test_report_has_the_summary_numbers(faulty_run: Path) -> None:
     errors = page.tables["errors"][1:]
     assert [e[0] for e in errors] == [s["label"] for s in summary]
     for shown_row, row in zip(errors, summary, strict=True):
-        assert float(shown_row[2]) == pytest.approx(float(row["mae_mean"]), rel=1e-3)
+        assert float(shown_row[5]) == pytest.approx(float(row["mae_mean"]), rel=1e-3)
+        assert float(shown_row[3]) == pytest.approx(float(row["residual_per_error"]), abs=1e-3)
+        assert float(shown_row[4]) == pytest.approx(float(row["heldout_residual_per_error"]), abs=1e-3)
+    # The verdict, at the top and in the error section, is the one of the CSV's rows.
+    from bias_pipeline.evaluation import noise_floor_verdict
+
+    sentence = noise_floor_verdict(summary).sentence
+    assert sentence in page.ids["verdict"] and sentence.startswith("The model is")
+    assert "".join(page.text).count(sentence) == 2
 
 
 def test_report_images_are_embedded_pngs(faulty_run: Path) -> None:
     page = parse(faulty_run / "report.html")
     alts = [image["alt"] for image in page.images]
-    # a and b maps, the read-noise map, the error summary and the temperature check.
-    assert len(page.images) == 5, alts
-    for wanted in ("a: bias at 0 deg C", "b: slope", "read noise", "Model error against temperature", "Header"):
-        assert any(wanted in alt for alt in alts), (wanted, alts)
+    # a and b maps, the read-noise map, the diagnostics (bias against temperature, the flag map,
+    # sigma_b, CHI2 and RMS maps, the profiles), the error summary and the temperature check.
+    wanted = (
+        "a: bias at 0 deg C",
+        "b: slope",
+        "read noise",
+        "Median bias of each master",
+        "Where the flagged pixels are",
+        "sigma_b",
+        "CHI2",
+        "RMS",
+        "Row and column profiles",
+        "Model error against temperature",
+        "Header",
+    )
+    assert len(page.images) == len(wanted), alts
+    for name in wanted:
+        assert any(name in alt for alt in alts), (name, alts)
     for image in page.images:
         prefix = "data:image/png;base64,"
         assert image["src"].startswith(prefix)
@@ -181,6 +208,7 @@ def test_report_links_every_product_and_only_existing_files(faulty_run: Path) ->
         "pipeline.log",
         "bias_model/bias_model.fits",
         "evaluation/evaluation_summary.csv",
+        *(f"evaluation/{name}" for name in DIAGNOSTIC_PLOTS),  # step 5's diagnostics as PNGs
     ):
         assert expected in targets
 
@@ -190,8 +218,10 @@ def test_worst_pixels_are_the_largest_residual_rms(faulty_run: Path) -> None:
     model = BiasModel.load(faulty_run)
     worst = page.tables["worst"][1:]
     assert len(worst) == 20
-    rms = np.where(model.mask, -np.inf, model.rms)
+    rms = np.where(model.flagged, -np.inf, model.rms)  # the worst unflagged pixels
     expected = np.sort(rms.ravel())[::-1][:20]
+    flagged = int(np.count_nonzero(model.flagged))
+    assert flagged > 0 and f"{flagged} flagged or masked pixels are left out" in "".join(page.text)
     shown = [float(row[4]) for row in worst]
     assert shown == pytest.approx(expected.tolist(), rel=1e-3)
     for row in worst:  # row and column index the map the right way round (48 x 64)
@@ -205,7 +235,11 @@ def test_report_without_evaluation_says_so(sim, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     page = parse(out / "report.html")
     assert "The evaluation was not run (--no-evaluation)" in "".join(page.text)
-    assert len(page.images) == 3  # a, b and read noise; no error plots
+    alts = [image["alt"] for image in page.images]
+    # a, b and read noise, and the diagnostics that need no evaluation: no error plots, and no
+    # bias against temperature (it takes each master's levels from the evaluation).
+    assert len(page.images) == 8, alts
+    assert not any("Model error" in alt or "Median bias" in alt for alt in alts), alts
     assert page.ids["count-frames-used"] == str(len(sim.frame_paths))
 
 
@@ -215,9 +249,9 @@ def test_large_maps_are_shown_downsampled_with_the_factor_stated() -> None:
     model = BiasModel.from_maps(rng.normal(3200, 10, shape), rng.normal(3, 0.3, shape), temperature_range=(0, 20))
     page = _Page()
     page.feed(render_report(ReportData(output_dir=Path("/nonexistent"), records=[], groups=[], model=model)))
-    captions = [image["alt"] for image in page.images]
+    captions = [image["alt"] for image in page.images if "map (" in image["alt"]]
     assert len(captions) == 2
-    assert all("mean of 3x3 pixel blocks" in caption for caption in captions), captions
+    assert all("3 x 3 block means" in caption for caption in captions), captions
 
 
 def test_a_failed_run_keeps_the_earlier_report_and_says_why_it_stopped(sim, tmp_path: Path) -> None:
@@ -330,3 +364,35 @@ def test_error_figures_are_drawn_from_memory_not_read_back_from_disk(tmp_path: P
     check = figures["Header temperature against the temperature each frame's bias shows"]
     assert base64.b64decode(check.split(",", 1)[1]).startswith(PNG_SIGNATURE)
     assert not list(tmp_path.rglob("*.png"))
+
+
+def test_diagnostic_figures_show_what_they_say() -> None:
+    """The profiles are the medians of each column and row, the flag map colours each pixel by
+    its first flag, and the fitted law's median is that of a + b T over the pixels."""
+    from bias_pipeline.plots import bias_temperature_figure, flag_map_figure, profile_figure
+
+    rng = np.random.default_rng(2)
+    shape = (40, 60)
+    columns = rng.normal(0, 5, shape[1])
+    a = 3200 + columns[None, :] + rng.normal(0, 1, shape)
+    b = np.full(shape, 3.0) + rng.normal(0, 0.1, shape)
+    flagged = np.zeros(shape, dtype=bool)
+    flagged[3, 7] = True
+    a[3, 7] = 1e6  # a flagged pixel must not show
+    figure = profile_figure([("a", a, "ADU"), ("b", b, "ADU / deg C")], flagged)
+    column_line = figure.axes[0].lines[0].get_ydata()
+    expected = np.nanmedian(np.where(flagged, np.nan, a), axis=0)
+    np.testing.assert_allclose(column_line, expected)
+    assert np.corrcoef(column_line, columns)[0, 1] > 0.95  # the column pattern shows
+    dq = np.zeros(shape, dtype=np.int64)
+    dq[5, 5], dq[6, 6], dq[7, 7] = 1, 4, 1 | 4
+    image = flag_map_figure(dq, [("HOT_MASK", 1), ("NONLINEAR", 2), ("NOISY", 4)]).axes[0].images[0].get_array()
+    assert image[5, 5] == 1 and image[6, 6] == 3 and image[7, 7] == 1 and int(np.count_nonzero(image)) == 3
+    temps = [-10.0, 10.0, 30.0]
+    levels = [tuple(np.percentile(a + t * b, [5, 50, 95])) for t in temps]
+    axes = bias_temperature_figure(temps, levels, a, b, flagged).axes[0]
+    law = axes.lines[0]
+    grid, median = law.get_xdata(), law.get_ydata()
+    valid = ~flagged
+    for t, m in zip(grid[::8], median[::8], strict=True):
+        assert m == pytest.approx(np.median(a[valid] + t * b[valid]), abs=1e-6)

@@ -67,8 +67,9 @@ def test_evaluate_model_writes_everything(tmp_path):
     assert rows[0]["n_pixels"] == 48 * 64 - 1
     assert 3 < rows[0]["mae_mean"] < 5  # |N(0, 5)| has mean 4
     for label in ("-5.0", "5.0"):
-        for stem in ("real_bias", "synthetic_bias", "mae", "mape"):
+        for stem in ("real_bias", "synthetic_bias", "residual", "mape"):
             assert (tmp_path / f"{stem}_{label}C.png").stat().st_size > 5000
+        assert not (tmp_path / f"mae_{label}C.png").exists()  # the signed residual map replaces it
         for stem in ("synthetic_bias", "mae", "mape"):
             data = fits.getdata(tmp_path / f"{stem}_{label}C.fits")
             assert data.shape == (48, 64) and data.dtype == np.dtype(">f4")
@@ -156,7 +157,8 @@ def test_heldout_errors_come_from_the_masters_fit_and_match_a_refit_without_the_
     rows = evaluate(plain, masters, tmp_path / "out", plots=False, show_progress=False, heldout_model=fit)
     temps = np.array(TEMPERATURES)
     for k, row in enumerate(rows):
-        assert all(math.isfinite(row[c]) for c in columns if "read_noise" not in c), row
+        # No noise maps here: the noise-floor ratio needs the pooled read noise (tests/test_verdict.py).
+        assert all(math.isfinite(row[c]) for c in columns if "read_noise" not in c and "per_error" not in c), row
         others = [m for j, m in enumerate(masters) if j != k]
         refit = fit_model(others, config=PipelineConfig(show_progress=False))
         real = masters[k].load()
@@ -171,3 +173,23 @@ def test_heldout_errors_come_from_the_masters_fit_and_match_a_refit_without_the_
     own = evaluate(fit, masters, tmp_path / "own", plots=False, show_progress=False)
     for mine, theirs in zip(own, rows, strict=True):
         assert mine["heldout_mae_mean"] == pytest.approx(theirs["heldout_mae_mean"], rel=1e-4)
+
+
+def test_map_plots_show_a_signed_residual_and_share_the_real_and_model_colour_limits(tmp_path):
+    """The residual map is real - model (its block means) with limits symmetric about 0; the real
+    and model maps of one temperature have the same limits; titles say which frames are whose."""
+    from bias_pipeline.evaluation import map_plots
+
+    masters, a, b = _masters()
+    fit = fit_model(masters, config=PipelineConfig(show_progress=False))
+    evaluation = next(evaluate_masters(fit, masters))
+    plots = {plot.path.name.split("_-10.0C")[0]: plot for plot in map_plots(evaluation, tmp_path)}
+    assert set(plots) == {"real_bias", "synthetic_bias", "residual", "mape"}
+    real, model, residual = plots["real_bias"], plots["synthetic_bias"], plots["residual"]
+    assert real.limits == model.limits and real.limits is not None
+    low, high = residual.limits
+    assert low == -high and high > 0 and residual.cmap == "RdBu_r"
+    signed = evaluation.real - evaluation.predicted
+    np.testing.assert_allclose(residual.shown, signed, atol=1e-3)  # 48 x 64: every pixel shown
+    assert (signed < 0).mean() == pytest.approx(0.5, abs=4 * 0.5 / math.sqrt(signed.size))  # signed, not |r|
+    assert "(4 frames)" in real.title and "all 20 frames of 5 masters" in model.title

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config import PipelineConfig
 from ..evaluation import (
     STATISTICS,
     SUMMARY_COLUMNS,
@@ -99,6 +100,7 @@ def evaluate(
     show_progress: bool = True,
     heldout_model: BiasModel | None = None,
     threads: int = 0,
+    config: PipelineConfig | None = None,
 ) -> list[dict[str, object]]:
     """Compare the model with every master; write plots, the CSV and optional FITS.
 
@@ -111,7 +113,7 @@ def evaluate(
         (:class:`~bias_pipeline.master_writer.MasterFrame`).
     evaluation_dir, save_fits, plots, show_progress, threads
         As :func:`~bias_pipeline.evaluation.write_evaluation`.
-    heldout_model
+    heldout_model, config
         As :func:`~bias_pipeline.evaluation.evaluate_masters`.
 
     Returns
@@ -120,7 +122,7 @@ def evaluate(
         One summary row per master (keys :data:`SUMMARY_COLUMNS`).
     """
     return write_evaluation(
-        evaluate_masters(model, masters, heldout_model=heldout_model),
+        evaluate_masters(model, masters, heldout_model=heldout_model, config=config),
         evaluation_dir,
         scale_factor=model.scale_factor,
         save_fits=save_fits,
