@@ -46,13 +46,13 @@ class DQBit:
 
 HOT_MASK = DQBit(0, "HOT_MASK", "in the user's hot-pixel mask; left out of the fit (NaN)")
 NONLINEAR = DQBit(1, "NONLINEAR", "fit chi-square beyond the p-value limit: not following the model in T")
-NOISY = DQBit(2, "NOISY", "temporal noise far above typical, or many values clipped (telegraph)")
+NOISY = DQBit(2, "NOISY", "temporal noise far above typical, or many values clipped (bursts)")
 DEAD = DQBit(3, "DEAD", "no or far too little temporal noise: a stuck or dead pixel")
 SATURATED = DQBit(4, "SATURATED", "a master reaches the ADC maximum (4095 x scale factor)")
 TELEGRAPH = DQBit(5, "TELEGRAPH", "two separated levels within groups: a telegraph pixel")
 DQ_BITS: tuple[DQBit, ...] = (HOT_MASK, NONLINEAR, NOISY, DEAD, SATURATED, TELEGRAPH)
 
-#: More of a pixel's frame values clipped than this marks it NOISY (a telegraph pixel).
+#: More of a pixel's frame values clipped than this marks it NOISY (bursts of noise).
 MAX_CLIPPED_FRACTION = 0.2
 #: The MAD times this is a normal distribution's sigma (1 / Phi^-1(3/4), as astropy's mad_std).
 MAD_TO_SIGMA = 1.482602218505602
@@ -111,7 +111,7 @@ def flag_pixels(
     noise_sigma
         Noise outliers: beyond this many robust standard deviations of the noise map.
     max_clipped_fraction
-        More clipped values than this mark a telegraph pixel.
+        More clipped values than this mark a pixel NOISY (bursts of noise).
     too_clipped
         Instead of ``clipped_fraction``: True where the caller found it above
         ``max_clipped_fraction`` (a bool map, not a float64 one, for a large frame).
