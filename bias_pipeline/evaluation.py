@@ -293,7 +293,7 @@ def robust_rms(values: np.ndarray) -> float:
     """``median |values| / 0.6745``: the rms of Gaussian values about 0, robust to a few outliers
     (NaN for no values). An offset counts: the values are not centred first.
 
-    >>> round(robust_rms(np.array([-1.0, 0.5, 0.6745, 2.0, -100.0])), 3)
+    >>> round(robust_rms(np.array([-0.1, 0.5, 0.6745, 2.0, -100.0])), 3)
     1.0
     """
     values = np.asarray(values)

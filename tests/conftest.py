@@ -4,6 +4,7 @@ transposed axis fails) and a helper that writes single frames with chosen faults
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -45,6 +46,13 @@ def pipeline_run(sim: SimulationTruth, tmp_path_factory: pytest.TempPathFactory)
         eval_save_fits=True,
         config=PipelineConfig(show_progress=False),
     )
+
+
+def sigint_as_usual() -> None:
+    """For ``preexec_fn``: in the child, Ctrl-C's default action, even when the tests were started
+    from a background job (which ignores SIGINT, and Python then installs no KeyboardInterrupt for
+    it)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def bias_pixels(shape: tuple[int, int] = SHAPE, level: int = 200, seed: int = 0) -> np.ndarray:

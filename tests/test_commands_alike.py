@@ -27,7 +27,7 @@ from bias_pipeline.errors import InputDataError
 from bias_pipeline.simulate import SimulationSpec, simulate_dataset
 from bias_pipeline.steps.step3_fit_bias_model import load_hot_pixel_mask
 
-from conftest import REPO
+from conftest import REPO, sigint_as_usual
 
 PROG = "python -m bias_pipeline"
 TINY = ["--shape", "16", "24", "--temperatures", "0", "10", "20", "--frames-per-temperature", "3", "--seed", "5"]
@@ -256,6 +256,7 @@ def test_simulate_interrupted_by_sigint_leaves_nothing(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=sigint_as_usual,  # Ctrl-C as at a terminal, even when the tests run in a background job
     )
     deadline = time.monotonic() + 120
     staged = []

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from conftest import REPO, run_cli, snapshot, two_temperature_set, write_frame
+from conftest import REPO, run_cli, sigint_as_usual, snapshot, two_temperature_set, write_frame
 
 GROUPS = 8
 SHAPE = (1024, 1024)  # large enough that combining 8 groups takes a good fraction of a second
@@ -46,10 +46,7 @@ def raw_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_set(tmp_path_factory.mktemp("interrupt_small") / "raw", (512, 512))
 
 
-def _sigint_as_usual() -> None:
-    """In the child: Ctrl-C's default action, even when the tests were started from a background
-    job (which ignores SIGINT, and Python then installs no KeyboardInterrupt for it)."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+_sigint_as_usual = sigint_as_usual
 
 
 def _start(raw: Path, out: Path, *options: str, preexec_fn=_sigint_as_usual) -> subprocess.Popen[str]:
