@@ -29,18 +29,15 @@ from .command import (
     ConsoleHandler,
     OneLineParser,
     add_message_options,
-    argparse_type,
+    add_schema_option,
     finite_float,
     guarded,
     setup_logging,
 )
 from .config import (
-    CHOICE,
     GROUP_IO,
     GROUPS,
-    SWITCH,
     PipelineConfig,
-    help_text,
     option_defaults,
     options,
 )
@@ -176,14 +173,7 @@ def build_run_parser(prog: str = "run_pipeline.py") -> argparse.ArgumentParser:
     titles = ["configuration file", *GROUPS, "messages"]
     groups = {title: parser.add_argument_group(title) for title in titles}
     for name, opt in options().items():
-        kwargs: dict[str, object] = {"default": argparse.SUPPRESS, "dest": name, "help": help_text(name)}
-        if opt.kind == SWITCH:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs.update(type=argparse_type(opt), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
-            if opt.kind == CHOICE or (opt.choices is not None and opt.metavar is None):
-                del kwargs["metavar"]
-        groups[opt.group].add_argument(opt.flag, **kwargs)  # type: ignore[arg-type]
+        add_schema_option(groups[opt.group], name)
     for title, keys in _COMMAND_LINE_GROUPS.items():
         for key in keys:
             flags, kwargs = COMMAND_LINE_ONLY[key]

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ._version import __version__
-from .config import DATE, INTEGER, KEYWORDS, NUMBER, PATH, Option
+from .config import CHOICE, DATE, INTEGER, KEYWORDS, NUMBER, PATH, SWITCH, Option, help_text, options
 from .dates import parse_date
 from .errors import BiasPipelineError
 from .interrupts import Terminated, raise_terminated
@@ -113,6 +113,34 @@ def argparse_type(opt: Option) -> Callable[[str], object] | None:
     if opt.kind == DATE:
         return _date_argument
     return None  # a choice (argparse checks it) or a switch
+
+
+def add_schema_option(group: argparse._ActionsContainer, name: str, help: str | None = None) -> None:
+    """One option of the run's schema added to a parser (or one of its groups) as the run's own
+    parser has it: unset unless given, a switch as ``--x/--no-x``, typed by :func:`argparse_type`.
+
+    Parameters
+    ----------
+    group
+        The parser or argument group.
+    name
+        The option's field name in :class:`~bias_pipeline.config.PipelineConfig`.
+    help
+        Its help; the schema's (:func:`~bias_pipeline.config.help_text`) when ``None``.
+    """
+    opt = options()[name]
+    kwargs: dict[str, object] = {
+        "default": argparse.SUPPRESS,
+        "dest": name,
+        "help": help_text(name) if help is None else help,
+    }
+    if opt.kind == SWITCH:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs.update(type=argparse_type(opt), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
+        if opt.kind == CHOICE or (opt.choices is not None and opt.metavar is None):
+            del kwargs["metavar"]
+    group.add_argument(opt.flag, **kwargs)  # type: ignore[arg-type]
 
 
 def _date_argument(text: str) -> object:

@@ -55,8 +55,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ._version import __version__
-from .command import OneLineParser, add_message_options, argparse_type, finite_float, guarded, setup_logging
-from .config import CHOICE, GROUP_FRAMES, SWITCH, PipelineConfig, help_text, options
+from .command import (
+    OneLineParser,
+    add_message_options,
+    add_schema_option,
+    finite_float,
+    guarded,
+    setup_logging,
+)
+from .config import GROUP_FRAMES, PipelineConfig, options
 from .dates import format_date
 from .errors import FrameReadError, InputDataError, OutputError
 from .frames import STATUS_ACCEPTED, STATUS_IGNORED, FrameRecord, read_frame
@@ -884,17 +891,8 @@ def _fraction(text: str) -> float:
 
 
 def _add_schema_option(group: argparse._ArgumentGroup, name: str) -> None:
-    """One option of the run's schema, as the run's parser has it (unset unless given)."""
-    opt = options()[name]
-    shown = HELP_OVERRIDES.get(name, help_text(name))
-    kwargs: dict[str, object] = {"default": argparse.SUPPRESS, "dest": name, "help": shown}
-    if opt.kind == SWITCH:
-        kwargs["action"] = argparse.BooleanOptionalAction
-    else:
-        kwargs.update(type=argparse_type(opt), metavar=opt.metavar, choices=opt.choices, nargs=opt.nargs)
-        if opt.kind == CHOICE or (opt.choices is not None and opt.metavar is None):
-            del kwargs["metavar"]
-    group.add_argument(opt.flag, **kwargs)  # type: ignore[arg-type]
+    """One option of the run's schema, as the run's parser has it, with verify's help where it differs."""
+    add_schema_option(group, name, HELP_OVERRIDES.get(name))
 
 
 def build_parser(prog: str = "python -m bias_pipeline verify") -> argparse.ArgumentParser:
