@@ -110,7 +110,7 @@ SUMMARY_COLUMNS = (
     "bias_median",
     "bias_p95",
 )
-#: The columns :func:`noise_floor_columns` fills.
+#: The columns :func:`noise_floor` fills.
 NOISE_FLOOR_COLUMNS = (
     "expected_error_median",
     "leverage",
@@ -300,20 +300,6 @@ def robust_rms(values: np.ndarray) -> float:
     if values.size == 0:
         return math.nan
     return float(np.median(np.abs(values))) / HALF_NORMAL_MEDIAN
-
-
-def noise_floor_columns(
-    model: BiasModel,
-    real: np.ndarray,
-    temperature: float,
-    valid: np.ndarray,
-    expected: ExpectedError | None,
-    leverage: float,
-    heldout_model: BiasModel | None = None,
-) -> dict[str, float]:
-    """The noise-floor columns of one master's row (see :data:`SUMMARY_COLUMNS`; :func:`noise_floor`
-    without the map)."""
-    return noise_floor(model, real, temperature, valid, expected, leverage, heldout_model)[0]
 
 
 def noise_floor(

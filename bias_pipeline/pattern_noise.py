@@ -77,8 +77,7 @@ def row_power(difference: np.ndarray) -> np.ndarray:
     >>> bool(np.allclose(row_power(block), row_power(block[:1]) + row_power(block[1:])))
     True
     """
-    spectrum = np.fft.rfft(difference, axis=-1)
-    return np.sum(spectrum.real**2 + spectrum.imag**2, axis=-2, dtype=np.float64)
+    return block_spectra(difference)[0]
 
 
 def block_spectra(difference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
