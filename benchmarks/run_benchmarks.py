@@ -16,6 +16,9 @@ Rows:
   pipeline first run      the same with an empty compile cache: what the first run after an install costs
   pipeline fit-on frames  bias_pipeline --fit-on frames --no-evaluation
   pipeline+eval           bias_pipeline full run with evaluation and every plot
+  pipeline dask local:2   bias_pipeline --no-evaluation --dask-scheduler local:2: the combine's blocks on a
+                          LocalCluster of 2 worker processes started for the run (if dask.distributed is
+                          installed; its RSS is the driver's only, the workers' are not counted)
 
 Every row's process gets BIAS_PIPELINE_CACHE_DIR: the benchmark's own compile cache under
 --data-dir (emptied at the start, so the warm-up compiles and the timed runs load the kernels),
@@ -47,12 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FIRST_RUN = "pipeline first run"
+DASK_ROW = "pipeline dask local:2"
 #: bias_pipeline's arguments for each of its rows, besides --basepath, --output-dir and -q.
 PIPELINE_ARGS: dict[str, tuple[str, ...]] = {
     "pipeline": ("--no-evaluation",),
     FIRST_RUN: ("--no-evaluation",),
     "pipeline fit-on frames": ("--fit-on", "frames", "--no-evaluation"),
     "pipeline+eval": (),
+    DASK_ROW: ("--no-evaluation", "--dask-scheduler", "local:2"),
 }
 ROWS = ("floor", "naive", "naive+plots", "ccdproc", *PIPELINE_ARGS)
 GROUPS = 8
@@ -238,6 +243,9 @@ def available_rows() -> list[str]:
     except ImportError:
         rows.remove("ccdproc")
         print("(ccdproc not installed: its row is skipped; pip install ccdproc to include it)")
+    if importlib.util.find_spec("distributed") is None:
+        rows.remove(DASK_ROW)
+        print(f"(dask.distributed not installed: '{DASK_ROW}' is skipped; pip install 'bias_pipeline[dask]')")
     return rows
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cluster import BlockCluster
 from .combine import (
     BYTES_PER_PIXEL_MAPS,
     COMBINE_METHODS,
@@ -66,6 +67,10 @@ class CombineReadError(FrameReadError):
     def __init__(self, message: str, record: FrameRecord) -> None:
         super().__init__(message)
         self.record = record
+
+    def __reduce__(self) -> tuple[type, tuple[str, FrameRecord]]:
+        # Raised on a cluster worker and re-raised in the driver: pickled with its record.
+        return type(self), (str(self), self.record)
 
 
 MAX_BLOCK_ROWS = 128  # taller blocks gain nothing; shorter ones spend time in the interpreter
@@ -515,6 +520,7 @@ def combine_records(
     threads: int = 0,
     on_rows: Callable[[int], None] | None = None,
     row_correction: str = "off",
+    cluster: BlockCluster | None = None,
 ) -> GroupResult:
     """Combine frames on disk block by block into a master with its noise and error maps.
 
@@ -547,6 +553,9 @@ def combine_records(
         frame's row offsets against the preliminary master removed before combining;
         ``"auto"``: removed when :func:`~bias_pipeline.row_noise.row_noise_significant` says so
         (the frames are then read and combined a second time).
+    cluster
+        Run the blocks on this Dask cluster (:mod:`bias_pipeline.cluster`) instead of local
+        threads; the products are the same.
 
     Returns
     -------
@@ -611,7 +620,7 @@ def combine_records(
         "combining %d frames of %dx%d in %d blocks of up to %d rows on %d threads (%s)",
         n, rows, columns, len(starts), step, workers, plan.engine,
     )  # fmt: skip
-    result = _combine_pass(plan, starts, step, workers, on_rows)
+    result = _combine_pass(plan, starts, step, workers, on_rows, cluster)
     if row_correction == "auto" and result.row_test is not None and result.row_test.significant:
         # The second pass reads the frames again and combines them corrected by the offsets the
         # first measured (the same a one-pass "on" measures); the first's frame statistics,
@@ -620,7 +629,7 @@ def combine_records(
         corrected = dataclasses.replace(
             plan, measure_rows=False, correct_rows=True, judged=False, known_offsets=result.row_offsets
         )
-        maps = _combine_pass(corrected, starts, step, workers, None).combined
+        maps = _combine_pass(corrected, starts, step, workers, None, cluster).combined
         removed = float(np.sqrt(np.mean(np.square(result.row_noise)))) if result.row_noise is not None else 0.0
         combined = dataclasses.replace(maps, row_noise=removed)
         levels = _frame_levels(result.fingerprint, plan, combined, result.row_noise, rows) if plan.judged else None
@@ -631,7 +640,12 @@ def combine_records(
 
 
 def _combine_pass(
-    plan: BlockPlan, starts: Sequence[int], step: int, workers: int, on_rows: Callable[[int], None] | None
+    plan: BlockPlan,
+    starts: Sequence[int],
+    step: int,
+    workers: int,
+    on_rows: Callable[[int], None] | None,
+    cluster: BlockCluster | None = None,
 ) -> GroupResult:
     """One pass of :func:`combine_rows` over every block of ``plan``, put together."""
     records = plan.records
@@ -682,7 +696,10 @@ def _combine_pass(
         return combine_rows(plan, start, min(rows, start + step))
 
     try:
-        run_blocks(task, starts, workers, place)
+        if cluster is not None:
+            cluster.run_blocks(combine_rows, plan, [(start, min(rows, start + step)) for start in starts], place)
+        else:
+            run_blocks(task, starts, workers, place)
     finally:
         release_buffers()  # the buffers of a single-threaded run live in this thread
     typical_noise = nan_median(noise) if plan.engine == "numba" else float(np.nanmedian(noise))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .cluster import check_scheduler
 from .combine import COMBINE_METHODS
 from .dates import DEFAULT_DATE_KEYS, format_date, parse_date
 from .epochs import DEFAULT_DATE_GAP_DAYS
@@ -66,7 +67,9 @@ CHOICE = "choice"
 #: A date: ISO text (``2026-03-01``, ``2026-03-01T12:00:00``) or an MJD number, held as a UTC
 #: datetime (:func:`bias_pipeline.dates.parse_date`); in a TOML file also a TOML date or datetime.
 DATE = "date"
-KINDS = (NUMBER, INTEGER, KEYWORDS, PATH, SWITCH, CHOICE, DATE)
+#: Free text (a scheduler address): a string, checked by the option's own ``check``.
+TEXT = "text"
+KINDS = (NUMBER, INTEGER, KEYWORDS, PATH, SWITCH, CHOICE, DATE, TEXT)
 
 #: Group titles, in the order of ``--help`` and ``--write-config``.
 GROUP_IO = "input and output"
@@ -708,6 +711,17 @@ class PipelineConfig:
         GROUP_COMBINE,
         metavar="N",
         check=_threads,
+    )
+    dask_scheduler: str | None = option(
+        None,
+        "--dask-scheduler",
+        "run the combine's row blocks on the Dask scheduler at ADDRESS (tcp://host:8786; the workers must see "
+        "the same file system), or local:N for a local cluster of N worker processes; needs "
+        "pip install 'bias_pipeline[dask]'; the products are the same",
+        TEXT,
+        GROUP_COMBINE,
+        metavar="ADDRESS",
+        check=check_scheduler,
     )
     degree: int = option(
         1,

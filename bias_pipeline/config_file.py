@@ -55,6 +55,7 @@ from .config import (
     PATH,
     RECORDED_NOT_OPTIONS,
     SWITCH,
+    TEXT,
     Option,
     PipelineConfig,
     option_defaults,
@@ -70,6 +71,7 @@ _EXPECTED = {
     INTEGER: ("a whole number", "whole numbers"),
     NUMBER: ("a number", "numbers"),
     CHOICE: ("a string", "strings"),
+    TEXT: ("a string", "strings"),
     PATH: ("a path (a string)", "paths"),
     KEYWORDS: ("a list of header keywords", "keyword lists"),
     DATE: ('a date (a TOML date or datetime, or a string such as "2026-03-01T12:00:00")', "dates"),
@@ -298,7 +300,7 @@ def _file_item(opt: Option, key: str, value: object, where: str, base: Path, def
         converted: object = float(value)  # type: ignore[arg-type]
     elif kind == INTEGER and number and isinstance(value, int):
         converted = value
-    elif kind == CHOICE and isinstance(value, str):
+    elif kind in (CHOICE, TEXT) and isinstance(value, str):
         converted = value
     elif kind == CHOICE and number and opt.choices is not None:
         converted = str(value)  # input-bits = 12 for "12"; the choices are checked below

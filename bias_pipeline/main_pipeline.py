@@ -123,6 +123,7 @@ def run_bias_pipeline(
     *,
     config: PipelineConfig | None = None,
     command_line: Sequence[str] | None = None,
+    dask_scheduler: str | None = None,
 ) -> PipelineResult:
     """Run the whole pipeline on a folder of raw bias frames.
 
@@ -145,6 +146,10 @@ def run_bias_pipeline(
         options in it.
     command_line
         The command as typed, for ``run_config.json`` (default ``sys.argv``).
+    dask_scheduler
+        Combine on the Dask scheduler at this address (``tcp://host:8786``) or on a local
+        cluster of N processes (``local:N``); ``None``: ``config.dask_scheduler``
+        (:mod:`bias_pipeline.cluster`).
 
     Returns
     -------
@@ -197,6 +202,7 @@ def run_bias_pipeline(
         hot_pixel_mask=None if hot_pixel_mask_path is None else resolve_path(hot_pixel_mask_path),
         generate_set=generate_set,
         save_eval_fits=eval_save_fits,
+        dask_scheduler=config.dask_scheduler if dask_scheduler is None else dask_scheduler,
     )
     if out == raw:
         raise InputDataError(f"--output-dir {out} is the raw folder itself; give a separate folder for the products")

@@ -39,6 +39,7 @@ from ..block_combine import (
     patterned_frames,
     value_step,
 )
+from ..cluster import BlockCluster, block_cluster
 from ..combine import Combined
 from ..config import PipelineConfig
 from ..frames import STATUS_USED, FrameDecision, FrameRecord, is_tiny
@@ -151,6 +152,7 @@ def combine_group(
     config: PipelineConfig,
     input_bits: int = 16,
     on_rows: Callable[[int], None] | None = None,
+    cluster: BlockCluster | None = None,
 ) -> GroupOutcome:
     """Combine a group, rejecting frames that cannot be read, that disagree with the master pixel
     by pixel, that carry a periodic pattern far beyond the noise (pattern noise), whose whole
@@ -168,6 +170,8 @@ def combine_group(
         The data set's bit depth decided in step 1.
     on_rows
         Called with the number of frame-rows read after each block (progress).
+    cluster
+        Run the blocks on this Dask cluster (:mod:`bias_pipeline.cluster`); ``None``: local threads.
 
     Returns
     -------
@@ -199,10 +203,11 @@ def combine_group(
                 threads=config.threads,
                 on_rows=on_rows,
                 row_correction=config.row_correction,
+                cluster=cluster,
             )
         except CombineReadError as exc:
             reject(exc.record, f"became unreadable while combining: {exc}")
-            members = [r for r in members if r is not exc.record]
+            members = [r for r in members if r.path != exc.record.path]  # a copy when raised on a cluster worker
             continue
         offsets, sigmas = level_offsets(members, result)
         row_noise = result.row_noise if result.row_noise is not None else [math.nan] * len(members)
@@ -309,7 +314,10 @@ def build_masters(
     # every group is combined: a run stopped while combining leaves no master under a final
     # name (the staged files are removed here, or by the next run if the process was killed).
     try:
-        masters, decisions = _combine_all(grouping.groups, masters_dir, config, input_bits, progress)
+        # One connection (or LocalCluster) for every group of the run; closed, its tasks
+        # cancelled, on the way out whatever happens.
+        with block_cluster(config.dask_scheduler) as cluster:
+            masters, decisions = _combine_all(grouping.groups, masters_dir, config, input_bits, progress, cluster)
     except BaseException:
         discard_staged_files(masters_dir)
         raise
@@ -319,7 +327,12 @@ def build_masters(
 
 
 def _combine_all(
-    groups: Sequence[FrameGroup], masters_dir: Path, config: PipelineConfig, input_bits: int, progress: tqdm
+    groups: Sequence[FrameGroup],
+    masters_dir: Path,
+    config: PipelineConfig,
+    input_bits: int,
+    progress: tqdm,
+    cluster: BlockCluster | None = None,
 ) -> tuple[list[MasterFrame], dict[Path, FrameDecision]]:
     masters: list[MasterFrame] = []
     decisions: dict[Path, FrameDecision] = {}
@@ -332,7 +345,9 @@ def _combine_all(
     with progress:
         for group in groups:
             height = float((group.records[0].shape or (1, 1))[0])
-            outcome = combine_group(group, config, input_bits, lambda rows, h=height: progress.update(rows / h))
+            outcome = combine_group(
+                group, config, input_bits, lambda rows, h=height: progress.update(rows / h), cluster=cluster
+            )
             decisions.update(outcome.decisions)
             if outcome.combined is not None:
                 masters.append(write_master(outcome.group, outcome.combined, masters_dir, config, input_bits))
