@@ -82,8 +82,8 @@ def check_scheduler(value: object, flag: str) -> None:
 
 @dataclass
 class BlockCluster:
-    """A connection to a scheduler that runs block tasks (and the ``LocalCluster`` behind it,
-    when this run started one).
+    """A connection to a scheduler that runs block tasks (:func:`block_cluster` makes it and
+    closes it, with the ``LocalCluster`` it started for ``local:N``).
 
     Attributes
     ----------
@@ -95,11 +95,6 @@ class BlockCluster:
 
     client: Any
     address: str
-
-    @property
-    def workers(self) -> int:
-        """Workers the scheduler has now."""
-        return len(self.client.scheduler_info().get("workers", {}))
 
     def run_blocks(
         self,
@@ -143,8 +138,10 @@ class BlockCluster:
                 place(order[future.key], result)
                 future.release()
         finally:
-            client.cancel(futures)
-            client.cancel([shared])
+            # The blocks not finished (after a failure or Ctrl-C) stop on the cluster; a scheduler
+            # already gone must not hide the error that brought us here.
+            with contextlib.suppress(Exception):
+                client.cancel([*futures, shared])
 
 
 @contextlib.contextmanager
