@@ -516,8 +516,8 @@ class MapStats:
             return cls(shown=shown)
         quantiles = np.percentile(values, MAP_QUANTILES)
         low_end, low, p16, median, p84, high, high_end = (float(q) for q in quantiles)
-        lo, hi = _histogram_range(low, high)
-        histogram = np.histogram(values, bins=HISTOGRAM_BINS, range=(lo, hi))
+        lo, hi, bins = histogram_bins(_sample(values), *_histogram_range(low, high))
+        histogram = np.histogram(values, bins=bins, range=(lo, hi))
         return cls(int(values.size), low, p16, median, p84, high, low_end, high_end, histogram, shown)
 
     @classmethod
@@ -544,16 +544,73 @@ class MapStats:
         half = len(MAP_QUANTILES)
         quantiles = eval_kernels.interpolate(values[:half], values[half:], gamma)
         low_end, low, p16, median, p84, high, high_end = (float(q) for q in quantiles)
-        lo, hi = _histogram_range(low, high)
-        binned = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
+        stride = _stride(rows * cols)
+        sample = image[::stride][~flagged[::stride]]
+        lo, hi, bins = histogram_bins(sample[np.isfinite(sample)], *_histogram_range(low, high))
+        binned = np.zeros(bins, dtype=np.int64)
         eval_kernels.map_histogram(image, flagged, lo, hi, binned)
-        edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+        edges = np.linspace(lo, hi, bins + 1)
         return cls(n, low, p16, median, p84, high, low_end, high_end, (binned, edges), shown)
 
     @property
     def spread(self) -> float:
         """Half the 16-84 % range: the standard deviation of a normal distribution, robustly."""
         return (self.p84 - self.p16) / 2
+
+
+#: Distinct values at most this fraction of a sample: the map is quantised (its values lie on
+#: a lattice, as masters of 12-bit values x16 and maps made from them do).
+QUANTISED_FRACTION = 0.25
+#: Rows of a map sampled (an even stride) to find its quantum: about this many values.
+QUANTUM_SAMPLE = 250_000
+
+
+def _stride(size: int) -> int:
+    return max(1, int(math.ceil(size / QUANTUM_SAMPLE)))
+
+
+def _sample(values: np.ndarray) -> np.ndarray:
+    return values[:: _stride(values.size)]
+
+
+def value_quantum(sample: np.ndarray) -> float:
+    """The lattice step of quantised values (0 for continuous ones): the smallest spacing of the
+    distinct values, when they are few (at most :data:`QUANTISED_FRACTION` of the sample) and
+    every spacing is a whole multiple of it.
+
+    >>> value_quantum(np.tile([3216.0, 3232.0, 3264.0, 3248.0], 5))
+    16.0
+    >>> value_quantum(np.linspace(0.0, 1.0, 50))
+    0.0
+    """
+    distinct = np.unique(sample.astype(np.float64))
+    if distinct.size < 2 or distinct.size > QUANTISED_FRACTION * sample.size:
+        return 0.0
+    steps = np.diff(distinct)
+    quantum = float(steps.min())
+    multiples = steps / quantum
+    if quantum <= 0 or np.max(np.abs(multiples - np.rint(multiples))) > 1e-3:
+        return 0.0
+    return quantum
+
+
+def histogram_bins(sample: np.ndarray, low: float, high: float) -> tuple[float, float, int]:
+    """The histogram's range and bin count: :data:`HISTOGRAM_BINS` equal bins of ``[low, high]``
+    for continuous values; for quantised ones (:func:`value_quantum`) bins a whole number of
+    quanta wide with edges half-way between lattice values, so that every bin holds the same
+    number of lattice values (equal bins that straddle the quanta draw a comb).
+
+    >>> histogram_bins(np.repeat(np.arange(0.0, 160.0, 16.0), 10), 0.0, 144.0)
+    (-8.0, 152.0, 10)
+    """
+    quantum = value_quantum(sample)
+    if quantum == 0.0:
+        return low, high, HISTOGRAM_BINS
+    width = quantum * max(1, math.ceil((high - low) / quantum / HISTOGRAM_BINS))
+    anchor = float(sample[0])  # a lattice value: the lattice may be offset from zero
+    first = anchor + (math.floor((low - anchor) / quantum) - 0.5) * quantum
+    bins = max(1, math.ceil((high - first) / width))
+    return first, first + bins * width, bins
 
 
 def _histogram_range(low: float, high: float) -> tuple[float, float]:

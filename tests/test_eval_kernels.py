@@ -13,7 +13,7 @@ import pytest
 from bias_pipeline import BiasModel
 from bias_pipeline.eval_kernels import key_value, percentile_ranks
 from bias_pipeline.evaluation import SUMMARY_COLUMNS, evaluate_master
-from bias_pipeline.plots import MapStats
+from bias_pipeline.plots import HISTOGRAM_BINS, MapStats
 
 pytest.importorskip("numba")
 
@@ -210,3 +210,35 @@ def test_worst_pixels_kernel_matches_numpy(monkeypatch, shape):
     np.testing.assert_array_equal(found["numba"], found["numpy"])
     assert found["numba"].size == min(20, rms.size - (3 if rms.size > 4 else 0))
     assert np.all(np.diff(rms.ravel()[found["numba"]]) <= 0)
+
+
+def _empty_between_full(counts: np.ndarray) -> int:
+    """Bins with no pixel between bins that have some: the comb of equal bins over quanta."""
+    full = np.flatnonzero(counts)
+    inner = counts[full[0] : full[-1] + 1]
+    return int(np.count_nonzero(inner == 0))
+
+
+def test_quantised_maps_get_bins_a_whole_number_of_quanta_wide(monkeypatch):
+    """Masters of 12-bit values x16 lie on a 16 ADU lattice: equal bins straddle it and draw a
+    comb; the histogram's bins hold whole quanta, edges half-way between lattice values."""
+    rng = np.random.default_rng(5)
+    image = (3200.0 + 16.0 * np.rint(rng.normal(0.0, 6.0, (48, 64)))).astype(np.float32)
+    valid = np.ones(image.shape, dtype=bool)
+    naive, _ = np.histogram(image, bins=HISTOGRAM_BINS, range=(float(image.min()), float(image.max())))
+    assert _empty_between_full(naive) > 10  # what the equal bins drew
+    for stats in _map_stats(monkeypatch, image, valid):
+        counts, edges = stats.histogram
+        widths = np.diff(edges)
+        np.testing.assert_allclose(widths / 16.0, np.rint(widths / 16.0), atol=1e-6)
+        np.testing.assert_allclose((edges - 3200.0) / 16.0 % 1.0, 0.5, atol=1e-6)
+        assert _empty_between_full(counts) == 0
+        assert counts.sum() >= 0.99 * image.size
+
+
+def test_continuous_maps_keep_equal_bins(monkeypatch):
+    image = np.random.default_rng(6).normal(0.0, 1.0, (48, 64)).astype(np.float32)
+    for stats in _map_stats(monkeypatch, image, np.ones(image.shape, dtype=bool)):
+        counts, edges = stats.histogram
+        assert counts.size == HISTOGRAM_BINS
+        np.testing.assert_allclose(edges[[0, -1]], [stats.low, stats.high])
