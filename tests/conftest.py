@@ -36,7 +36,12 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulationTruth:
 @pytest.fixture(scope="session")
 def pipeline_run(sim: SimulationTruth, tmp_path_factory: pytest.TempPathFactory):
     """The full pipeline run once on ``sim`` with every product switched on."""
-    out = tmp_path_factory.mktemp("run")
+    return full_run(sim, tmp_path_factory.mktemp("run"))
+
+
+def full_run(sim: SimulationTruth, out: Path, **options):
+    """The pipeline on ``sim`` into ``out`` with every product switched on (``options``: more
+    keyword arguments of :func:`run_bias_pipeline`)."""
     assert sim.truth_dir is not None
     return run_bias_pipeline(
         sim.raw_dir,
@@ -45,6 +50,7 @@ def pipeline_run(sim: SimulationTruth, tmp_path_factory: pytest.TempPathFactory)
         generate_set=True,
         eval_save_fits=True,
         config=PipelineConfig(show_progress=False),
+        **options,
     )
 
 

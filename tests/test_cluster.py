@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from bias_pipeline import PipelineConfig, block_combine, cluster, run_bias_pipeline
+from bias_pipeline import PipelineConfig, block_combine, cluster
 from bias_pipeline.block_combine import CombineReadError, combine_records
 from bias_pipeline.errors import ConfigError
 from bias_pipeline.frames import inspect_frame as _inspect
 
-from conftest import REPO, SPEC
+from conftest import REPO, SPEC, full_run
 
 # Products that name the run itself (its options, times, log), not what it made.
 RUN_OWN = {"pipeline.log", "run_config.json", "report.html"}
@@ -63,15 +63,7 @@ def _assert_same_arrays(one: block_combine.GroupResult, other: block_combine.Gro
 def test_products_through_a_cluster_are_bit_identical_to_a_local_run(sim, pipeline_run, local_cluster, small_blocks):
     started, client = local_cluster
     out = pipeline_run.output_dir.parent / "through_dask"
-    run_bias_pipeline(
-        sim.raw_dir,
-        out,
-        sim.truth_dir / "hot_pixel_mask.fits",
-        generate_set=True,
-        eval_save_fits=True,
-        config=PipelineConfig(show_progress=False),
-        dask_scheduler=started.scheduler_address,
-    )
+    full_run(sim, out, dask_scheduler=started.scheduler_address)
     local = pipeline_run.output_dir
     products = sorted(p.relative_to(local) for p in local.rglob("*") if p.is_file() and p.name not in RUN_OWN)
     assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and p.name not in RUN_OWN) == products
